@@ -1,0 +1,232 @@
+"""The bounded per-sink bus: ``publish()`` never blocks, a slow sink never delays another.
+
+Modelled on OpenTelemetry's ``BatchProcessor``: each sink has its own lane — a bounded queue and
+one worker task that writes batches.  Contracts:
+
+- :meth:`AuditBus.publish` is synchronous and O(number of sinks); it never awaits and never
+  raises.  A full lane drops the record *for that sink only*, counts it in
+  ``audit_dropped_total{reason="queue_full"}`` and logs (rate-limited).
+- A failed write is retried with capped exponential backoff; the batch is kept while new
+  records queue behind it (and drop, counted, once the lane is full).
+- :meth:`AuditBus.close` drains every lane within a deadline, then counts and reports what it
+  could not deliver (``reason="shutdown"``) and closes the sinks.
+
+For every record and sink, exactly one of ``audit_written_total`` and ``audit_dropped_total``
+is incremented once the bus is closed, so ``written + dropped == published`` per sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+
+from auditgate.audit.metrics import AuditMetrics
+from auditgate.audit.record import Envelope
+from auditgate.audit.sink import BatchPolicy, Sink
+
+log = logging.getLogger("auditgate.audit")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Backoff:
+    """Capped exponential backoff between retries of a failed write."""
+
+    initial_s: float = 0.05
+    maximum_s: float = 5.0
+    factor: float = 2.0
+
+
+class RateLimitedLog:
+    """Logs at most once per ``interval_s`` per key, with the count of what it held back."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last.get(key, -1e18) < self.interval_s:
+            self._held[key] = self._held.get(key, 0) + 1
+            return
+        held = self._held.pop(key, 0)
+        self._last[key] = now
+        suffix = f" ({held} similar messages suppressed)" if held else ""
+        log.warning(message + suffix, *args)
+
+
+class _Lane:
+    """One sink's queue and worker state."""
+
+    def __init__(self, sink: Sink, capacity: int, policy: BatchPolicy) -> None:
+        self.sink = sink
+        self.name = sink.name
+        self.capacity = capacity
+        self.policy = policy
+        self.queue: deque[Envelope] = deque()
+        self.wakeup = asyncio.Event()
+        self.inflight: Sequence[Envelope] = ()
+        self.task: asyncio.Task[None] | None = None
+
+
+class AuditBus:
+    """Fans published records out to sinks through bounded lanes."""
+
+    def __init__(
+        self,
+        sinks: Sequence[Sink],
+        *,
+        capacity: int,
+        metrics: AuditMetrics,
+        backoff: Backoff = Backoff(),
+    ) -> None:
+        if capacity <= 0:
+            raise ValueError("capacity must be > 0")
+        self.metrics = metrics
+        self.backoff = backoff
+        self._lanes = [_Lane(s, capacity, _policy_of(s)) for s in sinks]
+        self._closing = asyncio.Event()
+        self._drop_log = RateLimitedLog()
+        self._started = False
+        # Label children resolved once: publish() must not pay for label lookups.
+        self._queue_full = {
+            lane.name: metrics.dropped.labels(lane.name, "queue_full") for lane in self._lanes
+        }
+        for lane in self._lanes:
+            metrics.queue_depth.labels(lane.name).set_function(lane.queue.__len__)
+            metrics.written.labels(lane.name)
+            metrics.sink_errors.labels(lane.name)
+
+    @property
+    def sink_names(self) -> tuple[str, ...]:
+        return tuple(lane.name for lane in self._lanes)
+
+    async def start(self) -> None:
+        """Open every sink and start its worker.  A sink whose ``open`` fails aborts startup."""
+        for lane in self._lanes:
+            await lane.sink.open()
+        for lane in self._lanes:
+            lane.task = asyncio.get_running_loop().create_task(
+                self._run(lane), name=f"audit-sink-{lane.name}"
+            )
+        self._started = True
+
+    def publish(self, envelope: Envelope) -> None:
+        """Queue one record for every sink; never blocks, never raises."""
+        for lane in self._lanes:
+            if len(lane.queue) >= lane.capacity or self._closing.is_set():
+                self._queue_full[lane.name].inc()
+                self._drop_log.warning(
+                    lane.name,
+                    "audit sink %s: queue full (capacity %d), record %s dropped",
+                    lane.name,
+                    lane.capacity,
+                    envelope.request_id,
+                )
+                continue
+            lane.queue.append(envelope)
+            if not lane.wakeup.is_set():
+                lane.wakeup.set()
+
+    def pending(self) -> int:
+        """Records queued or being written, over all sinks."""
+        return sum(len(lane.queue) + len(lane.inflight) for lane in self._lanes)
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every lane is empty; True if it got there before ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.pending():
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
+    async def close(self, timeout: float) -> dict[str, int]:
+        """Drain within ``timeout`` seconds, then stop; returns undelivered counts per sink."""
+        self._closing.set()
+        for lane in self._lanes:
+            lane.wakeup.set()
+        tasks = [lane.task for lane in self._lanes if lane.task is not None]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=timeout)
+            for task in late:
+                task.cancel()
+            for task in late:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        report: dict[str, int] = {}
+        for lane in self._lanes:
+            lost = len(lane.queue) + len(lane.inflight)
+            lane.queue.clear()
+            lane.inflight = ()
+            if lost:
+                self.metrics.dropped.labels(lane.name, "shutdown").inc(lost)
+                log.error(
+                    "audit sink %s: %d record(s) not delivered before the %.1fs shutdown deadline",
+                    lane.name,
+                    lost,
+                    timeout,
+                )
+            report[lane.name] = lost
+            try:
+                await lane.sink.close()
+            except Exception:
+                log.exception("audit sink %s: close failed", lane.name)
+        return report
+
+    async def _run(self, lane: _Lane) -> None:
+        written = self.metrics.written.labels(lane.name)
+        errors = self.metrics.sink_errors.labels(lane.name)
+        seconds = self.metrics.write_seconds.labels(lane.name)
+        policy = lane.policy
+        while True:
+            if not lane.queue:
+                if self._closing.is_set():
+                    return
+                lane.wakeup.clear()
+                await lane.wakeup.wait()
+                continue
+            if policy.linger_s and len(lane.queue) < policy.max_records and not self._closing.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), policy.linger_s)
+            count = min(len(lane.queue), policy.max_records)
+            lane.inflight = batch = [lane.queue.popleft() for _ in range(count)]
+            delay = self.backoff.initial_s
+            while True:
+                started = time.perf_counter()
+                try:
+                    await lane.sink.write(batch)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    errors.inc()
+                    self._drop_log.warning(
+                        lane.name + ":error",
+                        "audit sink %s: write of %d record(s) failed, retrying in %.2fs: %s",
+                        lane.name,
+                        len(batch),
+                        delay,
+                        _describe(exc),
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * self.backoff.factor, self.backoff.maximum_s)
+                    continue
+                seconds.observe(time.perf_counter() - started)
+                written.inc(len(batch))
+                lane.inflight = ()
+                break
+
+
+def _policy_of(sink: Sink) -> BatchPolicy:
+    policy = getattr(sink, "batching", None)
+    return policy if isinstance(policy, BatchPolicy) else BatchPolicy()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:500]

@@ -1,0 +1,47 @@
+"""Prometheus metrics of the audit pipeline (DESIGN §8), on a registry owned by the app.
+
+No module-level metric objects: each gateway (and each test) builds its own
+:class:`AuditMetrics` on its own :class:`CollectorRegistry`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+PREFIX = "auditgate_"
+
+
+class AuditMetrics:
+    """Counters and gauges of records, drops, writes and queues."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.records = Counter(
+            PREFIX + "audit_records_total", "Audit records published, by mode.", ["mode"], registry=r
+        )
+        self.dropped = Counter(
+            PREFIX + "audit_dropped_total",
+            "Audit records a sink will never receive, by reason.",
+            ["sink", "reason"],
+            registry=r,
+        )
+        self.written = Counter(
+            PREFIX + "audit_written_total", "Audit records a sink stored.", ["sink"], registry=r
+        )
+        self.sink_errors = Counter(
+            PREFIX + "audit_sink_errors_total", "Failed sink writes (each retried).", ["sink"], registry=r
+        )
+        self.queue_depth = Gauge(
+            PREFIX + "audit_queue_depth", "Records waiting in a sink's queue.", ["sink"], registry=r
+        )
+        self.write_seconds = Histogram(
+            PREFIX + "audit_sink_write_seconds",
+            "Time one batch write took.",
+            ["sink"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.spool_bytes = Gauge(
+            PREFIX + "audit_spool_bytes", "Bytes in the durable spool.", registry=r
+        )

@@ -1,0 +1,322 @@
+"""Settings: the only place the environment is read.
+
+Audit settings keep NVIDIA Dynamo's ``DYN_AUDIT_*`` names and meanings (DESIGN §2); the
+gateway's own settings use the ``AUDITGATE_`` prefix, and ``auditgate serve`` flags override
+them.  Every bad value is a :class:`~auditgate.errors.ConfigError` naming the variable, raised at
+startup, never later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Final
+
+from auditgate.errors import ConfigError
+
+SINK_NAMES: Final = ("stderr", "jsonl", "jsonl_gz", "sqlite", "postgres", "nats")
+REDACTORS: Final = ("email", "api_key", "card", "ip")
+_TRUE: Final = frozenset({"1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off"})
+
+
+class Secret:
+    """A string that never shows itself in a repr, a log line or an f-string."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself, for the one place that must send it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('<redacted>')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class Env:
+    """Typed reads of one environment mapping; every error names its variable."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._env = os.environ if environ is None else environ
+
+    def text(self, name: str, default: str) -> str:
+        value = self._env.get(name, "").strip()
+        return value or default
+
+    def optional(self, name: str) -> str | None:
+        value = self._env.get(name, "").strip()
+        return value or None
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self._env.get(name, "").strip().lower()
+        if not raw:
+            return default
+        if raw in _TRUE:
+            return True
+        if raw in _FALSE:
+            return False
+        raise ConfigError(f"{name}={raw!r}: expected one of 1/true/yes/on or 0/false/no/off")
+
+    def integer(self, name: str, default: int | None, *, minimum: int = 0) -> int | None:
+        raw = self._env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r}: expected an integer") from None
+        if value < minimum:
+            raise ConfigError(f"{name}={value}: must be >= {minimum}")
+        return value
+
+    def req_int(self, name: str, default: int, *, minimum: int = 0) -> int:
+        value = self.integer(name, default, minimum=minimum)
+        assert value is not None
+        return value
+
+    def number(self, name: str, default: float, *, low: float, high: float) -> float:
+        raw = self._env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r}: expected a number") from None
+        if not low <= value <= high:
+            raise ConfigError(f"{name}={value}: must be between {low} and {high}")
+        return value
+
+    def names(self, name: str, default: tuple[str, ...], allowed: tuple[str, ...]) -> tuple[str, ...]:
+        raw = self._env.get(name, "").strip()
+        if not raw:
+            return default
+        return parse_names(name, raw, allowed)
+
+
+def parse_names(name: str, raw: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """Parse a comma list, keeping order, dropping duplicates, rejecting unknown names."""
+    values: list[str] = []
+    for part in raw.split(","):
+        value = part.strip().lower()
+        if not value:
+            continue
+        if value not in allowed:
+            raise ConfigError(f"{name}: unknown name {value!r}; expected some of {', '.join(allowed)}")
+        if value not in values:
+            values.append(value)
+    return tuple(values)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class AuditSettings:
+    """The ``DYN_AUDIT_*`` settings (DESIGN §2)."""
+
+    enabled: bool = False
+    """Master switch; also true when force logging is on."""
+    sinks: tuple[str, ...] = ("stderr",)
+    """Sink names, in the order given."""
+    capacity: int = 1024
+    """Bound of each sink's in-memory queue, in records."""
+    force_logging: bool = False
+    """Full records for every chat request, whatever ``store`` says."""
+    usage_records: bool = True
+    """Requests without ``store: true`` still yield a ``usage_only`` record."""
+    sample_rate: float = 1.0
+    """Deterministic sampling of ``usage_only`` and force-logged records."""
+    output_path: str = "./audit/audit.jsonl"
+    """``jsonl``: the file; ``jsonl_gz``: the segment prefix."""
+    jsonl_buffer_bytes: int = 1 << 20
+    """Bytes buffered by the file sinks before a write."""
+    jsonl_flush_interval_ms: int = 1000
+    """Longest time a record waits in a file sink's buffer."""
+    jsonl_gz_roll_bytes: int = 256 << 20
+    """Uncompressed bytes after which a ``jsonl_gz`` segment is closed."""
+    jsonl_gz_roll_lines: int | None = None
+    """Lines after which a ``jsonl_gz`` segment is closed (unset: no line limit)."""
+    sqlite_path: str = "./auditgate.db"
+    """SQLite sink and default store."""
+    postgres_url: Secret | None = None
+    """PostgreSQL sink DSN; may hold a password, hence a Secret."""
+    nats_url: str = "nats://127.0.0.1:4222"
+    """NATS server for the JetStream sink."""
+    nats_subject: str = "dynamo.audit.v1"
+    """Subject records are published on."""
+    nats_stream: str = "DYNAMO_AUDIT"
+    """JetStream stream that captures the subject; created when missing."""
+    durability: str = "best_effort"
+    """``best_effort`` or ``durable`` (DESIGN §6)."""
+    spool_dir: str = "./audit/spool"
+    """Durable mode's write-ahead spool."""
+    spool_max_bytes: int = 10 << 30
+    """Spool bound; past it ``store: true`` requests get 503."""
+    integrity: bool = False
+    """Per-writer hash chain."""
+    integrity_key: Secret | None = None
+    """Key for signed checkpoints."""
+    redact: tuple[str, ...] = ()
+    """Built-in redaction detectors."""
+    header_capture: tuple[str, ...] = ()
+    """Request headers (lower-case) copied into records."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AuditSettings:
+        env = Env(environ)
+        force = env.flag("DYN_AUDIT_FORCE_LOGGING", False)
+        sinks = env.names("DYN_AUDIT_SINKS", ("stderr",), SINK_NAMES)
+        postgres_url = env.optional("DYN_AUDIT_POSTGRES_URL")
+        enabled = env.flag("DYN_AUDIT_ENABLED", False) or force
+        if enabled and "postgres" in sinks and postgres_url is None:
+            raise ConfigError("DYN_AUDIT_SINKS lists postgres but DYN_AUDIT_POSTGRES_URL is unset")
+        durability = env.text("DYN_AUDIT_DURABILITY", "best_effort").lower()
+        if durability not in ("best_effort", "durable"):
+            raise ConfigError(f"DYN_AUDIT_DURABILITY={durability!r}: expected best_effort or durable")
+        key = env.optional("DYN_AUDIT_INTEGRITY_KEY")
+        headers = env.optional("DYN_AUDIT_HTTP_HEADER_CAPTURE_LIST") or ""
+        return cls(
+            enabled=enabled,
+            sinks=sinks,
+            capacity=env.req_int("DYN_AUDIT_CAPACITY", 1024, minimum=1),
+            force_logging=force,
+            usage_records=env.flag("DYN_AUDIT_USAGE_RECORDS", True),
+            sample_rate=env.number("DYN_AUDIT_SAMPLE_RATE", 1.0, low=0.0, high=1.0),
+            output_path=env.text("DYN_AUDIT_OUTPUT_PATH", "./audit/audit.jsonl"),
+            jsonl_buffer_bytes=env.req_int("DYN_AUDIT_JSONL_BUFFER_BYTES", 1 << 20, minimum=1),
+            jsonl_flush_interval_ms=env.req_int("DYN_AUDIT_JSONL_FLUSH_INTERVAL_MS", 1000, minimum=1),
+            jsonl_gz_roll_bytes=env.req_int("DYN_AUDIT_JSONL_GZ_ROLL_BYTES", 256 << 20, minimum=1),
+            jsonl_gz_roll_lines=env.integer("DYN_AUDIT_JSONL_GZ_ROLL_LINES", None, minimum=1),
+            sqlite_path=env.text("DYN_AUDIT_SQLITE_PATH", "./auditgate.db"),
+            postgres_url=Secret(postgres_url) if postgres_url else None,
+            nats_url=env.text("DYN_AUDIT_NATS_URL", "nats://127.0.0.1:4222"),
+            nats_subject=env.text("DYN_AUDIT_NATS_SUBJECT", "dynamo.audit.v1"),
+            nats_stream=env.text("DYN_AUDIT_NATS_STREAM", "DYNAMO_AUDIT"),
+            durability=durability,
+            spool_dir=env.text("DYN_AUDIT_SPOOL_DIR", "./audit/spool"),
+            spool_max_bytes=env.req_int("DYN_AUDIT_SPOOL_MAX_BYTES", 10 << 30, minimum=1),
+            integrity=env.flag("DYN_AUDIT_INTEGRITY", False),
+            integrity_key=Secret(key) if key else None,
+            redact=env.names("DYN_AUDIT_REDACT", (), REDACTORS),
+            header_capture=tuple(h.strip().lower() for h in headers.split(",") if h.strip()),
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class GatewaySettings:
+    """The gateway's own ``AUDITGATE_*`` settings; ``auditgate serve`` flags override them."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on."""
+    port: int = 8000
+    """Port to listen on."""
+    workers: int = 1
+    """Processes sharing the port; each is its own audit writer."""
+    engine: str = "mock"
+    """``mock`` or ``openai``."""
+    models: tuple[str, ...] = ("mock",)
+    """Model ids the mock engine serves."""
+    upstream_url: str | None = None
+    """Base URL of the default OpenAI-compatible upstream, e.g. ``http://127.0.0.1:9000/v1``."""
+    upstream_routes: tuple[tuple[str, str], ...] = ()
+    """Model -> upstream base URL routing table (``model=url,model=url``)."""
+    upstream_api_key: Secret | None = None
+    """Key sent to upstreams; the client's own key is never forwarded unless passthrough is on."""
+    upstream_key_passthrough: bool = False
+    """Forward the client's ``Authorization`` header upstream instead of the configured key."""
+    upstream_timeout_s: float = 600.0
+    """Total time allowed for one upstream request."""
+    upstream_connect_timeout_s: float = 10.0
+    """Time allowed to connect to an upstream."""
+    api_keys_file: str | None = None
+    """API keys file; unset means open mode."""
+    store_url: str | None = None
+    """Stored-completions store; default: the configured sqlite/postgres sink."""
+    grpc_port: int | None = None
+    """gRPC port (off when unset)."""
+    max_body_bytes: int = 8 << 20
+    """Largest request body accepted; larger bodies get 413."""
+    mock_ttft_ms: float = 0.0
+    """Mock engine: delay before the first token."""
+    mock_itl_ms: float = 0.0
+    """Mock engine: delay between tokens."""
+    drain_timeout_s: float = 10.0
+    """Deadline for draining audit queues at shutdown."""
+    log_level: str = "info"
+    """Log level of the gateway's own logs."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewaySettings:
+        env = Env(environ)
+        engine = env.text("AUDITGATE_ENGINE", "mock").lower()
+        if engine not in ("mock", "openai"):
+            raise ConfigError(f"AUDITGATE_ENGINE={engine!r}: expected mock or openai")
+        models = tuple(m.strip() for m in env.text("AUDITGATE_MODELS", "mock").split(",") if m.strip())
+        key = env.optional("AUDITGATE_UPSTREAM_API_KEY")
+        grpc = env.integer("AUDITGATE_GRPC_PORT", None, minimum=1)
+        return cls(
+            host=env.text("AUDITGATE_HOST", "127.0.0.1"),
+            port=env.req_int("AUDITGATE_PORT", 8000, minimum=0),
+            workers=env.req_int("AUDITGATE_WORKERS", 1, minimum=1),
+            engine=engine,
+            models=models or ("mock",),
+            upstream_url=env.optional("AUDITGATE_UPSTREAM_URL"),
+            upstream_routes=parse_routes(env.optional("AUDITGATE_UPSTREAM_ROUTES") or ""),
+            upstream_api_key=Secret(key) if key else None,
+            upstream_key_passthrough=env.flag("AUDITGATE_UPSTREAM_KEY_PASSTHROUGH", False),
+            upstream_timeout_s=env.number("AUDITGATE_UPSTREAM_TIMEOUT", 600.0, low=0.001, high=86400),
+            upstream_connect_timeout_s=env.number(
+                "AUDITGATE_UPSTREAM_CONNECT_TIMEOUT", 10.0, low=0.001, high=3600
+            ),
+            api_keys_file=env.optional("AUDITGATE_API_KEYS_FILE"),
+            store_url=env.optional("AUDITGATE_STORE_URL"),
+            grpc_port=grpc,
+            max_body_bytes=env.req_int("AUDITGATE_MAX_BODY_BYTES", 8 << 20, minimum=1024),
+            mock_ttft_ms=env.number("AUDITGATE_MOCK_TTFT_MS", 0.0, low=0.0, high=600_000),
+            mock_itl_ms=env.number("AUDITGATE_MOCK_ITL_MS", 0.0, low=0.0, high=600_000),
+            drain_timeout_s=env.number("AUDITGATE_DRAIN_TIMEOUT", 10.0, low=0.0, high=3600),
+            log_level=env.text("AUDITGATE_LOG_LEVEL", "info").lower(),
+        )
+
+    def validate(self) -> None:
+        """Check cross-field rules after flags were applied."""
+        if self.engine == "openai" and not (self.upstream_url or self.upstream_routes):
+            raise ConfigError(
+                "engine 'openai' needs AUDITGATE_UPSTREAM_URL (--upstream) or AUDITGATE_UPSTREAM_ROUTES"
+            )
+        if self.log_level not in ("critical", "error", "warning", "info", "debug"):
+            raise ConfigError(f"AUDITGATE_LOG_LEVEL={self.log_level!r}: unknown level")
+
+
+def parse_routes(raw: str) -> tuple[tuple[str, str], ...]:
+    """Parse ``model=url,model=url`` into routing pairs."""
+    routes: list[tuple[str, str]] = []
+    for part in raw.split(","):
+        if not part.strip():
+            continue
+        model, sep, url = part.partition("=")
+        if not sep or not model.strip() or not url.strip():
+            raise ConfigError(f"AUDITGATE_UPSTREAM_ROUTES: {part.strip()!r} is not model=url")
+        routes.append((model.strip(), url.strip()))
+    return tuple(routes)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything one gateway process is configured with."""
+
+    audit: AuditSettings
+    gateway: GatewaySettings
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        return cls(AuditSettings.from_env(environ), GatewaySettings.from_env(environ))
