@@ -1,0 +1,73 @@
+"""Fixtures shared by the whole suite: the machine's PostgreSQL and NATS, isolated per test.
+
+Every test gets its own database / stream / subject names and cleans up after itself, so tests
+never depend on leftovers.  The shared servers are the ones ``.ci/run`` starts; tests that stop
+and restart a server start their own (``tests/support``).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+PG_ADMIN_DSN = os.environ.get("AUDITGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+NATS_URL = os.environ.get("AUDITGATE_TEST_NATS", "nats://127.0.0.1:4222")
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique token for names of databases, streams, subjects and files."""
+    return uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+async def pg_dsn(unique: str) -> AsyncIterator[str]:
+    """A fresh PostgreSQL database on the shared server, dropped after the test."""
+    import asyncpg
+
+    name = f"ag_test_{unique}"
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def nats_url() -> str:
+    """URL of the shared NATS server (JetStream on)."""
+    return NATS_URL
+
+
+@pytest.fixture
+async def nats_names(unique: str) -> AsyncIterator[tuple[str, str]]:
+    """A (stream, subject) pair of unique names; the stream is deleted after the test."""
+    import nats
+
+    stream, subject = f"AGTEST_{unique.upper()}", f"agtest.{unique}.audit"
+    yield stream, subject
+    nc = await nats.connect(NATS_URL)
+    try:
+        js = nc.jetstream()
+        try:
+            await js.delete_stream(stream)
+        except nats.js.errors.NotFoundError:
+            pass
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+def workdir(tmp_path: os.PathLike[str]) -> Iterator[str]:
+    """A temporary directory for files a test's gateway writes."""
+    yield str(tmp_path)
