@@ -1,0 +1,283 @@
+"""Capture: the one place that decides what a request's record holds, and publishes it.
+
+Every transport (HTTP, gRPC, the ASGI middleware) goes through :class:`Auditor.open`, feeds the
+:class:`AuditCapture` what the client received, and calls :meth:`AuditCapture.finish` in a
+``finally`` block — so a client that goes away, an engine that fails, or a bug in the transport
+still yields exactly one record.
+
+Decision (DESIGN §2, §3):
+
+- audit off → no capture at all;
+- ``store: true`` or force logging → ``full``; ``store: true`` records are never sampled away;
+- otherwise, with ``DYN_AUDIT_USAGE_RECORDS`` on → ``usage_only`` (no request, no response);
+- ``usage_only`` and force-logged records are sampled by a hash of the request id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import secrets
+import socket
+import time
+from typing import Any, Final
+
+from auditgate.audit.aggregate import StreamAggregator
+from auditgate.audit.bus import AuditBus
+from auditgate.audit.metrics import AuditMetrics
+from auditgate.audit.record import AuditRecord, Envelope, ErrorInfo, Mode, Status
+from auditgate.config import AuditSettings
+from auditgate.errors import APIError
+
+_UNIT: Final = float(1 << 64)
+
+
+def new_writer_id() -> str:
+    """``host:pid:random`` — unique per process start, so two starts never share a sequence."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class Auditor:
+    """Opens captures and publishes their records with a gap-free per-writer ``seq``."""
+
+    def __init__(
+        self,
+        settings: AuditSettings,
+        bus: AuditBus | None,
+        metrics: AuditMetrics,
+        *,
+        engine: str,
+        writer: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.metrics = metrics
+        self.engine = engine
+        self.writer = writer or new_writer_id()
+        self._seq = itertools.count()
+        self._enabled = settings.enabled and bus is not None
+        self._sample = settings.sample_rate
+        self._records = {m: metrics.records.labels(m) for m in ("full", "usage_only")}
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    def mode_for(self, request_id: str, store: bool) -> Mode | None:
+        """The record mode this request gets, or None for no record."""
+        if not self._enabled:
+            return None
+        if store:
+            return "full"
+        if self.settings.force_logging:
+            return "full" if self._sampled(request_id) else None
+        if self.settings.usage_records:
+            return "usage_only" if self._sampled(request_id) else None
+        return None
+
+    def open(
+        self,
+        *,
+        request_id: str,
+        body: dict[str, Any],
+        model: str,
+        streaming: bool,
+        store: bool,
+        transport: str = "http",
+        endpoint: str = "chat.completions",
+        tenant: str | None = None,
+        metadata: dict[str, str] | None = None,
+        client_request_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> AuditCapture | None:
+        """Start capturing one request; None when it yields no record."""
+        mode = self.mode_for(request_id, store)
+        if mode is None:
+            return None
+        return AuditCapture(
+            self,
+            mode=mode,
+            request_id=request_id,
+            body=body,
+            model=model,
+            streaming=streaming,
+            transport=transport,
+            endpoint=endpoint,
+            tenant=tenant,
+            metadata=metadata or {},
+            client_request_id=client_request_id,
+            headers=headers,
+        )
+
+    def publish(self, record: AuditRecord) -> None:
+        """Stamp ``writer``/``seq`` and hand the record to the bus; never blocks or raises."""
+        record.writer = self.writer
+        record.seq = next(self._seq)
+        self._records[record.mode].inc()
+        assert self.bus is not None
+        self.bus.publish(Envelope(record))
+
+    def _sampled(self, request_id: str) -> bool:
+        if self._sample >= 1.0:
+            return True
+        if self._sample <= 0.0:
+            return False
+        digest = hashlib.blake2b(request_id.encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") / _UNIT < self._sample
+
+
+class AuditCapture:
+    """What one request produced, as the client received it; becomes one record."""
+
+    __slots__ = (
+        "_aggregator",
+        "_auditor",
+        "_body",
+        "_client_request_id",
+        "_created_at",
+        "_endpoint",
+        "_engine_response_id",
+        "_error",
+        "_finished",
+        "_first_at",
+        "_headers",
+        "_metadata",
+        "_model",
+        "_response",
+        "_started",
+        "_status",
+        "_streaming",
+        "_tenant",
+        "_transport",
+        "_usage",
+        "mode",
+        "request_id",
+    )
+
+    def __init__(
+        self,
+        auditor: Auditor,
+        *,
+        mode: Mode,
+        request_id: str,
+        body: dict[str, Any],
+        model: str,
+        streaming: bool,
+        transport: str,
+        endpoint: str,
+        tenant: str | None,
+        metadata: dict[str, str],
+        client_request_id: str | None,
+        headers: dict[str, str] | None,
+    ) -> None:
+        self._auditor = auditor
+        self.mode = mode
+        self.request_id = request_id
+        self._body = body
+        self._model = model
+        self._streaming = streaming
+        self._transport = transport
+        self._endpoint = endpoint
+        self._tenant = tenant
+        self._metadata = metadata
+        self._client_request_id = client_request_id
+        self._headers = headers
+        self._created_at = time.time_ns() // 1_000_000
+        self._started = time.perf_counter()
+        self._first_at: float | None = None
+        self._aggregator = StreamAggregator() if streaming and mode == "full" else None
+        self._response: dict[str, Any] | None = None
+        self._usage: dict[str, Any] | None = None
+        self._engine_response_id: str | None = None
+        self._status: Status = "completed"
+        self._error: ErrorInfo | None = None
+        self._finished = False
+
+    def engine_response_id(self, value: object) -> None:
+        """Remember the id the engine gave its response (before the gateway replaced it)."""
+        if self._engine_response_id is None and isinstance(value, str):
+            self._engine_response_id = value
+
+    def usage(self, usage: dict[str, Any]) -> None:
+        """Token usage the engine reported, whether or not the client sees it."""
+        self._usage = usage
+
+    def chunk(self, chunk: dict[str, Any]) -> None:
+        """One stream chunk exactly as the client receives it."""
+        if self._first_at is None:
+            self._first_at = time.perf_counter()
+        if self._aggregator is not None:
+            self._aggregator.feed(chunk)
+
+    def response(self, completion: dict[str, Any]) -> None:
+        """The whole non-stream response exactly as the client receives it."""
+        self._first_at = time.perf_counter()
+        usage = completion.get("usage")
+        if isinstance(usage, dict):
+            self._usage = usage
+        if self.mode == "full":
+            self._response = completion
+
+    def fail(self, error: APIError) -> None:
+        """The request ended in an error the client was told about."""
+        self._status = "error"
+        self._error = ErrorInfo(type=error.error_type, message=error.message, status_code=error.status_code)
+
+    def cancel(self) -> None:
+        """The client went away before the response ended."""
+        if self._status == "completed":
+            self._status = "cancelled"
+
+    @property
+    def ttft_s(self) -> float | None:
+        """Seconds from request to first output, once there was output."""
+        return None if self._first_at is None else self._first_at - self._started
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def finish(self) -> AuditRecord | None:
+        """Build and publish the record; only the first call does anything."""
+        if self._finished:
+            return None
+        self._finished = True
+        now = time.perf_counter()
+        response = self._response
+        if self._aggregator is not None:
+            response = self._aggregator.finish()
+        record = AuditRecord(
+            request_id=self.request_id,
+            requested_streaming=self._streaming,
+            mode=self.mode,
+            model=self._model,
+            usage=self._usage,
+            endpoint=self._endpoint,
+            transport=self._transport,
+            engine=self._auditor.engine,
+            status=self._status,
+            complete=self._status == "completed" and (response is not None or self.mode != "full"),
+            created_at=self._created_at,
+            completed_at=self._created_at + int((now - self._started) * 1000),
+            ttft_ms=None if self._first_at is None else (self._first_at - self._started) * 1000.0,
+            duration_ms=(now - self._started) * 1000.0,
+            tenant=self._tenant,
+            metadata=self._metadata,
+            writer="",
+            seq=-1,
+        )
+        if self.mode == "full":
+            record.request = self._body
+            if response is not None:
+                record.response = response
+        if self._error is not None:
+            record.error = self._error
+        if self._client_request_id is not None:
+            record.client_request_id = self._client_request_id
+        if self._engine_response_id is not None:
+            record.engine_response_id = self._engine_response_id
+        if self._headers:
+            record.http_request_headers = self._headers
+        self._auditor.publish(record)
+        return record

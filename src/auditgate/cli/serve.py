@@ -1,0 +1,107 @@
+"""``auditgate serve``: run the gateway under uvicorn (uvloop + httptools).
+
+Flags win over the environment: they are written into ``AUDITGATE_*`` variables before uvicorn
+starts, so ``--workers N`` processes all build the same settings with the app factory; each
+worker is its own audit ``writer`` with its own ``seq``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+from auditgate.config import Settings
+from auditgate.errors import ConfigError
+
+_FLAG_ENV = {
+    "host": "AUDITGATE_HOST",
+    "port": "AUDITGATE_PORT",
+    "workers": "AUDITGATE_WORKERS",
+    "engine": "AUDITGATE_ENGINE",
+    "upstream": "AUDITGATE_UPSTREAM_URL",
+    "upstream_api_key": "AUDITGATE_UPSTREAM_API_KEY",
+    "api_keys_file": "AUDITGATE_API_KEYS_FILE",
+    "store": "AUDITGATE_STORE_URL",
+    "grpc_port": "AUDITGATE_GRPC_PORT",
+    "max_body_bytes": "AUDITGATE_MAX_BODY_BYTES",
+    "log_level": "AUDITGATE_LOG_LEVEL",
+}
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run the gateway", description=__doc__)
+    p.add_argument("--host", help="listen address (AUDITGATE_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (AUDITGATE_PORT, default 8000)")
+    p.add_argument("--workers", type=int, help="processes on one port (AUDITGATE_WORKERS, default 1)")
+    p.add_argument("--engine", choices=("mock", "openai"), help="engine (AUDITGATE_ENGINE)")
+    p.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        help="model id the mock engine serves; repeatable (AUDITGATE_MODELS)",
+    )
+    p.add_argument("--upstream", help="OpenAI-compatible base URL (AUDITGATE_UPSTREAM_URL)")
+    p.add_argument(
+        "--upstream-api-key",
+        help="key sent upstream (AUDITGATE_UPSTREAM_API_KEY; prefer the variable: flags show in ps)",
+    )
+    p.add_argument("--api-keys-file", help="API keys file (AUDITGATE_API_KEYS_FILE)")
+    p.add_argument("--store", help="stored-completions store URL (AUDITGATE_STORE_URL)")
+    p.add_argument("--grpc-port", type=int, help="gRPC port (AUDITGATE_GRPC_PORT)")
+    p.add_argument("--max-body-bytes", type=int, help="request body limit (AUDITGATE_MAX_BODY_BYTES)")
+    p.add_argument("--log-level", help="log level (AUDITGATE_LOG_LEVEL, default info)")
+    p.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=30.0,
+        help="seconds in-flight requests may take to finish after SIGTERM (default 30)",
+    )
+    p.set_defaults(func=run)
+
+
+def apply_flags(args: argparse.Namespace, environ: dict[str, str]) -> None:
+    """Write the given flags into the environment the app factory reads."""
+    for attr, name in _FLAG_ENV.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            environ[name] = str(value)
+    if getattr(args, "models", None):
+        environ["AUDITGATE_MODELS"] = ",".join(args.models)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    apply_flags(args, os.environ)  # type: ignore[arg-type]
+    try:
+        settings = Settings.from_env()
+        settings.gateway.validate()
+    except ConfigError as exc:
+        print(f"auditgate: configuration error: {exc}", file=sys.stderr)
+        return 2
+    gw = settings.gateway
+    logging.basicConfig(
+        level=gw.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
+        stream=sys.stderr,
+    )
+    uvicorn.run(
+        "auditgate.server.app:app_from_env",
+        factory=True,
+        host=gw.host,
+        port=gw.port,
+        workers=gw.workers if gw.workers > 1 else None,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        log_level=gw.log_level,
+        timeout_graceful_shutdown=args.graceful_timeout,
+        server_header=False,
+        date_header=False,
+    )
+    return 0

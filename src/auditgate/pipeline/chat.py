@@ -1,0 +1,217 @@
+"""The chat completion pipeline: the single integration point every transport calls.
+
+It opens the audit capture, asks the engine, rewrites what the client will see (the response id
+is always ``chatcmpl-<request_id>``; usage the client did not ask for is stripped), taps exactly
+those bytes into the capture, and finishes the capture in ``finally`` — so completion, engine
+failure and client disconnect all yield one record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+from auditgate.audit.capture import AuditCapture, Auditor
+from auditgate.engines.base import Engine, EngineRequest
+from auditgate.errors import APIError, InvalidRequestError
+from auditgate.pipeline.request import ChatParams
+
+Chunk = dict[str, Any]
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class ChatCall:
+    """One validated chat completion request, whatever transport brought it."""
+
+    body: dict[str, Any]
+    """The request body as received; never mutated."""
+    params: ChatParams
+    """The validated fields of ``body``."""
+    request_id: str
+    """Gateway-generated UUIDv7."""
+    transport: str = "http"
+    endpoint: str = "chat.completions"
+    tenant: str | None = None
+    client_request_id: str | None = None
+    headers: dict[str, str] | None = None
+    """Request headers captured into the record (already filtered and redacted)."""
+    authorization: str | None = dataclasses.field(default=None, repr=False)
+    """The client's credential, only for upstream key passthrough."""
+
+    @property
+    def response_id(self) -> str:
+        return "chatcmpl-" + self.request_id
+
+
+class ChatPipeline:
+    """Runs chat completions through an engine with audit capture."""
+
+    def __init__(self, engine: Engine, auditor: Auditor) -> None:
+        self.engine = engine
+        self.auditor = auditor
+
+    def _open(self, call: ChatCall, streaming: bool) -> AuditCapture | None:
+        return self.auditor.open(
+            request_id=call.request_id,
+            body=call.body,
+            model=call.params.model,
+            streaming=streaming,
+            store=call.params.store is True,
+            transport=call.transport,
+            endpoint=call.endpoint,
+            tenant=call.tenant,
+            metadata=call.params.metadata,
+            client_request_id=call.client_request_id,
+            headers=call.headers,
+        )
+
+    async def complete(self, call: ChatCall) -> dict[str, Any]:
+        """A non-stream ``chat.completion``; raises :class:`APIError` on failure."""
+        capture = self._open(call, streaming=False)
+        request = EngineRequest(call.body, call.request_id, call.response_id, call.authorization)
+        try:
+            completion = await self.engine.complete(request)
+            if capture is not None:
+                capture.engine_response_id(completion.get("id"))
+            completion["id"] = call.response_id
+            if capture is not None:
+                capture.response(completion)
+            return completion
+        except APIError as exc:
+            if capture is not None:
+                capture.fail(exc)
+            raise
+        except BaseException:
+            if capture is not None:
+                capture.cancel()
+            raise
+        finally:
+            if capture is not None:
+                capture.finish()
+
+    async def stream(self, call: ChatCall) -> ChatStream:
+        """Start a stream: returns once the engine produced its first batch, so that errors
+        before any output reach the client as a plain HTTP error, not as a broken stream."""
+        capture = self._open(call, streaming=True)
+        options = call.body.get("stream_options")
+        client_usage = isinstance(options, dict) and options.get("include_usage") is True
+        body = call.body
+        if not client_usage:
+            # Always ask for usage so the record has it; strip it from what the client sees.
+            body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
+        request = EngineRequest(body, call.request_id, call.response_id, call.authorization)
+        batches = self.engine.stream(request)
+        try:
+            first = await anext(batches, None)
+        except APIError as exc:
+            if capture is not None:
+                capture.fail(exc)
+                capture.finish()
+            await aclose(batches)
+            raise
+        except BaseException:
+            if capture is not None:
+                capture.cancel()
+                capture.finish()
+            await aclose(batches)
+            raise
+        return ChatStream(first or [], batches, capture, call.response_id, client_usage)
+
+
+class ChatStream:
+    """The chunks a streaming client receives, in batches; iterate once, then ``aclose``.
+
+    Raises :class:`APIError` from iteration when the engine fails mid-stream (the transport
+    sends it as an in-stream error event).  The record is published when the stream ends,
+    fails, or is closed early (client gone).
+    """
+
+    def __init__(
+        self,
+        first: list[Chunk],
+        rest: AsyncIterator[list[Chunk]],
+        capture: AuditCapture | None,
+        response_id: str,
+        client_usage: bool,
+    ) -> None:
+        self._first = first
+        self._rest = rest
+        self._capture = capture
+        self._response_id = response_id
+        self._client_usage = client_usage
+        self._iterator = self._relay()
+
+    def __aiter__(self) -> AsyncIterator[list[Chunk]]:
+        return self._iterator
+
+    async def aclose(self) -> None:
+        """Stop early (client gone) or after the end; publishes the record if not yet done."""
+        await aclose(self._iterator)
+        await aclose(self._rest)
+        if self._capture is not None and not self._capture.finished:
+            self._capture.cancel()
+            self._capture.finish()
+
+    async def _relay(self) -> AsyncIterator[list[Chunk]]:
+        capture = self._capture
+        try:
+            batch = self._rewrite(self._first)
+            if batch:
+                yield batch
+            async for raw in self._rest:
+                batch = self._rewrite(raw)
+                if batch:
+                    yield batch
+        except APIError as exc:
+            if capture is not None:
+                capture.fail(exc)
+            raise
+        except BaseException:
+            # CancelledError (client gone while the engine worked) or GeneratorExit (the
+            # transport stopped reading): the client did not get the whole answer.
+            if capture is not None:
+                capture.cancel()
+            raise
+        finally:
+            if capture is not None:
+                capture.finish()
+
+    def _rewrite(self, raw: list[Chunk]) -> list[Chunk]:
+        """Give every chunk the gateway's id, strip unrequested usage, tap into the capture."""
+        capture = self._capture
+        out: list[Chunk] = []
+        for chunk in raw:
+            if capture is not None:
+                capture.engine_response_id(chunk.get("id"))
+            chunk["id"] = self._response_id
+            if "usage" in chunk:
+                usage = chunk["usage"]
+                if usage is not None and capture is not None:
+                    capture.usage(usage)
+                if not self._client_usage:
+                    del chunk["usage"]
+                    if not chunk.get("choices"):
+                        continue  # the usage-only chunk the client did not ask for
+            if capture is not None:
+                capture.chunk(chunk)
+            out.append(chunk)
+        return out
+
+
+async def aclose(iterator: AsyncIterator[Any]) -> None:
+    """Close an async generator (releasing what it holds); plain iterators have nothing to close."""
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        await close()
+
+
+def bad_stream_request(params: ChatParams) -> InvalidRequestError | None:
+    """``stream_options`` is only allowed on streams (OpenAI says so too)."""
+    if params.stream_options is not None and not params.stream:
+        return InvalidRequestError(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+            code="invalid_value",
+        )
+    return None

@@ -1,0 +1,164 @@
+"""Parsing and validating a chat completion request, for every transport.
+
+The body stays the client's JSON (a dict, unknown fields kept and forwarded); validation checks
+the fields the gateway reads or that an engine would choke on, and turns every problem into an
+OpenAI-style 400 naming the parameter.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from typing import Any, Final
+
+import msgspec
+
+from auditgate.errors import InvalidRequestError
+
+METADATA_MAX_PAIRS: Final = 16
+METADATA_MAX_KEY: Final = 64
+METADATA_MAX_VALUE: Final = 512
+_CLIENT_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class StreamOptions(msgspec.Struct):
+    include_usage: bool | None = None
+
+
+class Message(msgspec.Struct):
+    role: str
+
+
+class ChatParams(msgspec.Struct, kw_only=True):
+    """The fields of a chat request the gateway reads; the rest passes through untouched."""
+
+    model: str
+    messages: list[Message]
+    stream: bool | None = None
+    store: bool | None = None
+    n: int | None = None
+    stream_options: StreamOptions | None = None
+    metadata: dict[str, str] | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    tools: list[dict[str, Any]] | None = None
+
+
+_params_decoder: Final = msgspec.json.Decoder()
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """Decode a request body that must be one JSON object."""
+    try:
+        body = _params_decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        text = str(exc)
+        if "UTF-8" in text:
+            raise InvalidRequestError(
+                "The request body is not valid UTF-8.", code="invalid_encoding"
+            ) from None
+        raise InvalidRequestError(
+            f"We could not parse the JSON body of your request: {text}.", code="invalid_json"
+        ) from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError(
+            "The request body must be a JSON object.", code="invalid_json"
+        )
+    return body
+
+
+def validate_chat(body: dict[str, Any]) -> ChatParams:
+    """Check types and ranges of the fields we read; raise a 400 naming the parameter."""
+    try:
+        params = msgspec.convert(body, ChatParams)
+    except msgspec.ValidationError as exc:
+        raise _validation_error(str(exc)) from None
+    if not params.messages:
+        raise InvalidRequestError(
+            "'messages' must contain at least one message.", param="messages", code="invalid_value"
+        )
+    if params.n is not None and not 1 <= params.n <= 128:
+        raise InvalidRequestError(
+            f"{params.n} is not a valid value for 'n': expected 1 to 128.", param="n",
+            code="invalid_value",
+        )
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = getattr(params, name)
+        if value is not None and value < 1:
+            raise InvalidRequestError(
+                f"{value} is not a valid value for '{name}': expected at least 1.", param=name,
+                code="invalid_value",
+            )
+    if params.metadata is not None:
+        validate_metadata(params.metadata)
+    return params
+
+
+def validate_metadata(metadata: dict[str, str]) -> None:
+    """OpenAI's metadata limits: 16 pairs, keys up to 64 chars, values up to 512."""
+    if len(metadata) > METADATA_MAX_PAIRS:
+        raise InvalidRequestError(
+            f"Invalid 'metadata': too many properties. Expected at most {METADATA_MAX_PAIRS}, "
+            f"but got {len(metadata)}.",
+            param="metadata",
+            code="invalid_value",
+        )
+    for key, value in metadata.items():
+        if len(key) > METADATA_MAX_KEY:
+            raise InvalidRequestError(
+                f"Invalid 'metadata': key {key[:80]!r} is longer than {METADATA_MAX_KEY} characters.",
+                param="metadata",
+                code="invalid_value",
+            )
+        if len(value) > METADATA_MAX_VALUE:
+            raise InvalidRequestError(
+                f"Invalid 'metadata': the value of {key!r} is longer than "
+                f"{METADATA_MAX_VALUE} characters.",
+                param="metadata",
+                code="invalid_value",
+            )
+
+
+def validate_client_request_id(value: str) -> str:
+    """A client's own ``X-Request-Id``: at most 128 characters of ``[A-Za-z0-9._:-]``."""
+    if not _CLIENT_ID.fullmatch(value):
+        raise InvalidRequestError(
+            "Invalid 'X-Request-Id' header: expected 1 to 128 characters of A-Z a-z 0-9 . _ : -",
+            param="X-Request-Id",
+            code="invalid_value",
+        )
+    return value
+
+
+def new_request_id() -> str:
+    """A time-ordered UUIDv7 (RFC 9562): 48-bit Unix ms, version 7, 74 random bits."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & 0xFFFF_FFFF_FFFF) << 80
+    value |= 0x7 << 76
+    value |= (rand >> 62 & 0xFFF) << 64
+    value |= 0b10 << 62
+    value |= rand & 0x3FFF_FFFF_FFFF_FFFF
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _validation_error(text: str) -> InvalidRequestError:
+    # msgspec says e.g. "Expected `int`, got `str` - at `$.n`" or
+    # "Object missing required field `messages`".
+    param = None
+    message, sep, where = text.partition(" - at `$")
+    if sep:
+        path = where.rstrip("`")
+        param = path.lstrip(".").replace("[", ".").replace("]", "") or None
+        message = f"Invalid type for '{param}': {message[0].lower()}{message[1:]}."
+    elif "missing required field" in text:
+        param = text.rsplit("`", 2)[-2] if text.count("`") >= 2 else None
+        message = f"Missing required parameter: '{param}'."
+        return InvalidRequestError(message, param=param, code="missing_required_parameter")
+    return InvalidRequestError(message, param=param, code="invalid_type")

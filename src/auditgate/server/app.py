@@ -1,0 +1,201 @@
+"""The app factory: builds one gateway (engine, audit bus, pipeline, routes) from settings.
+
+All state lives on the :class:`Gateway` built here; importing this module has no side effects.
+``POST /v1/chat/completions`` is dispatched straight to the raw-ASGI chat handler; every other
+route goes through Starlette.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from auditgate.audit.bus import AuditBus
+from auditgate.audit.capture import Auditor
+from auditgate.audit.metrics import AuditMetrics
+from auditgate.audit.sink import Sink
+from auditgate.config import GatewaySettings, Settings
+from auditgate.engines.base import Engine
+from auditgate.errors import APIError, InvalidRequestError, NotFoundError
+from auditgate.pipeline.chat import ChatPipeline
+from auditgate.server.asgi import ASGIApp, Receive, Scope, Send
+from auditgate.server.chat import ENDPOINT, ChatHandler
+from auditgate.server.headers import HeaderCapture
+from auditgate.server.metrics import HttpMetrics
+
+log = logging.getLogger("auditgate")
+
+
+def build_engine(settings: GatewaySettings) -> Engine:
+    """The engine the settings name."""
+    if settings.engine == "openai":
+        from auditgate.engines.openai_http import OpenAIEngine
+
+        return OpenAIEngine(
+            settings.upstream_url,
+            routes=settings.upstream_routes,
+            api_key=settings.upstream_api_key,
+            key_passthrough=settings.upstream_key_passthrough,
+            timeout_s=settings.upstream_timeout_s,
+            connect_timeout_s=settings.upstream_connect_timeout_s,
+        )
+    from auditgate.engines.mock import MockEngine
+
+    return MockEngine(
+        settings.models, ttft_s=settings.mock_ttft_ms / 1000.0, itl_s=settings.mock_itl_ms / 1000.0
+    )
+
+
+class Gateway:
+    """One gateway process's state: settings, engine, audit pipeline and metrics."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engine: Engine | None = None,
+        sinks: Sequence[Sink] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = CollectorRegistry()
+        self.audit_metrics = AuditMetrics(self.registry)
+        self.http_metrics = HttpMetrics(self.registry)
+        self.engine = engine if engine is not None else build_engine(settings.gateway)
+        audit = settings.audit
+        self.bus: AuditBus | None = None
+        if audit.enabled:
+            if sinks is None:
+                from auditgate.sinks import build_sinks
+
+                sinks = build_sinks(audit)
+            self.bus = AuditBus(sinks, capacity=audit.capacity, metrics=self.audit_metrics)
+        self.auditor = Auditor(audit, self.bus, self.audit_metrics, engine=self.engine.name)
+        self.pipeline = ChatPipeline(self.engine, self.auditor)
+        self.header_capture = HeaderCapture.build(audit.header_capture)
+
+    async def start(self) -> None:
+        """Start the engine and the audit bus (opening every sink)."""
+        await self.engine.start()
+        if self.bus is not None:
+            await self.bus.start()
+        audit = self.settings.audit
+        if self.bus is not None:
+            log.info(
+                "audit on: sinks=%s capacity=%d durability=%s writer=%s",
+                ",".join(self.bus.sink_names),
+                audit.capacity,
+                audit.durability,
+                self.auditor.writer,
+            )
+        else:
+            log.info("audit off (set DYN_AUDIT_ENABLED=1 to record chat completions)")
+
+    async def stop(self) -> None:
+        """Close the engine, then drain the audit bus within the configured deadline."""
+        try:
+            await self.engine.close()
+        finally:
+            if self.bus is not None:
+                report = await self.bus.close(self.settings.gateway.drain_timeout_s)
+                lost = sum(report.values())
+                if lost:
+                    log.error("audit: %d record(s) undelivered at shutdown: %s", lost, report)
+                else:
+                    log.info("audit: all records delivered at shutdown")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    sinks: Sequence[Sink] | None = None,
+) -> GatewayApp:
+    """Build the ASGI app for ``settings``; ``engine``/``sinks`` replace the configured ones."""
+    return GatewayApp(Gateway(settings, engine=engine, sinks=sinks))
+
+
+def app_from_env() -> GatewayApp:
+    """uvicorn factory: settings from the environment (``auditgate serve`` writes its flags there)."""
+    return create_app(Settings.from_env())
+
+
+class GatewayApp:
+    """The ASGI app: the chat fast path, then Starlette for everything else."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.chat = ChatHandler(gateway)
+        self.router = self._router()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == ENDPOINT and scope["method"] == "POST":
+            await self.chat(scope, receive, send)
+            return
+        await self.router(scope, receive, send)
+
+    def _router(self) -> ASGIApp:
+        gateway = self.gateway
+
+        @contextlib.asynccontextmanager
+        async def lifespan(_: Starlette) -> AsyncIterator[None]:
+            await gateway.start()
+            try:
+                yield
+            finally:
+                await gateway.stop()
+
+        app = Starlette(
+            routes=[
+                Route("/health", self._health, methods=["GET"]),
+                Route("/metrics", self._metrics, methods=["GET"]),
+                Route("/v1/models", self._models, methods=["GET"]),
+                Route("/v1/models/{model:path}", self._model, methods=["GET"]),
+            ],
+            exception_handlers={
+                APIError: self._api_error,
+                HTTPException: self._http_error,
+            },
+            lifespan=lifespan,
+        )
+        return app
+
+    async def _health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def _metrics(self, request: Request) -> Response:
+        return Response(generate_latest(self.gateway.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def _models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": self.gateway.engine.models()})
+
+    async def _model(self, request: Request) -> Response:
+        wanted = request.path_params["model"]
+        for model in self.gateway.engine.models():
+            if model.get("id") == wanted:
+                return JSONResponse(model)
+        raise NotFoundError(
+            f"The model '{wanted}' does not exist", param="model", code="model_not_found"
+        )
+
+    async def _api_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, APIError)
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code)
+
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        error: APIError
+        if exc.status_code == 404:
+            error = NotFoundError(f"Unknown route: {request.method} {request.url.path}")
+        else:
+            error = InvalidRequestError(str(exc.detail), status_code=exc.status_code)
+        headers: dict[str, Any] = dict(exc.headers or {})
+        return JSONResponse(error.to_dict(), status_code=exc.status_code, headers=headers)

@@ -1,0 +1,180 @@
+"""``POST /v1/chat/completions`` over HTTP: parse, call the pipeline, write JSON or SSE.
+
+A thin transport: everything audit-related happens in :mod:`auditgate.pipeline.chat`.  The one
+thing only the transport can know is that the client went away; it learns it from an
+``http.disconnect`` message and cancels the request's task, which the pipeline records as
+``cancelled``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Final
+
+from auditgate.errors import APIError
+from auditgate.pipeline.chat import ChatCall, ChatPipeline, bad_stream_request
+from auditgate.pipeline.request import (
+    new_request_id,
+    parse_body,
+    validate_chat,
+    validate_client_request_id,
+)
+from auditgate.server import sse
+from auditgate.server.asgi import (
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    encode_json,
+    header,
+    read_body,
+    send_error,
+    send_json,
+)
+
+if TYPE_CHECKING:
+    from auditgate.server.app import Gateway
+
+ENDPOINT: Final = "/v1/chat/completions"
+
+
+class _Watch:
+    """Cancels the request's task when the client disconnects while ``active``."""
+
+    __slots__ = ("active", "gone", "task")
+
+    def __init__(self) -> None:
+        self.active = True
+        self.gone = False
+        self.task = asyncio.current_task()
+
+    async def run(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.gone = True
+                if self.active and self.task is not None:
+                    self.task.cancel()
+                return
+
+
+class ChatHandler:
+    """Serves chat completions for one gateway."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.pipeline: ChatPipeline = gateway.pipeline
+        self.limit = gateway.settings.gateway.max_body_bytes
+        self.capture_headers = gateway.header_capture
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request_id = new_request_id()
+        rid_header = [(b"x-request-id", request_id.encode())]
+        metrics = self.gateway.http_metrics
+        status = 200
+        try:
+            call = await self._parse(scope, receive, request_id)
+            if call.params.stream:
+                status = await self._stream(call, receive, send, rid_header)
+            else:
+                status = await self._complete(call, receive, send, rid_header)
+        except APIError as exc:
+            status = exc.status_code
+            await send_error(send, exc, rid_header)
+        except ClientGone:
+            status = 499
+        finally:
+            metrics.observe(ENDPOINT, status, time.perf_counter() - started)
+
+    async def _parse(self, scope: Scope, receive: Receive, request_id: str) -> ChatCall:
+        raw = await read_body(scope, receive, self.limit)
+        body = parse_body(raw)
+        params = validate_chat(body)
+        error = bad_stream_request(params)
+        if error is not None:
+            raise error
+        client_id = header(scope, b"x-request-id")
+        client_request_id = None
+        if client_id is not None:
+            client_request_id = validate_client_request_id(client_id.decode("latin-1"))
+        auth = header(scope, b"authorization")
+        return ChatCall(
+            body=body,
+            params=params,
+            request_id=request_id,
+            client_request_id=client_request_id,
+            headers=self.capture_headers(scope) if self.capture_headers else None,
+            authorization=auth.decode("latin-1") if auth is not None else None,
+        )
+
+    async def _complete(
+        self, call: ChatCall, receive: Receive, send: Send, headers: list[tuple[bytes, bytes]]
+    ) -> int:
+        watch = _Watch()
+        watcher = asyncio.ensure_future(watch.run(receive))
+        try:
+            completion = await self.pipeline.complete(call)
+            await send_json(send, 200, encode_json(completion), headers)
+            watch.active = False
+        except asyncio.CancelledError:
+            if not watch.gone:
+                raise
+            _uncancel()
+            return 499
+        finally:
+            watch.active = False
+            watcher.cancel()
+        return 200
+
+    async def _stream(
+        self, call: ChatCall, receive: Receive, send: Send, headers: list[tuple[bytes, bytes]]
+    ) -> int:
+        watch = _Watch()
+        watcher = asyncio.ensure_future(watch.run(receive))
+        stream = None
+        ttft = self.gateway.http_metrics.ttft
+        started = time.perf_counter()
+        try:
+            stream = await self.pipeline.stream(call)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [*sse.HEADERS, *headers],
+                }
+            )
+            first = True
+            try:
+                async for batch in stream:
+                    if first:
+                        ttft.observe(time.perf_counter() - started)
+                        first = False
+                    await send({"type": "http.response.body", "body": sse.frames(batch), "more_body": True})
+            except APIError as exc:
+                # Headers are gone already: report in-stream, as OpenAI does, and end the body.
+                await send({"type": "http.response.body", "body": sse.error_frame(exc)})
+                watch.active = False
+                return exc.status_code
+            await send({"type": "http.response.body", "body": sse.DONE})
+            watch.active = False
+        except asyncio.CancelledError:
+            if not watch.gone:
+                raise
+            _uncancel()
+            return 499
+        finally:
+            watch.active = False
+            watcher.cancel()
+            if stream is not None:
+                await stream.aclose()
+        return 200
+
+
+def _uncancel() -> None:
+    """Swallow the cancellation we caused ourselves when the client went away."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
