@@ -1,0 +1,152 @@
+"""Disconnects, stuck sinks, metrics, shutdown and workers: the gateway as operators see it."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import openai
+
+from tests.support.gateway import running_gateway, start_gateway
+from tests.support.server import audit_env, gateway
+
+MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one Prometheus sample in an exposition text (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = re.fullmatch(r"([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)", line)
+        if m and m.group(1) == name:
+            got = ",".join(sorted((m.group(2) or "").split(","))) if m.group(2) else ""
+            if got == want:
+                return float(m.group(3))
+    return 0.0
+
+
+def test_client_disconnect_mid_stream_yields_cancelled_partial_record() -> None:
+    """A client that goes away mid-stream leaves a cancelled record with what it had received."""
+    env = audit_env(AUDITGATE_MOCK_ITL_MS="30", AUDITGATE_MOCK_TTFT_MS="1")
+    with gateway(env) as g:
+        body = {"model": "mock", "messages": MESSAGES, "store": True, "stream": True,
+                "max_tokens": 100}
+        received = []
+        with httpx.stream("POST", g.base_url + "/chat/completions", json=body, timeout=10) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    received.append(json.loads(line[6:]))
+                if len(received) == 4:
+                    break
+        [record] = g.records(1)
+        assert (record.status, record.complete) == ("cancelled", False)
+        assert record.response is not None
+        content = record.response["choices"][0]["message"]["content"]
+        seen = "".join(c["choices"][0]["delta"].get("content") or "" for c in received)
+        assert content.startswith(seen)
+        assert record.response["choices"][0]["finish_reason"] is None
+
+
+def test_sink_that_never_returns_does_not_slow_requests() -> None:
+    """A stuck sink fills its queue; requests keep flowing and every drop is counted."""
+    with gateway(audit_env(DYN_AUDIT_CAPACITY="8")) as g:
+        g.sink.block.clear()  # the memory sink now never returns from write()
+        c = openai.OpenAI(base_url=g.base_url, api_key="x", max_retries=0, timeout=5)
+        started = time.monotonic()
+        for _ in range(60):
+            c.chat.completions.create(model="mock", messages=MESSAGES, store=True)  # type: ignore[arg-type]
+        elapsed = time.monotonic() - started
+        text = httpx.get(g.url + "/metrics").text
+        dropped = metric(text, "auditgate_audit_dropped_total", sink="memory", reason="queue_full")
+        depth = metric(text, "auditgate_audit_queue_depth", sink="memory")
+        assert metric(text, "auditgate_audit_records_total", mode="full") == 60
+        # One batch is stuck inside write(), `depth` wait in the queue, the rest were dropped.
+        inflight = 60 - dropped - depth
+        assert depth == 8 and 1 <= inflight <= 8, (dropped, depth)
+        assert elapsed < 30  # bounded: a blocked publish would hang forever, not be slow
+        g.sink.block.set()
+
+
+def test_metrics_count_requests_and_records() -> None:
+    """/metrics exposes request, record and write counters with their labels."""
+    with gateway() as g:
+        c = openai.OpenAI(base_url=g.base_url, api_key="x", max_retries=0)
+        c.chat.completions.create(model="mock", messages=MESSAGES, store=True)  # type: ignore[arg-type]
+        list(c.chat.completions.create(model="mock", messages=MESSAGES, stream=True))  # type: ignore[arg-type]
+        httpx.post(g.base_url + "/chat/completions", content=b"{")
+        g.records(2)
+        text = httpx.get(g.url + "/metrics").text
+        ep = "/v1/chat/completions"
+        assert metric(text, "auditgate_http_requests_total", endpoint=ep, status="200") == 2
+        assert metric(text, "auditgate_http_requests_total", endpoint=ep, status="400") == 1
+        assert metric(text, "auditgate_audit_records_total", mode="full") == 1
+        assert metric(text, "auditgate_audit_records_total", mode="usage_only") == 1
+        assert metric(text, "auditgate_audit_written_total", sink="memory") == 2
+        assert metric(text, "auditgate_time_to_first_token_seconds_count") == 1
+        assert metric(text, "auditgate_request_duration_seconds_count") == 3
+
+
+def test_models_and_health() -> None:
+    """/v1/models lists the served models and /health answers."""
+    with gateway(audit_env(AUDITGATE_MODELS="alpha,beta")) as g:
+        c = openai.OpenAI(base_url=g.base_url, api_key="x", max_retries=0)
+        assert [m.id for m in c.models.list()] == ["alpha", "beta"]
+        assert c.models.retrieve("beta").id == "beta"
+        assert httpx.get(g.url + "/health").json() == {"status": "ok"}
+
+
+def test_sigterm_finishes_in_flight_streams_and_drains_the_audit(tmp_path: Path) -> None:
+    """SIGTERM lets a running stream finish, then every record reaches the jsonl file."""
+    out = tmp_path / "audit.jsonl"
+    env = {
+        "DYN_AUDIT_ENABLED": "1",
+        "DYN_AUDIT_SINKS": "jsonl",
+        "DYN_AUDIT_OUTPUT_PATH": str(out),
+        "DYN_AUDIT_JSONL_FLUSH_INTERVAL_MS": "60000",
+        "AUDITGATE_MOCK_ITL_MS": "20",
+    }
+    gw = start_gateway(env, log_dir=tmp_path)
+    body = {"model": "mock", "messages": MESSAGES, "store": True, "stream": True, "max_tokens": 40}
+    with httpx.stream("POST", gw.base_url + "/chat/completions", json=body, timeout=30) as r:
+        lines = r.iter_lines()
+        next(lines)
+        gw.process.send_signal(signal.SIGTERM)
+        rest = list(lines)
+    assert rest[-1] == "data: [DONE]"
+    assert gw.process.wait(30) == 0
+    [line] = out.read_text().splitlines()
+    record = json.loads(line)
+    assert (record["status"], record["complete"]) == ("completed", True)
+    assert "all records delivered" in gw.log()
+
+
+def test_workers_are_separate_writers(tmp_path: Path) -> None:
+    """With --workers 2 each process writes its own gap-free sequence."""
+    out = tmp_path / "audit.jsonl"
+    env = {
+        "DYN_AUDIT_ENABLED": "1",
+        "DYN_AUDIT_SINKS": "jsonl",
+        "DYN_AUDIT_OUTPUT_PATH": str(out),
+        "DYN_AUDIT_JSONL_FLUSH_INTERVAL_MS": "10",
+    }
+    with running_gateway(env, ["--workers", "2"], log_dir=tmp_path) as gw:
+        for _ in range(40):
+            # A new connection per request, so the kernel spreads them over both workers.
+            with httpx.Client() as c:
+                r = c.post(gw.base_url + "/chat/completions",
+                           json={"model": "mock", "messages": MESSAGES, "store": True})
+                assert r.status_code == 200
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(records) == 40
+    by_writer: dict[str, list[int]] = {}
+    for r in records:
+        by_writer.setdefault(r["writer"], []).append(r["seq"])
+    assert len(by_writer) == 2
+    for seqs in by_writer.values():
+        assert sorted(seqs) == list(range(len(seqs)))
