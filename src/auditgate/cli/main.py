@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 # Subcommand modules, imported only to register their parser; each exposes
 # ``register(subparsers)`` which sets ``func`` (args -> exit code).
-_COMMANDS = ("auditgate.cli.serve", "auditgate.cli.consume")
+_COMMANDS = ("auditgate.cli.serve", "auditgate.cli.consume", "auditgate.cli.keys")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from auditgate.auth.keys import KeyRing, Principal
 from auditgate.audit.bus import AuditBus
 from auditgate.audit.capture import Auditor
 from auditgate.audit.metrics import AuditMetrics
@@ -27,12 +28,21 @@ from auditgate.config import GatewaySettings, Settings
 from auditgate.engines.base import Engine
 from auditgate.errors import APIError, InvalidRequestError, NotFoundError
 from auditgate.pipeline.chat import ChatPipeline
-from auditgate.server.asgi import ASGIApp, Receive, Scope, Send
+from auditgate.server.asgi import ASGIApp, Receive, Scope, Send, header, send_error
 from auditgate.server.chat import ENDPOINT, ChatHandler
 from auditgate.server.headers import HeaderCapture
 from auditgate.server.metrics import HttpMetrics
 
 log = logging.getLogger("auditgate")
+
+PRINCIPAL = "auditgate.principal"
+"""Scope key of the authenticated :class:`Principal` (absent in open mode)."""
+
+
+def principal_of(scope: Scope) -> Principal | None:
+    """The caller, when API keys are configured."""
+    value = scope.get(PRINCIPAL)
+    return value if isinstance(value, Principal) else None
 
 
 def build_engine(settings: GatewaySettings) -> Engine:
@@ -81,12 +91,21 @@ class Gateway:
         self.auditor = Auditor(audit, self.bus, self.audit_metrics, engine=self.engine.name)
         self.pipeline = ChatPipeline(self.engine, self.auditor)
         self.header_capture = HeaderCapture.build(audit.header_capture)
+        keys_file = settings.gateway.api_keys_file
+        self.keys: KeyRing | None = KeyRing.load(keys_file) if keys_file else None
 
     async def start(self) -> None:
         """Start the engine and the audit bus (opening every sink)."""
         await self.engine.start()
         if self.bus is not None:
             await self.bus.start()
+        if self.keys is None:
+            log.warning(
+                "OPEN MODE: no API keys configured (AUDITGATE_API_KEYS_FILE); anyone who can reach "
+                "this port can call every endpoint and read every stored completion"
+            )
+        else:
+            log.info("API keys: %d configured; every endpoint but /health needs one", len(self.keys))
         audit = self.settings.audit
         if self.bus is not None:
             log.info(
@@ -137,9 +156,17 @@ class GatewayApp:
         self.router = self._router()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == ENDPOINT and scope["method"] == "POST":
-            await self.chat(scope, receive, send)
-            return
+        if scope["type"] == "http":
+            keys = self.gateway.keys
+            if keys is not None and scope["path"] != "/health":
+                try:
+                    scope[PRINCIPAL] = keys.authenticate(header(scope, b"authorization"))
+                except APIError as exc:
+                    await send_error(send, exc)
+                    return
+            if scope["path"] == ENDPOINT and scope["method"] == "POST":
+                await self.chat(scope, receive, send)
+                return
         await self.router(scope, receive, send)
 
     def _router(self) -> ASGIApp:

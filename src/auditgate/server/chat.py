@@ -76,6 +76,9 @@ class ChatHandler:
         status = 200
         try:
             call = await self._parse(scope, receive, request_id)
+            principal = scope.get("auditgate.principal")
+            if principal is not None:
+                call.tenant = principal.tenant
             if call.params.stream:
                 status = await self._stream(call, receive, send, rid_header)
             else:
