@@ -1,0 +1,89 @@
+"""Sink backends, and the registry that builds them from settings.
+
+Each backend lives in its own module and imports its client library (``asyncpg``, ``nats``)
+inside that module, so :func:`build_sinks` imports a backend only when its name is configured:
+a gateway that writes files never loads a database driver.  The three file/stream sinks use only
+the standard library and are re-exported here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+from auditgate.audit.sink import Sink
+from auditgate.config import AuditSettings
+from auditgate.errors import ConfigError
+from auditgate.sinks.jsonl import JsonlSink
+from auditgate.sinks.jsonl_gz import JsonlGzSink
+from auditgate.sinks.stderr import StderrSink
+
+__all__ = ["SINK_BUILDERS", "JsonlGzSink", "JsonlSink", "StderrSink", "build_sinks"]
+
+
+def _stderr(settings: AuditSettings) -> Sink:
+    return StderrSink()
+
+
+def _jsonl(settings: AuditSettings) -> Sink:
+    return JsonlSink(
+        settings.output_path,
+        buffer_bytes=settings.jsonl_buffer_bytes,
+        flush_interval_ms=settings.jsonl_flush_interval_ms,
+    )
+
+
+def _jsonl_gz(settings: AuditSettings) -> Sink:
+    return JsonlGzSink(
+        settings.output_path,
+        buffer_bytes=settings.jsonl_buffer_bytes,
+        flush_interval_ms=settings.jsonl_flush_interval_ms,
+        roll_bytes=settings.jsonl_gz_roll_bytes,
+        roll_lines=settings.jsonl_gz_roll_lines,
+    )
+
+
+def _sqlite(settings: AuditSettings) -> Sink:
+    from auditgate.sinks.sqlite import SqliteSink
+
+    return SqliteSink(settings.sqlite_path)
+
+
+def _postgres(settings: AuditSettings) -> Sink:
+    if settings.postgres_url is None:
+        raise ConfigError("DYN_AUDIT_SINKS lists postgres but DYN_AUDIT_POSTGRES_URL is unset")
+    from auditgate.sinks.postgres import PostgresSink
+
+    return PostgresSink(settings.postgres_url.reveal())
+
+
+def _nats(settings: AuditSettings) -> Sink:
+    from auditgate.sinks.nats import NatsSink
+
+    return NatsSink(settings.nats_url, settings.nats_subject, settings.nats_stream)
+
+
+SINK_BUILDERS: Final[dict[str, Callable[[AuditSettings], Sink]]] = {
+    "stderr": _stderr,
+    "jsonl": _jsonl,
+    "jsonl_gz": _jsonl_gz,
+    "sqlite": _sqlite,
+    "postgres": _postgres,
+    "nats": _nats,
+}
+"""Sink name (as in ``DYN_AUDIT_SINKS``) -> builder; a builder imports its backend when called."""
+
+
+def build_sinks(settings: AuditSettings) -> list[Sink]:
+    """One sink per name in ``settings.sinks``, in that order; nothing is opened yet.
+
+    Raises :class:`ConfigError` for an unknown name or a sink whose settings are missing.
+    """
+    sinks: list[Sink] = []
+    for name in settings.sinks:
+        builder = SINK_BUILDERS.get(name)
+        if builder is None:
+            known = ", ".join(SINK_BUILDERS)
+            raise ConfigError(f"DYN_AUDIT_SINKS: unknown sink {name!r}; expected some of {known}")
+        sinks.append(builder(settings))
+    return sinks
