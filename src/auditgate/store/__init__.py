@@ -1,0 +1,43 @@
+"""The stored-completions store: one schema for SQLite and PostgreSQL, ordered migrations.
+
+- :mod:`auditgate.store.schema` — table and column names, ``record <-> row`` conversion.
+- :mod:`auditgate.store.migrations` — the ordered migrations, recorded in ``schema_migrations``.
+- :mod:`auditgate.store.sqlite` — ``connect``, ``migrate``, ``insert_rows`` (stdlib ``sqlite3``).
+- :mod:`auditgate.store.postgres` — ``check_dsn``, ``migrate``, ``insert_rows`` (asyncpg; import
+  it explicitly, it needs the ``postgres`` extra).
+"""
+
+from __future__ import annotations
+
+from auditgate.store.migrations import MIGRATIONS, Migration
+from auditgate.store.schema import (
+    COLUMN_NAMES,
+    COLUMNS,
+    METADATA_TABLE,
+    MIGRATIONS_TABLE,
+    SELECT_COLUMNS,
+    TABLE,
+    Row,
+    record_dict_from_row,
+    record_from_row,
+    response_id_of,
+    row_from_json,
+    row_from_record,
+)
+
+__all__ = [
+    "COLUMNS",
+    "COLUMN_NAMES",
+    "METADATA_TABLE",
+    "MIGRATIONS",
+    "MIGRATIONS_TABLE",
+    "SELECT_COLUMNS",
+    "TABLE",
+    "Migration",
+    "Row",
+    "record_dict_from_row",
+    "record_from_row",
+    "response_id_of",
+    "row_from_json",
+    "row_from_record",
+]

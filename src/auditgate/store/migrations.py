@@ -1,0 +1,161 @@
+"""Ordered schema migrations, recorded in ``schema_migrations`` (after simonw/llm).
+
+Each :class:`Migration` is a named pair of functions, one per database, that move the schema one
+step forward; the runners (:func:`auditgate.store.sqlite.migrate`,
+:func:`auditgate.store.postgres.migrate`) apply, in order, every migration whose name is not yet
+in ``schema_migrations`` and record it there, all in one transaction that holds a lock, so two
+processes that migrate at once never conflict: the second one waits and finds nothing to do.
+
+Rules: never edit or reorder a migration that shipped; add a new one at the end.  Both databases
+get the same migrations (same names), so the two stores stay one logical schema.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from auditgate.store.schema import METADATA_TABLE, MIGRATIONS_TABLE, TABLE
+
+SqliteStep = Callable[[sqlite3.Connection], None]
+PostgresStep = Callable[[Any], Awaitable[None]]
+"""Takes an ``asyncpg.Connection`` inside the migration transaction."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Migration:
+    """One step of the schema."""
+
+    name: str
+    """Recorded in ``schema_migrations.name``; unique, never changed once shipped."""
+    sqlite: SqliteStep
+    """Applies the step to a SQLite connection (inside the migration transaction)."""
+    postgres: PostgresStep
+    """Applies the step to an asyncpg connection (inside the migration transaction)."""
+
+
+def _table_sql(types: dict[str, str]) -> str:
+    t = types
+    return f"""
+CREATE TABLE {TABLE} (
+    request_id           {t["text"]} PRIMARY KEY,
+    response_id          {t["text"]} NOT NULL UNIQUE,
+    schema_version       {t["int"]} NOT NULL,
+    requested_streaming  {t["bool"]} NOT NULL,
+    mode                 {t["text"]} NOT NULL,
+    model                {t["text"]} NOT NULL,
+    usage                {t["json"]},
+    request              {t["json"]},
+    response             {t["json"]},
+    endpoint             {t["text"]} NOT NULL,
+    transport            {t["text"]} NOT NULL,
+    engine               {t["text"]} NOT NULL,
+    status               {t["text"]} NOT NULL,
+    complete             {t["bool"]} NOT NULL,
+    error                {t["json"]},
+    created_at           {t["int"]} NOT NULL,
+    completed_at         {t["int"]} NOT NULL,
+    ttft_ms              {t["float"]},
+    duration_ms          {t["float"]},
+    tenant               {t["text"]},
+    metadata             {t["json"]} NOT NULL,
+    client_request_id    {t["text"]},
+    engine_response_id   {t["text"]},
+    http_request_headers {t["json"]},
+    writer               {t["text"]} NOT NULL,
+    seq                  {t["int"]} NOT NULL,
+    integrity            {t["json"]},
+    prompt_tokens        {t["int"]},
+    completion_tokens    {t["int"]},
+    total_tokens         {t["int"]},
+    extra                {t["json"]},
+    originals            {t["text"]},
+    deleted_at           {t["int"]}
+)"""
+
+
+_SQLITE_TYPES: Final = {
+    "text": "TEXT",
+    "int": "INTEGER",
+    "bool": "INTEGER",
+    "float": "REAL",
+    "json": "TEXT",
+}
+_POSTGRES_TYPES: Final = {
+    "text": "text",
+    "int": "bigint",
+    "bool": "boolean",
+    "float": "double precision",
+    "json": "jsonb",
+}
+
+# Listing pages by (created_at, request_id), optionally narrowed by model or tenant: the
+# stored-completions API's and the stats' access paths.
+_BTREE_INDEXES: Final = (
+    f"CREATE INDEX {TABLE}_created ON {TABLE} (created_at, request_id)",
+    f"CREATE INDEX {TABLE}_model ON {TABLE} (model, created_at, request_id)",
+    f"CREATE INDEX {TABLE}_tenant ON {TABLE} (tenant, created_at, request_id)",
+)
+
+
+def _m001_sqlite(db: sqlite3.Connection) -> None:
+    db.execute(_table_sql(_SQLITE_TYPES))
+
+
+async def _m001_postgres(db: Any) -> None:
+    await db.execute(_table_sql(_POSTGRES_TYPES))
+
+
+_SQLITE_METADATA_ROWS: Final = (
+    f"INSERT OR IGNORE INTO {METADATA_TABLE} (request_id, key, value) "
+    "SELECT NEW.request_id, j.key, j.value FROM json_each(NEW.metadata) AS j WHERE j.type = 'text'"
+)
+
+
+def _m002_sqlite(db: sqlite3.Connection) -> None:
+    for statement in _BTREE_INDEXES:
+        db.execute(statement)
+    # SQLite has no GIN: a side table, kept by triggers, indexes metadata key/value filters.
+    db.execute(
+        f"CREATE TABLE {METADATA_TABLE} (request_id TEXT NOT NULL, key TEXT NOT NULL, "
+        "value TEXT NOT NULL, PRIMARY KEY (key, value, request_id)) WITHOUT ROWID"
+    )
+    db.execute(f"CREATE INDEX {METADATA_TABLE}_request ON {METADATA_TABLE} (request_id)")
+    db.execute(
+        f"CREATE TRIGGER {TABLE}_metadata_insert AFTER INSERT ON {TABLE} "
+        f"WHEN NEW.metadata <> '{{}}' BEGIN {_SQLITE_METADATA_ROWS}; END"
+    )
+    db.execute(
+        f"CREATE TRIGGER {TABLE}_metadata_update AFTER UPDATE OF metadata ON {TABLE} BEGIN "
+        f"DELETE FROM {METADATA_TABLE} WHERE request_id = OLD.request_id; "
+        f"{_SQLITE_METADATA_ROWS}; END"
+    )
+    db.execute(
+        f"CREATE TRIGGER {TABLE}_metadata_delete AFTER DELETE ON {TABLE} BEGIN "
+        f"DELETE FROM {METADATA_TABLE} WHERE request_id = OLD.request_id; END"
+    )
+
+
+async def _m002_postgres(db: Any) -> None:
+    for statement in _BTREE_INDEXES:
+        await db.execute(statement)
+    # jsonb_path_ops serves the API's filter `metadata @> '{"key": "value"}'`.
+    await db.execute(
+        f"CREATE INDEX {TABLE}_metadata ON {TABLE} USING gin (metadata jsonb_path_ops)"
+    )
+
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    Migration("m001_completions", _m001_sqlite, _m001_postgres),
+    Migration("m002_indexes", _m002_sqlite, _m002_postgres),
+)
+"""Every migration, in the order it must be applied."""
+
+MIGRATIONS_TABLE_SQL: Final = {
+    "sqlite": f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} "
+    "(name TEXT PRIMARY KEY, applied_at INTEGER NOT NULL)",
+    "postgres": f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} "
+    "(name text PRIMARY KEY, applied_at bigint NOT NULL)",
+}

@@ -1,0 +1,202 @@
+"""The PostgreSQL store: DSN checks, migrations and idempotent batch inserts (asyncpg).
+
+Functions take an ``asyncpg`` connection (from a pool or not).  The table lives in the
+connection's ``search_path`` schema; :func:`server_settings` builds the connection setting that
+puts it in a chosen schema.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Sequence
+from typing import Any, Final
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+
+import asyncpg
+
+from auditgate.errors import ConfigError
+from auditgate.store.migrations import MIGRATIONS, MIGRATIONS_TABLE_SQL
+from auditgate.store.schema import (
+    COLUMN_NAMES,
+    COLUMNS,
+    MIGRATIONS_TABLE,
+    TABLE,
+    Row,
+    with_own_response_id,
+)
+
+log = logging.getLogger("auditgate.store")
+
+SCHEMES: Final = ("postgresql", "postgres")
+_IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_PG_TYPES: Final = {
+    "text": "text",
+    "json": "jsonb",
+    "int": "bigint",
+    "bool": "boolean",
+    "float": "double precision",
+}
+_NAMES: Final = ", ".join(name for name, _ in COLUMNS)
+INCOMING: Final = f"{TABLE}_incoming"
+"""Per-connection temporary table a batch is copied into before the idempotent insert."""
+# COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT DO NOTHING: measured
+# ~25% faster than a single multi-row INSERT over unnest() arrays for ~4 KiB records, and COPY
+# cannot itself skip conflicting rows.  ON COMMIT DELETE ROWS empties it after every batch.
+_INCOMING_SQL: Final = (
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {INCOMING} "
+    f"({', '.join(f'{name} {_PG_TYPES[kind]}' for name, kind in COLUMNS)}) ON COMMIT DELETE ROWS"
+)
+_MOVE_SQL: Final = (
+    f"INSERT INTO {TABLE} ({_NAMES}) SELECT {_NAMES} FROM pg_temp.{INCOMING} ON CONFLICT DO NOTHING"
+)
+
+
+def check_dsn(dsn: str) -> None:
+    """Raise :class:`ConfigError` unless ``dsn`` is a ``postgresql://`` (or ``postgres://``) URL.
+
+    The message never holds the password.
+    """
+    try:
+        parts = urlsplit(dsn)
+        _ = parts.port  # raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ConfigError(f"PostgreSQL URL {redact_dsn(dsn)!r} is not a valid URL: {exc}") from None
+    if parts.scheme not in SCHEMES:
+        raise ConfigError(
+            f"PostgreSQL URL {redact_dsn(dsn)!r}: scheme must be postgresql:// or postgres://"
+        )
+
+
+def redact_dsn(dsn: str) -> str:
+    """``dsn`` with its password (if any) replaced by ``***``, for messages and reprs."""
+    try:
+        parts = urlsplit(dsn)
+        password = parts.password
+    except ValueError:
+        return "<unparseable URL>"
+    if password is None and "password=" not in parts.query:
+        return dsn
+    netloc = parts.netloc
+    if password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        netloc = f"{user}:***@{host}"
+    query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def hide_password(text: str, dsn: str) -> str:
+    """``text`` with every occurrence of ``dsn``'s password (raw or URL-decoded) replaced."""
+    try:
+        parts = urlsplit(dsn)
+        password = parts.password
+    except ValueError:
+        return text.replace(dsn, "<unparseable URL>")
+    secrets = parse_qs(parts.query).get("password", [])
+    if password:
+        secrets += [password, unquote(password)]
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def check_schema(schema: str) -> str:
+    """``schema`` if it is a plain identifier (letters, digits, ``_``); else ConfigError."""
+    if not _IDENTIFIER.fullmatch(schema):
+        raise ConfigError(f"PostgreSQL schema {schema!r}: expected a plain identifier [A-Za-z0-9_]")
+    return schema
+
+
+def server_settings(schema: str | None) -> dict[str, str]:
+    """asyncpg ``server_settings`` that make ``schema`` the connection's search path."""
+    return {} if schema is None else {"search_path": check_schema(schema)}
+
+
+async def migrate(conn: Any, schema: str | None = None) -> list[str]:
+    """Apply every migration not yet recorded; returns the names applied now (often none).
+
+    ``conn`` is an asyncpg connection whose search path selects ``schema`` (``None``: its
+    default schema); a named schema is created if missing.  Runs in one transaction under a
+    transaction-level advisory lock keyed on the schema, so concurrent migrators serialise and
+    the later ones find nothing left to do.
+    """
+    applied: list[str] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(schema))
+        if schema is not None:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{check_schema(schema)}"')
+        await conn.execute(MIGRATIONS_TABLE_SQL["postgres"])
+        done = {r["name"] for r in await conn.fetch(f"SELECT name FROM {MIGRATIONS_TABLE}")}
+        for migration in MIGRATIONS:
+            if migration.name in done:
+                continue
+            await migration.postgres(conn)
+            await conn.execute(
+                f"INSERT INTO {MIGRATIONS_TABLE} (name, applied_at) VALUES ($1, $2)",
+                migration.name,
+                int(time.time() * 1000),
+            )
+            applied.append(migration.name)
+    if applied:
+        log.info("postgres store: applied migrations %s", ", ".join(applied))
+    return applied
+
+
+async def insert_rows(conn: Any, rows: Sequence[Row]) -> int:
+    """Store ``rows`` in one transaction; returns how many were new.
+
+    Idempotent on ``request_id``: rows already stored (replays) are skipped.  A row whose
+    ``response_id`` is already taken by another request is stored under its own id instead
+    (:func:`~auditgate.store.schema.with_own_response_id`) and logged.
+    """
+    if not rows:
+        return 0
+    async with conn.transaction():
+        inserted = await _copy_in(conn, rows)
+        if inserted < len(rows):
+            inserted += await _insert_clashes(conn, rows)
+    return inserted
+
+
+async def _copy_in(conn: Any, rows: Sequence[Row]) -> int:
+    await conn.execute(_INCOMING_SQL)
+    await conn.copy_records_to_table(
+        INCOMING, records=rows, columns=COLUMN_NAMES, schema_name="pg_temp"
+    )
+    return _count(await conn.execute(_MOVE_SQL))
+
+
+async def _insert_clashes(conn: Any, rows: Sequence[Row]) -> int:
+    unique_rows = {row[0]: row for row in rows}
+    found = await conn.fetch(
+        f"SELECT request_id FROM {TABLE} WHERE request_id = ANY($1::text[])", list(unique_rows)
+    )
+    present = {r["request_id"] for r in found}
+    clashes = [with_own_response_id(r) for rid, r in unique_rows.items() if rid not in present]
+    if not clashes:
+        return 0
+    for row in clashes:
+        log.warning(
+            "postgres store: response id of request %s is already stored for another request; "
+            "stored as %s",
+            row[0],
+            row[1],
+        )
+    await conn.execute(f"DELETE FROM pg_temp.{INCOMING}")
+    inserted = await _copy_in(conn, clashes)
+    if inserted != len(clashes):
+        raise asyncpg.UniqueViolationError("a response id clash could not be resolved")
+    return inserted
+
+
+def _count(status: str) -> int:
+    # "INSERT 0 <rows>"
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def _lock_key(schema: str | None) -> int:
+    digest = hashlib.sha256(f"auditgate.migrations:{schema or ''}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
