@@ -275,7 +275,23 @@ async def test_publish_after_close_is_counted_not_raised(harness: Harness) -> No
     bus.publish(envelope(1))
 
     assert not sink.records
-    assert counts(queue_full=1) == harness.accounting("late")
+    assert sum(harness.accounting("late").values()) == 1.0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bus.py counts a record published after close() as reason=queue_full, so every "
+    "shutdown shows queue-full drops that no capacity increase would prevent",
+)
+async def test_publish_after_close_counts_reason_shutdown(harness: Harness) -> None:
+    """A record refused because the bus is closing is a shutdown drop, not a full queue."""
+    sink = MemorySink("late")
+    bus = await harness.start(sink, capacity=8)
+    await harness.close(bus, 1.0)
+
+    bus.publish(envelope(1))
+
+    assert counts(shutdown=1) == harness.accounting("late")
 
 
 async def test_linger_groups_records_into_one_batch(harness: Harness) -> None:
@@ -324,3 +340,25 @@ async def test_linger_ends_once_a_full_batch_is_queued(harness: Harness) -> None
     assert await wait_until(lambda: len(sink.records) == 4, timeout=1.0)
     expected = [4]
     assert expected == sink.stored_batches
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bus.py lingers the full linger_s even when the queue is at capacity: a lane fed "
+    "faster than capacity/linger_s drops records while its sink sits idle (with the file "
+    "sinks' defaults, capacity 1024 and a 1 s interval, ~2000 records/s drop about half)",
+)
+async def test_linger_ends_when_the_queue_is_full(harness: Harness) -> None:
+    """A lane whose queue reaches capacity during the linger writes instead of dropping."""
+    sink = RecordingSink("files", batching=BatchPolicy(max_records=100, linger_s=3.0))
+    bus = await harness.start(sink, capacity=4)
+    bus.publish(envelope(0))
+    await asyncio.sleep(0.02)  # the worker is lingering now
+    for i in range(1, 4):
+        bus.publish(envelope(i))  # the queue is at capacity
+    await asyncio.sleep(0.2)
+    for i in range(4, 8):
+        bus.publish(envelope(i))
+
+    assert await wait_until(lambda: len(sink.records) == 8, timeout=1.0)
+    assert counts(written=8) == harness.accounting("files")
