@@ -114,8 +114,7 @@ def test_event_larger_than_the_bound_is_an_error() -> None:
 # An event line may hold any byte but CR and LF.
 _line = st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
 _event_name = st.one_of(
-    st.none(),
-    st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=8),
+    st.none(), st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=8)
 )
 _events = st.lists(
     st.tuples(st.lists(_line, min_size=1, max_size=3), _event_name, st.booleans()), max_size=8

@@ -1,0 +1,546 @@
+"""A fake OpenAI-compatible upstream: a small, fast HTTP/1.1 server for tests and benchmarks.
+
+It serves ``POST …/chat/completions`` (JSON or SSE with chunked transfer, keep-alive) and
+``GET …/models`` on 127.0.0.1, inside the caller's event loop (``async with FakeUpstream() as
+upstream``) or in a thread with its own loop (``with upstream_in_thread() as upstream`` — for sync
+tests and subprocess gateways).  What it does is chosen by :attr:`FakeUpstream.behaviour`, which a
+test may change at any time (plain attribute assignment, also across threads):
+
+- :meth:`Behaviour.normal` — ``chunks`` content pieces, deterministic (see :func:`completion` and
+  :func:`stream_chunks`, which tests use to build the expected values); a usage chunk when the
+  request sets ``stream_options.include_usage``; optional delays before the head and between
+  stream events;
+- :meth:`Behaviour.http_error` — a status with an OpenAI error body (or any raw body);
+- :meth:`Behaviour.slow` — wait before answering (for timeouts);
+- :meth:`Behaviour.drop` — close the connection after ``after`` stream events (or half a JSON body);
+- :meth:`Behaviour.reset` — close the connection as soon as the request arrived, answering nothing;
+- :meth:`Behaviour.stream_error` — ``after`` chunks, then an in-stream ``{"error": …}`` event;
+- :meth:`Behaviour.garbage` — a 200 whose body is the given bytes.
+
+Every request is recorded (:attr:`FakeUpstream.received`, the last 10 000) with its headers, so
+tests can assert what credentials went upstream.  :attr:`FakeUpstream.aborted` counts responses
+the client walked away from mid-way.  Run ``python -m tests.support.upstream --port N`` for a
+standalone server (benchmarks).  Pipelined requests are not supported (no client here pipelines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import functools
+import http
+import threading
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any, Literal, cast
+
+import httptools
+import msgspec
+
+CREATED = 1_700_000_000
+"""``created`` of every completion and chunk."""
+RESPONSE_ID = "chatcmpl-fake"
+"""``id`` of every completion and chunk."""
+
+Kind = Literal["normal", "http_error", "drop", "reset", "stream_error", "garbage"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Behaviour:
+    """What the fake answers; build one with the class methods."""
+
+    kind: Kind = "normal"
+    """Which answer."""
+    chunks: int = 4
+    """Content pieces of a normal answer (and of the stream part before a drop/error)."""
+    delay_s: float = 0.0
+    """Wait before sending the response head."""
+    chunk_delay_s: float = 0.0
+    """Wait between stream events (0: the whole stream goes out in one write)."""
+    status: int = 500
+    """``http_error``: the status."""
+    body: bytes = b""
+    """``http_error``/``garbage``: the raw response body."""
+    after: int = 2
+    """``drop``/``stream_error``: stream events sent before failing."""
+
+    @classmethod
+    def normal(
+        cls, chunks: int = 4, *, delay_s: float = 0.0, chunk_delay_s: float = 0.0
+    ) -> Behaviour:
+        """A well-formed completion of ``chunks`` content pieces."""
+        return cls(chunks=chunks, delay_s=delay_s, chunk_delay_s=chunk_delay_s)
+
+    @classmethod
+    def slow(cls, delay_s: float) -> Behaviour:
+        """A normal answer that starts after ``delay_s``."""
+        return cls(delay_s=delay_s)
+
+    @classmethod
+    def http_error(
+        cls,
+        status: int,
+        message: str = "fake upstream failure",
+        *,
+        error_type: str = "server_error",
+        param: str | None = None,
+        code: str | None = None,
+        body: bytes | None = None,
+    ) -> Behaviour:
+        """``status`` with OpenAI's error body, or with ``body`` verbatim when given."""
+        if body is None:
+            error = {"message": message, "type": error_type, "param": param, "code": code}
+            body = msgspec.json.encode({"error": error})
+        return cls(kind="http_error", status=status, body=body)
+
+    @classmethod
+    def drop(cls, after: int = 2, *, chunks: int = 4) -> Behaviour:
+        """Close the connection after ``after`` stream events (non-stream: after half the body)."""
+        return cls(kind="drop", after=after, chunks=chunks)
+
+    @classmethod
+    def reset(cls) -> Behaviour:
+        """Close the connection without answering."""
+        return cls(kind="reset")
+
+    @classmethod
+    def stream_error(
+        cls, after: int = 2, message: str = "fake in-stream failure", *, chunks: int = 4
+    ) -> Behaviour:
+        """``after`` stream events, then ``data: {"error": {...}}`` and ``[DONE]``."""
+        error = {"message": message, "type": "server_error", "param": None, "code": None}
+        return cls(
+            kind="stream_error",
+            after=after,
+            chunks=chunks,
+            body=msgspec.json.encode({"error": error}),
+        )
+
+    @classmethod
+    def garbage(cls, body: bytes) -> Behaviour:
+        """200 with ``body`` as the whole body (``text/event-stream`` for stream requests)."""
+        return cls(kind="garbage", body=body)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReceivedRequest:
+    """One request the fake received."""
+
+    method: str
+    """``GET`` or ``POST``."""
+    path: str
+    """Path and query as sent."""
+    headers: dict[str, str]
+    """Headers, names lower-cased (a repeated header keeps its last value)."""
+    body: bytes
+    """The raw body."""
+
+    def json(self) -> Any:
+        """The body, decoded."""
+        return msgspec.json.decode(self.body)
+
+
+def _text(chunks: int) -> list[str]:
+    return [f"tok{i} " for i in range(chunks)]
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """The fake's prompt token count: words in the string contents of ``messages``."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return 0
+    return sum(
+        len(m["content"].split())
+        for m in messages
+        if isinstance(m, dict) and isinstance(m.get("content"), str)
+    )
+
+
+def _usage(body: dict[str, Any], chunks: int) -> dict[str, int]:
+    prompt = prompt_tokens(body)
+    return {"prompt_tokens": prompt, "completion_tokens": chunks, "total_tokens": prompt + chunks}
+
+
+def completion(body: dict[str, Any], chunks: int = 4) -> dict[str, Any]:
+    """The ``chat.completion`` a normal answer to ``body`` is."""
+    message = {"role": "assistant", "content": "".join(_text(chunks))}
+    return {
+        "id": RESPONSE_ID,
+        "object": "chat.completion",
+        "created": CREATED,
+        "model": body.get("model", "fake-model"),
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
+        "usage": _usage(body, chunks),
+    }
+
+
+def stream_chunks(body: dict[str, Any], chunks: int = 4) -> list[dict[str, Any]]:
+    """The ``chat.completion.chunk`` events of a normal streamed answer, without ``[DONE]``."""
+    model = body.get("model", "fake-model")
+
+    def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
+        head = {"id": RESPONSE_ID, "object": "chat.completion.chunk", "created": CREATED}
+        return {**head, "model": model, "choices": choices}
+
+    def choice(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+    events = [chunk([choice({"role": "assistant", "content": ""})])]
+    events += [chunk([choice({"content": piece})]) for piece in _text(chunks)]
+    events.append(chunk([choice({}, "stop")]))
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        events.append({**chunk([]), "usage": _usage(body, chunks)})
+    return events
+
+
+@functools.lru_cache(maxsize=256)
+def _sse_events(raw_body: bytes, chunks: int) -> tuple[bytes, ...]:
+    """Encoded ``data:`` events for one request body (cached: benchmarks repeat bodies)."""
+    body = msgspec.json.decode(raw_body)
+    encoded = [b"data: " + msgspec.json.encode(c) + b"\n\n" for c in stream_chunks(body, chunks)]
+    return (*encoded, b"data: [DONE]\n\n")
+
+
+def _head(status: int, content_type: str, length: int | None, keep_alive: bool) -> bytes:
+    try:
+        reason = http.HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Status"
+    framing = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
+    connection = "" if keep_alive else "Connection: close\r\n"
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n{framing}\r\n"
+        f"{connection}\r\n"
+    ).encode()
+
+
+def _chunked(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+_LAST_CHUNK = b"0\r\n\r\n"
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: httptools parses, :class:`FakeUpstream` answers."""
+
+    def __init__(self, server: FakeUpstream) -> None:
+        self._server = server
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._body: list[bytes] = []
+        self._task: asyncio.Task[None] | None = None
+        self.responding = False
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._server._connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server._connections.discard(self)
+        if self.responding:
+            self._server.aborted += 1
+        if self._task is not None:
+            self._task.cancel()
+        self._transport = None
+
+    # httptools callbacks
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        request = ReceivedRequest(
+            self._parser.get_method().decode(),
+            self._url.decode("latin-1"),
+            self._headers,
+            b"".join(self._body),
+        )
+        self._url, self._headers, self._body = b"", {}, []
+        keep_alive = bool(self._parser.should_keep_alive())
+        self._server.received.append(request)
+        behaviour = self._server.behaviour
+        if behaviour.delay_s or behaviour.chunk_delay_s:
+            self._task = asyncio.get_running_loop().create_task(
+                self._respond_later(request, behaviour, keep_alive)
+            )
+        else:
+            self._server._respond_now(self, request, behaviour, keep_alive)
+
+    # helpers used by the server
+    def write(self, data: bytes) -> None:
+        if self._transport is not None:
+            self._transport.write(data)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    @property
+    def open(self) -> bool:
+        return self._transport is not None and not self._transport.is_closing()
+
+    async def _respond_later(
+        self, request: ReceivedRequest, behaviour: Behaviour, keep_alive: bool
+    ) -> None:
+        self.responding = True
+        try:
+            await asyncio.sleep(behaviour.delay_s)
+            await self._server._respond_paced(self, request, behaviour, keep_alive)
+        finally:
+            # After a client abort, connection_lost has counted it before cancelling this task.
+            self.responding = False
+            self._task = None
+
+
+class FakeUpstream:
+    """The fake server; see the module docstring.  Lives on the loop that calls :meth:`start`."""
+
+    def __init__(
+        self, behaviour: Behaviour | None = None, *, models: tuple[str, ...] = ("fake-model",)
+    ) -> None:
+        self.behaviour = behaviour or Behaviour()
+        """What the next request gets; assign freely."""
+        self.models = models
+        """Model ids ``GET /models`` lists."""
+        self.received: collections.deque[ReceivedRequest] = collections.deque(maxlen=10_000)
+        """The requests received, oldest first."""
+        self.aborted = 0
+        """Responses whose client closed the connection before the response ended."""
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT/v1``: what an OpenAI client or engine is given."""
+        return self.url + "/v1"
+
+    @property
+    def open_connections(self) -> int:
+        """Client connections currently open."""
+        return len(self._connections)
+
+    async def start(self, port: int = 0) -> None:
+        """Listen on 127.0.0.1:``port`` (0: a free one)."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), "127.0.0.1", port, backlog=1024
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        """Stop listening, close every connection, end every pending response."""
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self._connections):
+            connection.close()
+        tasks = [c._task for c in self._connections if c._task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> FakeUpstream:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def wait_connections_closed(self, timeout: float = 5.0) -> None:
+        """Wait until no client connection is open (e.g. after a client aborted a stream)."""
+        async with asyncio.timeout(timeout):
+            while self._connections:
+                await asyncio.sleep(0.005)
+
+    # Responses
+    def _respond_now(
+        self, conn: _Connection, request: ReceivedRequest, behaviour: Behaviour, keep_alive: bool
+    ) -> None:
+        """Answer in one write (everything but the paced behaviours)."""
+        if behaviour.kind == "reset":
+            conn.close()
+            return
+        if behaviour.kind == "http_error":  # the whole upstream is failing, every route
+            self._send_json(conn, behaviour.status, behaviour.body, keep_alive)
+            return
+        if request.path.split("?")[0].endswith("/models") and request.method == "GET":
+            data = [
+                {"id": m, "object": "model", "created": CREATED, "owned_by": "fake"}
+                for m in self.models
+            ]
+            self._send_json(
+                conn, 200, msgspec.json.encode({"object": "list", "data": data}), keep_alive
+            )
+            return
+        if not request.path.split("?")[0].endswith("/chat/completions") or request.method != "POST":
+            error = {
+                "message": f"no route {request.method} {request.path}",
+                "type": "invalid_request_error",
+            }
+            self._send_json(conn, 404, msgspec.json.encode({"error": error}), keep_alive)
+            return
+        try:
+            body = request.json()
+        except msgspec.DecodeError:
+            body = None
+        if not isinstance(body, dict):
+            error = {"message": "body is not a JSON object", "type": "invalid_request_error"}
+            self._send_json(conn, 400, msgspec.json.encode({"error": error}), keep_alive)
+            return
+        streaming = body.get("stream") is True
+        if behaviour.kind == "garbage":
+            if streaming:
+                conn.write(_head(200, "text/event-stream", None, keep_alive))
+                conn.write(_chunked(behaviour.body) + _LAST_CHUNK)
+            else:
+                self._send_json(conn, 200, behaviour.body, keep_alive)
+            return
+        if not streaming:
+            payload = msgspec.json.encode(completion(body, behaviour.chunks))
+            if behaviour.kind == "drop":
+                conn.write(_head(200, "application/json", len(payload), keep_alive))
+                conn.write(payload[: len(payload) // 2])
+                conn.close()
+                return
+            self._send_json(conn, 200, payload, keep_alive)
+            return
+        events = self._events(request, behaviour)
+        conn.write(_head(200, "text/event-stream", None, keep_alive))
+        if behaviour.kind == "drop":
+            conn.write(b"".join(_chunked(e) for e in events))
+            conn.close()
+            return
+        conn.write(_chunked(b"".join(events)) + _LAST_CHUNK)
+        if not keep_alive:
+            conn.close()
+
+    async def _respond_paced(
+        self, conn: _Connection, request: ReceivedRequest, behaviour: Behaviour, keep_alive: bool
+    ) -> None:
+        """Answer a stream one event per ``chunk_delay_s``; anything else as ``_respond_now``."""
+        try:
+            body = request.json()
+        except msgspec.DecodeError:
+            body = None
+        if not (isinstance(body, dict) and body.get("stream") is True) or behaviour.kind in (
+            "http_error",
+            "garbage",
+            "reset",
+        ):
+            self._respond_now(conn, request, behaviour, keep_alive)
+            return
+        events = self._events(request, behaviour)
+        conn.write(_head(200, "text/event-stream", None, keep_alive))
+        for i, event in enumerate(events):
+            if i:
+                await asyncio.sleep(behaviour.chunk_delay_s)
+            if not conn.open:
+                return
+            conn.write(_chunked(event))
+        if behaviour.kind == "drop":
+            conn.close()
+            return
+        conn.write(_LAST_CHUNK)
+        if not keep_alive:
+            conn.close()
+
+    def _events(self, request: ReceivedRequest, behaviour: Behaviour) -> list[bytes]:
+        events = list(_sse_events(request.body, behaviour.chunks))
+        if behaviour.kind == "drop":
+            return events[: behaviour.after]
+        if behaviour.kind == "stream_error":
+            return [*events[: behaviour.after], b"data: " + behaviour.body + b"\n\n", events[-1]]
+        return events
+
+    @staticmethod
+    def _send_json(conn: _Connection, status: int, payload: bytes, keep_alive: bool) -> None:
+        conn.write(_head(status, "application/json", len(payload), keep_alive) + payload)
+        if not keep_alive:
+            conn.close()
+
+
+@contextlib.contextmanager
+def upstream_in_thread(
+    behaviour: Behaviour | None = None, *, models: tuple[str, ...] = ("fake-model",), port: int = 0
+) -> Iterator[FakeUpstream]:
+    """A :class:`FakeUpstream` on its own event loop in a daemon thread, for a ``with`` block."""
+    loop = _new_loop()
+    thread = threading.Thread(target=loop.run_forever, name="fake-upstream", daemon=True)
+    thread.start()
+    upstream = FakeUpstream(behaviour, models=models)
+    try:
+        asyncio.run_coroutine_threadsafe(upstream.start(port), loop).result(10)
+        yield upstream
+    finally:
+        asyncio.run_coroutine_threadsafe(upstream.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def main() -> None:
+    """Run the fake standalone until interrupted (for benchmarks)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument("--chunks", type=int, default=16)
+    args = parser.parse_args()
+
+    async def serve() -> None:
+        upstream = FakeUpstream(Behaviour.normal(args.chunks))
+        await upstream.start(args.port)
+        print(f"fake upstream on {upstream.base_url}", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await upstream.close()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        loop = _new_loop()
+        try:
+            loop.run_until_complete(serve())
+        finally:
+            loop.close()
+
+
+if __name__ == "__main__":
+    main()
