@@ -144,11 +144,12 @@ class JsonlGzSink:
             if not self._ready:
                 raise SinkError("jsonl_gz sink: write on a sink that is not open")
             fd = self._fd if self._fd is not None else self._start_segment()
+            segment = self.segment
             try:
                 write_all(fd, member)
             except OSError as exc:
                 self._undo(fd)
-                raise SinkError(f"jsonl_gz sink: write to {self.segment!r} failed: {exc}") from exc
+                raise SinkError(f"jsonl_gz sink: write to {segment!r} failed: {exc}") from exc
             self._size += len(member)
             self._bytes += size
             self._lines += len(lines)
@@ -158,7 +159,10 @@ class JsonlGzSink:
                 self._finish_segment()
 
     def _start_segment(self) -> int:
-        make_parent(self.prefix)  # the directory may have been cleaned up since open()
+        try:
+            make_parent(self.prefix)  # the directory may have been cleaned up since open()
+        except ConfigError as exc:
+            raise SinkError(f"jsonl_gz sink: {exc}") from exc
         number = self._number + 1
         while True:
             path = self.segment_path(number)
