@@ -153,6 +153,32 @@ async def test_connection_is_reused(engine: OpenAIEngine, upstream: FakeUpstream
     assert upstream.open_connections == 1
 
 
+async def test_stream_ends_at_done_without_waiting_for_the_body_end(
+    engine: OpenAIEngine, upstream: FakeUpstream
+) -> None:
+    """The stream ends at [DONE] even if the body's end comes much later; close() cleans up."""
+    upstream.behaviour = Behaviour.normal(2, done_delay_s=30)
+    batches = await asyncio.wait_for(collect(engine, request(STREAM_BODY)), 10)
+    assert stream_chunks(STREAM_BODY, 2) == [chunk for batch in batches for chunk in batch]
+    await engine.close()
+    await upstream.wait_connections_closed()
+    assert upstream.aborted == 1
+
+
+async def test_connection_is_reused_after_a_late_body_end(
+    engine: OpenAIEngine, upstream: FakeUpstream
+) -> None:
+    """A body that ends shortly after [DONE] is read off the hot path, keeping the connection."""
+    upstream.behaviour = Behaviour.normal(2, done_delay_s=0.05)
+    await collect(engine, request(STREAM_BODY))
+    await asyncio.sleep(0.5)  # ten times the delay: the background read has finished
+    await collect(engine, request(STREAM_BODY))
+    assert {
+        "accepted": upstream.accepted,
+        "aborted": upstream.aborted,
+    } == {"accepted": 1, "aborted": 0}
+
+
 async def test_routes_pick_the_upstream_by_model(upstream: FakeUpstream) -> None:
     """A routed model goes to its upstream; any other model goes to the default one."""
     async with FakeUpstream() as other:

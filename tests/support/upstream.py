@@ -8,8 +8,8 @@ test may change at any time (plain attribute assignment, also across threads):
 
 - :meth:`Behaviour.normal` — ``chunks`` content pieces, deterministic (see :func:`completion` and
   :func:`stream_chunks`, which tests use to build the expected values); a usage chunk when the
-  request sets ``stream_options.include_usage``; optional delays before the head and between
-  stream events;
+  request sets ``stream_options.include_usage``; optional delays before the head, between
+  stream events, and between ``[DONE]`` and the end of the body;
 - :meth:`Behaviour.http_error` — a status with an OpenAI error body (or any raw body);
 - :meth:`Behaviour.slow` — wait before answering (for timeouts);
 - :meth:`Behaviour.drop` — close the connection after ``after`` stream events (or half a JSON body);
@@ -60,6 +60,8 @@ class Behaviour:
     """Wait before sending the response head."""
     chunk_delay_s: float = 0.0
     """Wait between stream events (0: the whole stream goes out in one write)."""
+    done_delay_s: float = 0.0
+    """Wait between ``data: [DONE]`` and the end of the chunked body."""
     status: int = 500
     """``http_error``: the status."""
     body: bytes = b""
@@ -69,10 +71,17 @@ class Behaviour:
 
     @classmethod
     def normal(
-        cls, chunks: int = 4, *, delay_s: float = 0.0, chunk_delay_s: float = 0.0
+        cls,
+        chunks: int = 4,
+        *,
+        delay_s: float = 0.0,
+        chunk_delay_s: float = 0.0,
+        done_delay_s: float = 0.0,
     ) -> Behaviour:
         """A well-formed completion of ``chunks`` content pieces."""
-        return cls(chunks=chunks, delay_s=delay_s, chunk_delay_s=chunk_delay_s)
+        return cls(
+            chunks=chunks, delay_s=delay_s, chunk_delay_s=chunk_delay_s, done_delay_s=done_delay_s
+        )
 
     @classmethod
     def slow(cls, delay_s: float) -> Behaviour:
@@ -242,6 +251,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self._server._connections.add(self)
+        self._server.accepted += 1
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -278,7 +288,7 @@ class _Connection(asyncio.Protocol):
         keep_alive = bool(self._parser.should_keep_alive())
         self._server.received.append(request)
         behaviour = self._server.behaviour
-        if behaviour.delay_s or behaviour.chunk_delay_s:
+        if behaviour.delay_s or behaviour.chunk_delay_s or behaviour.done_delay_s:
             self._task = asyncio.get_running_loop().create_task(
                 self._respond_later(request, behaviour, keep_alive)
             )
@@ -323,6 +333,8 @@ class FakeUpstream:
         """Model ids ``GET /models`` lists."""
         self.received: collections.deque[ReceivedRequest] = collections.deque(maxlen=10_000)
         """The requests received, oldest first."""
+        self.accepted = 0
+        """Client connections accepted so far."""
         self.aborted = 0
         """Responses whose client closed the connection before the response ended."""
         self.port = 0
@@ -472,6 +484,8 @@ class FakeUpstream:
         if behaviour.kind == "drop":
             conn.close()
             return
+        if behaviour.done_delay_s:
+            await asyncio.sleep(behaviour.done_delay_s)
         conn.write(_LAST_CHUNK)
         if not keep_alive:
             conn.close()
