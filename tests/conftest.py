@@ -7,6 +7,7 @@ and restart a server start their own (``tests/support``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -59,10 +60,8 @@ async def nats_names(unique: str) -> AsyncIterator[tuple[str, str]]:
     nc = await nats.connect(NATS_URL)
     try:
         js = nc.jetstream()
-        try:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
             await js.delete_stream(stream)
-        except nats.js.errors.NotFoundError:
-            pass
     finally:
         await nc.close()
 

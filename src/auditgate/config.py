@@ -98,7 +98,9 @@ class Env:
             raise ConfigError(f"{name}={value}: must be between {low} and {high}")
         return value
 
-    def names(self, name: str, default: tuple[str, ...], allowed: tuple[str, ...]) -> tuple[str, ...]:
+    def names(
+        self, name: str, default: tuple[str, ...], allowed: tuple[str, ...]
+    ) -> tuple[str, ...]:
         raw = self._env.get(name, "").strip()
         if not raw:
             return default
@@ -113,7 +115,9 @@ def parse_names(name: str, raw: str, allowed: tuple[str, ...]) -> tuple[str, ...
         if not value:
             continue
         if value not in allowed:
-            raise ConfigError(f"{name}: unknown name {value!r}; expected some of {', '.join(allowed)}")
+            raise ConfigError(
+                f"{name}: unknown name {value!r}; expected some of {', '.join(allowed)}"
+            )
         if value not in values:
             values.append(value)
     return tuple(values)
@@ -181,7 +185,9 @@ class AuditSettings:
             raise ConfigError("DYN_AUDIT_SINKS lists postgres but DYN_AUDIT_POSTGRES_URL is unset")
         durability = env.text("DYN_AUDIT_DURABILITY", "best_effort").lower()
         if durability not in ("best_effort", "durable"):
-            raise ConfigError(f"DYN_AUDIT_DURABILITY={durability!r}: expected best_effort or durable")
+            raise ConfigError(
+                f"DYN_AUDIT_DURABILITY={durability!r}: expected best_effort or durable"
+            )
         key = env.optional("DYN_AUDIT_INTEGRITY_KEY")
         headers = env.optional("DYN_AUDIT_HTTP_HEADER_CAPTURE_LIST") or ""
         return cls(
@@ -193,7 +199,9 @@ class AuditSettings:
             sample_rate=env.number("DYN_AUDIT_SAMPLE_RATE", 1.0, low=0.0, high=1.0),
             output_path=env.text("DYN_AUDIT_OUTPUT_PATH", "./audit/audit.jsonl"),
             jsonl_buffer_bytes=env.req_int("DYN_AUDIT_JSONL_BUFFER_BYTES", 1 << 20, minimum=1),
-            jsonl_flush_interval_ms=env.req_int("DYN_AUDIT_JSONL_FLUSH_INTERVAL_MS", 1000, minimum=1),
+            jsonl_flush_interval_ms=env.req_int(
+                "DYN_AUDIT_JSONL_FLUSH_INTERVAL_MS", 1000, minimum=1
+            ),
             jsonl_gz_roll_bytes=env.req_int("DYN_AUDIT_JSONL_GZ_ROLL_BYTES", 256 << 20, minimum=1),
             jsonl_gz_roll_lines=env.integer("DYN_AUDIT_JSONL_GZ_ROLL_LINES", None, minimum=1),
             sqlite_path=env.text("DYN_AUDIT_SQLITE_PATH", "./auditgate.db"),
@@ -260,7 +268,9 @@ class GatewaySettings:
         engine = env.text("AUDITGATE_ENGINE", "mock").lower()
         if engine not in ("mock", "openai"):
             raise ConfigError(f"AUDITGATE_ENGINE={engine!r}: expected mock or openai")
-        models = tuple(m.strip() for m in env.text("AUDITGATE_MODELS", "mock").split(",") if m.strip())
+        models = tuple(
+            m.strip() for m in env.text("AUDITGATE_MODELS", "mock").split(",") if m.strip()
+        )
         key = env.optional("AUDITGATE_UPSTREAM_API_KEY")
         grpc = env.integer("AUDITGATE_GRPC_PORT", None, minimum=1)
         return cls(
@@ -273,7 +283,9 @@ class GatewaySettings:
             upstream_routes=parse_routes(env.optional("AUDITGATE_UPSTREAM_ROUTES") or ""),
             upstream_api_key=Secret(key) if key else None,
             upstream_key_passthrough=env.flag("AUDITGATE_UPSTREAM_KEY_PASSTHROUGH", False),
-            upstream_timeout_s=env.number("AUDITGATE_UPSTREAM_TIMEOUT", 600.0, low=0.001, high=86400),
+            upstream_timeout_s=env.number(
+                "AUDITGATE_UPSTREAM_TIMEOUT", 600.0, low=0.001, high=86400
+            ),
             upstream_connect_timeout_s=env.number(
                 "AUDITGATE_UPSTREAM_CONNECT_TIMEOUT", 10.0, low=0.001, high=3600
             ),
@@ -291,7 +303,8 @@ class GatewaySettings:
         """Check cross-field rules after flags were applied."""
         if self.engine == "openai" and not (self.upstream_url or self.upstream_routes):
             raise ConfigError(
-                "engine 'openai' needs AUDITGATE_UPSTREAM_URL (--upstream) or AUDITGATE_UPSTREAM_ROUTES"
+                "engine 'openai' needs AUDITGATE_UPSTREAM_URL (--upstream) "
+                "or AUDITGATE_UPSTREAM_ROUTES"
             )
         if self.log_level not in ("critical", "error", "warning", "info", "debug"):
             raise ConfigError(f"AUDITGATE_LOG_LEVEL={self.log_level!r}: unknown level")

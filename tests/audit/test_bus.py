@@ -278,11 +278,6 @@ async def test_publish_after_close_is_counted_not_raised(harness: Harness) -> No
     assert sum(harness.accounting("late").values()) == 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bus.py counts a record published after close() as reason=queue_full, so every "
-    "shutdown shows queue-full drops that no capacity increase would prevent",
-)
 async def test_publish_after_close_counts_reason_shutdown(harness: Harness) -> None:
     """A record refused because the bus is closing is a shutdown drop, not a full queue."""
     sink = MemorySink("late")
@@ -323,11 +318,6 @@ async def test_batches_never_exceed_max_records(harness: Harness) -> None:
     assert expected == sink.stored_batches
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bus.py lingers the full linger_s even after max_records are queued: a full batch "
-    "waits, and a lane fed faster than capacity/linger_s drops records it could have written",
-)
 async def test_linger_ends_once_a_full_batch_is_queued(harness: Harness) -> None:
     """When ``max_records`` records are queued during the linger, the batch is written at once."""
     sink = RecordingSink("files", batching=BatchPolicy(max_records=4, linger_s=3.0))
@@ -342,12 +332,6 @@ async def test_linger_ends_once_a_full_batch_is_queued(harness: Harness) -> None
     assert expected == sink.stored_batches
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bus.py lingers the full linger_s even when the queue is at capacity: a lane fed "
-    "faster than capacity/linger_s drops records while its sink sits idle (with the file "
-    "sinks' defaults, capacity 1024 and a 1 s interval, ~2000 records/s drop about half)",
-)
 async def test_linger_ends_when_the_queue_is_full(harness: Harness) -> None:
     """A lane whose queue reaches capacity during the linger writes instead of dropping."""
     sink = RecordingSink("files", batching=BatchPolicy(max_records=100, linger_s=3.0))

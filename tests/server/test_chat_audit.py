@@ -110,7 +110,10 @@ def test_stream_record_equals_sdk_accumulation(gw: TestGateway, extra: dict[str,
     assert record.requested_streaming is True
     assert record.complete is True
     assert record.usage is not None
-    assert record.usage["total_tokens"] == record.usage["prompt_tokens"] + record.usage["completion_tokens"]
+    assert (
+        record.usage["total_tokens"]
+        == record.usage["prompt_tokens"] + record.usage["completion_tokens"]
+    )
     assert {c.id for c in chunks} == {"chatcmpl-" + record.request_id}
     client_asked_usage = "stream_options" in extra
     assert any(c.usage is not None for c in chunks) == client_asked_usage
@@ -124,8 +127,14 @@ def test_stream_record_equals_sdk_accumulation(gw: TestGateway, extra: dict[str,
 def test_stream_and_non_stream_give_the_same_response(gw: TestGateway) -> None:
     """For the same request the stream's aggregate equals the non-streamed completion."""
     c = client(gw)
-    sent = {"model": "mock", "messages": MESSAGES, "store": True, "seed": 7, "n": 2,
-            "tools": [WEATHER_TOOL]}
+    sent = {
+        "model": "mock",
+        "messages": MESSAGES,
+        "store": True,
+        "seed": 7,
+        "n": 2,
+        "tools": [WEATHER_TOOL],
+    }
     c.chat.completions.create(**sent)  # type: ignore[call-overload]
     list(c.chat.completions.create(**sent, stream=True, stream_options={"include_usage": True}))  # type: ignore[call-overload]
     plain, streamed = gw.records(2)
@@ -199,7 +208,10 @@ def test_sequence_is_gap_free_per_writer(gw: TestGateway) -> None:
 def test_client_request_id_is_kept_for_correlation(gw: TestGateway) -> None:
     """A valid X-Request-Id is stored as client_request_id; the gateway's id stays the key."""
     raw = client(gw).chat.completions.with_raw_response.create(
-        model="mock", messages=MESSAGES, store=True, extra_headers={"X-Request-Id": "trace:abc-1.2"}  # type: ignore[arg-type]
+        model="mock",
+        messages=MESSAGES,
+        store=True,
+        extra_headers={"X-Request-Id": "trace:abc-1.2"},  # type: ignore[arg-type]
     )
     [record] = gw.records(1)
     assert record.client_request_id == "trace:abc-1.2"
@@ -247,7 +259,13 @@ def test_record_keys_follow_the_schema_order(gw: TestGateway) -> None:
     [record] = gw.records(1)
     keys = list(_record_json(record))
     assert keys[:8] == [
-        "schema_version", "request_id", "requested_streaming", "mode", "model", "usage",
-        "request", "response",
+        "schema_version",
+        "request_id",
+        "requested_streaming",
+        "mode",
+        "model",
+        "usage",
+        "request",
+        "response",
     ]
     assert keys[-2:] == ["writer", "seq"]

@@ -35,8 +35,13 @@ def test_client_disconnect_mid_stream_yields_cancelled_partial_record() -> None:
     """A client that goes away mid-stream leaves a cancelled record with what it had received."""
     env = audit_env(AUDITGATE_MOCK_ITL_MS="30", AUDITGATE_MOCK_TTFT_MS="1")
     with gateway(env) as g:
-        body = {"model": "mock", "messages": MESSAGES, "store": True, "stream": True,
-                "max_tokens": 100}
+        body = {
+            "model": "mock",
+            "messages": MESSAGES,
+            "store": True,
+            "stream": True,
+            "max_tokens": 100,
+        }
         received = []
         with httpx.stream("POST", g.base_url + "/chat/completions", json=body, timeout=10) as r:
             for line in r.iter_lines():
@@ -139,8 +144,10 @@ def test_workers_are_separate_writers(tmp_path: Path) -> None:
         for _ in range(40):
             # A new connection per request, so the kernel spreads them over both workers.
             with httpx.Client() as c:
-                r = c.post(gw.base_url + "/chat/completions",
-                           json={"model": "mock", "messages": MESSAGES, "store": True})
+                r = c.post(
+                    gw.base_url + "/chat/completions",
+                    json={"model": "mock", "messages": MESSAGES, "store": True},
+                )
                 assert r.status_code == 200
     records = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(records) == 40

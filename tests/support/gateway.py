@@ -77,10 +77,12 @@ def start_gateway(
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"gateway exited with {process.returncode}:\n{gateway.log()}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(gateway.url + "/health", timeout=1) as response:
-                if response.status == 200:
-                    return gateway
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(gateway.url + "/health", timeout=1) as response,
+        ):
+            if response.status == 200:
+                return gateway
         time.sleep(0.05)
     gateway.stop(signal.SIGKILL)
     raise AssertionError(f"gateway not ready in {ready_timeout}s:\n{gateway.log()}")

@@ -222,7 +222,9 @@ class AuditCapture:
     def fail(self, error: APIError) -> None:
         """The request ended in an error the client was told about."""
         self._status = "error"
-        self._error = ErrorInfo(type=error.error_type, message=error.message, status_code=error.status_code)
+        self._error = ErrorInfo(
+            type=error.error_type, message=error.message, status_code=error.status_code
+        )
 
     def cancel(self) -> None:
         """The client went away before the response ended."""

@@ -18,7 +18,10 @@ class AuditMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.records = Counter(
-            PREFIX + "audit_records_total", "Audit records published, by mode.", ["mode"], registry=r
+            PREFIX + "audit_records_total",
+            "Audit records published, by mode.",
+            ["mode"],
+            registry=r,
         )
         self.dropped = Counter(
             PREFIX + "audit_dropped_total",
@@ -30,7 +33,10 @@ class AuditMetrics:
             PREFIX + "audit_written_total", "Audit records a sink stored.", ["sink"], registry=r
         )
         self.sink_errors = Counter(
-            PREFIX + "audit_sink_errors_total", "Failed sink writes (each retried).", ["sink"], registry=r
+            PREFIX + "audit_sink_errors_total",
+            "Failed sink writes (each retried).",
+            ["sink"],
+            registry=r,
         )
         self.queue_depth = Gauge(
             PREFIX + "audit_queue_depth", "Records waiting in a sink's queue.", ["sink"], registry=r
@@ -39,7 +45,22 @@ class AuditMetrics:
             PREFIX + "audit_sink_write_seconds",
             "Time one batch write took.",
             ["sink"],
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            buckets=(
+                0.0005,
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1,
+                2.5,
+                5,
+                10,
+            ),
             registry=r,
         )
         self.spool_bytes = Gauge(

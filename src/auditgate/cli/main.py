@@ -1,4 +1,4 @@
-"""The ``auditgate`` command: ``serve``, ``consume`` (and later ``export``, ``verify``, ``stats``)."""
+"""The ``auditgate`` command: ``serve``, ``consume``, ``keys``."""
 
 from __future__ import annotations
 

@@ -35,7 +35,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the gateway", description=__doc__)
     p.add_argument("--host", help="listen address (AUDITGATE_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (AUDITGATE_PORT, default 8000)")
-    p.add_argument("--workers", type=int, help="processes on one port (AUDITGATE_WORKERS, default 1)")
+    p.add_argument(
+        "--workers", type=int, help="processes on one port (AUDITGATE_WORKERS, default 1)"
+    )
     p.add_argument("--engine", choices=("mock", "openai"), help="engine (AUDITGATE_ENGINE)")
     p.add_argument(
         "--model",
@@ -46,12 +48,14 @@ def register(sub: Any) -> None:
     p.add_argument("--upstream", help="OpenAI-compatible base URL (AUDITGATE_UPSTREAM_URL)")
     p.add_argument(
         "--upstream-api-key",
-        help="key sent upstream (AUDITGATE_UPSTREAM_API_KEY; prefer the variable: flags show in ps)",
+        help="key sent upstream (AUDITGATE_UPSTREAM_API_KEY; prefer it: flags show in ps)",
     )
     p.add_argument("--api-keys-file", help="API keys file (AUDITGATE_API_KEYS_FILE)")
     p.add_argument("--store", help="stored-completions store URL (AUDITGATE_STORE_URL)")
     p.add_argument("--grpc-port", type=int, help="gRPC port (AUDITGATE_GRPC_PORT)")
-    p.add_argument("--max-body-bytes", type=int, help="request body limit (AUDITGATE_MAX_BODY_BYTES)")
+    p.add_argument(
+        "--max-body-bytes", type=int, help="request body limit (AUDITGATE_MAX_BODY_BYTES)"
+    )
     p.add_argument("--log-level", help="log level (AUDITGATE_LOG_LEVEL, default info)")
     p.add_argument(
         "--graceful-timeout",

@@ -66,9 +66,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
             f"We could not parse the JSON body of your request: {text}.", code="invalid_json"
         ) from None
     if not isinstance(body, dict):
-        raise InvalidRequestError(
-            "The request body must be a JSON object.", code="invalid_json"
-        )
+        raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
     return body
 
 
@@ -84,14 +82,16 @@ def validate_chat(body: dict[str, Any]) -> ChatParams:
         )
     if params.n is not None and not 1 <= params.n <= 128:
         raise InvalidRequestError(
-            f"{params.n} is not a valid value for 'n': expected 1 to 128.", param="n",
+            f"{params.n} is not a valid value for 'n': expected 1 to 128.",
+            param="n",
             code="invalid_value",
         )
     for name in ("max_tokens", "max_completion_tokens"):
         value = getattr(params, name)
         if value is not None and value < 1:
             raise InvalidRequestError(
-                f"{value} is not a valid value for '{name}': expected at least 1.", param=name,
+                f"{value} is not a valid value for '{name}': expected at least 1.",
+                param=name,
                 code="invalid_value",
             )
     if params.metadata is not None:
@@ -111,7 +111,8 @@ def validate_metadata(metadata: dict[str, str]) -> None:
     for key, value in metadata.items():
         if len(key) > METADATA_MAX_KEY:
             raise InvalidRequestError(
-                f"Invalid 'metadata': key {key[:80]!r} is longer than {METADATA_MAX_KEY} characters.",
+                f"Invalid 'metadata': key {key[:80]!r} is longer than "
+                f"{METADATA_MAX_KEY} characters.",
                 param="metadata",
                 code="invalid_value",
             )

@@ -19,11 +19,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from auditgate.auth.keys import KeyRing, Principal
 from auditgate.audit.bus import AuditBus
 from auditgate.audit.capture import Auditor
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.sink import Sink
+from auditgate.auth.keys import KeyRing, Principal
 from auditgate.config import GatewaySettings, Settings
 from auditgate.engines.base import Engine
 from auditgate.errors import APIError, InvalidRequestError, NotFoundError
@@ -105,7 +105,9 @@ class Gateway:
                 "this port can call every endpoint and read every stored completion"
             )
         else:
-            log.info("API keys: %d configured; every endpoint but /health needs one", len(self.keys))
+            log.info(
+                "API keys: %d configured; every endpoint but /health needs one", len(self.keys)
+            )
         audit = self.settings.audit
         if self.bus is not None:
             log.info(
@@ -143,7 +145,7 @@ def create_app(
 
 
 def app_from_env() -> GatewayApp:
-    """uvicorn factory: settings from the environment (``auditgate serve`` writes its flags there)."""
+    """uvicorn factory: settings from the environment (``serve`` writes its flags there)."""
     return create_app(Settings.from_env())
 
 

@@ -154,7 +154,9 @@ class ChatHandler:
                     if first:
                         ttft.observe(time.perf_counter() - started)
                         first = False
-                    await send({"type": "http.response.body", "body": sse.frames(batch), "more_body": True})
+                    await send(
+                        {"type": "http.response.body", "body": sse.frames(batch), "more_body": True}
+                    )
             except APIError as exc:
                 # Headers are gone already: report in-stream, as OpenAI does, and end the body.
                 await send({"type": "http.response.body", "body": sse.error_frame(exc)})
@@ -180,4 +182,3 @@ def _uncancel() -> None:
     task = asyncio.current_task()
     if task is not None:
         task.uncancel()
-

@@ -12,7 +12,9 @@ from typing import Final
 from auditgate.server.asgi import Scope
 
 REDACTED: Final = "<redacted>"
-_CREDENTIAL_NAMES: Final = frozenset({"authorization", "cookie", "x-api-key", "proxy-authorization"})
+_CREDENTIAL_NAMES: Final = frozenset(
+    {"authorization", "cookie", "x-api-key", "proxy-authorization"}
+)
 _CREDENTIAL_PARTS: Final = ("token", "secret", "key", "password")
 
 
