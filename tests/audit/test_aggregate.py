@@ -488,6 +488,7 @@ def sdk_final(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     for item in chunks:
         state.handle_chunk(ChatCompletionChunk.model_validate(item))
     reasons = {c.finish_reason for c in state.current_completion_snapshot.choices}
+    result: Any
     if reasons & {"length", "content_filter"}:
         result = state.current_completion_snapshot.to_dict()
     else:
