@@ -121,6 +121,29 @@ async def test_no_key_means_no_authorization(upstream: FakeUpstream) -> None:
     assert None is upstream.received[-1].headers.get("authorization")
 
 
+async def test_passthrough_of_a_header_with_control_characters_is_400(
+    upstream: FakeUpstream,
+) -> None:
+    """A client Authorization that cannot be sent as a header is the client's error, not a crash."""
+    engine = OpenAIEngine(upstream.base_url, key_passthrough=True)
+    await engine.start()
+    try:
+        with pytest.raises(APIError) as caught:
+            await engine.complete(request(BODY, authorization="Bearer a\r\nX-Evil: 1"))
+    finally:
+        await engine.close()
+    assert error_of(caught.value) == {
+        "status_code": 400,
+        "error": {
+            "message": "the Authorization header cannot be forwarded upstream",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_header",
+        },
+    }
+    assert [r for r in upstream.received if r.method == "POST"] == []
+
+
 async def test_key_never_in_repr(engine: OpenAIEngine, upstream: FakeUpstream) -> None:
     """The engine's repr names the upstream, never the key."""
     assert f"OpenAIEngine(default={label(upstream)!r}, routes=0)" == repr(engine)
@@ -485,6 +508,40 @@ async def test_garbage_completion_is_invalid_response(
     assert upstream_error(
         f"upstream {label(upstream)} sent a response that is not a JSON object",
         "upstream_invalid_response",
+    ) == error_of(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("body", "message", "code"),
+    [
+        (b'{"error": {"message": "streaming is off"}}', "streaming is off", "upstream_error"),
+        (
+            msgspec.json.encode(completion(BODY)),
+            "upstream {label} sent JSON instead of an event stream",
+            "upstream_invalid_response",
+        ),
+    ],
+    ids=["error", "completion"],
+)
+async def test_json_answer_to_a_stream_request_is_502(
+    engine: OpenAIEngine, upstream: FakeUpstream, body: bytes, message: str, code: str
+) -> None:
+    """A 200 JSON answer where a stream was asked fails with its error, or as invalid."""
+    upstream.behaviour = Behaviour.garbage(body, content_type="application/json")
+    with pytest.raises(APIError) as caught:
+        await collect(engine, request(STREAM_BODY))
+    assert upstream_error(message.format(label=label(upstream)), code) == error_of(caught.value)
+
+
+async def test_completion_with_error_body_is_502(
+    engine: OpenAIEngine, upstream: FakeUpstream
+) -> None:
+    """A 200 JSON body that is an error, not a completion, is reported as the upstream's error."""
+    upstream.behaviour = Behaviour.garbage(b'{"error": {"message": "engine crashed"}}')
+    with pytest.raises(APIError) as caught:
+        await engine.complete(request(BODY))
+    assert upstream_error(
+        f"upstream {label(upstream)} error: engine crashed", "upstream_error"
     ) == error_of(caught.value)
 
 

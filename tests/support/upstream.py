@@ -68,6 +68,8 @@ class Behaviour:
     """``http_error``/``garbage``: the raw response body."""
     after: int = 2
     """``drop``/``stream_error``: stream events sent before failing."""
+    content_type: str | None = None
+    """``garbage``: the Content-Type (default: what the request asked for)."""
 
     @classmethod
     def normal(
@@ -129,9 +131,9 @@ class Behaviour:
         )
 
     @classmethod
-    def garbage(cls, body: bytes) -> Behaviour:
+    def garbage(cls, body: bytes, *, content_type: str | None = None) -> Behaviour:
         """200 with ``body`` as the whole body (``text/event-stream`` for stream requests)."""
-        return cls(kind="garbage", body=body)
+        return cls(kind="garbage", body=body, content_type=content_type)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -433,11 +435,11 @@ class FakeUpstream:
             return
         streaming = body.get("stream") is True
         if behaviour.kind == "garbage":
-            if streaming:
-                conn.write(_head(200, "text/event-stream", None, keep_alive))
-                conn.write(_chunked(behaviour.body) + _LAST_CHUNK)
-            else:
-                self._send_json(conn, 200, behaviour.body, keep_alive)
+            default = "text/event-stream" if streaming else "application/json"
+            content_type = behaviour.content_type or default
+            conn.write(_head(200, content_type, len(behaviour.body), keep_alive) + behaviour.body)
+            if not keep_alive:
+                conn.close()
             return
         if not streaming:
             payload = msgspec.json.encode(completion(body, behaviour.chunks))

@@ -45,7 +45,13 @@ from yarl import URL
 from auditgate.config import Secret
 from auditgate.engines.base import EngineRequest
 from auditgate.engines.sse import SSEDecoder, SSEError
-from auditgate.errors import APIError, ConfigError, NotFoundError, UpstreamError
+from auditgate.errors import (
+    APIError,
+    ConfigError,
+    InvalidRequestError,
+    NotFoundError,
+    UpstreamError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +233,7 @@ class OpenAIEngine:
             if not 200 <= response.status < 300:
                 raise await self._error_from(upstream, response, request)
             if response.content_type == "application/json":
-                raise await self._json_instead_of_stream(upstream, response, request)
+                raise await self._error_from(upstream, response, request)  # not a stream
             decoder = SSEDecoder()
             content = response.content
             while not done:
@@ -306,6 +312,12 @@ class OpenAIEngine:
             raise self._timed_out(upstream) from exc
         except aiohttp.ClientError as exc:
             raise _unreachable(upstream, exc) from exc
+        except ValueError as exc:
+            # aiohttp refuses control characters in headers; only a forwarded client
+            # Authorization can carry them (the gateway's HTTP server normally rejects them first).
+            raise InvalidRequestError(
+                "the Authorization header cannot be forwarded upstream", code="invalid_header"
+            ) from exc
 
     def _chunk(
         self, upstream: _Upstream, data: bytes, event: str | None, request: EngineRequest
@@ -342,6 +354,7 @@ class OpenAIEngine:
     async def _error_from(
         self, upstream: _Upstream, response: aiohttp.ClientResponse, request: EngineRequest
     ) -> APIError:
+        """The error a failed response stands for: a non-2xx, or JSON where a stream was asked."""
         status = response.status
         try:
             body = await _read_bounded(response)
@@ -350,6 +363,10 @@ class OpenAIEngine:
         except aiohttp.ClientError:
             body = b""  # the status alone still makes a useful error
         fields = _error_fields(body)
+        if 200 <= status < 300:
+            if fields is not None:
+                return UpstreamError(self._scrub(fields[0], request), code="upstream_error")
+            return _invalid(upstream, "JSON instead of an event stream")
         if fields is not None and 400 <= status < 500:
             message, error_type, param, code = fields
             return UpstreamRejection(
@@ -363,18 +380,6 @@ class OpenAIEngine:
         return UpstreamError(
             f"upstream {upstream.label} returned HTTP {status}{detail}", code="upstream_error"
         )
-
-    async def _json_instead_of_stream(
-        self, upstream: _Upstream, response: aiohttp.ClientResponse, request: EngineRequest
-    ) -> APIError:
-        try:
-            body = await _read_bounded(response)
-        except (TimeoutError, aiohttp.ClientError):
-            body = b""  # reported below as what it is: not an event stream
-        fields = _error_fields(body)
-        if fields is not None:
-            return UpstreamError(self._scrub(fields[0], request), code="upstream_error")
-        return _invalid(upstream, "JSON instead of an event stream")
 
     def _timed_out(self, upstream: _Upstream) -> UpstreamError:
         return UpstreamError(
