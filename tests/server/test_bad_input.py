@@ -56,7 +56,7 @@ def post(gw: TestGateway, content: bytes, **headers: str) -> httpx.Response:
             b'{"model": "mock", "messages": [{"role": "user"}], "n": "2"}',
             "n",
             "invalid_type",
-            "expected `int`",
+            "expected `int",
         ),
         (b'{"model": "mock", "messages": [{"role": "user"}], "n": 0}', "n", "invalid_value", "'n'"),
         (
@@ -80,13 +80,13 @@ def post(gw: TestGateway, content: bytes, **headers: str) -> httpx.Response:
         ),
         (
             b'{"model": "mock", "messages": [{"role": "user"}], "metadata": {"k": 1}}',
-            "metadata.k",
+            "metadata",
             "invalid_type",
             "expected `str`",
         ),
         (
             b'{"model": "mock", "messages": [{"role": 7}]}',
-            "messages.0.role",
+            "messages[0].role",
             "invalid_type",
             "expected `str`",
         ),

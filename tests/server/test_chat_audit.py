@@ -53,17 +53,38 @@ def dump(model: Any) -> dict[str, Any]:
 
 
 def accumulate(chunks: list[Any]) -> dict[str, Any]:
-    """What the SDK's own stream accumulator builds from the chunks the client received."""
-    state = ChatCompletionStreamState()
+    """What the SDK's own stream accumulator builds from the chunks the client received.
+
+    Normalised as the SDK needs: its additions (``parsed``, tool-call ``index``,
+    ``parsed_arguments``) are dropped, and so are null message fields, because the SDK's message
+    model sets every field (to null) and cannot tell null from absent.
+    """
+    state: ChatCompletionStreamState[Any] = ChatCompletionStreamState()
     for chunk in chunks:
         state.handle_chunk(chunk)
-    completion = json.loads(state.get_final_completion().model_dump_json(exclude_unset=True))
-    # The SDK adds parsing helpers that are not part of the wire format.
-    for choice in completion["choices"]:
-        choice["message"].pop("parsed", None)
-        for call in choice["message"].get("tool_calls") or []:
+    reasons = {c.finish_reason for c in state.current_completion_snapshot.choices}
+    if reasons & {"length", "content_filter"}:  # get_final_completion() raises on these
+        result = state.current_completion_snapshot.to_dict()
+    else:
+        result = state.get_final_completion().to_dict()
+    if result.get("system_fingerprint") is None:
+        result.pop("system_fingerprint", None)
+    for choice in result["choices"]:
+        message = choice["message"]
+        message.pop("parsed", None)
+        for call in message.get("tool_calls") or []:
+            call.pop("index", None)
             call["function"].pop("parsed_arguments", None)
-    return completion
+    return without_null_message_fields(result)
+
+
+def without_null_message_fields(completion: dict[str, Any]) -> dict[str, Any]:
+    """``completion`` with null-valued message fields dropped (nothing else changed)."""
+    choices = [
+        {**c, "message": {k: v for k, v in c["message"].items() if v is not None}}
+        for c in completion["choices"]
+    ]
+    return {**completion, "choices": choices}
 
 
 def test_non_stream_store_true_yields_one_full_record(gw: TestGateway) -> None:
@@ -106,7 +127,7 @@ def test_stream_record_equals_sdk_accumulation(gw: TestGateway, extra: dict[str,
     chunks = list(client(gw).chat.completions.create(**sent))  # type: ignore[call-overload]
     [record] = gw.records(1)
     assert record.request == sent
-    assert record.response == accumulate(chunks)
+    assert without_null_message_fields(record.response) == accumulate(chunks)
     assert record.requested_streaming is True
     assert record.complete is True
     assert record.usage is not None

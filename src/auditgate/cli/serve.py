@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
@@ -92,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
         stream=sys.stderr,
     )
+    # uvicorn re-raises the signal that stopped it once shutdown is done; with the default
+    # SIGTERM disposition that kills the process (exit -15) after a clean drain.  A no-op
+    # handler makes a graceful SIGTERM end with exit code 0, as supervisors expect.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.run(
         "auditgate.server.app:app_from_env",
         factory=True,

@@ -156,7 +156,8 @@ def _validation_error(text: str) -> InvalidRequestError:
     message, sep, where = text.partition(" - at `$")
     if sep:
         path = where.rstrip("`")
-        param = path.lstrip(".").replace("[", ".").replace("]", "") or None
+        # "$.messages[0].role" -> "messages[0].role"; dict keys show as "[...]": dropped.
+        param = path.replace("[...]", "").lstrip(".") or None
         message = f"Invalid type for '{param}': {message[0].lower()}{message[1:]}."
     elif "missing required field" in text:
         param = text.rsplit("`", 2)[-2] if text.count("`") >= 2 else None
