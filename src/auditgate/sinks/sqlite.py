@@ -34,8 +34,10 @@ class SqliteSink:
     batching = BatchPolicy(max_records=512, linger_s=0.0)
     """Whatever is queued, up to 512 records, in one transaction; no waiting for more."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, busy_timeout_s: float = 30.0) -> None:
         self.path = path
+        self.busy_timeout_s = busy_timeout_s
+        """How long a write waits for another writer's lock before it fails (and is retried)."""
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
 
@@ -72,7 +74,7 @@ class SqliteSink:
             executor.shutdown(wait=True)
 
     def _open_sync(self) -> sqlite3.Connection:
-        conn = store.connect(self.path)
+        conn = store.connect(self.path, busy_timeout_s=self.busy_timeout_s)
         try:
             store.migrate(conn)
         except BaseException:
