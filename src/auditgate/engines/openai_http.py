@@ -16,8 +16,10 @@ Errors (all :class:`~auditgate.errors.APIError`, nothing else escapes):
 - upstream 4xx with an OpenAI error body (also vLLM's flat ``{"object": "error", ...}``) →
   :class:`UpstreamRejection` with the upstream's status, message, type, param and code;
 - upstream 5xx, a 3xx, or a 4xx without an error body → 502 naming the upstream status;
-- refused / reset / unresolvable → 502 ``upstream_unreachable``; timeout → 504
-  ``upstream_timeout``; a body that is not the JSON promised → 502 ``upstream_invalid_response``;
+- refused / reset / unresolvable → 502 ``upstream_unreachable`` (a connection closed before any
+  answer is retried once first); ``timeout_s`` covers the whole exchange, stream included, and
+  running out of it → 504 ``upstream_timeout``; a body that is not the JSON promised → 502
+  ``upstream_invalid_response``; a passthrough ``Authorization`` that cannot be sent → 400;
 - in a stream: an event whose JSON has an ``error`` key (or an ``event: error``) → 502 with the
   upstream's message; the connection lost or the body ended before ``[DONE]`` → 502
   ``upstream_incomplete``.
