@@ -32,7 +32,8 @@ response from its start (``created`` especially); a key no chunk carried stays a
 
 Compared with the official SDK's accumulator (``openai.lib.streaming.chat.
 ChatCompletionStreamState``) on OpenAI-shaped streams the result is equal, except where the SDK
-departs from OpenAI's non-stream response: it adds ``message.parsed`` and ``tool_calls: null``,
+departs from OpenAI's non-stream response: it adds ``message.parsed``, fills every message field
+it knows (``refusal``, ``audio``, ``annotations``, ``function_call``, ``tool_calls``) with null,
 keeps ``index`` and adds ``function.parsed_arguments`` on tool calls, concatenates ``role``,
 ``id`` and ``name`` when a server repeats them, keeps ``content: ""`` beside tool calls, sums
 numbers, takes ``usage`` and ``system_fingerprint`` from the *last* chunk (even when null),
