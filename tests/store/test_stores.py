@@ -22,6 +22,7 @@ from auditgate.store.schema import (
     SELECT_COLUMNS,
     TABLE,
     Row,
+    column_update,
     record_dict_from_row,
     record_from_row,
     row_from_json,
@@ -280,3 +281,22 @@ async def test_postgres_indexes(pg_dsn: str) -> None:
         "completions_tenant",
     ]
     assert "USING gin (metadata jsonb_path_ops)" in names["completions_metadata"]
+
+
+async def test_metadata_update_with_nul_stays_lossless(backend: Backend) -> None:
+    """An UPDATE through ``column_update`` (the API's path) keeps a NUL-bearing value exactly."""
+    await backend.migrate()
+    record = nul_record(1)
+    await backend.insert([row_from_record(record)])
+    rows = await backend.fetch(f"SELECT originals FROM {TABLE}")
+    metadata = {"new\x00": "value\x00", "plain": "x"}
+    column, originals = column_update("metadata", metadata, rows[0][0])
+    if isinstance(backend, SqliteBackend):
+        sql = f"UPDATE {TABLE} SET metadata = ?, originals = ? WHERE request_id = ?"
+        backend.conn.execute(sql, (column, originals, record.request_id))
+    else:
+        assert isinstance(backend, PostgresBackend)
+        sql = f"UPDATE {TABLE} SET metadata = $1::jsonb, originals = $2 WHERE request_id = $3"
+        await backend.conn.execute(sql, column, originals, record.request_id)
+    record.metadata = metadata
+    assert [record] == await backend.records()

@@ -215,6 +215,27 @@ def record_from_row(row: RowLike) -> AuditRecord:
     return msgspec.convert(known, AuditRecord)
 
 
+def column_update(field: str, value: Any, originals: str | None) -> tuple[Any, str | None]:
+    """``(column value, new originals)`` to ``UPDATE`` one record field of a stored row.
+
+    For writers other than the sinks, e.g. the stored-completions API replacing ``metadata``:
+    ``originals`` is the row's current ``originals`` column, and both returned values must be
+    written back together, so a value with a NUL or a lone surrogate stays lossless.
+    """
+    kind = KINDS[field]
+    kept: dict[str, Any] = json.loads(originals) if originals else {}
+    kept.pop(field, None)
+    if value is None or value is msgspec.UNSET:
+        column = None
+    elif kind == "json":
+        column = _json_column(field, value, kept)
+    elif isinstance(value, str):
+        column = _text_column(field, value, kept)
+    else:
+        column = value
+    return column, (json.dumps(kept, ensure_ascii=True) if kept else None)
+
+
 def scrub(text: str) -> str:
     """``text`` with every NUL and lone surrogate replaced by U+FFFD (storable anywhere)."""
     return _UNSAFE.sub("\ufffd", text)
