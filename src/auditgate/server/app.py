@@ -30,8 +30,10 @@ from auditgate.errors import APIError, InvalidRequestError, NotFoundError
 from auditgate.pipeline.chat import ChatPipeline
 from auditgate.server.asgi import ASGIApp, Receive, Scope, Send, header, send_error
 from auditgate.server.chat import ENDPOINT, ChatHandler
+from auditgate.server.completions import CompletionsAPI
 from auditgate.server.headers import HeaderCapture
 from auditgate.server.metrics import HttpMetrics
+from auditgate.store.queries import Store, open_store
 
 log = logging.getLogger("auditgate")
 
@@ -43,6 +45,18 @@ def principal_of(scope: Scope) -> Principal | None:
     """The caller, when API keys are configured."""
     value = scope.get(PRINCIPAL)
     return value if isinstance(value, Principal) else None
+
+
+def store_url_of(settings: Settings) -> str | None:
+    """``AUDITGATE_STORE_URL``, else the ``sqlite`` sink's file, else the ``postgres`` sink's."""
+    if settings.gateway.store_url:
+        return settings.gateway.store_url
+    audit = settings.audit
+    if "sqlite" in audit.sinks:
+        return audit.sqlite_path
+    if "postgres" in audit.sinks and audit.postgres_url is not None:
+        return audit.postgres_url.reveal()
+    return None
 
 
 def build_engine(settings: GatewaySettings) -> Engine:
@@ -93,12 +107,17 @@ class Gateway:
         self.header_capture = HeaderCapture.build(audit.header_capture)
         keys_file = settings.gateway.api_keys_file
         self.keys: KeyRing | None = KeyRing.load(keys_file) if keys_file else None
+        url = store_url_of(settings)
+        self.store: Store | None = open_store(url) if url else None
 
     async def start(self) -> None:
         """Start the engine and the audit bus (opening every sink)."""
         await self.engine.start()
         if self.bus is not None:
             await self.bus.start()
+        if self.store is not None:
+            await self.store.open()
+            log.info("stored completions: %r", self.store)
         if self.keys is None:
             log.warning(
                 "OPEN MODE: no API keys configured (AUDITGATE_API_KEYS_FILE); anyone who can reach "
@@ -124,6 +143,8 @@ class Gateway:
         """Close the engine, then drain the audit bus within the configured deadline."""
         try:
             await self.engine.close()
+            if self.store is not None:
+                await self.store.close()
         finally:
             if self.bus is not None:
                 report = await self.bus.close(self.settings.gateway.drain_timeout_s)
@@ -155,6 +176,7 @@ class GatewayApp:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.chat = ChatHandler(gateway)
+        self.completions = CompletionsAPI(gateway.store, principal_of)
         self.router = self._router()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -188,6 +210,15 @@ class GatewayApp:
                 Route("/metrics", self._metrics, methods=["GET"]),
                 Route("/v1/models", self._models, methods=["GET"]),
                 Route("/v1/models/{model:path}", self._model, methods=["GET"]),
+                Route(ENDPOINT, self.completions.list, methods=["GET"]),
+                Route(f"{ENDPOINT}/{{completion_id}}", self.completions.retrieve, methods=["GET"]),
+                Route(f"{ENDPOINT}/{{completion_id}}", self.completions.update, methods=["POST"]),
+                Route(f"{ENDPOINT}/{{completion_id}}", self.completions.delete, methods=["DELETE"]),
+                Route(
+                    f"{ENDPOINT}/{{completion_id}}/messages",
+                    self.completions.messages,
+                    methods=["GET"],
+                ),
             ],
             exception_handlers={
                 APIError: self._api_error,

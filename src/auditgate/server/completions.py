@@ -1,0 +1,251 @@
+"""OpenAI's stored-completions API over the store (``/v1/chat/completions`` reads and edits).
+
+Routes, as OpenAI defines them (openai-python ``resources/chat/completions``):
+
+- ``GET /v1/chat/completions``: ``model``, ``metadata[key]=value`` (several are ANDed), ``after``,
+  ``limit`` (1-100, default 20), ``order`` (``asc`` default, ``desc``); a cursor page.
+- ``GET /v1/chat/completions/{id}``: one stored completion.
+- ``GET /v1/chat/completions/{id}/messages``: its request messages, ids ``<id>-<n>``, paged.
+- ``POST /v1/chat/completions/{id}``: ``{"metadata": {...}}`` replaces the metadata.
+- ``DELETE /v1/chat/completions/{id}``: ``chat.completion.deleted``; the id is 404 afterwards.
+
+Only ``full`` records with a response are stored completions.  A user key sees and changes only
+its tenant's rows (any other id is a 404, never a 403); admin keys and open mode see all.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from auditgate.auth.keys import Principal
+from auditgate.errors import InvalidRequestError, NotFoundError
+from auditgate.pipeline.request import validate_metadata
+from auditgate.store.queries import CursorNotFound, Filter, Order, Store, Stored
+
+DEFAULT_LIMIT: Final = 20
+MAX_LIMIT: Final = 100
+# Request parameters OpenAI echoes on a stored completion (null when the request left them out).
+_ECHOED: Final = (
+    "tool_choice",
+    "tools",
+    "seed",
+    "temperature",
+    "top_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "response_format",
+    "service_tier",
+)
+
+
+def tenant_scope(principal: Principal | None) -> str | None:
+    """The tenant a caller is confined to; ``None`` (everything) for admins and open mode."""
+    if principal is None or principal.is_admin:
+        return None
+    return principal.tenant
+
+
+def completion_object(stored: Stored) -> dict[str, Any]:
+    """The stored completion OpenAI returns: the response the client saw, plus what the store
+    adds (current ``metadata``, ``request_id``, echoed request parameters, ``usage``)."""
+    record = stored.record
+    out: dict[str, Any] = dict(record["response"])
+    out["id"] = stored.response_id
+    out.setdefault("object", "chat.completion")
+    request = record.get("request")
+    request = request if isinstance(request, dict) else {}
+    out["metadata"] = record.get("metadata") or {}
+    out["request_id"] = record["request_id"]
+    for name in _ECHOED:
+        out.setdefault(name, request.get(name))
+    out.setdefault("input_user", request.get("user"))
+    if out.get("usage") is None:
+        out["usage"] = record.get("usage")
+    return out
+
+
+def store_message(response_id: str, index: int, message: Any) -> dict[str, Any]:
+    """One request message as OpenAI lists it: id ``<id>-<index>``; array content is given as
+    ``content_parts`` with its text joined in ``content``."""
+    out: dict[str, Any] = dict(message) if isinstance(message, dict) else {"content": message}
+    out["id"] = f"{response_id}-{index}"
+    content = out.get("content")
+    if isinstance(content, list):
+        out["content_parts"] = content
+        texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        out["content"] = "".join(t for t in texts if isinstance(t, str)) if texts else None
+    else:
+        out.setdefault("content_parts", None)
+    return out
+
+
+class CompletionsAPI:
+    """Route handlers; ``store`` is ``None`` when no store is configured (every call is a 400)."""
+
+    def __init__(self, store: Store | None, principal_of: Any) -> None:
+        self.store = store
+        self._principal_of = principal_of
+
+    def _open(self, request: Request) -> tuple[Store, str | None]:
+        if self.store is None:
+            raise InvalidRequestError(
+                "Stored completions are not available: this gateway has no store. Configure "
+                "AUDITGATE_STORE_URL, or the sqlite or postgres audit sink.",
+                code="store_not_configured",
+            )
+        return self.store, tenant_scope(self._principal_of(request.scope))
+
+    async def list(self, request: Request) -> Response:
+        store, tenant = self._open(request)
+        params = request.query_params
+        limit = parse_limit(params.get("limit"))
+        order = parse_order(params.get("order"))
+        metadata = {}
+        for key, value in params.multi_items():
+            if key.startswith("metadata[") and key.endswith("]"):
+                metadata[key[len("metadata[") : -1]] = value
+        where = Filter(tenant=tenant, model=params.get("model") or None, metadata=metadata)
+        after = params.get("after") or None
+        try:
+            page = await store.list(where, after=after, limit=limit, order=order)
+        except CursorNotFound:
+            raise _bad_after(after) from None
+        data = [completion_object(s) for s in page.records]
+        return JSONResponse(_list_body(data, page.has_more))
+
+    async def retrieve(self, request: Request) -> Response:
+        store, tenant = self._open(request)
+        completion_id = request.path_params["completion_id"]
+        stored = await store.get(completion_id, tenant)
+        if stored is None:
+            raise _not_found(completion_id)
+        return JSONResponse(completion_object(stored))
+
+    async def messages(self, request: Request) -> Response:
+        store, tenant = self._open(request)
+        completion_id = request.path_params["completion_id"]
+        params = request.query_params
+        limit = parse_limit(params.get("limit"))
+        order = parse_order(params.get("order"))
+        after = params.get("after") or None
+        messages = await store.messages(completion_id, tenant)
+        if messages is None:
+            raise _not_found(completion_id)
+        listed = [store_message(completion_id, i, m) for i, m in enumerate(messages)]
+        if order == "desc":
+            listed.reverse()
+        if after is not None:
+            ids = [m["id"] for m in listed]
+            if after not in ids:
+                raise _bad_after(after)
+            listed = listed[ids.index(after) + 1 :]
+        return JSONResponse(_list_body(listed[:limit], len(listed) > limit))
+
+    async def update(self, request: Request) -> Response:
+        store, tenant = self._open(request)
+        completion_id = request.path_params["completion_id"]
+        metadata = parse_update(await request.body())
+        stored = await store.update_metadata(completion_id, tenant, metadata)
+        if stored is None:
+            raise _not_found(completion_id)
+        return JSONResponse(completion_object(stored))
+
+    async def delete(self, request: Request) -> Response:
+        store, tenant = self._open(request)
+        completion_id = request.path_params["completion_id"]
+        if not await store.delete(completion_id, tenant):
+            raise _not_found(completion_id)
+        return JSONResponse(
+            {"object": "chat.completion.deleted", "id": completion_id, "deleted": True}
+        )
+
+
+def parse_limit(raw: str | None) -> int:
+    """``limit``: an integer 1-100 (default 20); else a 400 naming ``limit``."""
+    if raw is None:
+        return DEFAULT_LIMIT
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0  # reported as out of range below
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidRequestError(
+            f"Invalid 'limit': expected an integer between 1 and {MAX_LIMIT}, got {raw!r}.",
+            param="limit",
+            code="invalid_value",
+        )
+    return limit
+
+
+def parse_order(raw: str | None) -> Order:
+    """``order``: ``asc`` (default) or ``desc``; else a 400 naming ``order``."""
+    if raw is None or raw == "asc":
+        return "asc"
+    if raw == "desc":
+        return "desc"
+    raise InvalidRequestError(
+        f"Invalid 'order': expected one of 'asc' or 'desc', got {raw!r}.",
+        param="order",
+        code="invalid_value",
+    )
+
+
+def parse_update(body: bytes) -> dict[str, str]:
+    """The metadata of an update body ``{"metadata": {...} | null}``; anything else is a 400."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise InvalidRequestError("The request body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError("The request body must be a JSON object.")
+    unknown = sorted(set(data) - {"metadata"})
+    if unknown:
+        raise InvalidRequestError(
+            f"Unrecognized request argument supplied: {unknown[0]}. Only 'metadata' can be "
+            "updated.",
+            param=unknown[0],
+            code="unknown_parameter",
+        )
+    if "metadata" not in data:
+        raise InvalidRequestError(
+            "Missing required parameter: 'metadata'.", param="metadata", code="missing_required"
+        )
+    metadata = data["metadata"]
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise InvalidRequestError(
+            "Invalid 'metadata': expected an object of string values.",
+            param="metadata",
+            code="invalid_type",
+        )
+    validate_metadata(metadata)
+    return metadata
+
+
+def _list_body(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+def _not_found(completion_id: str) -> NotFoundError:
+    return NotFoundError(
+        f"No chat completion found with id '{completion_id}'.", param="completion_id"
+    )
+
+
+def _bad_after(after: str | None) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"Invalid 'after': no object with id '{after}' in this list.",
+        param="after",
+        code="invalid_value",
+    )

@@ -1,0 +1,192 @@
+"""The PostgreSQL :class:`~auditgate.store.queries.Store` (asyncpg pool).
+
+The pool connects lazily and the schema is migrated on first use, so a gateway starts while its
+database is still down; until it answers, every call raises
+:class:`~auditgate.errors.ServiceUnavailableError` (503).  The URL may hold a password: reprs and
+messages show it redacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+import asyncpg
+
+from auditgate.errors import ConfigError, ServiceUnavailableError
+from auditgate.store import postgres as db
+from auditgate.store.queries import (
+    SCAN_CHUNK,
+    CursorNotFound,
+    Filter,
+    Order,
+    Page,
+    Sql,
+    Stored,
+    cursor_sql,
+    messages_of,
+    page_sql,
+)
+from auditgate.store.schema import SELECT_COLUMNS, TABLE, column_update
+
+_COLUMNS: Final = SELECT_COLUMNS + ", deleted_at"
+_DOWN: Final[tuple[type[BaseException], ...]] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+
+
+class PostgresStore:
+    """Stored completions in PostgreSQL (see the module docstring)."""
+
+    def __init__(self, dsn: str, *, connect_timeout_s: float = 5.0, max_size: int = 4) -> None:
+        db.check_dsn(dsn)
+        self._dsn = dsn
+        self.connect_timeout_s = connect_timeout_s
+        self.max_size = max_size
+        self._pool: Any = None
+        self._ready = False
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore(dsn={db.redact_dsn(self._dsn)!r})"
+
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._dsn, min_size=0, max_size=self.max_size, timeout=self.connect_timeout_s
+            )
+        except (ValueError, TypeError) as exc:
+            message = db.hide_password(str(exc), self._dsn)
+            raise ConfigError(f"PostgreSQL store {db.redact_dsn(self._dsn)!r}: {message}") from None
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def list(self, where: Filter, *, after: str | None, limit: int, order: Order) -> Page:
+        async with self._connection() as conn:
+            cursor: tuple[int, str] | None = None
+            if after is not None:
+                sql = Sql("postgres")
+                found = await conn.fetchrow(cursor_sql(sql, after, where.tenant), *sql.params)
+                if found is None:
+                    raise CursorNotFound(after)
+                cursor = (found[0], found[1])
+            sql = Sql("postgres")
+            statement = page_sql(
+                sql, SELECT_COLUMNS, where, cursor=cursor, limit=limit + 1, order=order
+            )
+            rows = await conn.fetch(statement, *sql.params)
+        return Page([Stored.of(row) for row in rows[:limit]], has_more=len(rows) > limit)
+
+    async def get(self, response_id: str, tenant: str | None) -> Stored | None:
+        async with self._connection() as conn:
+            return await self._get(conn, response_id, tenant)
+
+    async def messages(self, response_id: str, tenant: str | None) -> builtins.list[Any] | None:
+        return messages_of(await self.get(response_id, tenant))
+
+    async def update_metadata(
+        self, response_id: str, tenant: str | None, metadata: dict[str, str]
+    ) -> Stored | None:
+        async with self._connection() as conn, conn.transaction():
+            sql = Sql("postgres")
+            row = await conn.fetchrow(
+                f"SELECT request_id, originals FROM {TABLE} "
+                f"WHERE {sql.visible(response_id, tenant)} FOR UPDATE",
+                *sql.params,
+            )
+            if row is None:
+                return None
+            value, originals = column_update("metadata", metadata, row["originals"])
+            await conn.execute(
+                f"UPDATE {TABLE} SET metadata = $1::jsonb, originals = $2 WHERE request_id = $3",
+                value,
+                originals,
+                row["request_id"],
+            )
+            return await self._get(conn, response_id, tenant)
+
+    async def delete(self, response_id: str, tenant: str | None) -> bool:
+        sql = Sql("postgres")
+        now = sql.param(int(time.time() * 1000))
+        condition = sql.visible(response_id, tenant)
+        async with self._connection() as conn:
+            status = await conn.execute(
+                f"UPDATE {TABLE} SET deleted_at = {now} WHERE {condition}", *sql.params
+            )
+        return bool(int(status.rsplit(" ", 1)[-1]))
+
+    async def scan(self, where: Filter, *, chunk: int = SCAN_CHUNK) -> AsyncIterator[Any]:
+        cursor: tuple[int, str] | None = None
+        while True:
+            sql = Sql("postgres")
+            statement = page_sql(sql, _COLUMNS, where, cursor=cursor, limit=chunk, order="asc")
+            async with self._connection() as conn:
+                rows = await conn.fetch(statement, *sql.params)
+            for row in rows:
+                yield row
+            if len(rows) < chunk:
+                return
+            cursor = (rows[-1]["created_at"], rows[-1]["request_id"])
+
+    async def _get(self, conn: Any, response_id: str, tenant: str | None) -> Stored | None:
+        sql = Sql("postgres")
+        row = await conn.fetchrow(
+            f"SELECT {SELECT_COLUMNS} FROM {TABLE} WHERE {sql.visible(response_id, tenant)}",
+            *sql.params,
+        )
+        return None if row is None else Stored.of(row)
+
+    def _connection(self) -> _Connection:
+        if self._pool is None:
+            raise ConfigError("PostgreSQL store is not open")
+        return _Connection(self)
+
+    async def _ensure_ready(self, conn: Any) -> None:
+        if self._ready:
+            return
+        async with self._lock:
+            if not self._ready:
+                await db.migrate(conn)
+                self._ready = True
+
+
+class _Connection:
+    """``async with``: a pooled connection on a migrated schema; "down" errors become 503."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+        self._conn: Any = None
+
+    async def __aenter__(self) -> Any:
+        try:
+            self._conn = await self._store._pool.acquire()
+            await self._store._ensure_ready(self._conn)
+        except _DOWN as exc:
+            await self._release()
+            raise _unavailable(self._store, exc) from None
+        return self._conn
+
+    async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        await self._release()
+        if isinstance(exc, _DOWN):
+            raise _unavailable(self._store, exc) from None
+
+    async def _release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._store._pool.release(conn)
+
+
+def _unavailable(store: PostgresStore, exc: BaseException) -> ServiceUnavailableError:
+    message = db.hide_password(str(exc) or type(exc).__name__, store._dsn)
+    return ServiceUnavailableError(f"The completions store is unavailable: {message}")

@@ -1,0 +1,242 @@
+"""Reading the store: the :class:`Store` protocol, filters, and the SQL both databases share.
+
+The stored-completions API, ``auditgate export`` and ``auditgate stats`` read through a
+:class:`Store` built by :func:`open_store` from a URL:
+
+- ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` (SQLAlchemy's spelling), or a
+  bare file path: :class:`~auditgate.store.sqlite_reader.SqliteStore`.
+- ``postgresql://...`` / ``postgres://...``:
+  :class:`~auditgate.store.postgres_reader.PostgresStore` (needs the ``postgres`` extra).
+
+Order: every read walks rows by ``(created_at, request_id)``, a total order the table indexes, so
+a page cursor (``after``) stays valid while new rows arrive and an export is deterministic.
+Visibility: ``tenant=None`` sees every row (open mode, admin keys); a tenant sees only its rows.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Final, Literal, Protocol
+
+from auditgate.errors import ConfigError
+from auditgate.store.schema import METADATA_TABLE, TABLE, RowLike, record_dict_from_row
+
+Order = Literal["asc", "desc"]
+Dialect = Literal["sqlite", "postgres"]
+
+SCAN_CHUNK: Final = 500
+"""Rows fetched per round trip by :meth:`Store.scan` (memory stays bounded by it)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Filter:
+    """Which rows a read sees; every condition set is ANDed."""
+
+    tenant: str | None = None
+    """Only this tenant's rows; ``None``: every tenant's."""
+    model: str | None = None
+    """Only this model."""
+    metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Only rows whose metadata holds every one of these pairs."""
+    since_ms: int | None = None
+    """Only rows with ``created_at >= since_ms`` (Unix ms)."""
+    until_ms: int | None = None
+    """Only rows with ``created_at < until_ms`` (Unix ms)."""
+    status: str | None = None
+    """Only this status (``completed``, ``cancelled``, ``error``)."""
+    stored_only: bool = True
+    """Only what the stored-completions API lists: ``mode='full'`` rows with a response."""
+    live_only: bool = True
+    """Leave out rows the API deleted (``deleted_at`` set)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Stored:
+    """One stored record and the id the API knows it by."""
+
+    response_id: str
+    """The row's ``response_id`` (the completion id clients use)."""
+    record: dict[str, Any]
+    """The record as a JSON object (:func:`~auditgate.store.schema.record_dict_from_row`)."""
+
+    @classmethod
+    def of(cls, row: RowLike) -> Stored:
+        """The stored record of a row holding at least ``SELECT_COLUMNS``."""
+        return cls(row["response_id"], record_dict_from_row(row))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Page:
+    """One page of stored records, in the requested order."""
+
+    records: list[Stored]
+    """The page's records."""
+    has_more: bool
+    """Whether rows follow the last one."""
+
+
+class CursorNotFound(LookupError):
+    """``after`` names no row visible to the caller."""
+
+
+class Store(Protocol):
+    """Read (and tag/delete) access to stored completions; see the module docstring.
+
+    ``tenant`` arguments scope the call as :attr:`Filter.tenant` does; a row outside the scope
+    behaves as if absent.
+    """
+
+    async def open(self) -> None:
+        """Connect (and migrate, so a fresh store reads as empty); raises ConfigError."""
+
+    async def close(self) -> None:
+        """Release connections and threads."""
+
+    async def list(self, where: Filter, *, after: str | None, limit: int, order: Order) -> Page:
+        """Up to ``limit`` records after the row whose response id is ``after``.
+
+        Raises :class:`CursorNotFound` when ``after`` is not a row visible to ``where.tenant``.
+        """
+
+    async def get(self, response_id: str, tenant: str | None) -> Stored | None:
+        """The stored (``full``, live) record with this response id, or ``None``."""
+
+    async def messages(self, response_id: str, tenant: str | None) -> builtins.list[Any] | None:
+        """The request messages of that record, or ``None`` when it is not visible."""
+
+    async def update_metadata(
+        self, response_id: str, tenant: str | None, metadata: dict[str, str]
+    ) -> Stored | None:
+        """Replace the record's metadata; the updated record, or ``None`` when not visible."""
+
+    async def delete(self, response_id: str, tenant: str | None) -> bool:
+        """Tombstone the record (``deleted_at``); whether a visible record was deleted."""
+
+    def scan(self, where: Filter, *, chunk: int = SCAN_CHUNK) -> AsyncIterator[RowLike]:
+        """Every matching row (all columns) in ``(created_at, request_id)`` order, fetched
+        ``chunk`` rows at a time, so memory does not grow with the table."""
+
+
+def messages_of(stored: Stored | None) -> list[Any] | None:
+    """The request messages of a stored record (``[]`` when the request held none)."""
+    if stored is None:
+        return None
+    request = stored.record.get("request")
+    messages = request.get("messages") if isinstance(request, dict) else None
+    return list(messages) if isinstance(messages, list) else []
+
+
+class Sql:
+    """Builds one statement's WHERE clause and its parameters for a dialect."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self.params: list[Any] = []
+
+    def param(self, value: Any) -> str:
+        """A placeholder bound to ``value``."""
+        self.params.append(value)
+        return "?" if self.dialect == "sqlite" else f"${len(self.params)}"
+
+    def where(self, where: Filter) -> list[str]:
+        """The conditions of ``where`` (to AND together)."""
+        clauses: list[str] = []
+        if where.stored_only:
+            clauses.append("mode = 'full' AND response IS NOT NULL")
+        if where.live_only:
+            clauses.append("deleted_at IS NULL")
+        if where.tenant is not None:
+            clauses.append(f"tenant = {self.param(where.tenant)}")
+        if where.model is not None:
+            clauses.append(f"model = {self.param(where.model)}")
+        if where.status is not None:
+            clauses.append(f"status = {self.param(where.status)}")
+        if where.since_ms is not None:
+            clauses.append(f"created_at >= {self.param(where.since_ms)}")
+        if where.until_ms is not None:
+            clauses.append(f"created_at < {self.param(where.until_ms)}")
+        for key, value in where.metadata.items():
+            if self.dialect == "sqlite":
+                # The trigger-kept side table is indexed on (key, value): no JSON scan.
+                clauses.append(
+                    f"request_id IN (SELECT request_id FROM {METADATA_TABLE} "
+                    f"WHERE key = {self.param(key)} AND value = {self.param(value)})"
+                )
+            else:
+                clauses.append(f"metadata @> {self.param(json.dumps({key: value}))}::jsonb")
+        return clauses
+
+    def visible(self, response_id: str, tenant: str | None) -> str:
+        """WHERE clause of the one stored, live record the API may touch."""
+        clauses = self.where(Filter(tenant=tenant))
+        clauses.append(f"response_id = {self.param(response_id)}")
+        return " AND ".join(clauses)
+
+
+def page_sql(
+    sql: Sql,
+    columns: str,
+    where: Filter,
+    *,
+    cursor: tuple[int, str] | None,
+    limit: int,
+    order: Order,
+) -> str:
+    """``SELECT columns`` of the ``limit`` rows after ``cursor`` in ``order``."""
+    clauses = sql.where(where)
+    if cursor is not None:
+        op = ">" if order == "asc" else "<"
+        clauses.append(
+            f"(created_at, request_id) {op} ({sql.param(cursor[0])}, {sql.param(cursor[1])})"
+        )
+    direction = "ASC" if order == "asc" else "DESC"
+    condition = " AND ".join(clauses) or "TRUE"
+    return (
+        f"SELECT {columns} FROM {TABLE} WHERE {condition} "
+        f"ORDER BY created_at {direction}, request_id {direction} LIMIT {sql.param(limit)}"
+    )
+
+
+def cursor_sql(sql: Sql, response_id: str, tenant: str | None) -> str:
+    """``SELECT created_at, request_id`` of the cursor row ``response_id``.
+
+    Deleted rows still serve as cursors, so deleting the last row of a page does not break the
+    walk of the next one.
+    """
+    clauses = [f"response_id = {sql.param(response_id)}"]
+    if tenant is not None:
+        clauses.append(f"tenant = {sql.param(tenant)}")
+    return f"SELECT created_at, request_id FROM {TABLE} WHERE {' AND '.join(clauses)}"
+
+
+def sqlite_path_of(url: str) -> str | None:
+    """The file path of a SQLite store URL (or bare path); ``None`` for another scheme."""
+    if url.startswith("sqlite:///"):
+        return url[len("sqlite:///") :]
+    if url.startswith("sqlite:"):
+        raise ConfigError(f"store URL {url!r}: expected sqlite:///relative or sqlite:////absolute")
+    if "://" in url:
+        return None
+    return url
+
+
+def open_store(url: str, *, must_exist: bool = False) -> Store:
+    """The store for ``url`` (not yet opened; call :meth:`Store.open`).
+
+    ``must_exist``: a SQLite file that does not exist is a ConfigError at open, instead of an
+    empty store being created (for the command-line readers).
+    """
+    path = sqlite_path_of(url)
+    if path is not None:
+        from auditgate.store.sqlite_reader import SqliteStore
+
+        return SqliteStore(path, must_exist=must_exist)
+    scheme = url.split("://", 1)[0]
+    if scheme in ("postgresql", "postgres"):
+        from auditgate.store.postgres_reader import PostgresStore
+
+        return PostgresStore(url)
+    raise ConfigError(f"store URL scheme {scheme!r}: expected sqlite:///PATH or postgresql://...")

@@ -1,0 +1,183 @@
+"""The SQLite :class:`~auditgate.store.queries.Store` (stdlib ``sqlite3``).
+
+One connection owned by one dedicated thread (a single-worker executor), so blocking calls never
+run on the event loop and the connection is never shared between threads.  WAL mode: the reads
+here never block the ``sqlite`` sink, which writes the same file from its own connection, and see
+every batch it has committed.  Updates and deletes take the write lock up front
+(``BEGIN IMMEDIATE``), waiting up to the busy timeout for the sink's transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import functools
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from auditgate.errors import ConfigError
+from auditgate.store import sqlite as db
+from auditgate.store.queries import (
+    SCAN_CHUNK,
+    CursorNotFound,
+    Filter,
+    Order,
+    Page,
+    Sql,
+    Stored,
+    cursor_sql,
+    messages_of,
+    page_sql,
+)
+from auditgate.store.schema import SELECT_COLUMNS, TABLE, column_update
+
+_T = TypeVar("_T")
+_COLUMNS = SELECT_COLUMNS + ", deleted_at"
+
+
+class SqliteStore:
+    """Stored completions in a SQLite file (see the module docstring)."""
+
+    def __init__(self, path: str, *, must_exist: bool = False, busy_timeout_s: float = 30.0):
+        self.path = path
+        self.must_exist = must_exist
+        self.busy_timeout_s = busy_timeout_s
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    def __repr__(self) -> str:
+        return f"SqliteStore(path={self.path!r})"
+
+    async def open(self) -> None:
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="auditgate-store")
+        try:
+            self._conn = await self._call(self._open_sync)
+        except (sqlite3.Error, OSError) as exc:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+            raise ConfigError(f"SQLite store {self.path!r}: cannot open: {exc}") from exc
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        try:
+            if self._conn is not None:
+                await asyncio.get_running_loop().run_in_executor(executor, self._conn.close)
+        finally:
+            self._conn = None
+            executor.shutdown(wait=True)
+
+    async def list(self, where: Filter, *, after: str | None, limit: int, order: Order) -> Page:
+        return await self._call(lambda: self._list_sync(where, after, limit, order))
+
+    async def get(self, response_id: str, tenant: str | None) -> Stored | None:
+        return await self._call(lambda: self._get_sync(response_id, tenant))
+
+    async def messages(self, response_id: str, tenant: str | None) -> builtins.list[Any] | None:
+        return messages_of(await self.get(response_id, tenant))
+
+    async def update_metadata(
+        self, response_id: str, tenant: str | None, metadata: dict[str, str]
+    ) -> Stored | None:
+        return await self._call(lambda: self._update_sync(response_id, tenant, metadata))
+
+    async def delete(self, response_id: str, tenant: str | None) -> bool:
+        return await self._call(lambda: self._delete_sync(response_id, tenant))
+
+    async def scan(self, where: Filter, *, chunk: int = SCAN_CHUNK) -> AsyncIterator[Any]:
+        cursor: tuple[int, str] | None = None
+        while True:
+            rows = await self._call(functools.partial(self._chunk_sync, where, cursor, chunk))
+            for row in rows:
+                yield row
+            if len(rows) < chunk:
+                return
+            cursor = (rows[-1]["created_at"], rows[-1]["request_id"])
+
+    # -- on the store's thread ---------------------------------------------------------------
+
+    def _open_sync(self) -> sqlite3.Connection:
+        if self.must_exist and not Path(self.path).is_file():
+            raise ConfigError(f"SQLite store {self.path!r} does not exist")
+        conn = db.connect(self.path, busy_timeout_s=self.busy_timeout_s)
+        try:
+            db.migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise ConfigError("SQLite store is not open")
+        return self._conn
+
+    def _list_sync(self, where: Filter, after: str | None, limit: int, order: Order) -> Page:
+        conn = self._db()
+        cursor: tuple[int, str] | None = None
+        if after is not None:
+            sql = Sql("sqlite")
+            found = conn.execute(cursor_sql(sql, after, where.tenant), sql.params).fetchone()
+            if found is None:
+                raise CursorNotFound(after)
+            cursor = (found[0], found[1])
+        sql = Sql("sqlite")
+        statement = page_sql(
+            sql, SELECT_COLUMNS, where, cursor=cursor, limit=limit + 1, order=order
+        )
+        rows = conn.execute(statement, sql.params).fetchall()
+        return Page([Stored.of(row) for row in rows[:limit]], has_more=len(rows) > limit)
+
+    def _chunk_sync(
+        self, where: Filter, cursor: tuple[int, str] | None, chunk: int
+    ) -> builtins.list[Any]:
+        sql = Sql("sqlite")
+        statement = page_sql(sql, _COLUMNS, where, cursor=cursor, limit=chunk, order="asc")
+        return self._db().execute(statement, sql.params).fetchall()
+
+    def _get_sync(self, response_id: str, tenant: str | None) -> Stored | None:
+        sql = Sql("sqlite")
+        statement = f"SELECT {SELECT_COLUMNS} FROM {TABLE} WHERE {sql.visible(response_id, tenant)}"
+        row = self._db().execute(statement, sql.params).fetchone()
+        return None if row is None else Stored.of(row)
+
+    def _update_sync(
+        self, response_id: str, tenant: str | None, metadata: dict[str, str]
+    ) -> Stored | None:
+        conn = self._db()
+        with db.write_transaction(conn):
+            sql = Sql("sqlite")
+            statement = (
+                f"SELECT request_id, originals FROM {TABLE} "
+                f"WHERE {sql.visible(response_id, tenant)}"
+            )
+            row = conn.execute(statement, sql.params).fetchone()
+            if row is None:
+                return None
+            value, originals = column_update("metadata", metadata, row["originals"])
+            conn.execute(
+                f"UPDATE {TABLE} SET metadata = ?, originals = ? WHERE request_id = ?",
+                (value, originals, row["request_id"]),
+            )
+        return self._get_sync(response_id, tenant)
+
+    def _delete_sync(self, response_id: str, tenant: str | None) -> bool:
+        conn = self._db()
+        sql = Sql("sqlite")
+        now = sql.param(int(time.time() * 1000))
+        condition = sql.visible(response_id, tenant)
+        with db.write_transaction(conn):
+            deleted = conn.execute(
+                f"UPDATE {TABLE} SET deleted_at = {now} WHERE {condition}", sql.params
+            ).rowcount
+        return deleted > 0
+
+    async def _call(self, fn: Callable[[], _T]) -> _T:
+        if self._executor is None:
+            raise ConfigError("SQLite store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
