@@ -1,4 +1,4 @@
-"""The ``auditgate`` command: ``serve``, ``consume``, ``keys``."""
+"""The ``auditgate`` command: ``serve``, ``consume``, ``keys``, ``export``, ``stats``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from collections.abc import Sequence
 
 # Subcommand modules, imported only to register their parser; each exposes
 # ``register(subparsers)`` which sets ``func`` (args -> exit code).
-_COMMANDS = ("auditgate.cli.serve", "auditgate.cli.consume", "auditgate.cli.keys")
+_COMMANDS = (
+    "auditgate.cli.serve",
+    "auditgate.cli.consume",
+    "auditgate.cli.keys",
+    "auditgate.cli.export",
+    "auditgate.cli.stats",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

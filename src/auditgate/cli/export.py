@@ -1,0 +1,235 @@
+"""``auditgate export``: stored completions as JSONL datasets.
+
+Formats (one JSON object a line):
+
+- ``finetune`` — OpenAI's chat fine-tuning format: ``{"messages": request messages + the
+  assistant message (tool calls kept), "tools": request tools (when any),
+  "parallel_tool_calls": (when the request set it)}``.
+- ``eval`` — ``{"input": request messages, "reference": assistant message}``.
+- ``raw`` — the audit record as stored (every mode, not only ``full``).
+
+``finetune`` and ``eval`` read stored completions only (``mode='full'`` with a response) and skip
+records without an assistant message.  Completions deleted through the API are never exported.
+Rows stream from the store in ``(created_at, request_id)`` order a chunk at a time, so memory
+stays flat whatever the table's size (``--dedupe`` keeps one 16-byte digest per distinct
+prompt) and two exports of the same data are byte-identical.  On a terminal, a progress line is
+written to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import hashlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import IO, Any, Final
+
+import msgspec
+
+from auditgate.errors import ConfigError, ServiceUnavailableError
+from auditgate.store.queries import Filter, open_store
+from auditgate.store.schema import record_dict_from_row
+
+FORMATS: Final = ("finetune", "eval", "raw")
+_ASSISTANT_FIELDS: Final = ("role", "content", "refusal", "tool_calls", "function_call")
+_encoder: Final = msgspec.json.Encoder(order="deterministic")
+
+
+def add_store_options(p: argparse.ArgumentParser) -> None:
+    """``--store``, ``--since``, ``--until``: shared by ``export`` and ``stats``."""
+    p.add_argument(
+        "--store",
+        default=os.environ.get("AUDITGATE_STORE_URL"),
+        help="sqlite:///PATH, a file path, or postgresql://... (default: $AUDITGATE_STORE_URL)",
+    )
+    p.add_argument("--since", type=parse_time, help="from this time: ISO 8601 or Unix ms")
+    p.add_argument("--until", type=parse_time, help="before this time: ISO 8601 or Unix ms")
+
+
+def parse_time(text: str) -> int:
+    """Unix milliseconds of ``text``: an integer (ms) or ISO 8601 (naive means UTC)."""
+    if text.strip().lstrip("-").isdigit():
+        return int(text)
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither ISO 8601 nor Unix milliseconds"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return int(when.timestamp() * 1000)
+
+
+def store_url(args: argparse.Namespace, command: str) -> str:
+    """The ``--store`` URL, or a ConfigError saying it is missing."""
+    if not args.store:
+        raise ConfigError(f"auditgate {command}: --store (or AUDITGATE_STORE_URL) is required")
+    return str(args.store)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("export", help="write stored completions as a JSONL dataset")
+    add_store_options(p)
+    p.add_argument("--format", required=True, choices=FORMATS, help="line format")
+    p.add_argument("--model", help="only this model")
+    p.add_argument(
+        "--metadata",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only records with this metadata pair (repeatable; all must match)",
+    )
+    p.add_argument("--tenant", help="only this tenant")
+    p.add_argument("--status", choices=("completed", "cancelled", "error"), help="only this status")
+    p.add_argument("--dedupe", action="store_true", help="keep the first of identical prompts")
+    p.add_argument("-o", "--output", help="output file (default: stdout)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        where = Filter(
+            tenant=args.tenant,
+            model=args.model,
+            metadata=parse_pairs(args.metadata),
+            since_ms=args.since,
+            until_ms=args.until,
+            status=args.status,
+            stored_only=args.format != "raw",
+        )
+        url = store_url(args, "export")
+        with _output(args.output) as out:
+            written, skipped = asyncio.run(export(url, where, args.format, out, args.dedupe))
+    except (ConfigError, ServiceUnavailableError, OSError) as exc:
+        print(f"auditgate export: {exc}", file=sys.stderr)
+        return 2
+    print(f"auditgate export: {written} line(s) written, {skipped} skipped", file=sys.stderr)
+    return 0
+
+
+def parse_pairs(items: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` items as a dict; a ConfigError for an item without ``=``."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--metadata {item!r}: expected KEY=VALUE")
+        pairs[key] = value
+    return pairs
+
+
+async def export(url: str, where: Filter, fmt: str, out: IO[str], dedupe: bool) -> tuple[int, int]:
+    """Write every matching record as a ``fmt`` line to ``out``; ``(written, skipped)``."""
+    store = open_store(url, must_exist=True)
+    await store.open()
+    progress = _Progress(sys.stderr)
+    seen: set[bytes] = set()
+    written = skipped = 0
+    try:
+        async for row in store.scan(where):
+            line = to_line(record_dict_from_row(row), fmt)
+            if line is not None and dedupe:
+                digest = hashlib.blake2b(_encoder.encode(prompt_of(line, fmt)), digest_size=16)
+                if digest.digest() in seen:
+                    line = None
+                else:
+                    seen.add(digest.digest())
+            if line is None:
+                skipped += 1
+            else:
+                out.write(_encoder.encode(line).decode() + "\n")
+                written += 1
+            progress.update(written, skipped)
+    finally:
+        progress.done(written, skipped)
+        await store.close()
+    return written, skipped
+
+
+def to_line(record: dict[str, Any], fmt: str) -> dict[str, Any] | None:
+    """The ``fmt`` line of one record, or ``None`` when it has no assistant message."""
+    if fmt == "raw":
+        return record
+    request = record.get("request") if isinstance(record.get("request"), dict) else {}
+    assert isinstance(request, dict)
+    messages = request.get("messages")
+    reply = assistant_message(record.get("response"))
+    if reply is None or not isinstance(messages, list):
+        return None
+    if fmt == "eval":
+        return {"input": messages, "reference": reply}
+    line: dict[str, Any] = {"messages": [*messages, reply]}
+    if request.get("tools"):
+        line["tools"] = request["tools"]
+    if "parallel_tool_calls" in request:
+        line["parallel_tool_calls"] = request["parallel_tool_calls"]
+    return line
+
+
+def assistant_message(response: Any) -> dict[str, Any] | None:
+    """The first choice's message, with only the fields a chat example holds (nulls dropped)."""
+    if not isinstance(response, dict):
+        return None
+    choices = response.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None
+    message = choices[0].get("message")
+    if not isinstance(message, dict):
+        return None
+    reply = {k: message[k] for k in _ASSISTANT_FIELDS if message.get(k) is not None}
+    reply["role"] = "assistant"
+    if "content" not in reply and "tool_calls" not in reply and "function_call" not in reply:
+        return None
+    return reply
+
+
+def prompt_of(line: dict[str, Any], fmt: str) -> Any:
+    """What makes two lines "the same prompt" for ``--dedupe``."""
+    if fmt == "finetune":
+        return [line["messages"][:-1], line.get("tools")]
+    if fmt == "eval":
+        return line["input"]
+    request = line.get("request") if isinstance(line.get("request"), dict) else {}
+    assert isinstance(request, dict)
+    return [request.get("messages"), request.get("tools"), line.get("model")]
+
+
+@contextlib.contextmanager
+def _output(path: str | None) -> Iterator[IO[str]]:
+    if path is None:
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    with open(path, "w", encoding="utf-8", newline="\n") as out:
+        yield out
+
+
+class _Progress:
+    """A progress line on stderr, redrawn at most 10 times a second, only on a terminal."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self.started = self.last = time.monotonic()
+
+    def update(self, written: int, skipped: int) -> None:
+        now = time.monotonic()
+        if self.enabled and now - self.last >= 0.1:
+            self.last = now
+            self._draw(written, skipped, now)
+
+    def done(self, written: int, skipped: int) -> None:
+        if self.enabled:
+            self._draw(written, skipped, time.monotonic())
+            self.stream.write("\n")
+
+    def _draw(self, written: int, skipped: int, now: float) -> None:
+        rate = (written + skipped) / max(now - self.started, 1e-9)
+        self.stream.write(f"\rexport: {written} written, {skipped} skipped ({rate:,.0f} rows/s)")
+        self.stream.flush()
