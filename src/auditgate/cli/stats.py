@@ -1,0 +1,159 @@
+"""``auditgate stats``: usage per model, tenant or day, from the store.
+
+Every record counts (``full`` and ``usage_only``, and completions later deleted through the API:
+their tokens were spent).  Per group: requests, prompt and completion tokens (records without
+usage add nothing), errors (``status: "error"``), and p50/p95 of ``duration_ms`` and ``ttft_ms``
+(nearest-rank percentiles over the records that have the value; ``null`` when none has).
+Days are UTC dates of ``created_at``.  A table on a terminal, ``--json`` for machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime
+import json
+import math
+import sys
+from typing import Any, Final
+
+from auditgate.cli.export import add_store_options, store_url
+from auditgate.errors import ConfigError, ServiceUnavailableError
+from auditgate.store.queries import Filter, open_store
+
+GROUPINGS: Final = ("model", "tenant", "day")
+NO_TENANT: Final = "-"
+"""Group key of records without a tenant (open mode)."""
+
+
+@dataclasses.dataclass(slots=True)
+class Group:
+    """Running totals of one group."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors: int = 0
+    durations: list[float] = dataclasses.field(default_factory=list)
+    ttfts: list[float] = dataclasses.field(default_factory=list)
+
+    def add(self, row: Any) -> None:
+        self.requests += 1
+        self.prompt_tokens += row["prompt_tokens"] or 0
+        self.completion_tokens += row["completion_tokens"] or 0
+        self.errors += row["status"] == "error"
+        if row["duration_ms"] is not None:
+            self.durations.append(row["duration_ms"])
+        if row["ttft_ms"] is not None:
+            self.ttfts.append(row["ttft_ms"])
+
+    def summary(self, key: str) -> dict[str, Any]:
+        return {
+            "key": key,
+            "requests": self.requests,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "errors": self.errors,
+            "p50_duration_ms": percentile(self.durations, 50),
+            "p95_duration_ms": percentile(self.durations, 95),
+            "p50_ttft_ms": percentile(self.ttfts, 50),
+            "p95_ttft_ms": percentile(self.ttfts, 95),
+        }
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """Nearest-rank ``p``-th percentile of ``values``; ``None`` for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(math.ceil(p / 100 * len(ordered)) - 1, 0)]
+
+
+def group_key(row: Any, by: str) -> str:
+    if by == "model":
+        return str(row["model"])
+    if by == "tenant":
+        return str(row["tenant"]) if row["tenant"] is not None else NO_TENANT
+    day = datetime.datetime.fromtimestamp(row["created_at"] / 1000, tz=datetime.UTC)
+    return day.date().isoformat()
+
+
+async def collect(url: str, where: Filter, by: str) -> dict[str, Any]:
+    """The statistics document: ``{"by", "since_ms", "until_ms", "groups": [...], "total"}``."""
+    store = open_store(url, must_exist=True)
+    await store.open()
+    groups: dict[str, Group] = {}
+    total = Group()
+    try:
+        async for row in store.scan(where):
+            groups.setdefault(group_key(row, by), Group()).add(row)
+            total.add(row)
+    finally:
+        await store.close()
+    return {
+        "by": by,
+        "since_ms": where.since_ms,
+        "until_ms": where.until_ms,
+        "groups": [groups[key].summary(key) for key in sorted(groups)],
+        "total": total.summary("total"),
+    }
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("stats", help="requests, tokens, errors and latency from the store")
+    add_store_options(p)
+    p.add_argument("--by", choices=GROUPINGS, default="model", help="grouping (default: model)")
+    p.add_argument("--json", action="store_true", help="JSON output (default on a pipe)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    where = Filter(since_ms=args.since, until_ms=args.until, stored_only=False, live_only=False)
+    try:
+        doc = asyncio.run(collect(store_url(args, "stats"), where, args.by))
+    except (ConfigError, ServiceUnavailableError, OSError) as exc:
+        print(f"auditgate stats: {exc}", file=sys.stderr)
+        return 2
+    if args.json or not sys.stdout.isatty():
+        print(json.dumps(doc, indent=2))
+    else:
+        print(table(doc))
+    return 0
+
+
+_HEADERS: Final = (
+    ("key", ""),
+    ("requests", "requests"),
+    ("prompt_tokens", "prompt tok"),
+    ("completion_tokens", "compl tok"),
+    ("errors", "errors"),
+    ("p50_duration_ms", "p50 ms"),
+    ("p95_duration_ms", "p95 ms"),
+    ("p50_ttft_ms", "p50 ttft"),
+    ("p95_ttft_ms", "p95 ttft"),
+)
+
+
+def table(doc: dict[str, Any]) -> str:
+    """The statistics as an aligned text table, one line per group and a total line."""
+    header = [doc["by"], *(title for _, title in _HEADERS[1:])]
+    rows = [[_cell(g[name]) for name, _ in _HEADERS] for g in [*doc["groups"], doc["total"]]]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        return "  ".join([first, *(c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))])
+
+    rule = "-" * len(line(header))
+    return "\n".join([line(header), rule, *map(line, rows[:-1]), rule, line(rows[-1])])
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)

@@ -1,0 +1,108 @@
+"""``auditgate stats`` over both stores: totals and percentiles equal those over the records."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import math
+from typing import Any
+
+import pytest
+
+from auditgate.audit.record import AuditRecord
+from auditgate.cli.main import main
+from auditgate.cli.stats import table
+from tests.cli.test_export import dataset, filled, store_url
+
+__all__ = ["filled", "store_url"]  # fixtures, imported for this module's tests
+
+
+def nearest_rank(values: list[float], p: int) -> float | None:
+    if not values:
+        return None
+    return sorted(values)[math.ceil(p * len(values) / 100) - 1]
+
+
+def summary(key: str, records: list[AuditRecord]) -> dict[str, Any]:
+    """The expected statistics of ``records``, computed from the records themselves."""
+    durations = [r.duration_ms for r in records]
+    ttfts = [r.ttft_ms for r in records if r.ttft_ms is not None]
+    return {
+        "key": key,
+        "requests": len(records),
+        "prompt_tokens": sum((r.usage or {}).get("prompt_tokens", 0) for r in records),
+        "completion_tokens": sum((r.usage or {}).get("completion_tokens", 0) for r in records),
+        "errors": sum(r.status == "error" for r in records),
+        "p50_duration_ms": nearest_rank(durations, 50),
+        "p95_duration_ms": nearest_rank(durations, 95),
+        "p50_ttft_ms": nearest_rank(ttfts, 50),
+        "p95_ttft_ms": nearest_rank(ttfts, 95),
+    }
+
+
+def key_of(record: AuditRecord, by: str) -> str:
+    if by == "model":
+        return record.model
+    if by == "tenant":
+        return record.tenant or "-"
+    return datetime.datetime.fromtimestamp(record.created_at / 1000, datetime.UTC).strftime(
+        "%Y-%m-%d"
+    )
+
+
+async def stats(url: str, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any]:
+    code = await asyncio.to_thread(main, ["stats", "--store", url, "--json", *args])
+    return code, json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("by", ["model", "tenant", "day"])
+async def test_groups_and_totals_equal_sums_over_records(
+    filled: tuple[str, list[AuditRecord]], capsys: pytest.CaptureFixture[str], by: str
+) -> None:
+    """Every group's counts, tokens, errors and percentiles are those of its records; deleted
+    completions count too."""
+    url, _ = filled
+    records = dataset()
+    keys = sorted({key_of(r, by) for r in records})
+    expected = {
+        "by": by,
+        "since_ms": None,
+        "until_ms": None,
+        "groups": [summary(k, [r for r in records if key_of(r, by) == k]) for k in keys],
+        "total": summary("total", records),
+    }
+    assert (0, expected) == await stats(url, capsys, "--by", by)
+
+
+async def test_time_range(
+    filled: tuple[str, list[AuditRecord]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--since/--until keep the records created in [since, until)."""
+    url, _ = filled
+    records = [r for r in dataset() if 1758740068003 <= r.created_at < 1758740068126]
+    _, doc = await stats(url, capsys, "--since", "1758740068003", "--until", "1758740068126")
+    assert summary("total", records) == doc["total"]
+
+
+def test_table_layout() -> None:
+    """The terminal table aligns one line per group, then a rule and the total."""
+    row = {
+        "requests": 1234,
+        "prompt_tokens": 5,
+        "completion_tokens": 6,
+        "errors": 0,
+        "p50_duration_ms": 1.25,
+        "p95_duration_ms": 2.0,
+        "p50_ttft_ms": None,
+        "p95_ttft_ms": None,
+    }
+    doc = {"by": "model", "groups": [{"key": "mock", **row}], "total": {"key": "total", **row}}
+    expected = [
+        "model  requests  prompt tok  compl tok  errors  p50 ms  p95 ms  p50 ttft  p95 ttft",
+        "-" * 82,
+        "mock      1,234           5          6       0     1.2     2.0         -         -",
+        "-" * 82,
+        "total     1,234           5          6       0     1.2     2.0         -         -",
+    ]
+    assert expected == table(doc).splitlines()
