@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -12,9 +13,11 @@ import httpx
 import openai
 import pytest
 
-from auditgate.audit.record import AuditRecord
+from auditgate.audit.record import AuditRecord, Envelope
 from auditgate.config import Settings
 from auditgate.sinks import build_sinks
+from auditgate.sinks.sqlite import SqliteSink
+from tests.store.records import make_record
 from tests.support.server import TestGateway, audit_env, gateway
 
 MESSAGES = [
@@ -251,3 +254,19 @@ def test_no_store_is_a_clear_400(workdir: str) -> None:
     with gateway(audit_env()) as g, pytest.raises(openai.BadRequestError) as info:
         client(g).chat.completions.list()
     assert (info.value.code, info.value.status_code) == ("store_not_configured", 400)
+
+
+async def test_store_url_reads_a_store_written_elsewhere(workdir: str) -> None:
+    """AUDITGATE_STORE_URL serves a store another process's sink wrote (no local store sink)."""
+    path = f"{workdir}/elsewhere.db"
+    record = make_record(0)
+    sink = SqliteSink(path)
+    await sink.open()
+    await sink.write([Envelope(record)])
+    await sink.close()
+
+    def listed() -> list[str]:
+        with gateway(audit_env(AUDITGATE_STORE_URL=f"sqlite:///{path}")) as g:
+            return [c.id for c in client(g).chat.completions.list()]
+
+    assert [record.response["id"]] == await asyncio.to_thread(listed)  # type: ignore[index]

@@ -140,11 +140,13 @@ class Gateway:
             log.info("audit off (set DYN_AUDIT_ENABLED=1 to record chat completions)")
 
     async def stop(self) -> None:
-        """Close the engine, then drain the audit bus within the configured deadline."""
+        """Close the engine and the store, then drain the audit bus within the deadline."""
         try:
-            await self.engine.close()
-            if self.store is not None:
-                await self.store.close()
+            try:
+                await self.engine.close()
+            finally:
+                if self.store is not None:
+                    await self.store.close()
         finally:
             if self.bus is not None:
                 report = await self.bus.close(self.settings.gateway.drain_timeout_s)
