@@ -106,3 +106,13 @@ def test_table_layout() -> None:
         "total     1,234           5          6       0     1.2     2.0         -         -",
     ]
     assert expected == table(doc).splitlines()
+
+
+def test_store_is_required(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --store or AUDITGATE_STORE_URL the command says what is missing, exit code 2."""
+    monkeypatch.delenv("AUDITGATE_STORE_URL", raising=False)
+    code = main(["stats"])
+    expected = "auditgate stats: stats needs --store URL (or AUDITGATE_STORE_URL)\n"
+    assert (2, expected) == (code, capsys.readouterr().err)

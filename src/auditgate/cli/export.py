@@ -37,7 +37,9 @@ from auditgate.store.schema import record_dict_from_row
 
 FORMATS: Final = ("finetune", "eval", "raw")
 _ASSISTANT_FIELDS: Final = ("role", "content", "refusal", "tool_calls", "function_call")
-_encoder: Final = msgspec.json.Encoder(order="deterministic")
+_encoder: Final = msgspec.json.Encoder()
+# Prompts compare by content, whatever their keys' order (PostgreSQL's JSONB reorders keys).
+_canonical: Final = msgspec.json.Encoder(order="sorted")
 
 
 def add_store_options(p: argparse.ArgumentParser) -> None:
@@ -69,7 +71,7 @@ def parse_time(text: str) -> int:
 def store_url(args: argparse.Namespace, command: str) -> str:
     """The ``--store`` URL, or a ConfigError saying it is missing."""
     if not args.store:
-        raise ConfigError(f"auditgate {command}: --store (or AUDITGATE_STORE_URL) is required")
+        raise ConfigError(f"{command} needs --store URL (or AUDITGATE_STORE_URL)")
     return str(args.store)
 
 
@@ -135,7 +137,7 @@ async def export(url: str, where: Filter, fmt: str, out: IO[str], dedupe: bool) 
         async for row in store.scan(where):
             line = to_line(record_dict_from_row(row), fmt)
             if line is not None and dedupe:
-                digest = hashlib.blake2b(_encoder.encode(prompt_of(line, fmt)), digest_size=16)
+                digest = hashlib.blake2b(_canonical.encode(prompt_of(line, fmt)), digest_size=16)
                 if digest.digest() in seen:
                     line = None
                 else:
