@@ -270,3 +270,13 @@ async def test_store_url_reads_a_store_written_elsewhere(workdir: str) -> None:
             return [c.id for c in client(g).chat.completions.list()]
 
     assert [record.response["id"]] == await asyncio.to_thread(listed)  # type: ignore[index]
+
+
+def test_unreachable_postgres_store_is_503() -> None:
+    """A PostgreSQL store that refuses connections answers 503 and the gateway keeps running."""
+    env = audit_env(AUDITGATE_STORE_URL="postgresql://postgres@127.0.0.1:1/nowhere")
+    with gateway(env) as g:
+        with pytest.raises(openai.InternalServerError) as info:
+            client(g).chat.completions.list()
+        health = httpx.get(g.url + "/health", timeout=10).status_code
+    assert (info.value.status_code, info.value.type, health) == (503, "server_error", 200)
