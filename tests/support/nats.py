@@ -140,21 +140,39 @@ class ConsumeProcess:
         return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
 
 
+def consume_command(args: Sequence[str]) -> list[str]:
+    """The command line of ``auditgate consume ARGS`` run by this interpreter."""
+    return [sys.executable, "-m", "auditgate.cli.consume", *args]
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without any ``DYN_*`` / ``AUDITGATE_*`` setting."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("DYN_", "AUDITGATE_"))}
+
+
 def start_consume(
-    args: Sequence[str], *, log_dir: Path, name: str = "consume", ready_timeout: float = 20.0
+    args: Sequence[str],
+    *,
+    log_dir: Path,
+    name: str = "consume",
+    ready_timeout: float | None = 20.0,
 ) -> ConsumeProcess:
-    """Start ``python -m auditgate.cli.consume ARGS`` and wait until it is consuming."""
+    """Start ``python -m auditgate.cli.consume ARGS`` and wait until it is consuming.
+
+    ``ready_timeout=None`` returns at once (for a process whose NATS is not up yet).
+    """
     log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DYN_", "AUDITGATE_"))}
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "auditgate.cli.consume", *args],
-            env=clean,
+            consume_command(args),
+            env=clean_env(),
             stdout=log_file,
             stderr=subprocess.STDOUT,
             cwd=log_dir,
         )
     consumer = ConsumeProcess(process, log_path)
+    if ready_timeout is None:
+        return consumer
     try:
         consumer.wait_for_log(r"consume: consuming", ready_timeout)
     except AssertionError:
