@@ -152,6 +152,9 @@ class NatsSink:
 
     async def _ready(self) -> JetStreamContext:
         """The JetStream context, connected and with the stream in place; SinkError otherwise."""
+        if self._nc is not None and self._nc.is_closed:
+            # Closed for good (not reconnecting), e.g. after an authorization error: start over.
+            self._nc = self._js = None
         if self._nc is None or self._js is None:
             self._nc = await self._connect()
             self._js = self._nc.jetstream(
