@@ -1,4 +1,4 @@
-"""Several gateway replicas feed one database: gateways -> NATS JetStream -> consumers -> PostgreSQL."""
+"""Gateway replicas feed one database: gateways -> NATS JetStream -> consumers -> PostgreSQL."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A sink's server goes down in the middle of a load: requests keep succeeding, no loss is silent."""
+"""A sink's server goes down mid-load: requests keep succeeding, no loss is silent."""
 
 from __future__ import annotations
 
