@@ -21,6 +21,7 @@ from auditgate.audit.sink import MemorySink, Sink
 from auditgate.config import Settings
 from auditgate.engines.base import Engine
 from auditgate.server.app import GatewayApp, create_app
+from auditgate.sinks import build_sinks
 
 
 class ServerThread:
@@ -113,11 +114,16 @@ def gateway(
     *,
     engine: Engine | None = None,
     sinks: Sequence[Sink] | None = None,
+    configured_sinks: bool = False,
 ) -> Iterator[TestGateway]:
-    """A running in-process gateway; records go to a MemorySink (plus ``sinks``)."""
+    """A running in-process gateway; records go to a MemorySink, plus ``sinks``, plus (with
+    ``configured_sinks``) the sinks ``DYN_AUDIT_SINKS`` names."""
     memory = MemorySink()
     settings = Settings.from_env(dict(env if env is not None else audit_env()))
-    app = create_app(settings, engine=engine, sinks=[memory, *(sinks or [])])
+    extra = list(sinks or [])
+    if configured_sinks:
+        extra.extend(build_sinks(settings.audit))
+    app = create_app(settings, engine=engine, sinks=[memory, *extra])
     server = ServerThread(app)
     server.start()
     try:
