@@ -23,7 +23,8 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from typing import Protocol
 
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import Envelope
@@ -58,6 +59,29 @@ class RateLimitedLog:
         self._last[key] = now
         suffix = f" ({held} similar messages suppressed)" if held else ""
         log.warning(message + suffix, *args)
+
+
+class RecordBus(Protocol):
+    """What the :class:`~auditgate.audit.capture.Auditor` hands records to.
+
+    ``publish`` never blocks and never raises.  It returns ``None`` when there is nothing to
+    wait for (best effort: :class:`AuditBus`), or an awaitable that completes once the record
+    is durable and raises if it could not be made durable (durable mode:
+    :class:`~auditgate.audit.durable.DurableBus`).
+    """
+
+    @property
+    def sink_names(self) -> tuple[str, ...]: ...
+
+    async def start(self) -> None: ...
+
+    def publish(self, envelope: Envelope) -> Awaitable[None] | None: ...
+
+    def pending(self) -> int: ...
+
+    async def flush(self, timeout: float | None = None) -> bool: ...
+
+    async def close(self, timeout: float) -> dict[str, int]: ...
 
 
 class _Lane:
@@ -237,7 +261,7 @@ class AuditBus:
                         lane.name,
                         len(batch),
                         delay,
-                        _describe(exc),
+                        describe_error(exc),
                     )
                     await asyncio.sleep(delay)
                     delay = min(delay * self.backoff.factor, self.backoff.maximum_s)
@@ -253,6 +277,7 @@ def _policy_of(sink: Sink) -> BatchPolicy:
     return policy if isinstance(policy, BatchPolicy) else BatchPolicy()
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """A one-line description of a sink failure for logs (type and message, bounded)."""
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:500]

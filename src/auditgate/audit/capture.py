@@ -21,10 +21,11 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Awaitable
 from typing import Any, Final
 
 from auditgate.audit.aggregate import StreamAggregator
-from auditgate.audit.bus import AuditBus
+from auditgate.audit.bus import RecordBus
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import AuditRecord, Envelope, ErrorInfo, Mode, Status
 from auditgate.config import AuditSettings
@@ -44,7 +45,7 @@ class Auditor:
     def __init__(
         self,
         settings: AuditSettings,
-        bus: AuditBus | None,
+        bus: RecordBus | None,
         metrics: AuditMetrics,
         *,
         engine: str,
@@ -110,13 +111,16 @@ class Auditor:
             headers=headers,
         )
 
-    def publish(self, record: AuditRecord) -> None:
-        """Stamp ``writer``/``seq`` and hand the record to the bus; never blocks or raises."""
+    def publish(self, record: AuditRecord) -> Awaitable[None] | None:
+        """Stamp ``writer``/``seq`` and hand the record to the bus; never blocks or raises.
+
+        Returns the bus's commit: ``None`` in best effort; in durable mode an awaitable that
+        completes once the record is in the spool (and raises if it could not get there)."""
         record.writer = self.writer
         record.seq = next(self._seq)
         self._records[record.mode].inc()
         assert self.bus is not None
-        self.bus.publish(Envelope(record))
+        return self.bus.publish(Envelope(record))
 
     def _sampled(self, request_id: str) -> bool:
         if self._sample >= 1.0:
@@ -240,8 +244,11 @@ class AuditCapture:
     def finished(self) -> bool:
         return self._finished
 
-    def finish(self) -> AuditRecord | None:
-        """Build and publish the record; only the first call does anything."""
+    def finish(self) -> Awaitable[None] | None:
+        """Build and publish the record; only the first call does anything.
+
+        Returns what :meth:`Auditor.publish` returned (the durable commit to await before the
+        end of the response is released), ``None`` on later calls."""
         if self._finished:
             return None
         self._finished = True
@@ -281,5 +288,4 @@ class AuditCapture:
             record.engine_response_id = self._engine_response_id
         if self._headers:
             record.http_request_headers = self._headers
-        self._auditor.publish(record)
-        return record
+        return self._auditor.publish(record)
