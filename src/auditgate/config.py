@@ -169,8 +169,14 @@ class AuditSettings:
     """Per-writer hash chain."""
     integrity_key: Secret | None = None
     """Key for signed checkpoints."""
+    checkpoint_every: int = 1000
+    """A signed checkpoint after this many records of a writer (integrity on)."""
+    checkpoint_interval_s: float = 60.0
+    """...and at least this often while records keep coming, and at shutdown."""
     redact: tuple[str, ...] = ()
     """Built-in redaction detectors."""
+    redact_patterns_file: str | None = None
+    """File of custom ``KIND REGEX`` redaction patterns (see ``auditgate.audit.redact``)."""
     header_capture: tuple[str, ...] = ()
     """Request headers (lower-case) copied into records."""
 
@@ -214,7 +220,12 @@ class AuditSettings:
             spool_max_bytes=env.req_int("DYN_AUDIT_SPOOL_MAX_BYTES", 10 << 30, minimum=1),
             integrity=env.flag("DYN_AUDIT_INTEGRITY", False),
             integrity_key=Secret(key) if key else None,
+            checkpoint_every=env.req_int("DYN_AUDIT_CHECKPOINT_EVERY", 1000, minimum=1),
+            checkpoint_interval_s=env.number(
+                "DYN_AUDIT_CHECKPOINT_INTERVAL_S", 60.0, low=0.01, high=86400
+            ),
             redact=env.names("DYN_AUDIT_REDACT", (), REDACTORS),
+            redact_patterns_file=env.optional("DYN_AUDIT_REDACT_PATTERNS_FILE"),
             header_capture=tuple(h.strip().lower() for h in headers.split(",") if h.strip()),
         )
 

@@ -15,8 +15,10 @@ Decision (DESIGN §2, §3):
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
+import logging
 import os
 import secrets
 import socket
@@ -27,11 +29,24 @@ from typing import Any, Final
 from auditgate.audit.aggregate import StreamAggregator
 from auditgate.audit.bus import RecordBus
 from auditgate.audit.metrics import AuditMetrics
+from auditgate.audit.processors import Processors
 from auditgate.audit.record import AuditRecord, Envelope, ErrorInfo, Mode, Status
 from auditgate.config import AuditSettings
 from auditgate.errors import APIError
 
 _UNIT: Final = float(1 << 64)
+log = logging.getLogger("auditgate.audit")
+
+
+def _log_failure(commit: Awaitable[None] | None) -> None:
+    """Nobody awaits a checkpoint published from ``publish``: log a failed durable commit."""
+    if isinstance(commit, asyncio.Future):
+        commit.add_done_callback(_report)
+
+
+def _report(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("audit: checkpoint not made durable: %s", future.exception())
 
 
 def new_writer_id() -> str:
@@ -50,8 +65,11 @@ class Auditor:
         *,
         engine: str,
         writer: str | None = None,
+        processors: Processors | None = None,
     ) -> None:
         self.settings = settings
+        self.processors = processors if processors is not None else Processors((), None)
+        """Run on every record between stamping ``seq`` and the bus (redaction, integrity)."""
         self.bus = bus
         self.metrics = metrics
         self.engine = engine
@@ -59,7 +77,7 @@ class Auditor:
         self._seq = itertools.count()
         self._enabled = settings.enabled and bus is not None
         self._sample = settings.sample_rate
-        self._records = {m: metrics.records.labels(m) for m in ("full", "usage_only")}
+        self._records = {m: metrics.records.labels(m) for m in ("full", "usage_only", "checkpoint")}
 
     @property
     def enabled(self) -> bool:
@@ -118,9 +136,25 @@ class Auditor:
         completes once the record is in the spool (and raises if it could not get there)."""
         record.writer = self.writer
         record.seq = next(self._seq)
+        if self.processors:
+            try:
+                record = self.processors(record)
+            except Exception:  # never raise, and never publish an unprocessed record
+                log.exception("audit: processors failed, record %s dropped", record.request_id)
+                self.metrics.dropped.labels("*", "processor_error").inc()
+                return None
         self._records[record.mode].inc()
         assert self.bus is not None
-        return self.bus.publish(Envelope(record))
+        commit = self.bus.publish(Envelope(record))
+        if self.processors.checkpoint_due:
+            _log_failure(self.checkpoint("count"))
+        return commit
+
+    def checkpoint(self, reason: str, *, final: bool = False) -> Awaitable[None] | None:
+        """Publish an integrity checkpoint now, if integrity is on and one says anything new
+        (see :meth:`~auditgate.audit.processors.IntegrityChain.checkpoint`); returns its commit."""
+        record = self.processors.checkpoint(reason, final=final) if self._enabled else None
+        return None if record is None else self.publish(record)
 
     def _sampled(self, request_id: str) -> bool:
         if self._sample >= 1.0:

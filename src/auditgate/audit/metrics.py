@@ -63,6 +63,12 @@ class AuditMetrics:
             ),
             registry=r,
         )
+        self.redactions = Counter(
+            PREFIX + "audit_redactions_total",
+            "Secrets and personal data replaced in records before any sink, by detector kind.",
+            ["kind"],
+            registry=r,
+        )
         self.spool_bytes = Gauge(
             PREFIX + "audit_spool_bytes", "Bytes in the durable spool.", registry=r
         )

@@ -1,0 +1,273 @@
+"""Record processors: redaction and the integrity chain, run before any sink sees a record.
+
+A processor is a plain callable ``(AuditRecord) -> AuditRecord`` (structlog's model).  The
+:class:`~auditgate.audit.capture.Auditor` stamps ``writer``/``seq``, runs the
+:class:`Processors` chain once, and only then hands the record to the bus, so every sink holds
+the same redacted bytes and the same chain.  Order is fixed: redaction first, then the integrity
+chain, so the chain covers exactly what was stored.
+
+All of this runs synchronously on the request's event loop, one record at a time, so the chain
+state needs no lock; with ``--workers N`` each process is its own writer with its own chain.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from auditgate.audit.integrity import (
+    GENESIS,
+    UNSIGNED,
+    HmacSigner,
+    canonical,
+    checkpoint_message,
+    link,
+)
+from auditgate.audit.metrics import AuditMetrics
+from auditgate.audit.record import AuditRecord, Checkpoint, Integrity
+from auditgate.audit.redact import Redactor, builtin, load_patterns
+from auditgate.config import AuditSettings
+
+Processor = Callable[[AuditRecord], AuditRecord]
+"""Takes a record (``writer``/``seq`` stamped) and returns it, changed or not."""
+
+# Message fields whose text is the conversation (everything else is structure: roles, ids...).
+_TEXT_FIELDS: Final = ("content", "reasoning_content", "refusal")
+
+
+class RedactProcessor:
+    """Redacts message contents (strings and ``text`` parts), tool-call and function-call
+    arguments, reasoning and refusals, in the request's ``messages`` and the response's
+    ``choices[].message``.  Copy-on-write: what nothing matched is not copied; a changed
+    message is a new dict, so the client's own objects are never mutated."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        self.redactor = redactor
+
+    def __call__(self, record: AuditRecord) -> AuditRecord:
+        request = record.request
+        if isinstance(request, dict):
+            messages = _list_of(request.get("messages"), self._message)
+            if messages is not None:
+                record.request = {**request, "messages": messages}
+        response = record.response
+        if isinstance(response, dict):
+            choices = _list_of(response.get("choices"), self._choice)
+            if choices is not None:
+                record.response = {**response, "choices": choices}
+        return record
+
+    def _choice(self, choice: Any) -> Any:
+        if not isinstance(choice, dict):
+            return None
+        message = self._message(choice.get("message"))
+        return None if message is None else {**choice, "message": message}
+
+    def _message(self, message: Any) -> dict[str, Any] | None:
+        if not isinstance(message, dict):
+            return None
+        text = self.redactor.text
+        changed: dict[str, Any] = {}
+        for field in _TEXT_FIELDS:
+            value = message.get(field)
+            if isinstance(value, str):
+                new = text(value)
+                if new is not value:
+                    changed[field] = new
+            elif field == "content" and isinstance(value, list):
+                parts = _list_of(value, self._part)
+                if parts is not None:
+                    changed[field] = parts
+        calls = _list_of(message.get("tool_calls"), self._call)
+        if calls is not None:
+            changed["tool_calls"] = calls
+        function = self._function(message.get("function_call"))
+        if function is not None:
+            changed["function_call"] = function
+        return {**message, **changed} if changed else None
+
+    def _part(self, part: Any) -> Any:
+        if not isinstance(part, dict):
+            return None
+        value = part.get("text")
+        if not isinstance(value, str):
+            return None
+        new = self.redactor.text(value)
+        return None if new is value else {**part, "text": new}
+
+    def _call(self, call: Any) -> Any:
+        if not isinstance(call, dict):
+            return None
+        function = self._function(call.get("function"))
+        return None if function is None else {**call, "function": function}
+
+    def _function(self, function: Any) -> dict[str, Any] | None:
+        if not isinstance(function, dict):
+            return None
+        value = function.get("arguments")
+        if not isinstance(value, str):
+            return None
+        new = self.redactor.text(value)
+        return None if new is value else {**function, "arguments": new}
+
+
+def _list_of(items: Any, change: Callable[[Any], Any]) -> list[Any] | None:
+    """``items`` with ``change`` applied (``None`` from it: unchanged); ``None`` if nothing
+    changed or ``items`` is not a list."""
+    if not isinstance(items, list):
+        return None
+    out: list[Any] | None = None
+    for index, item in enumerate(items):
+        new = change(item)
+        if new is not None:
+            if out is None:
+                out = list(items)
+            out[index] = new
+    return out
+
+
+class IntegrityChain:
+    """Links each record to its writer's previous one and issues signed checkpoints.
+
+    ``__call__`` sets ``integrity`` (and fills and signs a checkpoint record's ``checkpoint``).
+    :meth:`checkpoint` builds the next checkpoint record, to be published like any record;
+    :attr:`due` says one is owed because ``every`` records were chained since the last.
+    """
+
+    def __init__(
+        self,
+        signer: HmacSigner | None,
+        *,
+        engine: str,
+        every: int = 1000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if every <= 0:
+            raise ValueError("every must be > 0")
+        self.signer = signer
+        self.engine = engine
+        self.every = every
+        self.clock = clock
+        self.head = GENESIS
+        """``integrity.hash`` of the last chained record (GENESIS before the first)."""
+        self.since = 0
+        """Records chained since the last checkpoint."""
+
+    @property
+    def due(self) -> bool:
+        return self.since >= self.every
+
+    def __call__(self, record: AuditRecord) -> AuditRecord:
+        prev = self.head
+        if record.mode == "checkpoint":
+            record.checkpoint = self._signed(record, prev)
+        digest = link(prev, canonical(record))
+        record.integrity = Integrity(prev=prev, hash=digest)
+        self.head = digest
+        self.since = 0 if record.mode == "checkpoint" else self.since + 1
+        return record
+
+    def checkpoint(self, reason: str, *, final: bool = False) -> AuditRecord | None:
+        """A checkpoint record for ``reason`` (``count``, ``interval``, ``shutdown``), or None
+        when it would say nothing new: no record since the last checkpoint (a final one is
+        still written after a non-final one), or none at all from this writer."""
+        if self.head == GENESIS or (self.since == 0 and not final):
+            return None
+        now = int(self.clock() * 1000)
+        return AuditRecord(
+            request_id=f"checkpoint-{uuid.uuid4()}",
+            requested_streaming=False,
+            mode="checkpoint",
+            model="",
+            usage=None,
+            endpoint="audit.checkpoint",
+            transport="internal",
+            engine=self.engine,
+            status="completed",
+            complete=True,
+            created_at=now,
+            completed_at=now,
+            ttft_ms=None,
+            duration_ms=0.0,
+            writer="",
+            seq=-1,
+            checkpoint=Checkpoint(
+                head="", reason=reason, final=final, alg=UNSIGNED, signature=None
+            ),
+        )
+
+    def _signed(self, record: AuditRecord, head: str) -> Checkpoint:
+        draft = record.checkpoint
+        reason = draft.reason if isinstance(draft, Checkpoint) else "count"
+        final = draft.final if isinstance(draft, Checkpoint) else False
+        if self.signer is None:
+            return Checkpoint(head=head, reason=reason, final=final, alg=UNSIGNED, signature=None)
+        signature = self.signer.sign(checkpoint_message(record.writer, record.seq, head, final))
+        return Checkpoint(
+            head=head, reason=reason, final=final, alg=self.signer.alg, signature=signature
+        )
+
+
+class Processors:
+    """The processor chain one :class:`~auditgate.audit.capture.Auditor` runs on every record."""
+
+    def __init__(self, processors: Sequence[Processor], chain: IntegrityChain | None) -> None:
+        self.processors = tuple(processors)
+        self.chain = chain
+        """The integrity chain (also last in ``processors``), for checkpoints; None when off."""
+
+    def __bool__(self) -> bool:
+        return bool(self.processors)
+
+    def __call__(self, record: AuditRecord) -> AuditRecord:
+        for processor in self.processors:
+            record = processor(record)
+        return record
+
+    @property
+    def checkpoint_due(self) -> bool:
+        """Whether a ``count`` checkpoint is owed now."""
+        return self.chain is not None and self.chain.due
+
+    def checkpoint(self, reason: str, *, final: bool = False) -> AuditRecord | None:
+        """The next checkpoint record (see :meth:`IntegrityChain.checkpoint`); None when off."""
+        return None if self.chain is None else self.chain.checkpoint(reason, final=final)
+
+    @classmethod
+    def build(cls, settings: AuditSettings, metrics: AuditMetrics, *, engine: str) -> Processors:
+        """The chain the settings ask for: redaction (built-in detectors, then the patterns
+        file), then the integrity chain.  Raises ConfigError for a bad patterns file."""
+        processors: list[Processor] = []
+        detectors = builtin(settings.redact)
+        if settings.redact_patterns_file:
+            detectors += load_patterns(settings.redact_patterns_file)
+        if detectors:
+            counters: dict[str, Any] = {}
+
+            def count(kind: str) -> None:
+                counter = counters.get(kind)
+                if counter is None:
+                    counter = counters[kind] = metrics.redactions.labels(kind)
+                counter.inc()
+
+            processors.append(RedactProcessor(Redactor(detectors, count)))
+        chain: IntegrityChain | None = None
+        if settings.integrity:
+            key = settings.integrity_key
+            chain = IntegrityChain(
+                HmacSigner(key.reveal()) if key is not None else None,
+                engine=engine,
+                every=settings.checkpoint_every,
+            )
+            processors.append(chain)
+        return cls(processors, chain)
+
+
+__all__ = [
+    "IntegrityChain",
+    "Processor",
+    "Processors",
+    "RedactProcessor",
+]
