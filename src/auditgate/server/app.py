@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from auditgate.audit.bus import AuditBus
+from auditgate.audit.bus import AuditBus, RecordBus
 from auditgate.audit.capture import Auditor
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.sink import Sink
@@ -34,6 +34,9 @@ from auditgate.server.completions import CompletionsAPI
 from auditgate.server.headers import HeaderCapture
 from auditgate.server.metrics import HttpMetrics
 from auditgate.store.queries import Store, open_store
+
+if TYPE_CHECKING:
+    from auditgate.grpc import GrpcFrontend
 
 log = logging.getLogger("auditgate")
 
@@ -95,13 +98,22 @@ class Gateway:
         self.http_metrics = HttpMetrics(self.registry)
         self.engine = engine if engine is not None else build_engine(settings.gateway)
         audit = settings.audit
-        self.bus: AuditBus | None = None
+        self.bus: RecordBus | None = None
         if audit.enabled:
             if sinks is None:
                 from auditgate.sinks import build_sinks
 
                 sinks = build_sinks(audit)
-            self.bus = AuditBus(sinks, capacity=audit.capacity, metrics=self.audit_metrics)
+            if audit.durability == "durable":
+                from auditgate.audit.durable import DurableBus
+                from auditgate.audit.spool import Spool
+
+                spool = Spool(audit.spool_dir, max_bytes=audit.spool_max_bytes)
+                self.bus = DurableBus(
+                    sinks, spool=spool, capacity=audit.capacity, metrics=self.audit_metrics
+                )
+            else:
+                self.bus = AuditBus(sinks, capacity=audit.capacity, metrics=self.audit_metrics)
         self.auditor = Auditor(audit, self.bus, self.audit_metrics, engine=self.engine.name)
         self.pipeline = ChatPipeline(self.engine, self.auditor)
         self.header_capture = HeaderCapture.build(audit.header_capture)
@@ -109,6 +121,7 @@ class Gateway:
         self.keys: KeyRing | None = KeyRing.load(keys_file) if keys_file else None
         url = store_url_of(settings)
         self.store: Store | None = open_store(url) if url else None
+        self.grpc: GrpcFrontend | None = None
 
     async def start(self) -> None:
         """Start the engine and the audit bus (opening every sink)."""
@@ -118,6 +131,15 @@ class Gateway:
         if self.store is not None:
             await self.store.open()
             log.info("stored completions: %r", self.store)
+        gw = self.settings.gateway
+        if gw.grpc_port is not None:
+            from auditgate.grpc import GrpcFrontend
+
+            # With --workers N each worker serves gRPC on the shared port (SO_REUSEPORT).
+            self.grpc = GrpcFrontend(
+                self, host=gw.host, port=gw.grpc_port, reuse_port=gw.workers > 1
+            )
+            await self.grpc.start()
         if self.keys is None:
             log.warning(
                 "OPEN MODE: no API keys configured (AUDITGATE_API_KEYS_FILE); anyone who can reach "
@@ -140,10 +162,15 @@ class Gateway:
             log.info("audit off (set DYN_AUDIT_ENABLED=1 to record chat completions)")
 
     async def stop(self) -> None:
-        """Close the engine and the store, then drain the audit bus within the deadline."""
+        """Stop gRPC, close the engine and the store, then drain the audit bus in the deadline."""
         try:
             try:
-                await self.engine.close()
+                try:
+                    if self.grpc is not None:
+                        # Running calls get the drain deadline, then are cancelled (and recorded).
+                        await self.grpc.stop(self.settings.gateway.drain_timeout_s)
+                finally:
+                    await self.engine.close()
             finally:
                 if self.store is not None:
                     await self.store.close()
@@ -151,7 +178,15 @@ class Gateway:
             if self.bus is not None:
                 report = await self.bus.close(self.settings.gateway.drain_timeout_s)
                 lost = sum(report.values())
-                if lost:
+                if lost and self.settings.audit.durability == "durable":
+                    log.warning(
+                        "audit: %d record(s) not yet in their sinks at shutdown, kept in the spool "
+                        "%s for the next start: %s",
+                        lost,
+                        self.settings.audit.spool_dir,
+                        report,
+                    )
+                elif lost:
                     log.error("audit: %d record(s) undelivered at shutdown: %s", lost, report)
                 else:
                     log.info("audit: all records delivered at shutdown")
