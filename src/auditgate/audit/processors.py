@@ -12,9 +12,11 @@ state needs no lock; with ``--workers N`` each process is its own writer with it
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 from auditgate.audit.integrity import (
@@ -29,6 +31,8 @@ from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import AuditRecord, Checkpoint, Integrity
 from auditgate.audit.redact import Redactor, builtin, load_patterns
 from auditgate.config import AuditSettings
+
+log = logging.getLogger("auditgate.audit")
 
 Processor = Callable[[AuditRecord], AuditRecord]
 """Takes a record (``writer``/``seq`` stamped) and returns it, changed or not."""
@@ -265,9 +269,16 @@ class Processors:
         return cls(processors, chain)
 
 
-__all__ = [
-    "IntegrityChain",
-    "Processor",
-    "Processors",
-    "RedactProcessor",
-]
+async def checkpoint_ticker(
+    checkpoint: Callable[[str], Awaitable[None] | None], interval_s: float
+) -> None:
+    """Call ``checkpoint("interval")`` every ``interval_s`` seconds until cancelled, awaiting
+    each commit (durable mode) so a slow spool does not pile up checkpoints."""
+    while True:
+        await asyncio.sleep(interval_s)
+        commit = checkpoint("interval")
+        if commit is not None:
+            try:
+                await commit
+            except Exception as exc:  # noqa: BLE001 - the next tick retries; logged, not silent
+                log.error("audit: interval checkpoint not made durable: %s", exc)

@@ -7,6 +7,7 @@ route goes through Starlette.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -22,6 +23,7 @@ from starlette.routing import Route
 from auditgate.audit.bus import AuditBus, RecordBus
 from auditgate.audit.capture import Auditor
 from auditgate.audit.metrics import AuditMetrics
+from auditgate.audit.processors import Processors, checkpoint_ticker
 from auditgate.audit.sink import Sink
 from auditgate.auth.keys import KeyRing, Principal
 from auditgate.config import GatewaySettings, Settings
@@ -114,7 +116,14 @@ class Gateway:
                 )
             else:
                 self.bus = AuditBus(sinks, capacity=audit.capacity, metrics=self.audit_metrics)
-        self.auditor = Auditor(audit, self.bus, self.audit_metrics, engine=self.engine.name)
+        self.auditor = Auditor(
+            audit,
+            self.bus,
+            self.audit_metrics,
+            engine=self.engine.name,
+            processors=Processors.build(audit, self.audit_metrics, engine=self.engine.name),
+        )
+        self._checkpoints: asyncio.Task[None] | None = None
         self.pipeline = ChatPipeline(self.engine, self.auditor)
         self.header_capture = HeaderCapture.build(audit.header_capture)
         keys_file = settings.gateway.api_keys_file
@@ -128,6 +137,13 @@ class Gateway:
         await self.engine.start()
         if self.bus is not None:
             await self.bus.start()
+            if self.auditor.processors.chain is not None:
+                self._checkpoints = asyncio.get_running_loop().create_task(
+                    checkpoint_ticker(
+                        self.auditor.checkpoint, self.settings.audit.checkpoint_interval_s
+                    ),
+                    name="audit-checkpoints",
+                )
         if self.store is not None:
             await self.store.open()
             log.info("stored completions: %r", self.store)
@@ -176,6 +192,7 @@ class Gateway:
                     await self.store.close()
         finally:
             if self.bus is not None:
+                await self._final_checkpoint()
                 report = await self.bus.close(self.settings.gateway.drain_timeout_s)
                 lost = sum(report.values())
                 if lost and self.settings.audit.durability == "durable":
@@ -190,6 +207,19 @@ class Gateway:
                     log.error("audit: %d record(s) undelivered at shutdown: %s", lost, report)
                 else:
                     log.info("audit: all records delivered at shutdown")
+
+    async def _final_checkpoint(self) -> None:
+        """Stop the interval checkpoints and seal the chain with a final one (integrity on)."""
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoints
+        commit = self.auditor.checkpoint("shutdown", final=True)
+        if commit is not None:
+            try:
+                await commit
+            except Exception as exc:  # noqa: BLE001 - shutdown goes on; verify reports it
+                log.error("audit: final checkpoint not made durable: %s", exc)
 
 
 def create_app(
