@@ -72,3 +72,35 @@ class AuditMetrics:
         self.spool_bytes = Gauge(
             PREFIX + "audit_spool_bytes", "Bytes in the durable spool.", registry=r
         )
+        self.spool_oldest = Gauge(
+            PREFIX + "audit_spool_oldest_undelivered_seconds",
+            "Age of the oldest spooled record a sink has not stored yet (0 when caught up).",
+            ["sink"],
+            registry=r,
+        )
+        self.spool_replayed = Counter(
+            PREFIX + "audit_spool_replayed_total",
+            "Records spooled before this start and delivered to a sink after it.",
+            ["sink"],
+            registry=r,
+        )
+        self.spool_corrupt = Counter(
+            PREFIX + "audit_spool_corrupt_tails_total",
+            "Torn or corrupt spool segment tails detected and cut at startup.",
+            registry=r,
+        )
+        self.spool_cut_bytes = Counter(
+            PREFIX + "audit_spool_cut_bytes_total",
+            "Bytes cut off spool segments at startup (torn or corrupt frames).",
+            registry=r,
+        )
+        self.spool_rejected = Counter(
+            PREFIX + "audit_spool_rejected_total",
+            "store:true requests refused with 503 because the durable spool was full.",
+            registry=r,
+        )
+        self.spool_commits = Counter(
+            PREFIX + "audit_spool_commits_total",
+            "Group commits of the durable spool (one fdatasync each).",
+            registry=r,
+        )

@@ -9,12 +9,14 @@ failure and client disconnect all yield one record.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from auditgate.audit.capture import AuditCapture, Auditor
+from auditgate.audit.durable import DurableBus
+from auditgate.audit.spool import SpoolError
 from auditgate.engines.base import Engine, EngineRequest
-from auditgate.errors import APIError, InvalidRequestError
+from auditgate.errors import APIError, InvalidRequestError, ServiceUnavailableError
 from auditgate.pipeline.request import ChatParams
 
 Chunk = dict[str, Any]
@@ -45,13 +47,31 @@ class ChatCall:
 
 
 class ChatPipeline:
-    """Runs chat completions through an engine with audit capture."""
+    """Runs chat completions through an engine with audit capture.
+
+    Durable mode (the auditor's bus is a :class:`DurableBus`): a request whose record would be
+    ``full`` is refused with 503 ``audit_spool_full`` before the engine runs while the spool is
+    full, and a successful response ends only once its record is durable — ``complete`` returns
+    after the commit, a stream's transport awaits :meth:`ChatStream.committed` before ``[DONE]``;
+    a commit that fails becomes a 503 ``audit_spool_unavailable`` instead of the success.
+    """
 
     def __init__(self, engine: Engine, auditor: Auditor) -> None:
         self.engine = engine
         self.auditor = auditor
+        bus = auditor.bus
+        self._durable = bus if isinstance(bus, DurableBus) else None
 
     def _open(self, call: ChatCall, streaming: bool) -> AuditCapture | None:
+        durable = self._durable
+        if durable is not None and durable.full:
+            mode = self.auditor.mode_for(call.request_id, call.params.store is True)
+            if not durable.admit(mode):
+                raise ServiceUnavailableError(
+                    "The audit spool is full, so this request, which asks to be stored, cannot "
+                    "be audited right now; retry later.",
+                    code="audit_spool_full",
+                )
         return self.auditor.open(
             request_id=call.request_id,
             body=call.body,
@@ -70,6 +90,7 @@ class ChatPipeline:
         """A non-stream ``chat.completion``; raises :class:`APIError` on failure."""
         capture = self._open(call, streaming=False)
         request = EngineRequest(call.body, call.request_id, call.response_id, call.authorization)
+        commit = None
         try:
             completion = await self.engine.complete(request)
             if capture is not None:
@@ -77,7 +98,7 @@ class ChatPipeline:
             completion["id"] = call.response_id
             if capture is not None:
                 capture.response(completion)
-            return completion
+                commit = capture.finish()
         except APIError as exc:
             if capture is not None:
                 capture.fail(exc)
@@ -89,6 +110,9 @@ class ChatPipeline:
         finally:
             if capture is not None:
                 capture.finish()
+        if commit is not None:
+            await durable(commit)
+        return completion
 
     async def stream(self, call: ChatCall) -> ChatStream:
         """Start a stream: returns once the engine produced its first batch, so that errors
@@ -141,6 +165,14 @@ class ChatStream:
         self._response_id = response_id
         self._client_usage = client_usage
         self._iterator = self._relay()
+        self._commit: Awaitable[None] | None = None
+
+    async def committed(self) -> None:
+        """Wait until the record is durable: call after the last batch, before the end of the
+        stream is sent.  Returns at once in best effort; raises :class:`ServiceUnavailableError`
+        when the record could not be made durable."""
+        if self._commit is not None:
+            await durable(self._commit)
 
     def __aiter__(self) -> AsyncIterator[list[Chunk]]:
         return self._iterator
@@ -175,7 +207,7 @@ class ChatStream:
             raise
         finally:
             if capture is not None:
-                capture.finish()
+                self._commit = capture.finish()
 
     def _rewrite(self, raw: list[Chunk]) -> list[Chunk]:
         """Give every chunk the gateway's id, strip unrequested usage, tap into the capture."""
@@ -197,6 +229,18 @@ class ChatStream:
                 capture.chunk(chunk)
             out.append(chunk)
         return out
+
+
+async def durable(commit: Awaitable[None]) -> None:
+    """Await a record's durable commit; a failed one becomes a 503 for the client."""
+    try:
+        await commit
+    except SpoolError as exc:
+        raise ServiceUnavailableError(
+            "The audit record of this response could not be written to the audit spool, so the "
+            "response is withheld; retry later.",
+            code="audit_spool_unavailable",
+        ) from exc
 
 
 async def aclose(iterator: AsyncIterator[Any]) -> None:

@@ -157,6 +157,7 @@ class ChatHandler:
                     await send(
                         {"type": "http.response.body", "body": sse.frames(batch), "more_body": True}
                     )
+                await stream.committed()  # durable mode: [DONE] only once the record is spooled
             except APIError as exc:
                 # Headers are gone already: report in-stream, as OpenAI does, and end the body.
                 await send({"type": "http.response.body", "body": sse.error_frame(exc)})

@@ -1,0 +1,362 @@
+"""The durable bus (``DYN_AUDIT_DURABILITY=durable``, DESIGN §6): spool first, sinks after.
+
+:meth:`DurableBus.publish` queues the record for the spool's group commit and returns a future
+that resolves once the record is on disk (fdatasync'd); the pipeline releases the end of the
+response only after it resolves.  Each sink then gets the records from its own reader:
+
+- a reader that is caught up takes records straight from memory as they commit (bounded by
+  ``DYN_AUDIT_CAPACITY``); a reader that falls behind (sink down, or records replayed at start)
+  reads the spool from its cursor instead — nothing is ever dropped for a slow sink;
+- a batch is written with the sink's own :class:`~auditgate.audit.sink.BatchPolicy` size,
+  retried with capped exponential backoff until it is stored, then the sink's cursor is saved
+  and the segments every cursor has passed are deleted;
+- delivery is at least once (a crash between a write and its cursor save replays the batch);
+  sinks are idempotent on ``request_id``.
+
+Spool full: ``full`` records (``store: true``) are refused *before* the engine runs
+(:meth:`DurableBus.admit`); ``usage_only`` records that find the spool full are dropped and
+counted (``audit_dropped_total{sink="spool",reason="spool_full"}``) and the request is served —
+they are analytics, not the compliance trail a client asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Sequence
+
+import msgspec
+
+from auditgate.audit.bus import Backoff, RateLimitedLog, describe_error
+from auditgate.audit.metrics import AuditMetrics
+from auditgate.audit.record import Envelope, Mode, decode_record
+from auditgate.audit.sink import BatchPolicy, Sink
+from auditgate.audit.spool import Frame, Position, Spool, SpoolError
+
+log = logging.getLogger("auditgate.audit")
+
+
+class _Reader:
+    """One sink's position in the spool and its in-memory tail."""
+
+    def __init__(self, sink: Sink, position: Position, backlog: int) -> None:
+        self.sink = sink
+        self.name = sink.name
+        policy = getattr(sink, "batching", None)
+        self.policy = policy if isinstance(policy, BatchPolicy) else BatchPolicy()
+        self.position = position
+        """Everything before this is stored in the sink."""
+        self.backlog = backlog
+        """Committed records the sink has not stored yet."""
+        self.live = False
+        """Caught up: new commits go to ``memory`` instead of being read back from disk."""
+        self.memory: deque[tuple[Envelope, Position, int]] = deque()
+        self.wakeup = asyncio.Event()
+        self.oldest_ms: int | None = None
+        """Append time of the oldest record not yet stored (None when caught up)."""
+        self.task: asyncio.Task[None] | None = None
+
+    def depth(self) -> float:
+        return float(self.backlog)
+
+    def age(self) -> float:
+        """Seconds since the oldest record the sink has not stored was spooled."""
+        if self.oldest_ms is None:
+            return 0.0
+        return max(0.0, time.time() - self.oldest_ms / 1000.0)
+
+
+class DurableBus:
+    """Spools every record durably, then feeds each sink from its own cursor."""
+
+    def __init__(
+        self,
+        sinks: Sequence[Sink],
+        *,
+        spool: Spool,
+        capacity: int,
+        metrics: AuditMetrics,
+        backoff: Backoff | None = None,
+    ) -> None:
+        if capacity <= 0:
+            raise ValueError("capacity must be > 0")
+        self.spool = spool
+        self.capacity = capacity
+        self.metrics = metrics
+        self.backoff = backoff or Backoff()
+        self._sinks = list(sinks)
+        self._readers: list[_Reader] = []
+        self._waiting: dict[int, asyncio.Future[None]] = {}
+        """Commit futures by ``id(envelope)``; the spool holds the envelope until it commits."""
+        self._end = Position(0, 0)
+        """Committed end, as the event loop has seen it (readers compare against this)."""
+        self._live_segment = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
+        self._drained = False
+        self._log = RateLimitedLog()
+        self._spool_full = metrics.dropped.labels("spool", "spool_full")
+        self._spool_error = metrics.dropped.labels("spool", "spool_error")
+        metrics.spool_bytes.set_function(lambda: spool.bytes)
+
+    @property
+    def sink_names(self) -> tuple[str, ...]:
+        return tuple(sink.name for sink in self._sinks)
+
+    @property
+    def full(self) -> bool:
+        """The spool holds ``DYN_AUDIT_SPOOL_MAX_BYTES`` or more."""
+        return self.spool.full
+
+    async def start(self) -> None:
+        """Recover the spool (cut torn tails), open every sink, start the writer and readers."""
+        recovery = await asyncio.to_thread(self.spool.recover, self.sink_names)
+        for cut in recovery.cuts:
+            self.metrics.spool_corrupt.inc()
+            self.metrics.spool_cut_bytes.inc(cut.removed)
+        self._live_segment = recovery.live
+        self._end = self.spool.end
+        for sink in self._sinks:
+            reader = _Reader(sink, recovery.cursors[sink.name], recovery.backlog[sink.name])
+            self._readers.append(reader)
+            m = self.metrics
+            m.queue_depth.labels(sink.name).set_function(reader.depth)
+            m.spool_oldest.labels(sink.name).set_function(reader.age)
+            m.spool_replayed.labels(sink.name)
+            m.written.labels(sink.name)
+            m.sink_errors.labels(sink.name)
+            if reader.backlog:
+                log.warning(
+                    "audit spool: %d record(s) not yet stored in sink %s; replaying",
+                    reader.backlog,
+                    sink.name,
+                )
+        for sink in self._sinks:
+            await sink.open()
+        self._loop = loop = asyncio.get_running_loop()
+        self.spool.start(self._on_commit)
+        for reader in self._readers:
+            reader.task = loop.create_task(self._run(reader), name=f"audit-spool-{reader.name}")
+
+    def admit(self, mode: Mode | None) -> bool:
+        """Whether a request whose record has ``mode`` may start; counts refusals."""
+        if mode == "full" and self.spool.full:
+            self.metrics.spool_rejected.inc()
+            self._log.warning(
+                "spool-full",
+                "audit spool full (%d of %d bytes): refusing store:true requests with 503 until "
+                "sinks catch up",
+                self.spool.bytes,
+                self.spool.max_bytes,
+            )
+            return False
+        return True
+
+    def publish(self, envelope: Envelope) -> Awaitable[None] | None:
+        """Queue the record for the spool; returns a future done once it is durable (or failed
+        with :class:`SpoolError`).  Never blocks, never raises.  ``None``: the record was
+        dropped (a ``usage_only`` record while the spool is full), counted and logged."""
+        loop = self._loop
+        if loop is None or self._closing:
+            return _failed(SpoolError("the audit spool is not running"))
+        if envelope.record.mode == "usage_only" and self.spool.full:
+            self._spool_full.inc()
+            self._log.warning("usage-drop", "audit spool full: usage_only record dropped")
+            return None
+        future: asyncio.Future[None] = loop.create_future()
+        try:
+            self.spool.append(envelope)
+        except SpoolError as exc:
+            return _failed(exc)
+        self._waiting[id(envelope)] = future
+        return future
+
+    def pending(self) -> int:
+        """Records waiting for their commit or for a sink, over all sinks."""
+        return len(self._waiting) + sum(reader.backlog for reader in self._readers)
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every sink stored everything committed; True if before ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.pending():
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
+    async def close(self, timeout: float) -> dict[str, int]:
+        """Commit what is queued, let sinks catch up within ``timeout``, close them.  Returns
+        the records each sink has not stored: they stay in the spool for the next start."""
+        self._closing = True
+        await asyncio.to_thread(self.spool.stop, timeout)
+        await asyncio.sleep(0)  # run the last commit callbacks the writer scheduled
+        self._drained = True
+        for reader in self._readers:
+            reader.wakeup.set()
+        tasks = [reader.task for reader in self._readers if reader.task is not None]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=timeout)
+            for task in late:
+                task.cancel()
+            for task in late:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        report: dict[str, int] = {}
+        for reader in self._readers:
+            report[reader.name] = reader.backlog
+            if reader.backlog:
+                log.warning(
+                    "audit sink %s: %d record(s) not stored before the %.1fs deadline; kept in "
+                    "the spool, replayed at the next start",
+                    reader.name,
+                    reader.backlog,
+                    timeout,
+                )
+            try:
+                await reader.sink.close()
+            except Exception:
+                log.exception("audit sink %s: close failed", reader.name)
+        return report
+
+    # -- commits (writer thread -> event loop) -----------------------------------------------
+
+    def _on_commit(
+        self,
+        placed: list[tuple[Envelope, Position]],
+        appended_ms: int,
+        error: BaseException | None,
+    ) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the process is exiting
+            self._loop.call_soon_threadsafe(self._committed, placed, appended_ms, error)
+
+    def _committed(
+        self,
+        placed: list[tuple[Envelope, Position]],
+        appended_ms: int,
+        error: BaseException | None,
+    ) -> None:
+        waiting = self._waiting
+        for envelope, _ in placed:
+            future = waiting.pop(id(envelope), None)
+            if future is None or future.done():
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+                future.exception()  # nobody may wait (an error record): not "never retrieved"
+        if error is not None:
+            self._spool_error.inc(len(placed))
+            self._log.warning(
+                "spool-error", "audit spool: %d record(s) lost: %s", len(placed), error
+            )
+            return
+        self._end = placed[-1][1]
+        self.metrics.spool_commits.inc()
+        for reader in self._readers:
+            reader.backlog += len(placed)
+            if reader.live:
+                if len(reader.memory) + len(placed) <= self.capacity:
+                    reader.memory.extend((e, p, appended_ms) for e, p in placed)
+                else:  # too far behind to keep in memory: read it back from the spool
+                    reader.live = False
+                    reader.memory.clear()
+            reader.wakeup.set()
+
+    # -- readers -----------------------------------------------------------------------------
+
+    async def _run(self, reader: _Reader) -> None:
+        max_records = reader.policy.max_records
+        while True:
+            if reader.live and reader.memory:
+                count = min(len(reader.memory), max_records)
+                items = [reader.memory.popleft() for _ in range(count)]
+                batch = [envelope for envelope, _, _ in items]
+                end, oldest, replayed = items[-1][1], items[0][2], 0
+            elif not reader.live:
+                frames, end = await asyncio.to_thread(self.spool.read, reader.position, max_records)
+                if not frames:
+                    reader.position = end
+                    if end >= self._end and not reader.memory:
+                        reader.live = True
+                        await asyncio.to_thread(self._advance, reader)
+                    continue
+                batch = self._decode(reader, frames)
+                oldest = frames[0].appended_ms
+                replayed = sum(1 for f in frames if f.start.segment < self._live_segment)
+            else:
+                reader.oldest_ms = None
+                if self._drained:
+                    return
+                reader.wakeup.clear()
+                await reader.wakeup.wait()
+                continue
+            reader.oldest_ms = oldest
+            if batch:
+                await self._deliver(reader, batch)
+            reader.backlog -= len(batch)
+            reader.position = end
+            if replayed:
+                self.metrics.spool_replayed.labels(reader.name).inc(replayed)
+            await asyncio.to_thread(self._advance, reader)
+
+    def _decode(self, reader: _Reader, frames: list[Frame]) -> list[Envelope]:
+        batch: list[Envelope] = []
+        for frame in frames:
+            try:
+                envelope = Envelope(decode_record(frame.payload))
+            except msgspec.DecodeError as exc:  # checksum fine, content not a record: a bug
+                log.error(
+                    "audit spool: frame at %s is not a record (%s); skipped for sink %s",
+                    frame.start,
+                    exc,
+                    reader.name,
+                )
+                self.metrics.dropped.labels(reader.name, "undecodable").inc()
+                reader.backlog -= 1
+                continue
+            batch.append(envelope)
+        return batch
+
+    def _advance(self, reader: _Reader) -> None:
+        """Save the reader's cursor and delete the segments every reader has passed (blocking)."""
+        self.spool.save_cursor(reader.name, reader.position)
+        self.spool.release(r.position for r in self._readers)
+
+    async def _deliver(self, reader: _Reader, batch: list[Envelope]) -> None:
+        """Write the batch until it is stored (retries with capped backoff)."""
+        name = reader.name
+        delay = self.backoff.initial_s
+        while True:
+            started = time.perf_counter()
+            try:
+                await reader.sink.write(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any sink failure is counted and retried
+                self.metrics.sink_errors.labels(name).inc()
+                self._log.warning(
+                    name + ":error",
+                    "audit sink %s: write of %d spooled record(s) failed, retrying in %.2fs: %s",
+                    name,
+                    len(batch),
+                    delay,
+                    describe_error(exc),
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * self.backoff.factor, self.backoff.maximum_s)
+                continue
+            self.metrics.write_seconds.labels(name).observe(time.perf_counter() - started)
+            self.metrics.written.labels(name).inc(len(batch))
+            return
+
+
+def _failed(error: BaseException) -> asyncio.Future[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_exception(error)
+    future.exception()
+    return future

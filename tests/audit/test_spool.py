@@ -1,0 +1,329 @@
+"""The durable spool and bus: framing, group commit, cursors, segment deletion, recovery, full."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from auditgate.audit.bus import Backoff
+from auditgate.audit.capture import Auditor
+from auditgate.audit.durable import DurableBus
+from auditgate.audit.metrics import AuditMetrics
+from auditgate.audit.record import AuditRecord, Envelope, Mode
+from auditgate.audit.sink import MemorySink
+from auditgate.audit.spool import HEADER, Position, Spool, SpoolError, encode_frame, parse_frames
+from auditgate.config import AuditSettings
+from auditgate.engines.mock import MockEngine
+from auditgate.errors import ServiceUnavailableError
+from auditgate.pipeline.chat import ChatCall, ChatPipeline
+from auditgate.pipeline.request import validate_chat
+
+FAST = Backoff(initial_s=0.01, maximum_s=0.05, factor=2.0)
+
+
+def envelope(seq: int, mode: Mode = "full") -> Envelope:
+    """A small record with a unique request id."""
+    return Envelope(
+        AuditRecord(
+            request_id=f"req-{seq:06d}",
+            requested_streaming=False,
+            mode=mode,
+            model="mock",
+            usage={"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8},
+            engine="mock",
+            status="completed",
+            complete=True,
+            created_at=1_700_000_000_000 + seq,
+            completed_at=1_700_000_000_010 + seq,
+            ttft_ms=1.5,
+            duration_ms=10.0,
+            writer="test:1:abc",
+            seq=seq,
+        )
+    )
+
+
+def ids(sink: MemorySink) -> list[str]:
+    return [r.request_id for r in sink.records]
+
+
+class Harness:
+    """A durable bus over a spool directory, started and closed by the test."""
+
+    def __init__(self, directory: Path, **spool: Any) -> None:
+        self.directory = directory
+        self.metrics = AuditMetrics()
+        self.sink = MemorySink("memory")
+        self.spool = Spool(directory, max_bytes=spool.pop("max_bytes", 1 << 20), **spool)
+        self.bus = DurableBus(
+            [self.sink], spool=self.spool, capacity=64, metrics=self.metrics, backoff=FAST
+        )
+
+    def value(self, name: str, **labels: str) -> float | None:
+        return self.metrics.registry.get_sample_value(name, labels)
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    h = Harness(tmp_path / "spool")
+    await h.bus.start()
+    yield h
+    await h.bus.close(2.0)
+
+
+async def publish_all(bus: DurableBus, seqs: range) -> None:
+    commits = [bus.publish(envelope(i)) for i in seqs]
+    await asyncio.gather(*[c for c in commits if c is not None])
+
+
+def test_frames_round_trip_and_report_the_first_bad_frame() -> None:
+    """Valid frames parse back whole; torn, corrupt and zero-filled tails stop the parse there."""
+    a, b = encode_frame(b'{"a":1}', 5), encode_frame(b'{"b":2}', 6)
+    frames, used, problem = parse_frames(a + b, 3, 100, 10)
+    assert [(f.payload, f.appended_ms, f.start, f.end) for f in frames] == [
+        (b'{"a":1}', 5, Position(3, 100), Position(3, 100 + len(a))),
+        (b'{"b":2}', 6, Position(3, 100 + len(a)), Position(3, 100 + len(a) + len(b))),
+    ]
+    assert (used, problem) == (len(a) + len(b), None)
+    flipped = bytearray(a + b)
+    flipped[-2] ^= 0x01
+    assert parse_frames(bytes(flipped), 0, 0, 10)[1:] == (len(a), "checksum mismatch")
+    assert parse_frames(a + b[:-3], 0, 0, 10)[1:] == (len(a), "torn frame (4 of 7 bytes)")
+    assert parse_frames(a + b[:5], 0, 0, 10)[1:] == (len(a), "torn header (5 of 16 bytes)")
+    assert parse_frames(a + bytes(HEADER.size + 8), 0, 0, 10)[1:] == (len(a), "bad length 0")
+
+
+async def test_group_commit_makes_many_records_durable_per_fsync(harness: Harness) -> None:
+    """300 records published in one burst commit in far fewer fsyncs, and all reach the sink."""
+    await publish_all(harness.bus, range(300))
+    assert await harness.bus.flush(5.0)
+    assert ids(harness.sink) == [f"req-{i:06d}" for i in range(300)]
+    commits = harness.value("auditgate_audit_spool_commits_total")
+    assert commits is not None and commits <= 30
+    assert harness.spool.commits == commits
+
+
+async def test_commit_resolves_only_after_the_frame_is_on_disk(harness: Harness) -> None:
+    """When a publish's future is done, its frame is already in the segment file."""
+    commit = harness.bus.publish(envelope(1))
+    assert commit is not None
+    await commit
+    [segment] = harness.spool.segments()
+    data = (harness.directory / f"{segment:016d}.seg").read_bytes()
+    frames, _, problem = parse_frames(data, segment, 0, 10)
+    assert ([f.payload for f in frames], problem) == ([envelope(1).json], None)
+
+
+async def test_cursor_is_saved_and_a_restart_replays_nothing_delivered(tmp_path: Path) -> None:
+    """After delivery the cursor is at the end: a new bus on the same spool delivers nothing."""
+    first = Harness(tmp_path)
+    await first.bus.start()
+    await publish_all(first.bus, range(10))
+    assert await first.bus.flush(5.0)
+    assert await first.bus.close(2.0) == {"memory": 0}
+    assert first.spool.load_cursor("memory") == first.spool.end
+    second = Harness(tmp_path)
+    await second.bus.start()
+    await publish_all(second.bus, range(10, 12))
+    assert await second.bus.flush(5.0)
+    await second.bus.close(2.0)
+    assert ids(second.sink) == ["req-000010", "req-000011"]
+    assert second.value("auditgate_audit_spool_replayed_total", sink="memory") == 0.0
+
+
+async def test_undelivered_records_are_replayed_on_start(tmp_path: Path) -> None:
+    """Records a down sink never stored are delivered by the next start, and counted replayed."""
+    first = Harness(tmp_path)
+    first.sink.fail = ConnectionError("down")
+    await first.bus.start()
+    await publish_all(first.bus, range(25))
+    assert await first.bus.close(0.2) == {"memory": 25}
+    second = Harness(tmp_path)
+    await second.bus.start()
+    assert second.value("auditgate_audit_queue_depth", sink="memory") == 25.0
+    assert await second.bus.flush(5.0)
+    await second.bus.close(2.0)
+    assert ids(second.sink) == [f"req-{i:06d}" for i in range(25)]
+    assert second.value("auditgate_audit_spool_replayed_total", sink="memory") == 25.0
+
+
+async def test_segments_are_deleted_once_every_sink_passed_them(tmp_path: Path) -> None:
+    """A sink that is down keeps every segment; once it catches up, only the live one remains."""
+    h = Harness(tmp_path, segment_bytes=2048)
+    h.sink.fail = ConnectionError("down")
+    await h.bus.start()
+    for i in range(10):  # ten groups of ten: several segments
+        await publish_all(h.bus, range(i * 10, i * 10 + 10))
+    kept = h.spool.segments()
+    assert len(kept) >= 4
+    assert h.value("auditgate_audit_spool_bytes") == float(h.spool.bytes)
+    h.sink.fail = None
+    assert await h.bus.flush(5.0)
+    await asyncio.sleep(0.05)  # the last cursor save and release run after the write
+    assert h.spool.segments() == [kept[-1]]
+    assert ids(h.sink) == [f"req-{i:06d}" for i in range(100)]
+    await h.bus.close(2.0)
+
+
+async def test_a_slow_sink_falls_back_to_reading_the_spool(tmp_path: Path) -> None:
+    """More records than the in-memory capacity behind a blocked sink still arrive, in order."""
+    h = Harness(tmp_path)
+    h.sink.block.clear()
+    await h.bus.start()
+    await publish_all(h.bus, range(1))
+    await asyncio.sleep(0.02)  # the reader is caught up and live, now stuck in write()
+    await publish_all(h.bus, range(1, 500))
+    h.sink.block.set()
+    assert await h.bus.flush(5.0)
+    await h.bus.close(2.0)
+    assert ids(h.sink) == [f"req-{i:06d}" for i in range(500)]
+
+
+def _segment_file(directory: Path) -> Path:
+    [path] = sorted(directory.glob("*.seg"))
+    return path
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+async def test_a_torn_or_corrupt_tail_is_cut_reported_and_the_rest_replayed(
+    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cut-short last frame, or a flipped byte in frame 7 of 10: cut, reported, rest kept."""
+    first = Harness(tmp_path)
+    first.sink.fail = ConnectionError("down")
+    await first.bus.start()
+    await publish_all(first.bus, range(10))
+    await first.bus.close(0.1)
+    path = _segment_file(tmp_path)
+    data = bytearray(path.read_bytes())
+    size = len(data)
+    frame = len(envelope(0).json) + HEADER.size  # every test record has the same length
+    if damage == "truncated":
+        del data[-5:]
+        kept, cut = 9, frame - 5
+    else:
+        data[7 * frame + HEADER.size + 3] ^= 0x20
+        kept, cut = 7, size - 7 * frame
+    path.write_bytes(bytes(data))
+    second = Harness(tmp_path)
+    await second.bus.start()
+    assert await second.bus.flush(5.0)
+    await second.bus.close(2.0)
+    assert ids(second.sink) == [f"req-{i:06d}" for i in range(kept)]
+    assert second.value("auditgate_audit_spool_corrupt_tails_total") == 1.0
+    assert second.value("auditgate_audit_spool_cut_bytes_total") == float(cut)
+    assert not path.exists()  # delivered and passed: deleted
+    reason = "torn frame" if damage == "truncated" else "checksum mismatch"
+    assert [r.message.split(" at ")[0] for r in caplog.records if "cut" in r.message] == [
+        f"audit spool: {reason} ({frame - HEADER.size - 5} of {frame - HEADER.size} bytes)"
+        if damage == "truncated"
+        else f"audit spool: {reason}"
+    ]
+
+
+async def test_full_spool_refuses_full_records_drops_usage_and_recovers(tmp_path: Path) -> None:
+    """At max bytes full records are refused and usage records dropped; sink catch-up frees it."""
+    h = Harness(tmp_path, max_bytes=4096, segment_bytes=1024)
+    h.sink.fail = ConnectionError("down")
+    await h.bus.start()
+    seq = 0
+    while h.bus.admit("full"):
+        await publish_all(h.bus, range(seq, seq + 1))
+        seq += 1
+    assert h.spool.bytes >= 4096
+    assert (h.bus.admit("usage_only"), h.bus.admit(None)) == (True, True)
+    assert h.bus.publish(envelope(10_000, "usage_only")) is None
+    assert h.value("auditgate_audit_dropped_total", sink="spool", reason="spool_full") == 1.0
+    assert h.value("auditgate_audit_spool_rejected_total") == 1.0
+    h.sink.fail = None
+    assert await h.bus.flush(5.0)
+    await asyncio.sleep(0.05)
+    assert h.bus.admit("full")
+    assert h.spool.bytes < 1024 + 200
+    await h.bus.close(2.0)
+    assert ids(h.sink) == [f"req-{i:06d}" for i in range(seq)]
+
+
+async def test_a_failed_spool_write_fails_the_commit_and_keeps_no_partial_frame(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fdatasync failing: the publish's future raises SpoolError and the segment is rolled back."""
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    before = harness.spool.end
+    monkeypatch.setattr(os, "fdatasync", broken)
+    commit = harness.bus.publish(envelope(1))
+    assert commit is not None
+    with pytest.raises(SpoolError, match="Input/output error"):
+        await commit
+    monkeypatch.undo()
+    assert harness.spool.end == before
+    assert os.path.getsize(_segment_file(harness.directory)) == before.offset
+    await publish_all(harness.bus, range(2, 3))
+    assert await harness.bus.flush(5.0)
+    assert ids(harness.sink) == ["req-000002"]
+
+
+def _pipeline(bus: DurableBus, metrics: AuditMetrics) -> ChatPipeline:
+    settings = AuditSettings(enabled=True, sinks=("memory",), durability="durable")
+    return ChatPipeline(MockEngine(), Auditor(settings, bus, metrics, engine="mock"))
+
+
+def _call(stream: bool, n: int) -> ChatCall:
+    body: dict[str, Any] = {
+        "model": "mock",
+        "messages": [{"role": "user", "content": f"hello {n}"}],
+        "store": True,
+        "stream": stream,
+    }
+    return ChatCall(body=body, params=validate_chat(body), request_id=f"r-{stream}-{n}")
+
+
+async def test_pipeline_answers_after_the_commit_and_503s_when_it_fails(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Durable pipeline: success once spooled; a failed spool write turns success into a 503."""
+    pipeline = _pipeline(harness.bus, harness.metrics)
+    completion = await pipeline.complete(_call(False, 1))
+    assert completion["id"] == "chatcmpl-r-False-1"
+    stream = await pipeline.stream(_call(True, 1))
+    chunks = [chunk async for batch in stream for chunk in batch]
+    await stream.committed()
+    await stream.aclose()
+    assert chunks[0]["id"] == "chatcmpl-r-True-1"
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (_ for _ in ()).throw(OSError(28, "full")))
+    with pytest.raises(ServiceUnavailableError) as failed:
+        await pipeline.complete(_call(False, 2))
+    assert (failed.value.status_code, failed.value.code) == (503, "audit_spool_unavailable")
+    stream = await pipeline.stream(_call(True, 2))
+    _ = [chunk async for batch in stream for chunk in batch]
+    with pytest.raises(ServiceUnavailableError):
+        await stream.committed()
+    await stream.aclose()
+    monkeypatch.undo()
+    assert await harness.bus.flush(5.0)
+    assert ids(harness.sink) == ["r-False-1", "r-True-1"]
+
+
+async def test_pipeline_refuses_stored_requests_before_the_engine_when_full(
+    tmp_path: Path,
+) -> None:
+    """Spool full: a store:true call is a 503 audit_spool_full; the engine never sees it."""
+    h = Harness(tmp_path, max_bytes=1, segment_bytes=4096)
+    h.sink.fail = ConnectionError("down")
+    await h.bus.start()
+    await publish_all(h.bus, range(1))
+    pipeline = _pipeline(h.bus, h.metrics)
+    with pytest.raises(ServiceUnavailableError) as refused:
+        await pipeline.stream(_call(True, 3))
+    assert (refused.value.status_code, refused.value.code) == (503, "audit_spool_full")
+    assert h.value("auditgate_audit_records_total", mode="full") == 0.0
+    assert h.value("auditgate_audit_spool_rejected_total") == 1.0
+    await h.bus.close(0.1)
