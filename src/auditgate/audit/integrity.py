@@ -17,7 +17,7 @@ hashed as the integer its shortest spelling denotes; every other number is hashe
 spells it.  Any field a newer writer added is part of the canonical form too, so readers that do
 not know a field still verify it.
 
-Checkpoints (``mode: "checkpoint"`` records, :class:`~auditgate.audit.record.Checkpoint`) sign
+Checkpoints (``mode: "checkpoint"`` records carrying a :class:`Checkpoint` as metadata) sign
 :func:`checkpoint_message` — writer, seq, the chain head before it and whether it is the final
 one — with HMAC-SHA256 under ``DYN_AUDIT_INTEGRITY_KEY``.  A checkpoint is itself chained, so
 whoever can rewrite records but does not hold the key cannot forge the tail.
@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import json
 import re
 from decimal import Decimal
 from typing import Any, Final
@@ -69,14 +70,23 @@ def canonical(record: AuditRecord | dict[str, Any]) -> bytes:
     if isinstance(record, dict):
         if "integrity" in record:
             record = {k: v for k, v in record.items() if k != "integrity"}
-        data = _canonical_encoder.encode(record)
     elif record.integrity is not msgspec.UNSET:
-        data = _canonical_encoder.encode(msgspec.structs.replace(record, integrity=msgspec.UNSET))
-    else:
+        record = msgspec.structs.replace(record, integrity=msgspec.UNSET)
+    try:
         data = _canonical_encoder.encode(record)
+    except UnicodeEncodeError:
+        return _ascii_canonical(msgspec.to_builtins(record))
     if _POSITIVE_EXPONENT.search(data) is None:
         return data
     return _canonical_encoder.encode(_exponent_decoder.decode(data))
+
+
+def _ascii_canonical(data: Any) -> bytes:
+    """Canonical form of a record holding a lone surrogate (UTF-8 cannot carry it): ASCII JSON
+    with ``\\uXXXX`` escapes, keys sorted, numbers under the same exponent rule."""
+    text = json.dumps(data, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+    value = json.loads(text, parse_float=_float_hook)
+    return json.dumps(value, sort_keys=True, ensure_ascii=True, separators=(",", ":")).encode()
 
 
 def link(prev: str, data: bytes) -> str:
@@ -89,6 +99,54 @@ def link(prev: str, data: bytes) -> str:
 def checkpoint_message(writer: str, seq: int, head: str, final: bool) -> bytes:
     """What a checkpoint's signature covers."""
     return f"auditgate-checkpoint-v1\n{writer}\n{seq}\n{head}\n{int(final)}".encode()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A signed statement that a writer's chain, up to the checkpoint record, has head ``head``.
+
+    A checkpoint is its own record (``mode: "checkpoint"``) in the writer's sequence; its fields
+    travel as that record's ``metadata`` (string values, :meth:`metadata`), so every sink and
+    store keeps them without a schema change.
+    """
+
+    head: str
+    """``integrity.hash`` of the writer's record just before this one (``seq - 1``)."""
+    reason: str
+    """Why it was written: ``count``, ``interval`` or ``shutdown``."""
+    final: bool
+    """True for the checkpoint written at shutdown: nothing of this writer follows it."""
+    alg: str
+    """``hmac-sha256``, or ``none`` when no key was configured."""
+    signature: str | None
+    """Hex signature of :func:`checkpoint_message`; ``None`` when unsigned."""
+
+    def metadata(self) -> dict[str, str]:
+        """The checkpoint as record metadata."""
+        return {
+            "head": self.head,
+            "reason": self.reason,
+            "final": "true" if self.final else "false",
+            "alg": self.alg,
+            "signature": self.signature or "",
+        }
+
+    @classmethod
+    def from_metadata(cls, metadata: Any) -> Checkpoint | None:
+        """The checkpoint a record's metadata holds; ``None`` when it holds none."""
+        if not isinstance(metadata, dict):
+            return None
+        head, reason, alg = metadata.get("head"), metadata.get("reason"), metadata.get("alg")
+        if not (isinstance(head, str) and isinstance(reason, str) and isinstance(alg, str)):
+            return None
+        signature = metadata.get("signature")
+        return cls(
+            head=head,
+            reason=reason,
+            final=metadata.get("final") == "true",
+            alg=alg,
+            signature=signature if isinstance(signature, str) and signature else None,
+        )
 
 
 class HmacSigner:
@@ -242,7 +300,7 @@ class _Link:
     hash: str | None
     intact: bool
     """Whether the content hashes to ``hash`` given ``prev``."""
-    checkpoint: dict[str, Any] | None
+    checkpoint: Checkpoint | None
 
 
 class Verifier:
@@ -267,9 +325,12 @@ class Verifier:
         self._invalid: list[Finding] = []
 
     def add(self, location: str, data: Any) -> None:
-        """One entry: ``data`` is the record as a JSON object (a decoded line or stored row)."""
+        """One entry: ``data`` is the record as a JSON object (a decoded line or stored row),
+        or a string saying why the entry could not be decoded."""
         if not isinstance(data, dict):
-            self._invalid.append(_invalid(location, "not a JSON object"))
+            # A reader passes a string to say why an entry could not be decoded.
+            detail = data if isinstance(data, str) else "not a JSON object"
+            self._invalid.append(_invalid(location, detail))
             return
         writer, seq = data.get("writer"), data.get("seq")
         if not isinstance(writer, str) or type(seq) is not int:
@@ -295,7 +356,7 @@ class Verifier:
         seen = links.get(seq)
         if seen is None:
             links[seq] = entry
-        elif (seen.hash, seen.request_id, seen.intact) == (entry.hash, rid, True):
+        elif seen.intact and entry.intact and (seen.hash, seen.request_id) == (entry.hash, rid):
             findings.append(
                 Finding(
                     "duplicate",
@@ -344,7 +405,7 @@ class Verifier:
             if link.checkpoint is not None:
                 out.checkpoints += 1
                 out.last_checkpoint_seq = seq
-                out.final = link.checkpoint.get("final") is True
+                out.final = link.checkpoint.final
         findings.extend(self._tail(out, links))
         return out
 
@@ -368,18 +429,18 @@ class Verifier:
         checkpoint = link.checkpoint
         if checkpoint is None:
             return found
-        head, final = checkpoint.get("head"), checkpoint.get("final") is True
-        if head != link.prev:
-            add("bad_checkpoint", "checkpoint.head is not the chain head before it")
-        signature, alg = checkpoint.get("signature"), checkpoint.get("alg")
+        if checkpoint.head != link.prev:
+            add("bad_checkpoint", "the checkpoint's head is not the chain head before it")
+        alg, signature = checkpoint.alg, checkpoint.signature
+        message = checkpoint_message(writer, link.seq, checkpoint.head, checkpoint.final)
         if self.signer is None:
             if alg != UNSIGNED:
                 add("unverified", f"{alg} signature not checked (no key given)", damage=False)
-        elif alg == UNSIGNED or not isinstance(signature, str):
+        elif alg == UNSIGNED or signature is None:
             add("unsigned", "checkpoint carries no signature")
-        elif alg != self.signer.alg or not isinstance(head, str):
+        elif alg != self.signer.alg:
             add("bad_signature", f"signed with {alg}, not {self.signer.alg}")
-        elif not self.signer.verify(checkpoint_message(writer, link.seq, head, final), signature):
+        elif not self.signer.verify(message, signature):
             add("bad_signature", "signature does not match the given key")
         return found
 
@@ -433,13 +494,7 @@ def _link_of(seq: int, location: str, request_id: str | None, data: dict[str, An
             intact = False
     else:
         prev = hash_ = None
-    checkpoint = data.get("checkpoint") if data.get("mode") == "checkpoint" else None
-    return _Link(
-        seq,
-        location,
-        request_id,
-        prev,
-        hash_,
-        intact,
-        checkpoint if isinstance(checkpoint, dict) else None,
+    checkpoint = (
+        Checkpoint.from_metadata(data.get("metadata")) if data.get("mode") == "checkpoint" else None
     )
+    return _Link(seq, location, request_id, prev, hash_, intact, checkpoint)

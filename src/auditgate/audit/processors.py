@@ -22,13 +22,14 @@ from typing import Any, Final
 from auditgate.audit.integrity import (
     GENESIS,
     UNSIGNED,
+    Checkpoint,
     HmacSigner,
     canonical,
     checkpoint_message,
     link,
 )
 from auditgate.audit.metrics import AuditMetrics
-from auditgate.audit.record import AuditRecord, Checkpoint, Integrity
+from auditgate.audit.record import AuditRecord, Integrity
 from auditgate.audit.redact import Redactor, builtin, load_patterns
 from auditgate.config import AuditSettings
 
@@ -135,7 +136,7 @@ def _list_of(items: Any, change: Callable[[Any], Any]) -> list[Any] | None:
 class IntegrityChain:
     """Links each record to its writer's previous one and issues signed checkpoints.
 
-    ``__call__`` sets ``integrity`` (and fills and signs a checkpoint record's ``checkpoint``).
+    ``__call__`` sets ``integrity`` (and fills and signs a checkpoint record's metadata).
     :meth:`checkpoint` builds the next checkpoint record, to be published like any record;
     :attr:`due` says one is owed because ``every`` records were chained since the last.
     """
@@ -166,7 +167,7 @@ class IntegrityChain:
     def __call__(self, record: AuditRecord) -> AuditRecord:
         prev = self.head
         if record.mode == "checkpoint":
-            record.checkpoint = self._signed(record, prev)
+            record.metadata = self._signed(record, prev).metadata()
         digest = link(prev, canonical(record))
         record.integrity = Integrity(prev=prev, hash=digest)
         self.head = digest
@@ -197,21 +198,17 @@ class IntegrityChain:
             duration_ms=0.0,
             writer="",
             seq=-1,
-            checkpoint=Checkpoint(
-                head="", reason=reason, final=final, alg=UNSIGNED, signature=None
-            ),
+            metadata=Checkpoint("", reason, final, UNSIGNED, None).metadata(),
         )
 
     def _signed(self, record: AuditRecord, head: str) -> Checkpoint:
-        draft = record.checkpoint
-        reason = draft.reason if isinstance(draft, Checkpoint) else "count"
-        final = draft.final if isinstance(draft, Checkpoint) else False
+        draft = Checkpoint.from_metadata(record.metadata)
+        reason = draft.reason if draft is not None else "count"
+        final = draft.final if draft is not None else False
         if self.signer is None:
-            return Checkpoint(head=head, reason=reason, final=final, alg=UNSIGNED, signature=None)
-        signature = self.signer.sign(checkpoint_message(record.writer, record.seq, head, final))
-        return Checkpoint(
-            head=head, reason=reason, final=final, alg=self.signer.alg, signature=signature
-        )
+            return Checkpoint(head, reason, final, UNSIGNED, None)
+        message = checkpoint_message(record.writer, record.seq, head, final)
+        return Checkpoint(head, reason, final, self.signer.alg, self.signer.sign(message))
 
 
 class Processors:

@@ -17,7 +17,8 @@ import msgspec
 SCHEMA_VERSION: Final = 1
 
 Mode = Literal["full", "usage_only", "checkpoint"]
-"""``checkpoint``: a signed integrity checkpoint (see :class:`Checkpoint`), not a request."""
+"""``checkpoint``: a signed integrity checkpoint, not a request; its ``metadata`` holds the
+checkpoint (see :class:`auditgate.audit.integrity.Checkpoint`)."""
 Status = Literal["completed", "cancelled", "error"]
 
 
@@ -37,25 +38,6 @@ class Integrity(msgspec.Struct, frozen=True):
 
     prev: str
     hash: str
-
-
-class Checkpoint(msgspec.Struct, frozen=True):
-    """A signed statement that a writer's chain, up to this record, has the head ``head``.
-
-    Written as its own record (``mode: "checkpoint"``) in the writer's sequence, so a reader
-    can tell a trail that ends after a checkpoint from one whose tail was cut off.
-    """
-
-    head: str
-    """``integrity.hash`` of the writer's record just before this one (``seq - 1``)."""
-    reason: str
-    """Why it was written: ``count``, ``interval`` or ``shutdown``."""
-    final: bool
-    """True for the checkpoint written at shutdown: nothing of this writer follows it."""
-    alg: str
-    """``hmac-sha256``, or ``none`` when no key was configured."""
-    signature: str | None
-    """Hex signature over writer, seq, head and final; ``None`` when unsigned."""
 
 
 class AuditRecord(msgspec.Struct, kw_only=True):
@@ -97,8 +79,6 @@ class AuditRecord(msgspec.Struct, kw_only=True):
     seq: int
     """Per-writer sequence, gap-free at publish time."""
     integrity: Integrity | msgspec.UnsetType = msgspec.UNSET
-    checkpoint: Checkpoint | msgspec.UnsetType = msgspec.UNSET
-    """Only on ``mode: "checkpoint"`` records."""
 
 
 _encoder: Final = msgspec.json.Encoder()

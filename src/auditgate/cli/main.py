@@ -1,4 +1,4 @@
-"""The ``auditgate`` command: ``serve``, ``consume``, ``keys``, ``export``, ``stats``."""
+"""The ``auditgate`` command: serve, consume, keys, export, stats, verify."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ _COMMANDS = (
     "auditgate.cli.keys",
     "auditgate.cli.export",
     "auditgate.cli.stats",
+    "auditgate.cli.verify",
 )
 
 

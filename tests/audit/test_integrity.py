@@ -1,0 +1,220 @@
+"""The hash chain, checkpoints and the verifier, on records built in memory."""
+
+from __future__ import annotations
+
+import hashlib
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+import pytest
+
+from auditgate.audit.integrity import (
+    GENESIS,
+    Checkpoint,
+    HmacSigner,
+    Verifier,
+    canonical,
+    checkpoint_message,
+    link,
+)
+from auditgate.audit.processors import IntegrityChain
+from auditgate.audit.record import AuditRecord, encode_record
+from auditgate.store.schema import COLUMN_NAMES, record_dict_from_row, row_from_record
+from tests.store.records import make_record
+
+KEY = "test-checkpoint-key"
+
+
+def chain_of(
+    count: int,
+    *,
+    writer: str = "w1",
+    key: str | None = KEY,
+    every: int = 1000,
+    final: bool = True,
+) -> list[AuditRecord]:
+    """``count`` records of one writer through an IntegrityChain, checkpoints included."""
+    chain = IntegrityChain(HmacSigner(key) if key else None, engine="mock", every=every)
+    out: list[AuditRecord] = []
+
+    def publish(record: AuditRecord) -> None:
+        record.writer, record.seq = writer, len(out)
+        out.append(chain(record))
+
+    for i in range(count):
+        publish(make_record(i, writer=writer))
+        if chain.due:
+            checkpoint = chain.checkpoint("count")
+            assert checkpoint is not None
+            publish(checkpoint)
+    if final:
+        last = chain.checkpoint("shutdown", final=True)
+        assert last is not None
+        publish(last)
+    return out
+
+
+def as_dicts(records: list[AuditRecord]) -> list[dict[str, Any]]:
+    return [msgspec.json.decode(encode_record(r)) for r in records]
+
+
+def verify(
+    entries: list[dict[str, Any]], *, key: str | None = KEY, ordered: bool = True
+) -> list[tuple[str, str | None, int | None]]:
+    """Findings as ``(kind, writer, seq)``."""
+    verifier = Verifier(signer=HmacSigner(key) if key else None, ordered=ordered)
+    for index, entry in enumerate(entries, start=1):
+        verifier.add(f"line {index}", entry)
+    report = verifier.report()
+    return [(f.kind, f.writer, f.seq) for w in report.writers for f in w.findings] + [
+        (f.kind, None, None) for f in report.invalid
+    ]
+
+
+def test_chain_formula() -> None:
+    """Each hash is SHA-256 over the previous hash's bytes and the canonical record."""
+    records = chain_of(3, final=False)
+    first, second = records[0], records[1]
+    assert first.integrity is not msgspec.UNSET and second.integrity is not msgspec.UNSET
+    expected = hashlib.sha256(bytes(32) + canonical(first)).hexdigest()
+    assert (GENESIS, expected) == (first.integrity.prev, first.integrity.hash)
+    assert (expected, link(expected, canonical(second))) == (
+        second.integrity.prev,
+        second.integrity.hash,
+    )
+
+
+def test_intact_trail_verifies_clean() -> None:
+    """An untouched chain with count checkpoints and a final one has no findings."""
+    records = chain_of(7, every=3)
+    modes = [r.mode for r in records]
+    assert modes == ["full"] * 3 + ["checkpoint"] + ["full"] * 3 + ["checkpoint"] + [
+        "full",
+        "checkpoint",
+    ]
+    assert verify(as_dicts(records)) == []
+
+
+def test_checkpoint_signature() -> None:
+    """A checkpoint signs writer, seq, head and finality with the key."""
+    last = chain_of(2)[-1]
+    assert last.integrity is not msgspec.UNSET
+    head = last.integrity.prev
+    signature = HmacSigner(KEY).sign(checkpoint_message("w1", 2, head, True))
+    assert Checkpoint.from_metadata(last.metadata) == Checkpoint(
+        head, "shutdown", True, "hmac-sha256", signature
+    )
+
+
+def test_edited_byte_is_modified() -> None:
+    """Changing one character of a record's content names that record as modified."""
+    lines = [encode_record(r) for r in chain_of(5)]
+    lines[2] = lines[2].replace(b"question 2", b"question 3", 1)
+    assert verify([msgspec.json.decode(x) for x in lines]) == [("modified", "w1", 2)]
+
+
+def test_deleted_record_is_missing() -> None:
+    """A removed line is reported as the missing seq."""
+    entries = as_dicts(chain_of(5))
+    del entries[3]
+    assert verify(entries) == [("missing", "w1", 3)]
+
+
+def test_swapped_records_are_reordered() -> None:
+    """Two swapped lines are reported as reordered (the chain itself is still whole)."""
+    entries = as_dicts(chain_of(5))
+    entries[1], entries[2] = entries[2], entries[1]
+    assert verify(entries) == [("reordered", "w1", 1)]
+
+
+def test_dropped_tail_is_unsealed() -> None:
+    """Cutting the last records (and the final checkpoint) leaves records after the last
+    checkpoint; cutting exactly at a checkpoint leaves the chain open."""
+    entries = as_dicts(chain_of(6, every=3))
+    assert verify(entries[:-2]) == [("unsealed", "w1", 4)]
+    assert verify(entries[:4]) == [("open", "w1", 3)]
+
+
+def test_rewritten_record_breaks_link() -> None:
+    """A record replaced by one re-hashed on its own no longer links to its predecessor."""
+    records = chain_of(4)
+    forged = make_record(99, writer="w1")
+    forged.writer, forged.seq = "w1", 1
+    forged_chain = IntegrityChain(None, engine="mock")
+    entries = as_dicts(records)
+    entries[1] = as_dicts([forged_chain(forged)])[0]
+    assert verify(entries) == [("broken_link", "w1", 1), ("broken_link", "w1", 2)]
+
+
+def test_wrong_key_fails_signatures() -> None:
+    """Checkpoints checked with another key are bad signatures; without a key, unverified."""
+    entries = as_dicts(chain_of(4, every=2))  # checkpoints at seq 2, 5 and 6 (final)
+    assert verify(entries, key="another-key") == [
+        ("bad_signature", "w1", 2),
+        ("bad_signature", "w1", 5),
+        ("bad_signature", "w1", 6),
+    ]
+    unverified = [("unverified", "w1", 2), ("unverified", "w1", 5), ("unverified", "w1", 6)]
+    assert verify(entries, key=None) == unverified
+
+
+def test_unsigned_checkpoints_fail_with_a_key() -> None:
+    """A trail written without a key does not pass as signed."""
+    entries = as_dicts(chain_of(2, key=None))
+    assert verify(entries) == [("unsigned", "w1", 2)]
+
+
+def test_multi_writer_interleaved_trail() -> None:
+    """Two writers interleaved in one file verify independently and clean."""
+    a, b = as_dicts(chain_of(4, writer="a")), as_dicts(chain_of(3, writer="b"))
+    mixed = [a[0], b[0], b[1], a[1], a[2], b[2], a[3], b[3], a[4]]
+    assert verify(mixed) == []
+    del mixed[2]  # b's seq 1
+    assert verify(mixed) == [("missing", "b", 1)]
+
+
+def test_duplicate_is_a_warning_conflict_is_damage() -> None:
+    """The same record twice is a warning; a different record under the same seq is damage."""
+    entries = as_dicts(chain_of(2))
+    verifier = Verifier(signer=HmacSigner(KEY), ordered=False)
+    for i, e in enumerate([*entries, entries[1]]):  # the record at seq 1 twice
+        verifier.add(f"{i}", e)
+    report = verifier.report()
+    assert (report.intact, [f.kind for f in report.writers[0].findings]) == (True, ["duplicate"])
+    other = dict(entries[1], model="other")
+    assert verify([*entries, other], ordered=False) == [("conflict", "w1", 1)]
+
+
+def test_not_a_record_is_invalid() -> None:
+    """Lines without writer/seq are reported as invalid entries."""
+    assert verify([*as_dicts(chain_of(1)), {"hello": 1}]) == [("invalid", None, None)]
+
+
+@pytest.mark.parametrize("value", [1e16, 1.5e300, 2.5, 1e-7, 0.1, 10**20])
+def test_canonical_survives_jsonb_number_printing(value: float) -> None:
+    """A number re-printed from its decimal value (as JSONB does) hashes the same."""
+    record = make_record(0)
+    assert isinstance(record.request, dict)
+    record.request["temperature"] = value
+    written = msgspec.json.encode(value).decode()
+    jsonb = format(Decimal(written), "f")
+    line = encode_record(record).decode()
+    reprinted = line.replace(f'"temperature":{written}', f'"temperature":{jsonb}')
+    assert (True, canonical(record)) == (
+        reprinted != line or written == jsonb,
+        canonical(msgspec.json.decode(reprinted)),
+    )
+
+
+def test_canonical_survives_a_store_row() -> None:
+    """A record stored as a row and read back has the same canonical form (keys re-ordered)."""
+    record = chain_of(1, final=False)[0]
+    row = dict(zip(COLUMN_NAMES, row_from_record(record), strict=True))
+    assert canonical(record) == canonical(record_dict_from_row(row))
+
+
+def test_no_checkpoint_for_an_idle_writer() -> None:
+    """A writer that chained nothing writes no checkpoint, not even a final one."""
+    chain = IntegrityChain(HmacSigner(KEY), engine="mock")
+    assert (chain.checkpoint("interval"), chain.checkpoint("shutdown", final=True)) == (None, None)
