@@ -451,16 +451,19 @@ class Verifier:
         sealed = out.last_checkpoint_seq
         if sealed is None or sealed < out.last_seq:
             first = 0 if sealed is None else sealed + 1
-            after = sum(1 for s in links if s >= first)
+            unsealed = sorted(s for s in links if s >= first)
+            head = links[unsealed[0]]
             where = "no checkpoint" if sealed is None else f"the last checkpoint (seq {sealed})"
             return [
                 Finding(
                     "unsealed",
                     out.writer,
-                    first,
-                    last.location,
-                    f"{after} record(s) after {where}; the tail may have been cut off",
-                    damage=damage,
+                    head.seq,
+                    head.location,
+                    f"{len(unsealed)} record(s) after {where}, up to seq {out.last_seq}; "
+                    "the tail may have been cut off",
+                    head.request_id,
+                    damage,
                 )
             ]
         if not out.final:
