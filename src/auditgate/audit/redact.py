@@ -193,7 +193,9 @@ class Redactor:
                 continue
             if detector.pattern.search(out) is None:
                 continue
-            out = detector.pattern.sub(self._replacer(detector), out)
+            new = detector.pattern.sub(self._replacer(detector), out)
+            if new != out:  # every match rejected by ``valid``: keep the uncopied original
+                out = new
         return out
 
     def _replacer(self, detector: Detector) -> Callable[[re.Match[str]], str]:

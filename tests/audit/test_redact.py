@@ -1,0 +1,146 @@
+"""Redaction detectors and the redaction processor."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from auditgate.audit.processors import RedactProcessor
+from auditgate.audit.redact import Redactor, builtin, load_patterns, luhn
+from auditgate.errors import ConfigError
+from tests.store.records import make_record
+
+ALL = ("email", "api_key", "card", "ip")
+
+
+def redact(text: str, names: tuple[str, ...] = ALL) -> tuple[str, dict[str, int]]:
+    counts: Counter[str] = Counter()
+    out = Redactor(builtin(names), lambda kind: counts.update([kind])).text(text)
+    return out, dict(counts)
+
+
+def _count(counts: Counter[str]) -> None:
+    raise AssertionError(counts)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected", "kind"),
+    [
+        ("mail alice.b+x@example.co.uk now", "mail [REDACTED:email] now", "email"),
+        ("key sk-proj-AbCdEf0123456789xyz!", "key [REDACTED:api_key]!", "api_key"),
+        ("Authorization: Bearer abc.DEF-123_xyz", "Authorization: [REDACTED:api_key]", "api_key"),
+        ("aws AKIAABCDEFGHIJKLMNOP", "aws [REDACTED:api_key]", "api_key"),
+        ("gh ghp_" + "a" * 36, "gh [REDACTED:api_key]", "api_key"),
+        ("card 4111 1111 1111 1111.", "card [REDACTED:card].", "card"),
+        ("card 5500-0000-0000-0004", "card [REDACTED:card]", "card"),
+        ("from 192.168.1.20:80", "from [REDACTED:ip]:80", "ip"),
+        ("v6 2001:db8::ff00:42:8329 here", "v6 [REDACTED:ip] here", "ip"),
+        ("loopback ::1", "loopback [REDACTED:ip]", "ip"),
+    ],
+)
+def test_detects(text: str, expected: str, kind: str) -> None:
+    """Each built-in detector replaces what it finds with its marker and counts it."""
+    assert (expected, {kind: 1}) == redact(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "order 4111 1111 1111 1112 failed",  # fails Luhn
+        "timestamp 1758740068123 ms",  # 13 digits, Luhn or not: starts with 1
+        "at 12:30:45 on std::vector and a::b::c",
+        "version 1.2.3.4.5 and 300.1.1.1",
+        "task-abcdefghijklmnopqrstuvwxyz and the bearer of news",
+        "no secrets here @ all",
+    ],
+)
+def test_leaves_lookalikes(text: str) -> None:
+    """Text that only looks like a secret is returned as the same object, uncounted."""
+    out, counts = redact(text)
+    assert (out is text, counts) == (True, {})
+
+
+def test_luhn() -> None:
+    """The Luhn check accepts valid numbers only."""
+    assert [luhn("4111111111111111"), luhn("4111111111111112"), luhn("0")] == [True, False, True]
+
+
+def test_only_chosen_detectors() -> None:
+    """Detectors not chosen in DYN_AUDIT_REDACT leave their kind alone."""
+    assert redact("a@b.io 10.0.0.1", ("ip",)) == ("a@b.io [REDACTED:ip]", {"ip": 1})
+
+
+def test_custom_patterns(tmp_path: Path) -> None:
+    """A patterns file adds detectors of its own kinds; a bad line is a startup error."""
+    good = tmp_path / "patterns"
+    good.write_text("# employee ids\nemployee EMP-\\d{6}\n\nproject (?i)project\\s+falcon\n")
+    counts: Counter[str] = Counter()
+    out = Redactor(load_patterns(str(good)), lambda kind: counts.update([kind])).text(
+        "EMP-123456 on Project Falcon"
+    )
+    assert (
+        out,
+        dict(counts),
+    ) == ("[REDACTED:employee] on [REDACTED:project]", {"employee": 1, "project": 1})
+    bad = tmp_path / "bad"
+    bad.write_text("employee (unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad:1: bad regular expression"):
+        load_patterns(str(bad))
+
+
+def test_processor_covers_messages_tools_and_response() -> None:
+    """Message strings and text parts, tool-call arguments and the response are redacted;
+    the client's own objects are not mutated."""
+    record = make_record(1)
+    request = {
+        "model": "mock",
+        "messages": [
+            {"role": "user", "content": "I am bob@example.com"},
+            {"role": "user", "content": [{"type": "text", "text": "card 4111111111111111"}]},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "f", "arguments": '{"ip": "10.1.2.3"}'},
+                    }
+                ],
+            },
+        ],
+    }
+    response = {
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "sk-" + "x" * 20}}]
+    }
+    original = repr((request, response))
+    record.request, record.response = request, response
+    counts: Counter[str] = Counter()
+    out = RedactProcessor(Redactor(builtin(ALL), lambda kind: counts.update([kind])))(record)
+    assert isinstance(out.request, dict) and isinstance(out.response, dict)
+    messages = out.request["messages"]
+    assert [
+        "I am [REDACTED:email]",
+        [{"type": "text", "text": "card [REDACTED:card]"}],
+        '{"ip": "[REDACTED:ip]"}',
+        "[REDACTED:api_key]",
+        {"email": 1, "card": 1, "ip": 1, "api_key": 1},
+        original,
+    ] == [
+        messages[0]["content"],
+        messages[1]["content"],
+        messages[2]["tool_calls"][0]["function"]["arguments"],
+        out.response["choices"][0]["message"]["content"],
+        dict(counts),
+        repr((request, response)),
+    ]
+
+
+def test_processor_copies_nothing_when_clean() -> None:
+    """A record with nothing to redact keeps its very request and response objects."""
+    record = make_record(2)
+    request, response = record.request, record.response
+    out = RedactProcessor(Redactor(builtin(ALL), _count))(record)
+    assert (out.request is request, out.response is response) == (True, True)
