@@ -395,6 +395,26 @@ def test_engine_error_is_a_grpc_status_and_an_error_record(
     assert (record.error.type, record.error.status_code) == ("invalid_request_error", 404)
 
 
+def test_engine_error_on_the_stream_is_that_requests_error_and_a_record(
+    kserve: tuple[TestGateway, tg.InferenceServerClient],
+) -> None:
+    """A streamed request for an unknown model gets NOT_FOUND as its error and an error record."""
+    g, client = kserve
+    stream = Stream(client)
+    try:
+        client.async_stream_infer(
+            "nope", [text_input(), scalar("stream", "BOOL", True)], parameters={"store": True}
+        )
+        _, error = stream.next()
+    finally:
+        client.stop_stream()
+    assert error.message() == (
+        "NOT_FOUND: The model `nope` does not exist or you do not have access to it."
+    )
+    [record] = g.records(1)
+    assert (record.status, record.requested_streaming, record.transport) == ("error", True, "grpc")
+
+
 def test_health_and_model_metadata(kserve: tuple[TestGateway, tg.InferenceServerClient]) -> None:
     """Liveness, readiness and metadata answer as a Triton LLM model does."""
     _, client = kserve

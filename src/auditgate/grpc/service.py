@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Emit = Callable[[service_pb2.ModelStreamInferResponse], Awaitable[None]]
+
+log = logging.getLogger("auditgate.grpc")
 
 ENDPOINT: Final = "kserve.infer"
 TRANSPORT: Final = "grpc"
@@ -205,15 +208,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                 )
                 await emit(service_pb2.ModelStreamInferResponse(infer_response=response))
         except APIError as exc:
-            failed = service_pb2.ModelInferResponse(
-                model_name=request.model_name, model_version=request.model_version, id=request.id
-            )
-            await emit(
-                service_pb2.ModelStreamInferResponse(
-                    error_message=f"{status_code_for(exc).name}: {exc.message}",
-                    infer_response=failed,
-                )
-            )
+            await emit(_stream_error(request, f"{status_code_for(exc).name}: {exc.message}"))
+        except Exception:
+            # A bug here must not leave the client waiting for an answer that never comes.
+            log.exception("gRPC: request %r failed", request.id)
+            await emit(_stream_error(request, "INTERNAL: the gateway failed on this request"))
 
     async def _stream(
         self, request: service_pb2.ModelInferRequest, infer: InferCall, call: ChatCall, emit: Emit
@@ -289,6 +288,16 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     def _model_ids(self) -> set[str]:
         return {str(m.get("id")) for m in self.gateway.engine.models()}
+
+
+def _stream_error(
+    request: service_pb2.ModelInferRequest, message: str
+) -> service_pb2.ModelStreamInferResponse:
+    """Triton's per-request stream error; the response names the request it belongs to."""
+    failed = service_pb2.ModelInferResponse(
+        model_name=request.model_name, model_version=request.model_version, id=request.id
+    )
+    return service_pb2.ModelStreamInferResponse(error_message=message, infer_response=failed)
 
 
 def _version() -> str:
