@@ -53,9 +53,9 @@ class Suite:
 
 
 def build_suite(name: str, peers: Sequence[str]) -> Suite:
-    mock = servers.auditgate_scenarios(
-        ["mock"], ["off", "jsonl"] if name == "quick" else ["off", *SINKS]
-    )
+    # Quick: off, jsonl (the overhead target) and stderr (the sink Dynamo's audit uses).
+    quick = ["off", "stderr", "jsonl"]
+    mock = servers.auditgate_scenarios(["mock"], quick if name == "quick" else ["off", *SINKS])
     openai = servers.auditgate_scenarios(["openai"], ["off", "jsonl"])
     peer_scenarios: list[Scenario] = []
     if peers:
@@ -134,6 +134,7 @@ def run_scenario(
             }
         )
         return
+    error = None
     try:
         for stream in (False, True):
             for conc in suite.concurrency:
@@ -157,11 +158,13 @@ def run_scenario(
                     }
                 )
         totals = delivery(running) if scenario.audit != "off" else None
-        emit(
-            {**base, "kind": "server", "scenario": scenario.name, "error": None, "delivery": totals}
-        )
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        # One broken scenario must not lose the rest of the run: record why and go on.
+        error, totals = f"failed under load: {exc}", None
+        print(f"    {error.splitlines()[0]}", flush=True)
     finally:
         running.stop()
+    emit({**base, "kind": "server", "scenario": scenario.name, "error": error, "delivery": totals})
 
 
 def run_sinks(suite: Suite, base: dict[str, Any], emit: Any) -> None:
@@ -174,12 +177,15 @@ def run_sinks(suite: Suite, base: dict[str, Any], emit: Any) -> None:
         timeout=60 + 30 * suite.sink_seconds,
         check=False,
     )
-    if done.returncode != 0:
-        raise RuntimeError(f"sinks bench failed: {done.stderr.decode()[-2000:]}")
     for line in done.stdout.decode().splitlines():
         row = json.loads(line)
         print(f"  {row['sink']}: {row['sink_rps']} vs raw {row['raw_rps']} {row.get('note') or ''}")
         emit({**base, "kind": "sink", **row})
+    if done.returncode != 0:  # a crash of the bench itself: record it, keep the rows it printed
+        error = done.stderr.decode().strip().splitlines()[-1:] or ["(no output)"]
+        print(f"  sink micro-bench failed: {error[0]}", flush=True)
+        emit({**base, "kind": "sink", "sink": "(bench)", "record_bytes": None, "batch": None,
+              "sink_rps": None, "raw_rps": None, "note": f"crashed: {error[0]}"})  # fmt: skip
 
 
 def versions(peers: Sequence[str]) -> dict[str, str]:
@@ -262,6 +268,23 @@ def write_markdown(
     path.write_text("\n".join(out))
 
 
+def report_only(results: Path, markdown: Path, run_id: str) -> int:
+    """Rewrite the Markdown from the rows of run ``run_id`` in ``results``."""
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("run_id") == run_id]
+    head = next((r for r in rows if r["kind"] == "run"), None)
+    if head is None:
+        raise SystemExit(f"run {run_id!r} not found in {results}")
+    settings = head["suite_settings"]
+    suite = Suite(
+        head["suite"], [], tuple(settings["concurrency"]), settings["duration_s"],
+        settings["warmup_s"], settings["repeat"], 0,
+    )  # fmt: skip
+    write_markdown(markdown, suite, rows, head["info"])
+    print(f"wrote {markdown} for run {run_id}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     p.add_argument("--suite", choices=("quick", "full"), default="quick")
@@ -273,7 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-sinks", action="store_true", help="skip the sink micro-bench")
     p.add_argument("--results", type=Path, default=BENCH / "results.jsonl")
     p.add_argument("--markdown", type=Path, default=BENCH / "RESULTS.md")
+    p.add_argument("--report", metavar="RUN_ID", help="only rewrite the Markdown of a past run")
     a = p.parse_args(argv)
+    if a.report:
+        return report_only(a.results, a.markdown, a.report)
     default_peers = "dynamo-0.7.1,dynamo-1.6.1,litellm" if a.suite == "full" else ""
     peers = [x for x in (a.peers if a.peers is not None else default_peers).split(",") if x]
     suite = build_suite(a.suite, peers)

@@ -362,9 +362,13 @@ async def bench_one(name: str, seconds: float, tmp: Path) -> dict[str, Any]:
             row["note"] = f"sink not available here yet: {exc}"
             return row
         raw_write = await stack.enter_async_context(raw)
-        sink_rps, raw_rps = await alternate(
-            sink_write, raw_write, seconds, MAX_BYTES // row["record_bytes"]
-        )
+        try:
+            sink_rps, raw_rps = await alternate(
+                sink_write, raw_write, seconds, MAX_BYTES // row["record_bytes"]
+            )
+        except Exception as exc:  # a sink bug must not hide the other sinks' numbers
+            row["note"] = f"write failed: {type(exc).__name__}: {exc}"
+            return row
         row["sink_rps"], row["raw_rps"] = round(sink_rps), round(raw_rps)
     return row
 
