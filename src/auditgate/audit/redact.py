@@ -70,6 +70,10 @@ def _card(match: str) -> bool:
     return 13 <= len(digits) <= 19 and luhn(digits)
 
 
+def _ipv4(match: str) -> bool:
+    return all(int(octet) <= 255 for octet in match.split("."))
+
+
 def _ipv6(match: str) -> bool:
     if not any(c not in ":." for c in match):
         return False
@@ -80,7 +84,6 @@ def _ipv6(match: str) -> bool:
     return True
 
 
-_OCTET: Final = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _KEY_HINTS: Final = (
     "sk-",
     "earer",
@@ -123,12 +126,15 @@ BUILTIN: Final[dict[str, tuple[Detector, ...]]] = {
             _KEY_HINTS,
         ),
     ),
-    "card": (Detector("card", re.compile(r"(?<![\d-])[2-6](?:[ -]?\d){12,18}(?!\d)"), (), _card),),
+    "card": (
+        Detector("card", re.compile(r"[2-6](?<![\d-][2-6])(?:[ -]?\d){12,18}(?!\d)"), (), _card),
+    ),
     "ip": (
+        # Patterns start with a plain character class (lookbehinds come after it): Python's re
+        # then skips ahead to candidate characters instead of trying every position.
+        # Four dotted numbers, octets checked after the match.
         Detector(
-            "ip",
-            re.compile(rf"(?<![\d.])(?:{_OCTET}\.){{3}}{_OCTET}(?!\.?\d)"),
-            (".",),
+            "ip", re.compile(r"\d(?<![\d.]\d)\d{0,2}(?:\.\d{1,3}){3}(?!\.?\d)"), (".",), _ipv4
         ),
         Detector(
             "ip",
