@@ -38,6 +38,9 @@ from auditgate.audit.spool import Frame, Position, Spool, SpoolError
 
 log = logging.getLogger("auditgate.audit")
 
+CURSOR_SAVE_INTERVAL_S = 0.2
+"""Under load a sink's cursor is saved at most this often (always when it passes a segment)."""
+
 
 class _Reader:
     """One sink's position in the spool and its in-memory tail."""
@@ -58,6 +61,8 @@ class _Reader:
         self.oldest_ms: int | None = None
         """Append time of the oldest record not yet stored (None when caught up)."""
         self.task: asyncio.Task[None] | None = None
+        self.saved_at = 0.0
+        """``time.monotonic()`` of the last cursor save."""
 
     def depth(self) -> float:
         return float(self.backlog)
@@ -167,6 +172,9 @@ class DurableBus:
             self._log.warning("usage-drop", "audit spool full: usage_only record dropped")
             return None
         future: asyncio.Future[None] = loop.create_future()
+        # Encode here rather than on the writer thread: the thread then holds the GIL only
+        # briefly, so it never makes the event loop wait for a GIL switch interval.
+        _ = envelope.json
         try:
             self.spool.append(envelope)
         except SpoolError as exc:
@@ -299,10 +307,17 @@ class DurableBus:
             if batch:
                 await self._deliver(reader, batch)
             reader.backlog -= len(batch)
+            moved_segment = end.segment != reader.position.segment
             reader.position = end
             if replayed:
                 self.metrics.spool_replayed.labels(reader.name).inc(replayed)
-            await asyncio.to_thread(self._advance, reader)
+            # Cursor saves are throttled (a crash replays at most that much; sinks are
+            # idempotent), except when a segment was passed and may be deleted, or when idle.
+            now = time.monotonic()
+            idle = not reader.memory
+            if moved_segment or idle or now - reader.saved_at >= CURSOR_SAVE_INTERVAL_S:
+                reader.saved_at = now
+                await asyncio.to_thread(self._advance, reader)
 
     def _decode(self, reader: _Reader, frames: list[Frame]) -> list[Envelope]:
         batch: list[Envelope] = []

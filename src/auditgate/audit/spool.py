@@ -211,12 +211,13 @@ class Spool:
         )
         first = found[0] if found else 0
         cursors = {name: self.load_cursor(name) or Position(first, 0) for name in sinks}
-        oldest = min((c.segment for c in cursors.values()), default=first)
+        oldest = min(cursors.values(), default=Position(first, 0))
         backlog = dict.fromkeys(sinks, 0)
         cuts: list[Cut] = []
         for segment in found:
             path = self._path(segment)
-            if segment < oldest:
+            passed = segment == oldest.segment and oldest.offset >= path.stat().st_size
+            if segment < oldest.segment or passed:  # every sink stored all of it
                 path.unlink()
                 continue
             data = path.read_bytes()
