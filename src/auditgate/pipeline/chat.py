@@ -121,8 +121,10 @@ class ChatPipeline:
         options = call.body.get("stream_options")
         client_usage = isinstance(options, dict) and options.get("include_usage") is True
         body = call.body
-        if not client_usage:
-            # Always ask for usage so the record has it; strip it from what the client sees.
+        if capture is not None and not client_usage:
+            # Ask for usage so the record has it; strip it from what the client sees.  Without
+            # a capture there is nothing to record, so the engine is asked for what the client
+            # asked, no more.
             body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
         request = EngineRequest(body, call.request_id, call.response_id, call.authorization)
         batches = self.engine.stream(request)
