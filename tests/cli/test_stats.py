@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from auditgate.audit.record import AuditRecord
+from auditgate.audit.record import AuditRecord, Envelope
 from auditgate.cli.main import main
 from auditgate.cli.stats import table
-from tests.cli.test_export import dataset, filled, store_url
+from tests.cli.test_export import dataset, filled, minimal_record, sink_for, store_url
 
 __all__ = ["filled", "store_url"]  # fixtures, imported for this module's tests
 
@@ -116,3 +116,18 @@ def test_store_is_required(
     code = main(["stats"])
     expected = "auditgate stats: stats needs --store URL (or AUDITGATE_STORE_URL)\n"
     assert (2, expected) == (code, capsys.readouterr().err)
+
+
+async def test_integrity_checkpoints_are_not_requests(
+    filled: tuple[str, list[AuditRecord]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint record in the store seals the chain; stats does not count it as a request."""
+    url, _ = filled
+    checkpoint = minimal_record(99)
+    checkpoint.mode = "checkpoint"  # type: ignore[assignment]
+    sink = sink_for(url)
+    await sink.open()
+    await sink.write([Envelope(checkpoint)])
+    await sink.close()
+    _, doc = await stats(url, capsys)
+    assert summary("total", dataset()) == doc["total"]

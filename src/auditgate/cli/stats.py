@@ -109,7 +109,13 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    where = Filter(since_ms=args.since, until_ms=args.until, stored_only=False, live_only=False)
+    where = Filter(
+        since_ms=args.since,
+        until_ms=args.until,
+        stored_only=False,
+        live_only=False,
+        requests_only=True,
+    )
     try:
         doc = asyncio.run(collect(store_url(args, "stats"), where, args.by))
     except (ConfigError, ServiceUnavailableError, OSError) as exc:

@@ -51,6 +51,9 @@ class Filter:
     """Only what the stored-completions API lists: ``mode='full'`` rows with a response."""
     live_only: bool = True
     """Leave out rows the API deleted (``deleted_at`` set)."""
+    requests_only: bool = False
+    """Leave out integrity checkpoints (``mode='checkpoint'``): they seal a chain, they are not
+    requests."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -148,6 +151,8 @@ class Sql:
             clauses.append("mode = 'full' AND response IS NOT NULL")
         if where.live_only:
             clauses.append("deleted_at IS NULL")
+        if where.requests_only:
+            clauses.append("mode <> 'checkpoint'")
         if where.tenant is not None:
             clauses.append(f"tenant = {self.param(where.tenant)}")
         if where.model is not None:

@@ -145,8 +145,11 @@ def row_from_record(record: AuditRecord, extra: Mapping[str, Any] | None = None)
             values[field] = max(_INT64_MIN, min(value, _INT64_MAX))
         else:
             values[field] = value
-    more = {f: msgspec.to_builtins(getattr(record, f)) for f in _EXTRA_FIELDS}
-    more = {k: v for k, v in more.items() if v is not msgspec.UNSET}
+    more = {
+        f: msgspec.to_builtins(value)
+        for f in _EXTRA_FIELDS
+        if (value := getattr(record, f)) is not msgspec.UNSET
+    }
     if extra:
         more.update((k, v) for k, v in extra.items() if k not in more)
     values["extra"] = _json_column("extra", more, originals) if more else None
