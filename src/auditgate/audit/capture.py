@@ -31,6 +31,7 @@ from auditgate.audit.bus import RecordBus
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.processors import Processors
 from auditgate.audit.record import AuditRecord, Envelope, ErrorInfo, Mode, Status
+from auditgate.audit.spool import SpoolError
 from auditgate.config import AuditSettings
 from auditgate.errors import APIError
 
@@ -139,9 +140,13 @@ class Auditor:
         if self.processors:
             try:
                 record = self.processors(record)
-            except Exception:  # never raise, and never publish an unprocessed record
+            except Exception as exc:  # never raise, and never publish an unprocessed record
                 log.exception("audit: processors failed, record %s dropped", record.request_id)
                 self.metrics.dropped.labels("*", "processor_error").inc()
+                if self.settings.durability == "durable":
+                    # Durable mode promises no answer without its record: fail the commit, so
+                    # the transport withholds the success (503) instead of answering unaudited.
+                    return _failed(SpoolError(f"audit processors failed: {exc}"))
                 return None
         self._records[record.mode].inc()
         assert self.bus is not None
@@ -323,3 +328,12 @@ class AuditCapture:
         if self._headers:
             record.http_request_headers = self._headers
         return self._auditor.publish(record)
+
+
+def _failed(error: Exception) -> asyncio.Future[None]:
+    """A commit that never succeeds: awaiting it raises ``error``.  Marked retrieved, so a
+    transport that never awaits it (its client left) leaves no "never retrieved" noise."""
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_exception(error)
+    future.add_done_callback(lambda done: done.exception())
+    return future

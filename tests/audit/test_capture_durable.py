@@ -1,0 +1,42 @@
+"""Durable mode never turns a failed audit step into an unaudited success."""
+
+from __future__ import annotations
+
+import pytest
+
+from auditgate.audit.bus import AuditBus
+from auditgate.audit.capture import Auditor
+from auditgate.audit.metrics import AuditMetrics
+from auditgate.audit.processors import Processors
+from auditgate.audit.record import AuditRecord
+from auditgate.audit.sink import MemorySink
+from auditgate.audit.spool import SpoolError
+from auditgate.config import AuditSettings
+
+
+def broken(record: AuditRecord) -> AuditRecord:
+    raise RuntimeError("detector blew up")
+
+
+@pytest.mark.parametrize("durability", ["best_effort", "durable"])
+async def test_processor_failure_fails_the_commit_only_in_durable_mode(durability: str) -> None:
+    """A failing processor drops the record (counted); durable mode also fails its commit."""
+    metrics = AuditMetrics()
+    bus = AuditBus([MemorySink()], capacity=8, metrics=metrics)
+    settings = AuditSettings(enabled=True, durability=durability)
+    auditor = Auditor(settings, bus, metrics, engine="mock", processors=Processors([broken], None))
+    capture = auditor.open(
+        request_id="r1", body={"model": "m"}, model="m", streaming=False, store=True
+    )
+    assert capture is not None
+    commit = capture.finish()
+    dropped = metrics.registry.get_sample_value(
+        "auditgate_audit_dropped_total", {"sink": "*", "reason": "processor_error"}
+    )
+    assert (dropped, bus.pending()) == (1.0, 0)
+    if durability == "best_effort":
+        assert commit is None
+    else:
+        assert commit is not None
+        with pytest.raises(SpoolError, match="detector blew up"):
+            await commit
