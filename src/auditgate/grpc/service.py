@@ -219,6 +219,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     ) -> None:
         flag = False if infer.empty_final else None
         stream = await self.pipeline.stream(call)
+        # The last response is held back until the record is committed (durable mode: the end
+        # of an answer is never sent before its record is in the spool; a failed commit
+        # reaches the client as this request's error instead).
+        held: service_pb2.ModelStreamInferResponse | None = None
         try:
             async for batch in stream:
                 for chunk in batch:
@@ -234,9 +238,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                         request_id=call.request_id,
                         final=flag,
                     )
-                    await emit(service_pb2.ModelStreamInferResponse(infer_response=response))
+                    if held is not None:
+                        await emit(held)
+                    held = service_pb2.ModelStreamInferResponse(infer_response=response)
+            await stream.committed()
         finally:
             await stream.aclose()
+        if held is not None:
+            await emit(held)
         if infer.empty_final:
             response = empty_final_response(request, call.request_id)
             await emit(service_pb2.ModelStreamInferResponse(infer_response=response))
