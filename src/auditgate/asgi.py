@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -190,6 +190,7 @@ class _Exchange:
     __slots__ = (
         "_body",
         "_body_size",
+        "_commit",
         "_decoder",
         "_ended",
         "_off",
@@ -213,6 +214,8 @@ class _Exchange:
         self._body_size = 0
         self._ended = False
         self._off = False  # stop tapping: body too large, or the tap failed
+        self._commit: Awaitable[None] | None = None
+        """Durable mode: the record's commit, awaited before the final message goes out."""
 
     async def run(self, receive: Receive, send: Send) -> None:
         async def tapped_receive() -> Message:
@@ -222,6 +225,13 @@ class _Exchange:
 
         async def tapped_send(message: Message) -> None:
             self._guard(self._on_send, message)
+            commit, self._commit = self._commit, None
+            if commit is not None:
+                # Durable mode: the end of the answer waits for its record.  Headers are gone
+                # already, so a failed commit can only break the response (the exception
+                # propagates into the app and the server closes the connection) — never an
+                # unaudited success.
+                await commit
             try:
                 await send(message)
             except BaseException:
@@ -364,7 +374,7 @@ class _Exchange:
 
     def _end(self, capture: AuditCapture) -> None:
         self._ended = True
-        capture.finish()
+        self._commit = capture.finish()
 
     def _stop(self, *, cancelled: bool) -> None:
         capture = self.capture
