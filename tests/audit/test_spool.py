@@ -12,7 +12,7 @@ import pytest
 
 from auditgate.audit.bus import Backoff
 from auditgate.audit.capture import Auditor
-from auditgate.audit.durable import DurableBus
+from auditgate.audit.durable import CURSOR_SAVE_INTERVAL_S, DurableBus
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import AuditRecord, Envelope, Mode
 from auditgate.audit.sink import MemorySink
@@ -134,6 +134,27 @@ async def test_cursor_is_saved_and_a_restart_replays_nothing_delivered(tmp_path:
     await second.bus.close(2.0)
     assert ids(second.sink) == ["req-000010", "req-000011"]
     assert second.value("auditgate_audit_spool_replayed_total", sink="memory") == 0.0
+
+
+async def test_cursor_saves_are_throttled_and_an_idle_reader_saves_the_last_one(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty back-to-back commits cost a few cursor saves, and the idle reader saves the end."""
+    saved: list[Position] = []
+    save = harness.spool.save_cursor
+
+    def counting(sink: str, position: Position) -> None:
+        saved.append(position)
+        save(sink, position)
+
+    monkeypatch.setattr(harness.spool, "save_cursor", counting)
+    for i in range(20):
+        await publish_all(harness.bus, range(i, i + 1))
+    assert await harness.bus.flush(5.0)
+    await asyncio.sleep(CURSOR_SAVE_INTERVAL_S * 2)  # the idle reader's timer is due
+    assert harness.spool.load_cursor("memory") == harness.spool.end
+    assert saved[-1] == harness.spool.end
+    assert len(saved) <= 5
 
 
 async def test_undelivered_records_are_replayed_on_start(tmp_path: Path) -> None:

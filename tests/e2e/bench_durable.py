@@ -1,78 +1,175 @@
 """Durable vs best_effort: throughput and p99 at concurrency 64, stream and non-stream.
 
-Not a test (pytest does not collect it): run ``.venv/bin/python -m tests.e2e.bench_durable``.
-Each round starts a gateway (mock engine, no delays, sink ``sqlite``, spool on the real disk)
-pinned to CPU 0 and drives it with ``bench/loadgen.py`` pinned to CPU 1; modes are interleaved
-and repeated so drift on a shared machine hits both alike.  Prints one JSON line per run and a
-median summary.
+Not a test (pytest does not collect it): run ``.venv/bin/python -m tests.e2e.bench_durable``
+(``--sinks sqlite jsonl`` to compare against each sink; ``--profile DIR`` to record a py-spy
+profile of every durable run's server).  Each round starts a gateway (mock engine, no delays,
+spool on the real disk) pinned to CPU 0 and drives it with ``bench/loadgen.py`` pinned to CPU 1;
+modes are interleaved and repeated so drift on a shared machine hits both alike.  Prints one
+JSON line per run (durable runs add ``commits``: group commits, i.e. fdatasyncs, in the run) and
+a median summary with durable's cost relative to best_effort.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from tests.support.gateway import start_gateway
 
 ROOT = Path(__file__).resolve().parents[2]
+PY_SPY = Path(sys.executable).with_name("py-spy")
 
 
-def run_once(mode: str, stream: bool, a: argparse.Namespace, work: Path) -> dict[str, Any]:
+def sink_env(sink: str, mode: str, work: Path) -> dict[str, str]:
+    """Environment selecting ``sink`` with its files under ``work``."""
+    env = {"DYN_AUDIT_SINKS": sink}
+    if sink == "sqlite":
+        env["DYN_AUDIT_SQLITE_PATH"] = str(work / f"{mode}.db")
+    elif sink == "jsonl":
+        env["DYN_AUDIT_OUTPUT_PATH"] = str(work / f"{mode}.jsonl")
+    else:
+        raise SystemExit(f"unsupported sink {sink!r} (sqlite or jsonl)")
+    return env
+
+
+def thread_cpu(pid: int) -> dict[str, tuple[float, float, int]]:
+    """``(user s, system s, context switches)`` of each of a process's threads, by ``tid``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, tuple[float, float, int]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            raw = (task / "stat").read_text()
+            status = (task / "status").read_text()
+        except FileNotFoundError:
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        switches = sum(
+            int(line.split()[1]) for line in status.splitlines() if "ctxt_switches" in line
+        )
+        out[task.name] = (int(fields[11]) / tick, int(fields[12]) / tick, switches)
+    return out
+
+
+def cpu_by_thread(
+    pid: int,
+    before: dict[str, tuple[float, float, int]],
+    after: dict[str, tuple[float, float, int]],
+    requests: int,
+) -> dict[str, list[float]]:
+    """Per thread (``main`` or its tid): user ms, system ms and context switches per request
+    between two :func:`thread_cpu` snapshots."""
+    out: dict[str, list[float]] = {}
+    n = max(requests, 1)
+    for tid, (user, system, switches) in after.items():
+        user0, system0, switches0 = before.get(tid, (0.0, 0.0, 0))
+        row = [(user - user0) * 1000 / n, (system - system0) * 1000 / n, (switches - switches0) / n]
+        if any(row):
+            out["main" if tid == str(pid) else tid] = [round(v, 4) for v in row]
+    return out
+
+
+def run_once(
+    sink: str, mode: str, stream: bool, a: argparse.Namespace, work: Path
+) -> dict[str, Any]:
     env = {
         "DYN_AUDIT_ENABLED": "1",
-        "DYN_AUDIT_SINKS": "sqlite",
-        "DYN_AUDIT_SQLITE_PATH": str(work / f"{mode}.db"),
         "DYN_AUDIT_DURABILITY": mode,
         "DYN_AUDIT_SPOOL_DIR": str(work / f"spool-{mode}"),
         "AUDITGATE_LOG_LEVEL": "warning",
+        **sink_env(sink, mode, work),
     }
     gateway = start_gateway(env, log_dir=work)
+    spy = None
     try:
-        subprocess.run(["taskset", "-a", "-p", "-c", "0", str(gateway.process.pid)], check=True,
-                       capture_output=True)  # fmt: skip
+        pid = str(gateway.process.pid)
+        subprocess.run(["taskset", "-a", "-p", "-c", "0", pid], check=True, capture_output=True)
         argv = [
             "taskset", "-c", "1", sys.executable, "-m", "bench.loadgen",
             "--url", gateway.url, "--concurrency", str(a.concurrency),
             "--duration", str(a.duration), "--warmup", str(a.warmup),
-            "--pid", str(gateway.process.pid),
+            "--pid", pid,
         ] + (["--stream"] if stream else [])  # fmt: skip
-        out = subprocess.run(argv, check=True, capture_output=True, text=True, cwd=ROOT)
-        result: dict[str, Any] = json.loads(out.stdout)
+        if a.profile is not None and mode == "durable":
+            out_path = a.profile / f"{sink}-{'stream' if stream else 'json'}-{len(a.runs)}.txt"
+            spy = subprocess.Popen(
+                [str(PY_SPY), "record", "--format", "raw", "-r", "250", "--pid", pid,
+                 "--duration", str(int(a.duration)), "--threads", "--gil", "-o", str(out_path)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        load = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        time.sleep(a.warmup)
+        before = thread_cpu(gateway.process.pid)
+        stdout, _ = load.communicate()
+        after = thread_cpu(gateway.process.pid)
+        if load.returncode:
+            raise SystemExit(f"loadgen failed ({load.returncode})")
+        result: dict[str, Any] = json.loads(stdout)
+        result["cpu_ms_per_req_by_thread"] = cpu_by_thread(
+            gateway.process.pid, before, after, int(result["rps"] * a.duration)
+        )
+        match = re.search(r"^\w*audit_spool_commits_total (\S+)$", gateway.metrics(), re.M)
+        if match is not None:
+            result["commits"] = int(float(match.group(1)))
     finally:
+        if spy is not None:
+            spy.wait(60)
         gateway.stop()
-    result.update(mode=mode, stream=stream)
+    result.update(sink=sink, mode=mode, stream=stream)
     return result
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n", 1)[0])
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--duration", type=float, default=8.0)
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--sinks", nargs="+", default=["sqlite"], help="sqlite and/or jsonl")
+    p.add_argument("--profile", type=Path, default=None, help="py-spy raw profiles go here")
     a = p.parse_args()
     runs: list[dict[str, Any]] = []
+    a.runs = runs
+    if a.profile is not None:
+        a.profile.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:  # /tmp is on the disk here (ext4), not tmpfs
         for _ in range(a.repeat):
-            for stream in (False, True):
-                for mode in ("best_effort", "durable"):
-                    result = run_once(mode, stream, a, Path(tmp))
-                    print(json.dumps(result), flush=True)
-                    runs.append(result)
-    print("\nmode         stream  rps (median)  p99 ms (median)  errors")
-    for stream in (False, True):
-        for mode in ("best_effort", "durable"):
-            mine = [r for r in runs if r["mode"] == mode and r["stream"] == stream]
-            rps = statistics.median(r["rps"] for r in mine)
-            p99 = statistics.median(r["latency_p99_ms"] for r in mine)
-            errors = sum(int(r.get("errors") or 0) for r in mine)
-            print(f"{mode:<12} {stream!s:<7} {rps:>12.1f}  {p99:>15.2f}  {errors}")
+            for sink in a.sinks:
+                for stream in (False, True):
+                    for mode in ("best_effort", "durable"):
+                        work = Path(tmp) / f"{len(runs)}"
+                        work.mkdir()
+                        result = run_once(sink, mode, stream, a, work)
+                        print(json.dumps(result), flush=True)
+                        runs.append(result)
+    print("\nsink    mode         stream  rps (median)  p99 ms (median)  errors  rps cost  p99 +ms")
+    for sink in a.sinks:
+        for stream in (False, True):
+            base: tuple[float, float] | None = None
+            for mode in ("best_effort", "durable"):
+                mine = [
+                    r for r in runs if (r["sink"], r["mode"], r["stream"]) == (sink, mode, stream)
+                ]
+                rps = statistics.median(r["rps"] for r in mine)
+                p99 = statistics.median(r["latency_p99_ms"] for r in mine)
+                errors = sum(int(r.get("errors") or 0) for r in mine)
+                cost = ""
+                if base is None:
+                    base = (rps, p99)
+                else:
+                    cost = f"{1 - rps / base[0]:>8.1%}  {p99 - base[1]:>+7.2f}"
+                print(
+                    f"{sink:<7} {mode:<12} {stream!s:<7} {rps:>12.1f}  {p99:>15.2f}  "
+                    f"{errors:>6}  {cost}"
+                )
 
 
 if __name__ == "__main__":

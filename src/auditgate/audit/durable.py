@@ -7,9 +7,11 @@ response only after it resolves.  Each sink then gets the records from its own r
 - a reader that is caught up takes records straight from memory as they commit (bounded by
   ``DYN_AUDIT_CAPACITY``); a reader that falls behind (sink down, or records replayed at start)
   reads the spool from its cursor instead — nothing is ever dropped for a slow sink;
-- a batch is written with the sink's own :class:`~auditgate.audit.sink.BatchPolicy` size,
-  retried with capped exponential backoff until it is stored, then the sink's cursor is saved
-  and the segments every cursor has passed are deleted;
+- a batch is written with the sink's own :class:`~auditgate.audit.sink.BatchPolicy` (size, and
+  ``linger_s`` while caught up, as in best effort), retried with capped exponential backoff until
+  it is stored; the sink's cursor is then saved — at once when the batch passed a segment (whose
+  deletion may now be due), else at most every ``CURSOR_SAVE_INTERVAL_S`` and once more when the
+  reader goes idle after that — and the segments every cursor has passed are deleted;
 - delivery is at least once (a crash between a write and its cursor save replays the batch);
   sinks are idempotent on ``request_id``.
 
@@ -39,7 +41,11 @@ from auditgate.audit.spool import Frame, Position, Spool, SpoolError
 log = logging.getLogger("auditgate.audit")
 
 CURSOR_SAVE_INTERVAL_S = 0.2
-"""Under load a sink's cursor is saved at most this often (always when it passes a segment)."""
+"""A sink's cursor is saved at most this often (always when it passes a segment, and at close).
+
+Each save is a file write and rename on a worker thread: saving after every batch cost a thread
+hop per group commit on the serving core.  A crash replays at most this much; sinks are
+idempotent on ``request_id``."""
 
 
 class _Reader:
@@ -63,6 +69,12 @@ class _Reader:
         self.task: asyncio.Task[None] | None = None
         self.saved_at = 0.0
         """``time.monotonic()`` of the last cursor save."""
+        self.saved = position
+        """The position the last cursor save wrote (or found at start)."""
+        self.save_timer: asyncio.TimerHandle | None = None
+        """Wakes an idle reader whose unsaved position is due for its throttled save."""
+        self.wake_at = 1
+        """Records in ``memory`` at which a commit wakes the reader (more while it lingers)."""
 
     def depth(self) -> float:
         return float(self.backlog)
@@ -203,7 +215,7 @@ class DurableBus:
         await asyncio.sleep(0)  # run the last commit callbacks the writer scheduled
         self._drained = True
         for reader in self._readers:
-            reader.wakeup.set()
+            reader.wakeup.set()  # ends lingering and idle waits: deliver the rest, save, stop
         tasks = [reader.task for reader in self._readers if reader.task is not None]
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=timeout)
@@ -270,6 +282,8 @@ class DurableBus:
             if reader.live:
                 if len(reader.memory) + len(placed) <= self.capacity:
                     reader.memory.extend((e, p, appended_ms) for e, p in placed)
+                    if len(reader.memory) < reader.wake_at:
+                        continue  # lingering for a fuller batch: no wake-up per commit
                 else:  # too far behind to keep in memory: read it back from the spool
                     reader.live = False
                     reader.memory.clear()
@@ -279,45 +293,91 @@ class DurableBus:
 
     async def _run(self, reader: _Reader) -> None:
         max_records = reader.policy.max_records
-        while True:
-            if reader.live and reader.memory:
-                count = min(len(reader.memory), max_records)
-                items = [reader.memory.popleft() for _ in range(count)]
-                batch = [envelope for envelope, _, _ in items]
-                end, oldest, replayed = items[-1][1], items[0][2], 0
-            elif not reader.live:
-                frames, end = await asyncio.to_thread(self.spool.read, reader.position, max_records)
-                if not frames:
-                    reader.position = end
-                    if end >= self._end and not reader.memory:
-                        reader.live = True
-                        await asyncio.to_thread(self._advance, reader)
+        try:
+            while True:
+                if reader.live and reader.memory:
+                    if reader.policy.linger_s and not self._drained:
+                        await self._linger(reader)
+                        if not (reader.live and reader.memory):
+                            continue  # fell behind while lingering: read the spool instead
+                    count = min(len(reader.memory), max_records)
+                    items = [reader.memory.popleft() for _ in range(count)]
+                    batch = [envelope for envelope, _, _ in items]
+                    end, oldest, replayed = items[-1][1], items[0][2], 0
+                elif not reader.live:
+                    frames, end = await asyncio.to_thread(
+                        self.spool.read, reader.position, max_records
+                    )
+                    if not frames:
+                        reader.position = end
+                        if end >= self._end and not reader.memory:
+                            reader.live = True
+                            await self._save(reader)
+                        continue
+                    batch = self._decode(reader, frames)
+                    oldest = frames[0].appended_ms
+                    replayed = sum(1 for f in frames if f.start.segment < self._live_segment)
+                else:
+                    reader.oldest_ms = None
+                    if await self._idle(reader):
+                        return
                     continue
-                batch = self._decode(reader, frames)
-                oldest = frames[0].appended_ms
-                replayed = sum(1 for f in frames if f.start.segment < self._live_segment)
-            else:
-                reader.oldest_ms = None
-                if self._drained:
-                    return
-                reader.wakeup.clear()
-                await reader.wakeup.wait()
-                continue
-            reader.oldest_ms = oldest
-            if batch:
-                await self._deliver(reader, batch)
-            reader.backlog -= len(batch)
-            moved_segment = end.segment != reader.position.segment
-            reader.position = end
-            if replayed:
-                self.metrics.spool_replayed.labels(reader.name).inc(replayed)
-            # Cursor saves are throttled (a crash replays at most that much; sinks are
-            # idempotent), except when a segment was passed and may be deleted, or when idle.
-            now = time.monotonic()
-            idle = not reader.memory
-            if moved_segment or idle or now - reader.saved_at >= CURSOR_SAVE_INTERVAL_S:
-                reader.saved_at = now
-                await asyncio.to_thread(self._advance, reader)
+                reader.oldest_ms = oldest
+                if batch:
+                    await self._deliver(reader, batch)
+                reader.backlog -= len(batch)
+                moved_segment = end.segment != reader.position.segment
+                reader.position = end
+                if replayed:
+                    self.metrics.spool_replayed.labels(reader.name).inc(replayed)
+                if moved_segment or time.monotonic() - reader.saved_at >= CURSOR_SAVE_INTERVAL_S:
+                    await self._save(reader)
+        finally:
+            if reader.save_timer is not None:
+                reader.save_timer.cancel()
+                reader.save_timer = None
+
+    async def _idle(self, reader: _Reader) -> bool:
+        """Caught up: save an unsaved cursor once its throttle interval lapsed (a timer wakes the
+        reader for it), then wait for commits.  True when the bus is drained: stop."""
+        if reader.position != reader.saved:
+            due = reader.saved_at + CURSOR_SAVE_INTERVAL_S - time.monotonic()
+            if due <= 0 or self._drained:
+                await self._save(reader)
+                return False
+            if reader.save_timer is None:
+                assert self._loop is not None
+                reader.save_timer = self._loop.call_later(due, self._save_due, reader)
+        if self._drained:
+            return True
+        reader.wakeup.clear()
+        await reader.wakeup.wait()
+        return False
+
+    @staticmethod
+    def _save_due(reader: _Reader) -> None:
+        reader.save_timer = None
+        reader.wakeup.set()
+
+    async def _linger(self, reader: _Reader) -> None:
+        """Wait up to the sink's ``linger_s`` for a full batch (as the best-effort bus does); a
+        full batch, half the capacity in memory, falling behind or close ends it early."""
+        target = min(reader.policy.max_records, max(1, self.capacity // 2))
+        if len(reader.memory) >= target:
+            return
+        reader.wake_at = target
+        reader.wakeup.clear()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reader.wakeup.wait(), reader.policy.linger_s)
+        finally:
+            reader.wake_at = 1
+
+    async def _save(self, reader: _Reader) -> None:
+        """Persist the reader's cursor and delete passed segments, on a worker thread."""
+        reader.saved_at = time.monotonic()
+        reader.saved = reader.position
+        await asyncio.to_thread(self._advance, reader)
 
     def _decode(self, reader: _Reader, frames: list[Frame]) -> list[Envelope]:
         batch: list[Envelope] = []
