@@ -52,16 +52,21 @@ async def test_replayed_batch_is_stored_once(tmp_path: Path) -> None:
 
 
 async def test_database_is_in_wal_mode(tmp_path: Path) -> None:
-    """The sink leaves the file in WAL mode with the schema migrated."""
+    """The sink leaves a new file in WAL mode, with 8 KiB pages and the schema migrated."""
     path = tmp_path / "audit.db"
     sink = SqliteSink(str(path))
     await sink.open()
     await sink.close()
     conn = sqlite3.connect(path)
     mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
     names = [r[0] for r in conn.execute("SELECT name FROM schema_migrations ORDER BY name")]
     conn.close()
-    assert (mode, names) == ("wal", ["m001_completions", "m002_indexes"])
+    assert (mode, page_size, names) == (
+        "wal",
+        8192,
+        ["m001_completions", "m002_indexes", "m003_lean_sqlite_inserts"],
+    )
 
 
 async def test_unopenable_path_is_a_config_error(tmp_path: Path) -> None:

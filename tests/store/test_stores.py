@@ -15,7 +15,8 @@ import pytest
 from auditgate.audit.record import AuditRecord, encode_record
 from auditgate.store import postgres as pg_store
 from auditgate.store import sqlite as sqlite_store
-from auditgate.store.migrations import MIGRATIONS
+from auditgate.store.migrations import MIGRATIONS, MIGRATIONS_TABLE_SQL
+from auditgate.store.queries import Filter, Sql, page_sql
 from auditgate.store.schema import (
     METADATA_TABLE,
     MIGRATIONS_TABLE,
@@ -205,6 +206,51 @@ async def test_sqlite_metadata_index_follows_updates(tmp_path: Path) -> None:
         after_update,
         after_delete,
     ) == ([("run", "1"), ("team", "a")], [("x", "y")], [])
+
+
+async def test_sqlite_replay_does_not_bring_back_replaced_metadata(tmp_path: Path) -> None:
+    """A record replayed after its metadata was replaced leaves the side table as it is."""
+    conn = sqlite_store.connect(tmp_path / "audit.db")
+    sqlite_store.migrate(conn)
+    record = make_record(1, metadata={"team": "a"})
+    sqlite_store.insert_rows(conn, [row_from_record(record)])
+    conn.execute(
+        f"UPDATE {TABLE} SET metadata = ? WHERE request_id = ?", ('{"x": "y"}', record.request_id)
+    )
+    replayed = sqlite_store.insert_rows(conn, [row_from_record(record)])
+    pairs = [tuple(r) for r in conn.execute(f"SELECT request_id, key, value FROM {METADATA_TABLE}")]
+    conn.close()
+    assert (0, [(record.request_id, "x", "y")]) == (replayed, pairs)
+
+
+async def test_sqlite_m003_keeps_metadata_rows_and_indexes_tenant_rows(tmp_path: Path) -> None:
+    """A database made before m003 keeps its metadata rows; new rows get theirs without the
+    insert trigger, and tenant reads use the partial tenant index."""
+    conn = sqlite_store.connect(tmp_path / "audit.db")
+    old = make_record(1, metadata={"team": "a"})
+    with sqlite_store.write_transaction(conn):
+        conn.execute(MIGRATIONS_TABLE_SQL["sqlite"])
+        for migration in MIGRATIONS[:2]:
+            migration.sqlite(conn)
+            conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} VALUES (?, 0)", (migration.name,))
+        conn.execute(sqlite_store.INSERT_SQL, row_from_record(old))  # the old trigger's rows
+    applied = sqlite_store.migrate(conn)
+    new = make_record(2, metadata={"team": "b"}, tenant="t")
+    sqlite_store.insert_rows(conn, [row_from_record(new), row_from_record(minimal_record(3))])
+    pairs = sorted(tuple(r) for r in conn.execute(f"SELECT * FROM {METADATA_TABLE}"))
+    triggers = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")]
+    sql = Sql("sqlite")
+    statement = page_sql(sql, "request_id", Filter(tenant="t"), cursor=None, limit=5, order="asc")
+    plan = [r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {statement}", sql.params)]
+    tenant_rows = [r[0] for r in conn.execute(statement, sql.params)]
+    conn.close()
+    assert (
+        ["m003_lean_sqlite_inserts"],
+        sorted([(old.request_id, "team", "a"), (new.request_id, "team", "b")]),
+        sorted([f"{TABLE}_metadata_update", f"{TABLE}_metadata_delete"]),
+        [f"SEARCH {TABLE} USING INDEX {TABLE}_tenant (tenant=?)"],
+        [new.request_id],
+    ) == (applied, pairs, sorted(triggers), plan, tenant_rows)
 
 
 def test_sqlite_concurrent_migrators_do_not_conflict(tmp_path: Path) -> None:

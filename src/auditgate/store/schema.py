@@ -43,7 +43,9 @@ TABLE: Final = "completions"
 MIGRATIONS_TABLE: Final = "schema_migrations"
 """Applied migrations: ``name`` (primary key) and ``applied_at`` (Unix ms)."""
 METADATA_TABLE: Final = "completion_metadata"
-"""SQLite only: ``(request_id, key, value)`` rows kept by triggers, to index metadata filters."""
+"""SQLite only: ``(request_id, key, value)`` rows that index metadata filters, written by
+:func:`auditgate.store.sqlite.insert_rows` for new rows and kept by triggers on
+update and delete."""
 
 Kind = Literal["text", "json", "bool", "int", "float"]
 
