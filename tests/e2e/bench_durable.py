@@ -78,9 +78,10 @@ def cpu_by_thread(
 
 
 def run_once(
-    sink: str, mode: str, stream: bool, a: argparse.Namespace, work: Path
+    sink: str, mode: str, stream: bool, a: argparse.Namespace, work: Path, source: str | None
 ) -> dict[str, Any]:
     env = {
+        **({"PYTHONPATH": source} if source else {}),
         "DYN_AUDIT_ENABLED": "1",
         "DYN_AUDIT_DURABILITY": mode,
         "DYN_AUDIT_SPOOL_DIR": str(work / f"spool-{mode}"),
@@ -99,7 +100,8 @@ def run_once(
             "--pid", pid,
         ] + (["--stream"] if stream else [])  # fmt: skip
         if a.profile is not None and mode == "durable":
-            out_path = a.profile / f"{sink}-{'stream' if stream else 'json'}-{len(a.runs)}.txt"
+            kind = "stream" if stream else "json"
+            out_path = a.profile / f"{sink}-{kind}-{len(a.runs)}.txt"
             spy = subprocess.Popen(
                 [str(PY_SPY), "record", "--format", "raw", "-r", "250", "--pid", pid,
                  "--duration", str(int(a.duration)), "--threads", "--gil", "-o", str(out_path)],
@@ -123,7 +125,7 @@ def run_once(
         if spy is not None:
             spy.wait(60)
         gateway.stop()
-    result.update(sink=sink, mode=mode, stream=stream)
+    result.update(sink=sink, stream=stream)
     return result
 
 
@@ -135,39 +137,56 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--sinks", nargs="+", default=["sqlite"], help="sqlite and/or jsonl")
     p.add_argument("--profile", type=Path, default=None, help="py-spy raw profiles go here")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=SRC",
+        help="also run durable with PYTHONPATH=SRC (a copy of src/ to compare; repeatable)",
+    )
     a = p.parse_args()
     runs: list[dict[str, Any]] = []
     a.runs = runs
+    variants = [tuple(v.split("=", 1)) for v in a.variant]
+    arms: list[tuple[str, str | None]] = [("best_effort", None), ("durable", None)]
+    arms += [(f"durable:{name}", source) for name, source in variants]
     if a.profile is not None:
         a.profile.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:  # /tmp is on the disk here (ext4), not tmpfs
         for _ in range(a.repeat):
             for sink in a.sinks:
                 for stream in (False, True):
-                    for mode in ("best_effort", "durable"):
+                    for mode, source in arms:
                         work = Path(tmp) / f"{len(runs)}"
                         work.mkdir()
-                        result = run_once(sink, mode, stream, a, work)
+                        durability = "best_effort" if mode == "best_effort" else "durable"
+                        result = run_once(sink, durability, stream, a, work, source)
+                        result["mode"] = mode
                         print(json.dumps(result), flush=True)
                         runs.append(result)
-    print("\nsink    mode         stream  rps (median)  p99 ms (median)  errors  rps cost  p99 +ms")
+    print(
+        "\nsink    mode              stream   rps (median)  p99 ms  cpu ms/req  errors  "
+        "rps cost  p99 +ms  cpu cost"
+    )
     for sink in a.sinks:
         for stream in (False, True):
-            base: tuple[float, float] | None = None
-            for mode in ("best_effort", "durable"):
+            base: tuple[float, float, float] | None = None
+            for mode, _ in arms:
                 mine = [
                     r for r in runs if (r["sink"], r["mode"], r["stream"]) == (sink, mode, stream)
                 ]
                 rps = statistics.median(r["rps"] for r in mine)
                 p99 = statistics.median(r["latency_p99_ms"] for r in mine)
+                cpu = statistics.median(r["server_cpu_ms_per_req"] for r in mine)
                 errors = sum(int(r.get("errors") or 0) for r in mine)
                 cost = ""
                 if base is None:
-                    base = (rps, p99)
+                    base = (rps, p99, cpu)
                 else:
-                    cost = f"{1 - rps / base[0]:>8.1%}  {p99 - base[1]:>+7.2f}"
+                    cost = f"{1 - rps / base[0]:>8.1%}  {p99 - base[1]:>+7.2f}  "
+                    cost += f"{cpu / base[2] - 1:>+8.1%}"
                 print(
-                    f"{sink:<7} {mode:<12} {stream!s:<7} {rps:>12.1f}  {p99:>15.2f}  "
+                    f"{sink:<7} {mode:<17} {stream!s:<7} {rps:>12.1f}  {p99:>6.2f}  {cpu:>10.4f}  "
                     f"{errors:>6}  {cost}"
                 )
 
