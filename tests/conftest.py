@@ -11,11 +11,31 @@ import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
 PG_ADMIN_DSN = os.environ.get("AUDITGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 NATS_URL = os.environ.get("AUDITGATE_TEST_NATS", "nats://127.0.0.1:4222")
+
+
+@pytest.fixture(autouse=True)
+def _close_sdk_clients(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Close every ``openai.OpenAI`` client a test made, so its pooled sockets are released at
+    the end of that test rather than by a later garbage collection (a ResourceWarning there)."""
+    import openai
+
+    created: list[openai.OpenAI] = []
+    original = openai.OpenAI.__init__
+
+    def init(self: openai.OpenAI, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        created.append(self)
+
+    monkeypatch.setattr(openai.OpenAI, "__init__", init)
+    yield
+    for client in created:
+        client.close()
 
 
 @pytest.fixture
