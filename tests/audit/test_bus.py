@@ -13,6 +13,7 @@ from auditgate.audit.bus import AuditBus, Backoff
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import AuditRecord, Envelope
 from auditgate.audit.sink import BatchPolicy, MemorySink, Sink
+from auditgate.errors import ConfigError
 
 FAST = Backoff(initial_s=0.01, maximum_s=0.05, factor=2.0)
 
@@ -346,3 +347,17 @@ async def test_linger_ends_when_the_queue_is_full(harness: Harness) -> None:
 
     assert await wait_until(lambda: len(sink.records) == 8, timeout=1.0)
     assert counts(written=8) == harness.accounting("files")
+
+
+async def test_failed_start_closes_the_sinks_already_opened() -> None:
+    """When one sink cannot open, those opened before it are closed and the error surfaces."""
+
+    class Unopenable(MemorySink):
+        async def open(self) -> None:
+            raise ConfigError("no such place")
+
+    first, broken = MemorySink("first"), Unopenable("broken")
+    bus = AuditBus([first, broken], capacity=4, metrics=AuditMetrics())
+    with pytest.raises(ConfigError, match="no such place"):
+        await bus.start()
+    assert (first.closed, broken.closed) == (True, False)

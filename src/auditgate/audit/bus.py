@@ -133,9 +133,20 @@ class AuditBus:
         return tuple(lane.name for lane in self._lanes)
 
     async def start(self) -> None:
-        """Open every sink and start its worker.  A sink whose ``open`` fails aborts startup."""
-        for lane in self._lanes:
-            await lane.sink.open()
+        """Open every sink and start its worker.  A sink whose ``open`` fails aborts startup;
+        the sinks opened before it are closed again."""
+        opened: list[Sink] = []
+        try:
+            for lane in self._lanes:
+                await lane.sink.open()
+                opened.append(lane.sink)
+        except BaseException:
+            for sink in reversed(opened):
+                try:
+                    await sink.close()
+                except Exception:
+                    log.exception("audit sink %s: close after a failed start failed", sink.name)
+            raise
         for lane in self._lanes:
             lane.task = asyncio.get_running_loop().create_task(
                 self._run(lane), name=f"audit-sink-{lane.name}"
