@@ -557,3 +557,41 @@ def test_out_of_order_indices() -> None:
         },
     )
     assert expected == aggregate(chunks)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(streams(), st.lists(st.integers(min_value=1, max_value=4), max_size=40))
+def test_feed_all_in_batches_equals_feed(
+    case: tuple[dict[str, Any], list[Any]], sizes: list[int]
+) -> None:
+    """Feeding a stream in batches with ``feed_all`` aggregates to what ``feed`` per chunk does."""
+    _, chunks = case
+    batched = StreamAggregator()
+    rest = list(chunks)
+    for size in itertools.cycle(sizes or [1]):
+        if not rest:
+            break
+        batched.feed_all(rest[:size])
+        rest = rest[size:]
+    assert aggregate(chunks) == batched.finish()
+
+
+def test_feed_all_with_logprobs_extras_and_null_content() -> None:
+    """The general path (logprobs, extra choice keys, a null then a string field) mixes with the
+    plain one within a batch."""
+    chunks = [
+        chunk(choice(0, {"role": "assistant", "content": None})),
+        chunk(choice(0, {"content": "a"}, logprobs={"content": [logprob("a")]})),
+        chunk(choice(0, {"content": "b"})),
+        chunk(choice(0, {}, "stop") | {"stop_reason": 7}),
+    ]
+    batched = StreamAggregator()
+    batched.feed_all(chunks)
+    expected = {
+        "index": 0,
+        "message": {"role": "assistant", "content": "ab"},
+        "logprobs": {"content": [logprob("a")], "refusal": None},
+        "finish_reason": "stop",
+        "stop_reason": 7,
+    }
+    assert expected == batched.finish()["choices"][0]  # type: ignore[index]

@@ -44,6 +44,7 @@ requires choices and tool calls to first appear in ``index`` order.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Final
 
 __all__ = ["StreamAggregator"]
@@ -52,6 +53,8 @@ _FIRST_WINS: Final = frozenset({"role", "id", "type", "name", "index"})
 """Keys that identify rather than stream: kept from the first fragment that has them."""
 _TOP_SETTLED: Final = frozenset({"choices", "usage", "object", "obfuscation"})
 """Top-level keys never taken into the completion's top-level fields as they stand."""
+_PLAIN_CHOICE: Final = frozenset({"index", "delta", "logprobs", "finish_reason"})
+"""The keys of a usual stream choice (one that needs no extras)."""
 
 
 class _Parts(list[str]):
@@ -129,13 +132,16 @@ class _ChoiceState:
         self.extras: dict[str, Any] | None = None
 
     def feed_delta(self, delta: dict[str, Any]) -> None:
-        message = self.message
         for key, value in delta.items():
-            if key == "tool_calls":
-                if value is not None:
-                    self._feed_tool_calls(value)
-            else:
-                _merge(message, key, value)
+            self.feed_field(key, value)
+
+    def feed_field(self, key: str, value: Any) -> None:
+        """Merge one delta field (``tool_calls`` by call index, the rest by ``_merge``)."""
+        if key == "tool_calls":
+            if value is not None:
+                self._feed_tool_calls(value)
+        else:
+            _merge(self.message, key, value)
 
     def _feed_tool_calls(self, fragments: list[dict[str, Any]]) -> None:
         calls = self.tool_calls
@@ -223,17 +229,49 @@ class StreamAggregator:
 
     def feed(self, chunk: dict[str, Any]) -> None:
         """Accumulate one ``chat.completion.chunk`` dict, as the client received it."""
-        self._fed = True
-        # Top-level fields are constant in practice: once each has a value, a C-level subset
-        # test is all a chunk costs for them.
-        if not chunk.keys() <= self._settled:
-            self._feed_top(chunk)
-        choices = chunk.get("choices")
-        if choices:
-            self._feed_choices(choices)
-        usage = chunk.get("usage")
-        if usage is not None:
-            self._usage = usage
+        self.feed_all((chunk,))
+
+    def feed_all(self, chunks: Iterable[dict[str, Any]]) -> None:
+        """Accumulate chunks in order: the same as :meth:`feed` for each, with less overhead.
+
+        This runs for every streamed chunk of every stored request, so the usual chunk (one
+        choice whose delta adds to string fields already seen) is handled inline, without a
+        function call; anything else takes the general path.
+        """
+        settled, states = self._settled, self._choices
+        for chunk in chunks:
+            self._fed = True
+            # Top-level fields are constant in practice: once each has a value, a C-level
+            # subset test is all a chunk costs for them.
+            if not chunk.keys() <= settled:
+                self._feed_top(chunk)
+            choices = chunk.get("choices")
+            if choices:
+                for choice in choices:
+                    state = states.get(choice.get("index", 0))
+                    if (
+                        state is None
+                        or not choice.keys() <= _PLAIN_CHOICE
+                        or choice.get("logprobs") is not None
+                    ):
+                        self._feed_choice(choice)
+                        continue
+                    delta = choice.get("delta")
+                    if delta:
+                        message = state.message
+                        for key, value in delta.items():
+                            # ``_merge`` only ever stores ``_Parts`` under a concatenated key.
+                            current = message.get(key)
+                            if type(current) is _Parts and type(value) is str:
+                                current.append(value)
+                            else:
+                                state.feed_field(key, value)
+                    finish_reason = choice.get("finish_reason")
+                    if finish_reason is not None:
+                        state.finish_reason = finish_reason
+            usage = chunk.get("usage")
+            if usage is not None:
+                self._usage = usage
 
     def _feed_top(self, chunk: dict[str, Any]) -> None:
         top, settled = self._top, self._settled
@@ -244,29 +282,27 @@ class StreamAggregator:
                 if value is not None:
                     settled.add(key)
 
-    def _feed_choices(self, choices: list[dict[str, Any]]) -> None:
-        states = self._choices
-        for choice in choices:
-            index = choice.get("index", 0)
-            state = states.get(index)
-            if state is None:
-                state = states[index] = _ChoiceState(index)
-            for key, value in choice.items():
-                if key == "delta":
-                    if value:
-                        state.feed_delta(value)
-                elif key == "finish_reason":
-                    if value is not None:
-                        state.finish_reason = value
-                elif key == "logprobs":
-                    if value is not None:
-                        state.feed_logprobs(value)
-                elif key != "index":
-                    extras = state.extras
-                    if extras is None:
-                        extras = state.extras = {}
-                    if value is not None or key not in extras:
-                        extras[key] = value
+    def _feed_choice(self, choice: dict[str, Any]) -> None:
+        index = choice.get("index", 0)
+        state = self._choices.get(index)
+        if state is None:
+            state = self._choices[index] = _ChoiceState(index)
+        for key, value in choice.items():
+            if key == "delta":
+                if value:
+                    state.feed_delta(value)
+            elif key == "finish_reason":
+                if value is not None:
+                    state.finish_reason = value
+            elif key == "logprobs":
+                if value is not None:
+                    state.feed_logprobs(value)
+            elif key != "index":
+                extras = state.extras
+                if extras is None:
+                    extras = state.extras = {}
+                if value is not None or key not in extras:
+                    extras[key] = value
 
     def finish(self) -> dict[str, Any] | None:
         """The ``chat.completion`` the chunks fed so far amount to; ``None`` if none was fed."""

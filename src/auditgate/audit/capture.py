@@ -253,6 +253,15 @@ class AuditCapture:
         if self._aggregator is not None:
             self._aggregator.feed(chunk)
 
+    def chunks(self, chunks: list[dict[str, Any]]) -> None:
+        """Stream chunks exactly as the client receives them, in order: :meth:`chunk` for
+        each, at less cost per chunk."""
+        if chunks:
+            if self._first_at is None:
+                self._first_at = time.perf_counter()
+            if self._aggregator is not None:
+                self._aggregator.feed_all(chunks)
+
     def response(self, completion: dict[str, Any]) -> None:
         """The whole non-stream response exactly as the client receives it."""
         self._first_at = time.perf_counter()

@@ -213,23 +213,41 @@ class ChatStream:
 
     def _rewrite(self, raw: list[Chunk]) -> list[Chunk]:
         """Give every chunk the gateway's id, strip unrequested usage, tap into the capture."""
+        response_id = self._response_id
+        strip = not self._client_usage
         capture = self._capture
-        out: list[Chunk] = []
-        for chunk in raw:
-            if capture is not None:
-                capture.engine_response_id(chunk.get("id"))
-            chunk["id"] = self._response_id
-            if "usage" in chunk:
-                usage = chunk["usage"]
-                if usage is not None and capture is not None:
-                    capture.usage(usage)
-                if not self._client_usage:
+        if capture is None:
+            out: list[Chunk] = []
+            for chunk in raw:
+                chunk["id"] = response_id
+                if strip and "usage" in chunk:
                     del chunk["usage"]
                     if not chunk.get("choices"):
                         continue  # the usage-only chunk the client did not ask for
-            if capture is not None:
-                capture.chunk(chunk)
+                out.append(chunk)
+            return out
+        # The capture path runs per chunk of every stored stream: plain loops here, and the
+        # capture is fed once per batch.
+        out = []
+        engine_id: str | None = None
+        for chunk in raw:
+            if engine_id is None:
+                value = chunk.get("id")
+                if type(value) is str:
+                    engine_id = value
+            chunk["id"] = response_id
+            if "usage" in chunk:
+                usage = chunk["usage"]
+                if usage is not None:
+                    capture.usage(usage)
+                if strip:
+                    del chunk["usage"]
+                    if not chunk.get("choices"):
+                        continue  # the usage-only chunk the client did not ask for
             out.append(chunk)
+        if engine_id is not None:
+            capture.engine_response_id(engine_id)
+        capture.chunks(out)
         return out
 
 
