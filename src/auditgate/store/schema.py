@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import re
 from collections.abc import Mapping
 from typing import Any, Final, Literal, Protocol
@@ -95,6 +96,13 @@ _RECORD_FIELDS: Final = AuditRecord.__struct_fields__
 _COLUMN_FIELDS: Final = tuple(f for f in _RECORD_FIELDS if f in KINDS)
 _EXTRA_FIELDS: Final = tuple(f for f in _RECORD_FIELDS if f not in KINDS)
 _TOKEN_COLUMNS: Final = ("prompt_tokens", "completion_tokens", "total_tokens")
+# row_from_record runs for every record a sink writes: it reads the record's fields in one call
+# (astuple) through these precomputed plans instead of a getattr and a kind lookup per field.
+_FIELD_INDEX: Final = {f: i for i, f in enumerate(_RECORD_FIELDS)}
+_COLUMN_PLAN: Final = tuple((f, _FIELD_INDEX[f], KINDS[f] == "json") for f in _COLUMN_FIELDS)
+"""(field, its index in the record's fields, whether its column holds JSON), in column order."""
+_EXTRA_PLAN: Final = tuple((f, _FIELD_INDEX[f]) for f in _EXTRA_FIELDS)
+_ROW_VALUES: Final = operator.itemgetter(*COLUMN_NAMES)
 
 _encoder: Final = msgspec.json.Encoder()
 _INT64_MIN: Final = -(2**63)
@@ -128,13 +136,14 @@ def row_from_record(record: AuditRecord, extra: Mapping[str, Any] | None = None)
     Total: any record that the record codec can represent yields a row both databases accept
     (see the module docstring for NUL characters and lone surrogates).
     """
+    fields = msgspec.structs.astuple(record)
     values: dict[str, Any] = {}
     originals: dict[str, Any] = {}
-    for field in _COLUMN_FIELDS:
-        value = getattr(record, field)
+    for field, index, is_json in _COLUMN_PLAN:
+        value = fields[index]
         if value is msgspec.UNSET:
             values[field] = None
-        elif KINDS[field] == "json":
+        elif is_json:
             values[field] = _json_column(field, value, originals)
         elif isinstance(value, str):
             values[field] = _text_column(field, value, originals)
@@ -148,9 +157,7 @@ def row_from_record(record: AuditRecord, extra: Mapping[str, Any] | None = None)
         else:
             values[field] = value
     more = {
-        f: msgspec.to_builtins(value)
-        for f in _EXTRA_FIELDS
-        if (value := getattr(record, f)) is not msgspec.UNSET
+        f: msgspec.to_builtins(fields[i]) for f, i in _EXTRA_PLAN if fields[i] is not msgspec.UNSET
     }
     if extra:
         more.update((k, v) for k, v in extra.items() if k not in more)
@@ -162,7 +169,8 @@ def row_from_record(record: AuditRecord, extra: Mapping[str, Any] | None = None)
         storable = type(count) is int and _INT64_MIN <= count <= _INT64_MAX
         values[column] = count if storable else None
     values["originals"] = json.dumps(originals, ensure_ascii=True) if originals else None
-    return tuple(values[name] for name in COLUMN_NAMES)
+    row: Row = _ROW_VALUES(values)
+    return row
 
 
 def row_from_json(line: bytes | str) -> Row:
