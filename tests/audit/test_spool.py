@@ -108,6 +108,24 @@ async def test_group_commit_makes_many_records_durable_per_fsync(harness: Harnes
     assert harness.spool.commits == commits
 
 
+async def test_group_commits_start_at_most_once_per_commit_interval(tmp_path: Path) -> None:
+    """A record right after a commit waits for the interval; one after idle commits at once."""
+    h = Harness(tmp_path, sync=False, commit_interval_s=0.3)
+    await h.bus.start()
+    loop = asyncio.get_running_loop()
+    await publish_all(h.bus, range(1))  # the first commit does not wait
+    started = loop.time()
+    await publish_all(h.bus, range(1, 6))  # within the interval: waits for it, one group
+    waited = loop.time() - started
+    await asyncio.sleep(0.4)  # idle longer than the interval
+    started = loop.time()
+    await publish_all(h.bus, range(6, 7))
+    prompt = loop.time() - started
+    await h.bus.close(2.0)
+    assert (h.spool.commits, waited >= 0.2, prompt < 0.2) == (3, True, True)
+    assert ids(h.sink) == [f"req-{i:06d}" for i in range(7)]
+
+
 async def test_commit_resolves_only_after_the_frame_is_on_disk(harness: Harness) -> None:
     """When a publish's future is done, its frame is already in the segment file."""
     commit = harness.bus.publish(envelope(1))
