@@ -227,8 +227,8 @@ class AuditBus:
 
     async def _linger(self, lane: _Lane) -> None:
         """Wait up to ``linger_s`` for a full batch; a full batch, a quarter-full queue or
-        shutdown ends the wait early.  ``publish`` wakes the worker only at that threshold, so lingering
-        costs one wake-up per batch, not one per record."""
+        shutdown ends the wait early.  ``publish`` wakes the worker only at that threshold, so
+        lingering costs one wake-up per batch, not one per record."""
         # A quarter of the capacity, not all of it: records keep arriving while the batch is
         # written, and a thread-offloaded write may wait milliseconds for the GIL under load.
         target = min(lane.policy.max_records, max(1, lane.capacity // 4))
