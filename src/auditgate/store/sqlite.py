@@ -76,7 +76,7 @@ def connect(path: str | Path, *, busy_timeout_s: float = 30.0) -> sqlite3.Connec
     try:
         # Before anything writes the file: a no-op on an existing database.
         conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
-        conn.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(conn, busy_timeout_s)
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
@@ -85,6 +85,20 @@ def connect(path: str | Path, *, busy_timeout_s: float = 30.0) -> sqlite3.Connec
         raise
     conn.row_factory = sqlite3.Row
     return conn
+
+
+def _enable_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
+    # Two connections switching one new file to WAL at once: SQLite answers the loser "database
+    # is locked" at once, without its busy handler, so wait for the winner here.
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.005)
 
 
 @contextmanager
