@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -276,6 +277,24 @@ def test_sqlite_concurrent_migrators_do_not_conflict(tmp_path: Path) -> None:
     for thread in threads:
         thread.join(30)
     assert (errors, sorted(results)) == ([], [[], ALL_MIGRATIONS])
+
+
+def test_sqlite_connect_waits_for_a_writer_to_switch_to_wal(tmp_path: Path) -> None:
+    """connect waits out another connection's write lock on a file not yet in WAL mode."""
+    path = tmp_path / "audit.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE t (x INTEGER)")
+    holder.execute("BEGIN IMMEDIATE")  # SQLite answers a switch to WAL "locked" at once now
+    release = threading.Timer(0.2, holder.execute, ("COMMIT",))
+    release.start()
+    try:
+        conn = sqlite_store.connect(path, busy_timeout_s=10)
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        conn.close()
+    finally:
+        release.join()
+        holder.close()
+    assert mode == "wal"
 
 
 async def test_postgres_concurrent_migrators_do_not_conflict(pg_dsn: str) -> None:
