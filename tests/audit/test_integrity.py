@@ -207,6 +207,24 @@ def test_canonical_survives_jsonb_number_printing(value: float) -> None:
     )
 
 
+@pytest.mark.parametrize("value", [1e16, -1.2345678901234568e17, 1.7976931348623157e308])
+@pytest.mark.parametrize("where", ["inner", "last_in_list", "last_in_object"])
+def test_canonical_survives_jsonb_anywhere(value: float, where: str) -> None:
+    """A float with a positive exponent hashes as JSONB prints it wherever it sits, also in a
+    record whose hex ids hold digit-e-digit runs."""
+    record = make_record(0, request_id="4e16aaaa-0000-4e99-8e16-00000000004e")
+    assert isinstance(record.request, dict)
+    shapes = {"inner": [value, 1], "last_in_list": [1, value], "last_in_object": {"z": value}}
+    record.request["unknown_field"] = shapes[where]
+    written = msgspec.json.encode(value).decode()
+    line = encode_record(record).decode()
+    reprinted = line.replace(written, format(Decimal(written), "f"))
+    assert (1, canonical(record)) == (
+        line.count(written),
+        canonical(msgspec.json.decode(reprinted)),
+    )
+
+
 def test_canonical_survives_a_store_row() -> None:
     """A record stored as a row and read back has the same canonical form (keys re-ordered)."""
     record = chain_of(1, final=False)[0]

@@ -43,9 +43,12 @@ HMAC_ALG: Final = "hmac-sha256"
 UNSIGNED: Final = "none"
 
 _canonical_encoder: Final = msgspec.json.Encoder(order="sorted")
-# A digit, ``e`` and a digit: where msgspec may have written a float with a positive exponent.
-# Matching inside a string only sends the record down the (correct, slower) path below.
-_POSITIVE_EXPONENT: Final = re.compile(rb"[0-9]e[0-9]")
+# Where msgspec may have written a float with a positive exponent: it does so only from 1e16 on,
+# so the exponent has two or three digits, and in compact JSON a number ends at ``,``, ``}`` or
+# ``]``.  Matching inside a string only sends the record down the (correct, slower) path below;
+# hex ids (``...4e5...``) never match.  The literal ``e`` first lets ``re`` skip ahead to
+# candidates (a leading ``[0-9]`` class cost 3-4 us per KiB; this ~0.7).
+_POSITIVE_EXPONENT: Final = re.compile(rb"e(?<=[0-9]e)[0-9]{2,3}[,}\]]")
 
 
 def _float_hook(text: str) -> Any:
