@@ -2,7 +2,7 @@
 
 Not a test (pytest does not collect it): run ``.venv/bin/python -m tests.e2e.bench_durable``
 (``--sinks sqlite jsonl`` to compare against each sink; ``--profile DIR`` to record a py-spy
-profile of every durable run's server).  Each round starts a gateway (mock engine, no delays,
+profile of every run's server).  Each round starts a gateway (mock engine, no delays,
 spool on the real disk) pinned to CPU 0 and drives it with ``bench/loadgen.py`` pinned to CPU 1;
 modes are interleaved and repeated so drift on a shared machine hits both alike.  Prints one
 JSON line per run (durable runs add ``commits``: group commits, i.e. fdatasyncs, in the run) and
@@ -99,12 +99,12 @@ def run_once(
             "--duration", str(a.duration), "--warmup", str(a.warmup),
             "--pid", pid,
         ] + (["--stream"] if stream else [])  # fmt: skip
-        if a.profile is not None and mode == "durable":
+        if a.profile is not None:
             kind = "stream" if stream else "json"
-            out_path = a.profile / f"{sink}-{kind}-{len(a.runs)}.txt"
+            out_path = a.profile / f"{sink}-{kind}-{mode}-{len(a.runs)}.txt"
             spy = subprocess.Popen(
                 [str(PY_SPY), "record", "--format", "raw", "-r", "250", "--pid", pid,
-                 "--duration", str(int(a.duration)), "--threads", "--gil", "-o", str(out_path)],
+                 "--duration", str(int(a.duration)), "--threads", "-o", str(out_path)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
         load = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=ROOT)
