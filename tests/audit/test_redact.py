@@ -144,3 +144,44 @@ def test_processor_copies_nothing_when_clean() -> None:
     request, response = record.request, record.response
     out = RedactProcessor(Redactor(builtin(ALL), _count))(record)
     assert (out.request is request, out.response is response) == (True, True)
+
+
+def test_bearer_in_any_case() -> None:
+    """A bearer token is found whatever the case of the word ``bearer``."""
+    assert redact("auth: BeArEr abcdefgh12345") == ("auth: [REDACTED:api_key]", {"api_key": 1})
+
+
+def test_narrow_keeps_only_detectors_that_match() -> None:
+    """Narrowing a clean text leaves no detector; a text with an e-mail keeps just that one."""
+    redactor = Redactor(builtin(ALL), _count)
+    clean = redactor.narrow("A plain answer: 3 apples, well-known_names and the bearer of news.")
+    counts: Counter[str] = Counter()
+    mail = Redactor(builtin(ALL), lambda kind: counts.update([kind])).narrow("to a@b.io\n10.0")
+    assert (bool(clean), mail.text("10.0.0.1 a@b.io"), dict(counts)) == (
+        False,
+        "10.0.0.1 [REDACTED:email]",
+        {"email": 1},
+    )
+
+
+def test_processor_applies_anchored_custom_patterns_per_text(tmp_path: Path) -> None:
+    """A custom pattern anchored at the end of a text matches each message on its own,
+    not only the last of the record's texts."""
+    patterns = tmp_path / "patterns"
+    patterns.write_text("tail code-\\d+$\n")
+    record = make_record(3)
+    record.request = {
+        "messages": [
+            {"role": "user", "content": "ends with code-42"},
+            {"role": "user", "content": "and this one too code-7"},
+        ]
+    }
+    counts: Counter[str] = Counter()
+    detectors = builtin(ALL) + load_patterns(str(patterns))
+    redactor = Redactor(detectors, lambda kind: counts.update([kind]))
+    out = RedactProcessor(redactor)(record)
+    assert isinstance(out.request, dict)
+    assert (
+        [m["content"] for m in out.request["messages"]],
+        dict(counts),
+    ) == (["ends with [REDACTED:tail]", "and this one too [REDACTED:tail]"], {"tail": 2})

@@ -52,25 +52,79 @@ class RedactProcessor:
         self.redactor = redactor
 
     def __call__(self, record: AuditRecord) -> AuditRecord:
-        request = record.request
+        request, response = record.request, record.response
+        messages = request.get("messages") if isinstance(request, dict) else None
+        choices = response.get("choices") if isinstance(response, dict) else None
+        # Most records hold nothing to redact: look for hints once over all their texts, and
+        # walk the record again (detector by detector) only with the detectors that may match.
+        texts: list[str] = []
+        if isinstance(messages, list):
+            for message in messages:
+                _texts(message, texts)
+        if isinstance(choices, list):
+            for choice in choices:
+                if isinstance(choice, dict):
+                    _texts(choice.get("message"), texts)
+        redactor = self.redactor.narrow("\n".join(texts))
+        if not redactor:
+            return record
+        walk = _Walk(redactor)
         if isinstance(request, dict):
-            messages = _list_of(request.get("messages"), self._message)
-            if messages is not None:
-                record.request = {**request, "messages": messages}
-        response = record.response
+            changed = _list_of(messages, walk.message)
+            if changed is not None:
+                record.request = {**request, "messages": changed}
         if isinstance(response, dict):
-            choices = _list_of(response.get("choices"), self._choice)
-            if choices is not None:
-                record.response = {**response, "choices": choices}
+            changed = _list_of(choices, walk.choice)
+            if changed is not None:
+                record.response = {**response, "choices": changed}
         return record
 
-    def _choice(self, choice: Any) -> Any:
+
+def _texts(message: Any, out: list[str]) -> None:
+    """Append the texts of a message that :class:`_Walk` redacts to ``out``."""
+    if not isinstance(message, dict):
+        return
+    for field in _TEXT_FIELDS:
+        value = message.get(field)
+        if isinstance(value, str):
+            out.append(value)
+        elif field == "content" and isinstance(value, list):
+            for part in value:
+                if isinstance(part, dict):
+                    text = part.get("text")
+                    if isinstance(text, str):
+                        out.append(text)
+    calls = message.get("tool_calls")
+    if isinstance(calls, list):
+        for call in calls:
+            if isinstance(call, dict):
+                _arguments(call.get("function"), out)
+    _arguments(message.get("function_call"), out)
+
+
+def _arguments(function: Any, out: list[str]) -> None:
+    if isinstance(function, dict):
+        arguments = function.get("arguments")
+        if isinstance(arguments, str):
+            out.append(arguments)
+
+
+class _Walk:
+    """Copy-on-write redaction of messages and choices with one (narrowed) redactor."""
+
+    __slots__ = ("redactor",)
+
+    def __init__(self, redactor: Redactor) -> None:
+        self.redactor = redactor
+
+    def choice(self, choice: Any) -> Any:
+        """The choice with its message redacted; None when nothing changed."""
         if not isinstance(choice, dict):
             return None
-        message = self._message(choice.get("message"))
+        message = self.message(choice.get("message"))
         return None if message is None else {**choice, "message": message}
 
-    def _message(self, message: Any) -> dict[str, Any] | None:
+    def message(self, message: Any) -> dict[str, Any] | None:
         if not isinstance(message, dict):
             return None
         text = self.redactor.text
@@ -82,10 +136,10 @@ class RedactProcessor:
                 if new is not value:
                     changed[field] = new
             elif field == "content" and isinstance(value, list):
-                parts = _list_of(value, self._part)
+                parts = _list_of(value, self.part)
                 if parts is not None:
                     changed[field] = parts
-        calls = _list_of(message.get("tool_calls"), self._call)
+        calls = _list_of(message.get("tool_calls"), self.call)
         if calls is not None:
             changed["tool_calls"] = calls
         function = self._function(message.get("function_call"))
@@ -93,7 +147,7 @@ class RedactProcessor:
             changed["function_call"] = function
         return {**message, **changed} if changed else None
 
-    def _part(self, part: Any) -> Any:
+    def part(self, part: Any) -> Any:
         if not isinstance(part, dict):
             return None
         value = part.get("text")
@@ -102,7 +156,7 @@ class RedactProcessor:
         new = self.redactor.text(value)
         return None if new is value else {**part, "text": new}
 
-    def _call(self, call: Any) -> Any:
+    def call(self, call: Any) -> Any:
         if not isinstance(call, dict):
             return None
         function = self._function(call.get("function"))
