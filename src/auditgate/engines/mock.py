@@ -35,7 +35,6 @@ import asyncio
 import dataclasses
 import hashlib
 import json
-import math
 import random
 import re
 import time
@@ -43,6 +42,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
 
 from auditgate.engines.base import EngineRequest
+from auditgate.engines.schema_values import fake_value
 from auditgate.errors import ConfigError, InvalidRequestError, NotFoundError
 
 __all__ = ["MockEngine", "count_tokens", "split_tokens"]
@@ -60,7 +60,6 @@ _VOCABULARY: Final = tuple(_WORDS.split())
 _SPACED: Final = tuple(f" {word}" for word in _VOCABULARY)
 _CAPITALISED: Final = {word: word.title() for word in _SPACED}
 _REASONING: Final = {"minimal": (2, 6), "low": (4, 12), "medium": (8, 24), "high": (16, 48)}
-_MAX_DEPTH: Final = 6
 
 
 def split_tokens(text: str) -> list[str]:
@@ -305,7 +304,9 @@ def _generate(rng: random.Random, index: int, options: _Options) -> _Choice:
     if tool is not None:
         call_id = f"call_{rng.getrandbits(96):024x}"
         try:
-            arguments = split_tokens(json.dumps(_fake(tool.get("parameters"), rng, 0)))
+            arguments = split_tokens(
+                json.dumps(fake_value(tool.get("parameters"), rng, _VOCABULARY))
+            )
         except (TypeError, ValueError) as exc:
             # A schema with contradictory or mistyped bounds (minimum > maximum, ...).
             raise InvalidRequestError(
@@ -352,73 +353,6 @@ def _words(rng: random.Random, count: int) -> list[str]:
             tokens.append(token if position else token[1:])
             length += 1
     return tokens
-
-
-def _fake(schema: Any, rng: random.Random, depth: int) -> Any:
-    """A value that fits the JSON ``schema`` (types, enum/const, bounds, required properties)."""
-    if not isinstance(schema, dict):
-        return rng.choice(_VOCABULARY)
-    if "const" in schema:
-        return schema["const"]
-    if isinstance(schema.get("enum"), list) and schema["enum"]:
-        return rng.choice(schema["enum"])
-    for key in ("anyOf", "oneOf", "allOf"):
-        options = schema.get(key)
-        if isinstance(options, list) and options:
-            typed = [o for o in options if not (isinstance(o, dict) and o.get("type") == "null")]
-            return _fake((typed or options)[0], rng, depth)
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind is None:
-        kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
-    if kind == "object":
-        properties = schema.get("properties")
-        if not isinstance(properties, dict) or depth >= _MAX_DEPTH:
-            return {}
-        required = set(schema.get("required") or ())
-        return {
-            name: _fake(sub, rng, depth + 1)
-            for name, sub in properties.items()
-            if name in required or rng.random() < 0.5
-        }
-    if kind == "array":
-        low = schema.get("minItems", 1 if depth < _MAX_DEPTH else 0)
-        high = max(low, min(schema.get("maxItems", low + 2), low + 3))
-        if depth >= _MAX_DEPTH and low == 0:
-            return []
-        return [_fake(schema.get("items"), rng, depth + 1) for _ in range(rng.randint(low, high))]
-    if kind in ("integer", "number"):
-        return _number(schema, rng, integer=kind == "integer")
-    if kind == "boolean":
-        return rng.random() < 0.5
-    if kind == "null":
-        return None
-    return _string(schema, rng)
-
-
-def _number(schema: dict[str, Any], rng: random.Random, *, integer: bool) -> float:
-    """A number within ``minimum``/``maximum`` (``exclusive*`` taken as one step inside)."""
-    step = 1 if integer else 0.01
-    low = schema.get("minimum", schema.get("exclusiveMinimum", -step) + step)
-    high = schema.get("maximum", schema.get("exclusiveMaximum", low + 100 + step) - step)
-    if integer:
-        return rng.randint(math.ceil(low), math.floor(high))
-    return min(max(round(rng.uniform(float(low), float(high)), 2), low), high)  # type: ignore[no-any-return]
-
-
-def _string(schema: dict[str, Any], rng: random.Random) -> str:
-    word = rng.choice(_VOCABULARY)
-    text = {
-        "date": f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
-        "date-time": f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}T12:00:00Z",
-        "email": f"{word}@example.com",
-        "uri": f"https://example.com/{word}",
-    }.get(schema.get("format", ""), word)
-    low, high = schema.get("minLength", 0), schema.get("maxLength")
-    if len(text) < low:
-        text = (text * (low // max(len(text), 1) + 1))[: max(low, len(text))]
-    return text if high is None else text[:high]
 
 
 def _prompt_tokens(messages: list[Any], tools: Any) -> int:
