@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from auditgate.audit.processors import RedactProcessor
-from auditgate.audit.redact import Redactor, builtin, load_patterns, luhn
+from auditgate.audit.redact import Detector, Redactor, builtin, load_patterns, luhn
+from auditgate.audit.redact import _card as _card_check
+from auditgate.audit.redact import _ipv4 as _ipv4_check
+from auditgate.audit.redact import _ipv6 as _ipv6_check
 from auditgate.errors import ConfigError
 from tests.store.records import make_record
 
@@ -185,3 +189,67 @@ def test_processor_applies_anchored_custom_patterns_per_text(tmp_path: Path) -> 
         [m["content"] for m in out.request["messages"]],
         dict(counts),
     ) == (["ends with [REDACTED:tail]", "and this one too [REDACTED:tail]"], {"tail": 2})
+
+
+# The detectors as first written: one plain pattern per kind, searched in every text.  The
+# fast ones (hints, gates, patterns led by a character class) must replace exactly the same.
+_REFERENCE = (
+    ("email", r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}", None),
+    (
+        "api_key",
+        r"(?i:\bbearer)\s+[A-Za-z0-9._~+/=-]{8,}|\bsk-[A-Za-z0-9_-]{16,}"
+        r"|\bgh[opusr]_[A-Za-z0-9]{30,}|\bgithub_pat_[A-Za-z0-9_]{30,}|\bAKIA[0-9A-Z]{16}\b"
+        r"|\bAIza[0-9A-Za-z_-]{35}|\bxox[abprs]-[A-Za-z0-9-]{10,}|\bhf_[A-Za-z0-9]{30,}"
+        r"|\bglpat-[A-Za-z0-9_-]{20,}|\bgsk_[A-Za-z0-9]{40,}|\bnvapi-[A-Za-z0-9_-]{30,}",
+        None,
+    ),
+    ("card", r"[2-6](?<![\d-][2-6])(?:[ -]?\d){12,18}(?!\d)", "card"),
+    ("ip", r"\d(?<![\d.]\d)\d{0,2}(?:\.\d{1,3}){3}(?!\.?\d)", "ipv4"),
+    ("ip", r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])", "ipv6"),
+)
+
+_CORPUS = (
+    "plain words, nothing here",
+    "Mail me: Alice.B+tag@Mail.Example.COM or bob_9@x-y.io; not a@b nor @home",
+    "AUTHORIZATION: BEARER abc.DEF_123-xyz= and bearer of bad news",
+    "keys sk-" + "A" * 20 + " SK-" + "b" * 20 + " xsk-" + "c" * 20 + " ghp_" + "d" * 36,
+    "github_pat_" + "e" * 40 + " xoxb-1234567890ab glpat-" + "f" * 20 + " gsk_" + "g" * 40,
+    "hf_" + "h" * 34 + " nvapi-" + "i" * 32 + " AKIA" + "J" * 16 + " AIza" + "k" * 35,
+    "cards 4111 1111 1111 1111, 5500-0000-0000-0004, 4111111111111112, 34343434343434 4",
+    "ids 1758740068123 and 2024-01-31 12:30:45 and 3.14 and v1.2.3.4.5 and 300.1.1.1",
+    "hosts 10.0.0.1, 192.168.1.20:80, 1.2.3 and 255.255.255.255.",
+    "v6 2001:db8::ff00:42:8329, ::1, fe80::1, ::ffff:10.0.0.1, a::b::c, std::vector, 12:34:56",
+    'tool {"ip": "10.1.2.3", "mail": "x@y.org", "n": [1, 2, 3]}',
+    "naïve café — Grüße 世界 🚀 with 4111 1111 1111 1111 and ünï@example.com",
+    "only ::1 here",
+    "thirteen digits 4222222222222 alone",
+    "spaced 4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1",
+    "x@y.org",
+)
+
+
+def _slow(names: tuple[str, ...] = ALL) -> Redactor:
+    checks = {"card": _card_check, "ipv4": _ipv4_check, "ipv6": _ipv6_check}
+    detectors = [
+        Detector(kind, re.compile(regex), (), checks[check] if check else None)
+        for kind, regex, check in _REFERENCE
+        if kind in names
+    ]
+    return Redactor(detectors, lambda kind: None)
+
+
+@pytest.mark.parametrize("text", _CORPUS)
+def test_fast_detectors_replace_what_plain_patterns_do(text: str) -> None:
+    """Hints, gates and the rewritten patterns change nothing: each text comes out as the
+    plain, always-searched patterns make it."""
+    assert _slow().text(text) == Redactor(builtin(ALL), lambda kind: None).text(text)
+
+
+def test_processor_matches_plain_patterns_over_a_record() -> None:
+    """Narrowing once per record finds every secret the plain patterns find, text by text."""
+    record = make_record(4)
+    record.request = {"messages": [{"role": "user", "content": t} for t in _CORPUS]}
+    out = RedactProcessor(Redactor(builtin(ALL), lambda kind: None))(record)
+    assert isinstance(out.request, dict)
+    slow = _slow()
+    assert [slow.text(t) for t in _CORPUS] == [m["content"] for m in out.request["messages"]]

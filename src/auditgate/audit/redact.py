@@ -55,10 +55,15 @@ class Detector:
     """What to look for."""
     hints: tuple[str, ...] = ()
     """ASCII strings one of which occurs in every text the pattern matches in: a one-character
-    hint as is, a longer one (written in lower case) in the lower-cased text.  Empty: always
-    search."""
+    hint as is, a longer one in the folded text (see ``gates``: write it in lower case).
+    Empty: always search."""
     valid: Callable[[str], bool] | None = None
     """Second check of a match (Luhn, address syntax); a match it rejects is kept."""
+    gates: tuple[Callable[[bytes], object], ...] = ()
+    """Tried once a hint was found, on the *folded* text (UTF-8, every ASCII digit written as
+    ``0``, ASCII letters in lower case): one of them returns a true value wherever ``pattern``
+    matches.  Mostly the ``search`` of a byte pattern that starts with a literal, which ``re``
+    skips ahead to at memchr-like speed.  Empty: none."""
 
 
 def luhn(digits: str) -> bool:
@@ -94,16 +99,29 @@ def _ipv6(match: str) -> bool:
 
 
 _DIGITS: Final = tuple("0123456789")
+# Every ASCII digit written as 0, for the gates: one literal stands for any digit.
+_FOLD: Final = bytes.maketrans(
+    b"123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"000000000abcdefghijklmnopqrstuvwxyz"
+)
+_CARD_GATE: Final = re.compile(rb"0(?:[ -]?0){12}")
+
+
+def _card_gate(folded: bytes) -> bool:
+    # Thirteen digits at least, counted at C speed before looking for them in a row.
+    return folded.count(b"0") >= 13 and _CARD_GATE.search(folded) is not None
+
 
 # Patterns start with a plain character class or a literal (lookbehinds come after it): Python's
-# re then skips ahead to candidate characters instead of trying every position.  Digits are ASCII
-# ([0-9], not \d): the Luhn and octet checks read ASCII digits, and the hints are ASCII bytes.
+# re then skips ahead to candidate characters instead of trying every position, and a lookbehind
+# right after the first character rejects a start inside a run at once.  Digits are ASCII
+# ([0-9], not \d): the Luhn and octet checks read ASCII digits, and hints and gates are ASCII.
 BUILTIN: Final[dict[str, tuple[Detector, ...]]] = {
     "email": (
         Detector(
             "email",
             re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
             ("@",),
+            gates=(re.compile(rb"@(?<=[a-z0-9._%+-]@)[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]").search,),
         ),
     ),
     "api_key": (
@@ -128,6 +146,10 @@ BUILTIN: Final[dict[str, tuple[Detector, ...]]] = {
                 r"|vapi-[A-Za-z0-9_-]{30,})"
             ),
             ("-", "_"),
+            gates=(
+                re.compile(rb"-(?:(?<=sk-)|(?<=xox[abprs]-)|(?<=glpat-)|(?<=nvapi-))").search,
+                re.compile(rb"_(?:(?<=gh[opusr]_)|(?<=hf_)|(?<=gsk_)|(?<=github_))").search,
+            ),
         ),
         Detector(
             "api_key",
@@ -143,6 +165,7 @@ BUILTIN: Final[dict[str, tuple[Detector, ...]]] = {
             re.compile(r"[2-6](?<![0-9-][2-6])(?:[ -]?[0-9]){12,18}(?![0-9])"),
             _DIGITS,
             _card,
+            gates=(_card_gate,),
         ),
     ),
     "ip": (
@@ -152,14 +175,21 @@ BUILTIN: Final[dict[str, tuple[Detector, ...]]] = {
             re.compile(r"[0-9](?<![0-9.][0-9])[0-9]{0,2}(?:\.[0-9]{1,3}){3}(?!\.?[0-9])"),
             _DIGITS,
             _ipv4,
+            gates=(re.compile(rb"00{0,2}\.0{1,3}\.0{1,3}\.0").search,),
         ),
-        # Starts with a lookbehind (a hex group may be empty: "::1"), so it tries every
-        # position; its hint, ":", keeps it off the texts without one.
+        # Two to seven colon-ended hex groups (a group may be empty: "::1") and a last group,
+        # written so that it starts with a character class: the first character is a colon
+        # (an empty first group) or the first of one to four hex digits.
         Detector(
             "ip",
-            re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])"),
+            re.compile(
+                r"[0-9A-Fa-f:](?<![\w:.][0-9A-Fa-f:])"
+                r"(?:(?<=:)|(?<=[0-9A-Fa-f])[0-9A-Fa-f]{0,3}:)"
+                r"(?:[0-9A-Fa-f]{0,4}:){1,6}[0-9A-Fa-f]{0,4}(?![\w:])"
+            ),
             (":",),
             _ipv6,
+            gates=(re.compile(rb":[0-9a-f]{0,4}:").search,),
         ),
     ),
 }
@@ -206,6 +236,7 @@ class Redactor:
         "_count",
         "_delete",
         "_detectors",
+        "_gated",
         "_long",
         "_narrowed",
         "_replacers",
@@ -218,7 +249,7 @@ class Redactor:
         # Bit i: detector i may match.  Single-byte hints map to the detectors they wake up;
         # every other byte is deleted by ``translate`` (C speed) before looking.
         by_byte: dict[int, int] = {}
-        long: list[tuple[str, int]] = []
+        long: list[tuple[bytes, int]] = []
         for index, detector in enumerate(self._detectors):
             for hint in detector.hints:
                 if not hint.isascii():
@@ -226,10 +257,13 @@ class Redactor:
                 if len(hint) == 1:
                     by_byte[ord(hint)] = by_byte.get(ord(hint), 0) | 1 << index
                 else:
-                    long.append((hint, 1 << index))
+                    long.append((hint.encode(), 1 << index))
         self._by_byte = by_byte
         self._delete = bytes(b for b in range(256) if b not in by_byte)
         self._long = tuple(long)
+        self._gated = tuple(
+            (1 << i, d.gates) for i, d in enumerate(self._detectors) if d.hints and d.gates
+        )
         self._always = sum(1 << i for i, d in enumerate(self._detectors) if not d.hints)
         self._narrowed: dict[int, Redactor] = {}
 
@@ -245,11 +279,19 @@ class Redactor:
         mask = 0
         for byte in set(data.translate(None, self._delete)):
             mask |= self._by_byte[byte]
-        if self._long:
-            lowered = value.lower()
-            for hint, bit in self._long:
-                if not mask & bit and hint in lowered:
-                    mask |= bit
+        if not (mask or self._long):
+            return self._always
+        folded = data.translate(_FOLD)
+        for hint, bit in self._long:
+            if not mask & bit and hint in folded:
+                mask |= bit
+        for bit, gates in self._gated:
+            if mask & bit:
+                for gate in gates:
+                    if gate(folded):
+                        break
+                else:
+                    mask &= ~bit
         return mask | self._always
 
     def narrow(self, text: str) -> Redactor:
@@ -262,8 +304,10 @@ class Redactor:
             # A hinted (built-in) pattern that matches nowhere in ``text`` matches in no part of
             # it either: its lookarounds treat the newline that joins the parts like the end of
             # a part.  Patterns without hints (custom ones, which may anchor with ``^``/``$``)
-            # are kept.
-            if mask >> index & 1 and detector.hints and detector.pattern.search(text) is None:
+            # are kept.  Gated ones are kept too: their gate passing is a strong sign, and the
+            # walk looks again text by text, where each pattern meets only its gated texts.
+            hinted = detector.hints and not detector.gates
+            if mask >> index & 1 and hinted and detector.pattern.search(text) is None:
                 mask &= ~(1 << index)
         narrowed = self._narrowed.get(mask)
         if narrowed is None:  # at most one per subset of detectors, built once
