@@ -66,7 +66,7 @@ class RedactProcessor:
                 if isinstance(choice, dict):
                     _texts(choice.get("message"), texts)
         redactor = self.redactor.narrow("\n".join(texts))
-        if not redactor:
+        if redactor is None:
             return record
         walk = _Walk(redactor)
         if isinstance(request, dict):
@@ -83,6 +83,10 @@ class RedactProcessor:
 def _texts(message: Any, out: list[str]) -> None:
     """Append the texts of a message that :class:`_Walk` redacts to ``out``."""
     if not isinstance(message, dict):
+        return
+    content = message.get("content")
+    if len(message) == 2 and type(content) is str and "role" in message:
+        out.append(content)  # the common {"role", "content"} message, without the loop below
         return
     for field in _TEXT_FIELDS:
         value = message.get(field)

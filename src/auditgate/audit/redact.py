@@ -294,11 +294,11 @@ class Redactor:
                     mask &= ~bit
         return mask | self._always
 
-    def narrow(self, text: str) -> Redactor:
+    def narrow(self, text: str) -> Redactor | None:
         """A redactor with only the detectors that may match in ``text``, all of a record's
         texts joined by newlines: those without hints, and those whose hints occur in ``text``
         and whose pattern matches in it.  It makes the same replacements as this one in each
-        of the joined texts, and is empty (false) for a clean record, checked once."""
+        of the joined texts; None when there is none (a clean record, checked once)."""
         mask = self._candidates(text)
         for index, detector in enumerate(self._detectors):
             # A hinted (built-in) pattern that matches nowhere in ``text`` matches in no part of
@@ -309,6 +309,8 @@ class Redactor:
             hinted = detector.hints and not detector.gates
             if mask >> index & 1 and hinted and detector.pattern.search(text) is None:
                 mask &= ~(1 << index)
+        if not mask:
+            return None
         narrowed = self._narrowed.get(mask)
         if narrowed is None:  # at most one per subset of detectors, built once
             kept = [d for i, d in enumerate(self._detectors) if mask >> i & 1]
