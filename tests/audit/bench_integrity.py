@@ -3,7 +3,8 @@
 Gateway: starts ``auditgate serve`` (mock engine, ``jsonl`` sink) pinned to CPU 0, drives it with
 ``bench/loadgen.py`` pinned to CPU 1 at concurrency 64 (non-stream, then stream), alternating
 the baseline and ``DYN_AUDIT_INTEGRITY=1`` + ``DYN_AUDIT_REDACT=email,api_key,card,ip`` (with a
-checkpoint key) ``--repeat`` times, and prints per variant the median req/s and the median
+checkpoint key), and each ``--variant NAME=SRC`` (the same with an older copy of ``src/``),
+``--repeat`` times, and prints per variant the median req/s and the median
 server CPU ms per request, and the ratios to the baseline.  CPU per request is the steadier
 number on a shared machine: other jobs steal wall time from the server, not CPU time.
 
@@ -109,13 +110,18 @@ def measure(
         server.wait(30)
 
 
-def gateway(duration: float, repeat: int) -> None:
+def gateway(duration: float, repeat: int, others: dict[str, str]) -> None:
+    """``others``: name -> a copy of ``src/`` (e.g. from an earlier commit) whose server runs
+    integrity + redaction as one more variant, interleaved with the rest."""
+    variants = dict(VARIANTS)
+    for name, src in others.items():
+        variants[name] = {**VARIANTS["integrity+redact"], "PYTHONPATH": src}
     with tempfile.TemporaryDirectory() as workdir:
         for stream in (False, True):
-            rps: dict[str, list[float]] = {name: [] for name in VARIANTS}
-            cpu: dict[str, list[float]] = {name: [] for name in VARIANTS}
+            rps: dict[str, list[float]] = {name: [] for name in variants}
+            cpu: dict[str, list[float]] = {name: [] for name in variants}
             for _ in range(repeat):
-                for name, extra in VARIANTS.items():
+                for name, extra in variants.items():
                     r, c = measure(extra, stream, duration, workdir)
                     rps[name].append(r)
                     cpu[name].append(c)
@@ -127,8 +133,8 @@ def gateway(duration: float, repeat: int) -> None:
                 "cpu_ms_per_req": cpu,
                 "median_rps": med_rps,
                 "median_cpu_ms_per_req": med_cpu,
-                "rps_ratio": round(med_rps["integrity+redact"] / med_rps["baseline"], 4),
-                "cpu_ratio": round(med_cpu["integrity+redact"] / med_cpu["baseline"], 4),
+                "rps_ratio": {n: round(v / med_rps["baseline"], 4) for n, v in med_rps.items()},
+                "cpu_ratio": {n: round(v / med_cpu["baseline"], 4) for n, v in med_cpu.items()},
             }
             print(json.dumps(summary))
             sys.stdout.flush()
@@ -236,11 +242,19 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--micro", action="store_true", help="per-record microbenchmark only")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=SRC",
+        help="also run integrity + redaction with this copy of src/ (repeatable)",
+    )
     a = p.parse_args()
     if a.micro:
         micro()
     else:
-        gateway(a.duration, a.repeat)
+        others = dict(v.split("=", 1) for v in a.variant)
+        gateway(a.duration, a.repeat, others)
 
 
 if __name__ == "__main__":
