@@ -1,4 +1,4 @@
-"""Cost of integrity + redaction: ``python tests/audit/bench_integrity.py [--micro]``.
+"""Cost of integrity + redaction: ``python -m bench.integrity [--micro]``.
 
 Gateway: starts ``auditgate serve`` (mock engine, ``jsonl`` sink) pinned to CPU 0, drives it with
 ``bench/loadgen.py`` pinned to CPU 1 at concurrency 64 (non-stream, then stream), alternating
@@ -36,7 +36,7 @@ from auditgate.audit.processors import IntegrityChain, RedactProcessor
 from auditgate.audit.record import AuditRecord, encode_record
 from auditgate.audit.redact import Redactor, builtin
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 VARIANTS = {
     "baseline": {},

@@ -1,6 +1,6 @@
 """Durable vs best_effort: throughput and p99 at concurrency 64, stream and non-stream.
 
-Not a test (pytest does not collect it): run ``.venv/bin/python -m tests.e2e.bench_durable``
+run ``.venv/bin/python -m bench.durable``
 (``--sinks sqlite jsonl`` to compare against each sink; ``--profile DIR`` to record a py-spy
 profile of every run's server).  Each round starts a gateway (mock engine, no delays,
 spool on the real disk) pinned to CPU 0 and drives it with ``bench/loadgen.py`` pinned to CPU 1;
@@ -25,7 +25,7 @@ from typing import Any
 
 from tests.support.gateway import start_gateway
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 PY_SPY = Path(sys.executable).with_name("py-spy")
 
 
