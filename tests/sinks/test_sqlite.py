@@ -100,3 +100,24 @@ async def test_failed_writes_are_retried_by_the_bus(tmp_path: Path) -> None:
         read_sqlite(str(path)),
         written(metrics, "sqlite")[0],
     )
+
+
+@pytest.mark.parametrize(("durability", "level"), [("best_effort", 1), ("durable", 2)])
+async def test_durable_mode_commits_survive_power_loss(
+    tmp_path: Path, durability: str, level: int
+) -> None:
+    """In durable mode the sqlite sink runs synchronous=FULL (2); otherwise NORMAL (1)."""
+    from auditgate.config import AuditSettings
+    from auditgate.sinks import build_sinks
+
+    settings = AuditSettings(
+        sinks=("sqlite",), sqlite_path=str(tmp_path / "a.db"), durability=durability
+    )
+    [sink] = build_sinks(settings)
+    await sink.open()
+    try:
+        conn = sink._conn  # type: ignore[attr-defined]
+        got = await sink._call(lambda: conn.execute("PRAGMA synchronous").fetchone()[0])  # type: ignore[attr-defined]
+        assert level == got
+    finally:
+        await sink.close()

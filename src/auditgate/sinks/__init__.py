@@ -46,7 +46,10 @@ def _jsonl_gz(settings: AuditSettings) -> Sink:
 def _sqlite(settings: AuditSettings) -> Sink:
     from auditgate.sinks.sqlite import SqliteSink
 
-    return SqliteSink(settings.sqlite_path)
+    # Durable mode forgets a spooled record once the sink committed it, so that commit must
+    # survive a power failure as well as a crash.
+    synchronous = "FULL" if settings.durability == "durable" else "NORMAL"
+    return SqliteSink(settings.sqlite_path, synchronous=synchronous)
 
 
 def _postgres(settings: AuditSettings) -> Sink:

@@ -34,8 +34,12 @@ class SqliteSink:
     batching = BatchPolicy(max_records=512, linger_s=0.0)
     """Whatever is queued, up to 512 records, in one transaction; no waiting for more."""
 
-    def __init__(self, path: str, *, busy_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, path: str, *, busy_timeout_s: float = 30.0, synchronous: str = "NORMAL"
+    ) -> None:
         self.path = path
+        self.synchronous = synchronous
+        """``NORMAL`` (a commit survives a process crash) or ``FULL`` (also a power failure)."""
         self.busy_timeout_s = busy_timeout_s
         """How long a write waits for another writer's lock before it fails (and is retried)."""
         self._executor: ThreadPoolExecutor | None = None
@@ -74,7 +78,9 @@ class SqliteSink:
             executor.shutdown(wait=True)
 
     def _open_sync(self) -> sqlite3.Connection:
-        conn = store.connect(self.path, busy_timeout_s=self.busy_timeout_s)
+        conn = store.connect(
+            self.path, busy_timeout_s=self.busy_timeout_s, synchronous=self.synchronous
+        )
         try:
             store.migrate(conn)
         except BaseException:

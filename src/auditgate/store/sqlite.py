@@ -59,7 +59,9 @@ WAL_AUTOCHECKPOINT_PAGES: Final = 4096
 them) after every few batches rather than after each one."""
 
 
-def connect(path: str | Path, *, busy_timeout_s: float = 30.0) -> sqlite3.Connection:
+def connect(
+    path: str | Path, *, busy_timeout_s: float = 30.0, synchronous: str = "NORMAL"
+) -> sqlite3.Connection:
     """Open ``path`` (created with its parent directory if missing) for the store.
 
     WAL mode (readers never block the writer), ``synchronous=NORMAL`` (a commit survives a crash
@@ -67,8 +69,12 @@ def connect(path: str | Path, *, busy_timeout_s: float = 30.0) -> sqlite3.Connec
     :data:`WAL_AUTOCHECKPOINT_PAGES` pages of WAL, may be lost), autocommit mode with explicit
     transactions, rows as :class:`sqlite3.Row` (so :func:`~auditgate.store.schema.record_from_row`
     can read them).  A new file gets :data:`PAGE_SIZE` pages; the connection a cache of
-    :data:`CACHE_KIB`.  Does not migrate: call :func:`migrate`.
+    :data:`CACHE_KIB`.  Does not migrate: call :func:`migrate`.  ``synchronous="FULL"`` makes
+    every commit survive a power failure too (the sink uses it in durable mode, where a commit
+    lets the spool forget the record).
     """
+    if synchronous not in ("NORMAL", "FULL"):
+        raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
     target = Path(path)
     if str(path) != ":memory:":
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +83,7 @@ def connect(path: str | Path, *, busy_timeout_s: float = 30.0) -> sqlite3.Connec
         # Before anything writes the file: a no-op on an existing database.
         conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
         _enable_wal(conn, busy_timeout_s)
-        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
     except BaseException:
