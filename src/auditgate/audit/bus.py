@@ -23,7 +23,7 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from auditgate.audit.metrics import AuditMetrics
@@ -184,12 +184,7 @@ class AuditBus:
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until every lane is empty; True if it got there before ``timeout``."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.pending():
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.005)
-        return True
+        return await drained(self.pending, timeout)
 
     async def close(self, timeout: float) -> dict[str, int]:
         """Drain within ``timeout`` seconds, then stop; returns undelivered counts per sink."""
@@ -293,3 +288,13 @@ def describe_error(exc: BaseException) -> str:
     """A one-line description of a sink failure for logs (type and message, bounded)."""
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:500]
+
+
+async def drained(pending: Callable[[], int], timeout: float | None) -> bool:
+    """Poll ``pending()`` until it is 0; True if that happened before ``timeout`` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while pending():
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True

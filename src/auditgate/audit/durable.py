@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Sequence
 
 import msgspec
 
-from auditgate.audit.bus import Backoff, RateLimitedLog, describe_error
+from auditgate.audit.bus import Backoff, RateLimitedLog, describe_error, drained
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import Envelope, Mode, decode_record
 from auditgate.audit.sink import BatchPolicy, Sink
@@ -200,12 +200,7 @@ class DurableBus:
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until every sink stored everything committed; True if before ``timeout``."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.pending():
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.005)
-        return True
+        return await drained(self.pending, timeout)
 
     async def close(self, timeout: float) -> dict[str, int]:
         """Commit what is queued, let sinks catch up within ``timeout``, close them.  Returns
