@@ -116,8 +116,8 @@ async def test_durable_mode_commits_survive_power_loss(
     [sink] = build_sinks(settings)
     await sink.open()
     try:
-        conn = sink._conn  # type: ignore[attr-defined]
-        got = await sink._call(lambda: conn.execute("PRAGMA synchronous").fetchone()[0])  # type: ignore[attr-defined]
+        thread = sink._thread  # type: ignore[attr-defined]
+        got = await thread.call(lambda: thread.conn.execute("PRAGMA synchronous").fetchone()[0])
         assert level == got
     finally:
         await sink.close()

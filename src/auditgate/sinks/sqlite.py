@@ -12,19 +12,14 @@ path, a directory, no permission) or its schema cannot be migrated; once open, a
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from collections.abc import Sequence
 
 from auditgate.audit.record import AuditRecord, Envelope
 from auditgate.audit.sink import BatchPolicy
 from auditgate.errors import ConfigError, SinkError
 from auditgate.store import sqlite as store
 from auditgate.store.schema import row_from_record
-
-_T = TypeVar("_T")
 
 
 class SqliteSink:
@@ -42,40 +37,28 @@ class SqliteSink:
         """``NORMAL`` (a commit survives a process crash) or ``FULL`` (also a power failure)."""
         self.busy_timeout_s = busy_timeout_s
         """How long a write waits for another writer's lock before it fails (and is retried)."""
-        self._executor: ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None
+        self._thread = store.SqliteThread(
+            "auditgate-sqlite", lambda: SinkError("sqlite sink is not open")
+        )
 
     def __repr__(self) -> str:
         return f"SqliteSink(path={self.path!r})"
 
     async def open(self) -> None:
         """Open (or create) the database and apply pending migrations."""
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="auditgate-sqlite")
         try:
-            self._conn = await self._call(self._open_sync)
+            await self._thread.open(self._open_sync)
         except (sqlite3.Error, OSError) as exc:
-            self._executor.shutdown(wait=True)
-            self._executor = None
             raise ConfigError(f"DYN_AUDIT_SQLITE_PATH={self.path!r}: cannot open: {exc}") from exc
 
     async def write(self, batch: Sequence[Envelope]) -> None:
         """Store every record of ``batch`` in one transaction, or raise."""
-        if self._conn is None:
-            raise SinkError("sqlite sink is not open")
         records = [envelope.record for envelope in batch]
-        await self._call(lambda: self._write_sync(records))
+        await self._thread.call(lambda: self._write_sync(records))
 
     async def close(self) -> None:
         """Close the connection and stop the thread."""
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        try:
-            if self._conn is not None:
-                await asyncio.get_running_loop().run_in_executor(executor, self._conn.close)
-        finally:
-            self._conn = None
-            executor.shutdown(wait=True)
+        await self._thread.close()
 
     def _open_sync(self) -> sqlite3.Connection:
         conn = store.connect(
@@ -89,12 +72,8 @@ class SqliteSink:
         return conn
 
     def _write_sync(self, records: Sequence[AuditRecord]) -> None:
-        assert self._conn is not None
+        conn = self._thread.conn
+        assert conn is not None
         # Rows are built on the sink's thread too: encoding ~4 KiB bodies is real work.
         rows = [row_from_record(record) for record in records]
-        store.insert_rows(self._conn, rows)
-
-    async def _call(self, fn: Callable[[], _T]) -> _T:
-        if self._executor is None:
-            raise SinkError("sqlite sink is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        store.insert_rows(conn, rows)

@@ -12,13 +12,15 @@ table (:data:`~auditgate.store.schema.METADATA_TABLE`), which no insert trigger 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from auditgate.store.migrations import MIGRATIONS, MIGRATIONS_TABLE_SQL
 from auditgate.store.schema import (
@@ -31,6 +33,7 @@ from auditgate.store.schema import (
 )
 
 log = logging.getLogger("auditgate.store")
+_T = TypeVar("_T")
 
 INSERT_SQL: Final = (
     f"INSERT INTO {TABLE} ({', '.join(COLUMN_NAMES)}) "
@@ -190,3 +193,47 @@ def _insert_clashes(conn: sqlite3.Connection, rows: Sequence[Row]) -> int:
     if inserted != len(clashes):
         raise sqlite3.IntegrityError("a response id clash could not be resolved")
     return inserted
+
+
+class SqliteThread:
+    """One SQLite connection that lives on one dedicated thread; every use of it runs there.
+
+    ``sqlite3`` connections must stay on the thread that made them, and queries must not block
+    the event loop: the sink and the stored-completions reader both hold their connection this
+    way.  ``closed_error`` is what :meth:`call` raises before :meth:`open` or after
+    :meth:`close`.
+    """
+
+    def __init__(self, thread_name: str, closed_error: Callable[[], Exception]) -> None:
+        self._thread_name = thread_name
+        self._closed_error = closed_error
+        self._executor: ThreadPoolExecutor | None = None
+        self.conn: sqlite3.Connection | None = None
+
+    async def open(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        """Start the thread and run ``connect`` there; on failure nothing is left running."""
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=self._thread_name)
+        try:
+            self.conn = await self.call(connect)
+        except BaseException:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+            raise
+
+    async def call(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn`` on the connection's thread."""
+        if self._executor is None:
+            raise self._closed_error()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def close(self) -> None:
+        """Close the connection on its thread, then stop the thread; idempotent."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        try:
+            if self.conn is not None:
+                await asyncio.get_running_loop().run_in_executor(executor, self.conn.close)
+        finally:
+            self.conn = None
+            executor.shutdown(wait=True)

@@ -9,13 +9,11 @@ every batch it has committed.  Updates and deletes take the write lock up front
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import functools
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,31 +44,21 @@ class SqliteStore:
         self.path = path
         self.must_exist = must_exist
         self.busy_timeout_s = busy_timeout_s
-        self._executor: ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None
+        self._thread = db.SqliteThread(
+            "auditgate-store", lambda: ConfigError("SQLite store is not open")
+        )
 
     def __repr__(self) -> str:
         return f"SqliteStore(path={self.path!r})"
 
     async def open(self) -> None:
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="auditgate-store")
         try:
-            self._conn = await self._call(self._open_sync)
+            await self._thread.open(self._open_sync)
         except (sqlite3.Error, OSError) as exc:
-            self._executor.shutdown(wait=True)
-            self._executor = None
             raise ConfigError(f"SQLite store {self.path!r}: cannot open: {exc}") from exc
 
     async def close(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        try:
-            if self._conn is not None:
-                await asyncio.get_running_loop().run_in_executor(executor, self._conn.close)
-        finally:
-            self._conn = None
-            executor.shutdown(wait=True)
+        await self._thread.close()
 
     async def list(self, where: Filter, *, after: str | None, limit: int, order: Order) -> Page:
         return await self._call(lambda: self._list_sync(where, after, limit, order))
@@ -113,9 +101,10 @@ class SqliteStore:
         return conn
 
     def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
+        conn = self._thread.conn
+        if conn is None:
             raise ConfigError("SQLite store is not open")
-        return self._conn
+        return conn
 
     def _list_sync(self, where: Filter, after: str | None, limit: int, order: Order) -> Page:
         conn = self._db()
@@ -178,6 +167,4 @@ class SqliteStore:
         return deleted > 0
 
     async def _call(self, fn: Callable[[], _T]) -> _T:
-        if self._executor is None:
-            raise ConfigError("SQLite store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        return await self._thread.call(fn)
