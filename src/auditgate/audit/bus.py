@@ -192,14 +192,7 @@ class AuditBus:
         for lane in self._lanes:
             lane.wake_at = 1
             lane.wakeup.set()
-        tasks = [lane.task for lane in self._lanes if lane.task is not None]
-        if tasks:
-            _, late = await asyncio.wait(tasks, timeout=timeout)
-            for task in late:
-                task.cancel()
-            for task in late:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await finish_tasks([lane.task for lane in self._lanes if lane.task is not None], timeout)
         report: dict[str, int] = {}
         for lane in self._lanes:
             lost = len(lane.queue) + len(lane.inflight)
@@ -298,3 +291,16 @@ async def drained(pending: Callable[[], int], timeout: float | None) -> bool:
             return False
         await asyncio.sleep(0.005)
     return True
+
+
+async def finish_tasks(tasks: Sequence[asyncio.Task[None]], timeout: float) -> None:
+    """Let ``tasks`` end by themselves within ``timeout`` seconds, then cancel the late ones and
+    wait for them to unwind."""
+    if not tasks:
+        return
+    _, late = await asyncio.wait(tasks, timeout=timeout)
+    for task in late:
+        task.cancel()
+    for task in late:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -32,7 +32,13 @@ from collections.abc import Awaitable, Sequence
 
 import msgspec
 
-from auditgate.audit.bus import Backoff, RateLimitedLog, describe_error, drained
+from auditgate.audit.bus import (
+    Backoff,
+    RateLimitedLog,
+    describe_error,
+    drained,
+    finish_tasks,
+)
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import Envelope, Mode, decode_record
 from auditgate.audit.sink import BatchPolicy, Sink
@@ -211,14 +217,7 @@ class DurableBus:
         self._drained = True
         for reader in self._readers:
             reader.wakeup.set()  # ends lingering and idle waits: deliver the rest, save, stop
-        tasks = [reader.task for reader in self._readers if reader.task is not None]
-        if tasks:
-            _, late = await asyncio.wait(tasks, timeout=timeout)
-            for task in late:
-                task.cancel()
-            for task in late:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await finish_tasks([r.task for r in self._readers if r.task is not None], timeout)
         report: dict[str, int] = {}
         for reader in self._readers:
             report[reader.name] = reader.backlog
