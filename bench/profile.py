@@ -1,7 +1,7 @@
 """Where an auditgate scenario's CPU goes: py-spy samples under bench load, per request.
 
 ``python bench/profile.py --engine mock --audit jsonl [--stream] [--concurrency 16]
-[--seconds 8] [--top 20] [--against off]``
+[--seconds 8] [--top 20] [--against off] [--set KEY=VALUE ...]``
 
 Starts the scenario pinned to the server CPU (as :mod:`bench.run` does), drives it with
 :mod:`bench.loadgen` on the client CPU, and records ``py-spy record --format raw`` (250 Hz, idle
@@ -24,6 +24,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
 
 import argparse
 import collections
+import dataclasses
 import json
 import re
 import subprocess
@@ -105,18 +106,34 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--seconds", type=float, default=8)
     p.add_argument("--top", type=int, default=20)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra server setting for --audit only (e.g. DYN_AUDIT_INTEGRITY=1; repeatable)",
+    )
+    p.add_argument(
+        "--against-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra server setting for --against only (repeatable)",
+    )
     a = p.parse_args(argv)
-    audits = [a.audit] + ([a.against] if a.against else [])
-    results = {}
+    runs = [(a.audit, a.set)] + ([(a.against, a.against_set)] if a.against else [])
+    results = []
     with (
         tempfile.TemporaryDirectory(prefix="agbench-prof-") as tmp,
         servers.fake_upstream(Path(tmp)) as upstream_url,
     ):
         ctx = Context(Path(tmp), upstream_url)
-        for audit in audits:
+        for audit, settings in runs:
             (scenario,) = servers.auditgate_scenarios([a.engine], [audit])
-            results[audit] = profile(scenario, ctx, a.stream, a.concurrency, a.seconds)
-    own, inclusive, rps = results[a.audit]
+            env = tuple((k, v) for k, _, v in (kv.partition("=") for kv in settings))
+            scenario = dataclasses.replace(scenario, env=env)
+            results.append(profile(scenario, ctx, a.stream, a.concurrency, a.seconds))
+    own, inclusive, rps = results[0]
     print(f"{a.engine} audit={a.audit} {'stream' if a.stream else 'json'} c={a.concurrency}: "
           f"{rps:.0f} req/s, {sum(own.values()):.1f} µs/req sampled")  # fmt: skip
     print("\nself µs/req")
@@ -127,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for frame, us in sorted(mine, key=lambda x: -x[1])[: a.top]:
         print(f"{us:7.1f}  {frame}")
     if a.against:
-        base, _, base_rps = results[a.against]
+        base, _, base_rps = results[1]
         print(f"\naudit={a.against}: {base_rps:.0f} req/s, {sum(base.values()):.1f} µs/req sampled")
         print(f"\nself µs/req, audit={a.audit} minus audit={a.against}")
         diff = {f: own.get(f, 0.0) - base.get(f, 0.0) for f in set(own) | set(base)}

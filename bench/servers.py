@@ -148,6 +148,8 @@ class Scenario:
     audit: str
     """``off`` or the audit sink / callback in use."""
     starter: Callable[[Scenario, Context], Running]
+    env: tuple[tuple[str, str], ...] = ()
+    """Extra environment for the server (auditgate: e.g. ``DYN_AUDIT_INTEGRITY=1``)."""
 
     @property
     def name(self) -> str:
@@ -236,6 +238,7 @@ def start_auditgate(scenario: Scenario, ctx: Context) -> Running:
             "AUDITGATE_MOCK_TTFT_MS": "0",
             "AUDITGATE_MOCK_ITL_MS": "0",
         }
+    env |= dict(scenario.env)
     port = free_port()
     # The stderr sink's records go to /dev/null (so its cost is the write, not a terminal).
     log = None if scenario.audit == "stderr" else workdir / "server.log"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -18,7 +19,7 @@ from auditgate.audit.integrity import (
     checkpoint_message,
     link,
 )
-from auditgate.audit.processors import IntegrityChain
+from auditgate.audit.processors import IntegrityChain, Processors
 from auditgate.audit.record import AuditRecord, encode_record
 from auditgate.store.schema import COLUMN_NAMES, record_dict_from_row, row_from_record
 from tests.store.records import make_record
@@ -191,38 +192,57 @@ def test_not_a_record_is_invalid() -> None:
     assert verify([*as_dicts(chain_of(1)), {"hello": 1}]) == [("invalid", None, None)]
 
 
-@pytest.mark.parametrize("value", [1e16, 1.5e300, 2.5, 1e-7, 0.1, 10**20])
-def test_canonical_survives_jsonb_number_printing(value: float) -> None:
-    """A number re-printed from its decimal value (as JSONB does) hashes the same."""
+def intact_after(record: AuditRecord, reprint: Callable[[str], str]) -> bool:
+    """Chain ``record`` alone, re-print its stored line with ``reprint``, and verify that."""
+    record.writer, record.seq = "w1", 0
+    IntegrityChain(None, engine="mock")(record)
+    line = reprint(encode_record(record).decode())
+    verifier = Verifier(live=True)
+    verifier.add("row 1", msgspec.json.decode(line))
+    return verifier.report().intact
+
+
+def jsonb(written: str) -> str:
+    """How PostgreSQL's JSONB prints back a number msgspec wrote as ``written``."""
+    return format(Decimal(written), "f")
+
+
+@pytest.mark.parametrize("value", [1e16, 1.5e300, 2.5, 1e-7, 0.1, 10**20, 10**16])
+def test_chain_survives_jsonb_number_printing(value: float) -> None:
+    """A number re-printed from its decimal value (as JSONB does) still verifies."""
     record = make_record(0)
     assert isinstance(record.request, dict)
     record.request["temperature"] = value
-    written = msgspec.json.encode(value).decode()
-    jsonb = format(Decimal(written), "f")
-    line = encode_record(record).decode()
-    reprinted = line.replace(f'"temperature":{written}', f'"temperature":{jsonb}')
-    assert (True, canonical(record)) == (
-        reprinted != line or written == jsonb,
-        canonical(msgspec.json.decode(reprinted)),
-    )
+    old = f'"temperature":{msgspec.json.encode(value).decode()}'
+    new = f'"temperature":{jsonb(old.partition(":")[2])}'
+    assert intact_after(record, lambda line: line.replace(old, new))
 
 
-@pytest.mark.parametrize("value", [1e16, -1.2345678901234568e17, 1.7976931348623157e308])
+@pytest.mark.parametrize(
+    "value", [1e16, -1.2345678901234568e17, 4.5e45, 1e99, 1e100, 1.7976931348623157e308]
+)
 @pytest.mark.parametrize("where", ["inner", "last_in_list", "last_in_object"])
-def test_canonical_survives_jsonb_anywhere(value: float, where: str) -> None:
-    """A float with a positive exponent hashes as JSONB prints it wherever it sits, also in a
-    record whose hex ids hold digit-e-digit runs."""
+def test_chain_survives_jsonb_anywhere(value: float, where: str) -> None:
+    """A float JSONB prints as an integer verifies wherever it sits, next to a genuine integer
+    of the same size, in a record whose hex ids hold digit-e-digit runs."""
     record = make_record(0, request_id="4e16aaaa-0000-4e99-8e16-00000000004e")
     assert isinstance(record.request, dict)
-    shapes = {"inner": [value, 1], "last_in_list": [1, value], "last_in_object": {"z": value}}
+    shapes = {
+        "inner": [value, 10**17, 1],
+        "last_in_list": [10**17, 1, value],
+        "last_in_object": {"a": 10**17, "z": value},
+    }
     record.request["unknown_field"] = shapes[where]
     written = msgspec.json.encode(value).decode()
-    line = encode_record(record).decode()
-    reprinted = line.replace(written, format(Decimal(written), "f"))
-    assert (1, canonical(record)) == (
-        line.count(written),
-        canonical(msgspec.json.decode(reprinted)),
-    )
+    assert intact_after(record, lambda line: line.replace(written, jsonb(written)))
+
+
+def test_changed_big_number_is_still_modified() -> None:
+    """Re-spelling numbers never lets a changed value pass."""
+    record = make_record(0)
+    assert isinstance(record.request, dict)
+    record.request["seed"] = 1e16
+    assert not intact_after(record, lambda line: line.replace("1e16", "20000000000000000"))
 
 
 def test_canonical_survives_a_store_row() -> None:
@@ -236,3 +256,26 @@ def test_no_checkpoint_for_an_idle_writer() -> None:
     """A writer that chained nothing writes no checkpoint, not even a final one."""
     chain = IntegrityChain(HmacSigner(KEY), engine="mock")
     assert (chain.checkpoint("interval"), chain.checkpoint("shutdown", final=True)) == (None, None)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [None, 1e16, 'tab\there \u2028 \x00 quote" é'],
+    ids=["plain", "exponent", "escapes"],
+)
+def test_sealed_envelope_is_the_record(extra: Any) -> None:
+    """The JSON the chain hands the sinks (its hashed bytes reused) decodes to exactly what
+    encoding the sealed record gives, and verifies."""
+    record = make_record(0)
+    assert isinstance(record.request, dict)
+    if extra is not None:
+        record.request["extra"] = extra
+    record.writer, record.seq = "w1", 0
+    chain = IntegrityChain(None, engine="mock")
+    envelope = Processors([chain], chain).envelope(record)
+    assert record.integrity is not msgspec.UNSET
+    expected = encode_record(record)
+    assert msgspec.json.decode(envelope.json) == msgspec.json.decode(expected)
+    verifier = Verifier(ordered=True, live=True)
+    verifier.add("line 1", msgspec.json.decode(envelope.json))
+    assert verifier.report().intact

@@ -20,8 +20,11 @@ KEY = "verify-test-key"
 REQUESTS = 6
 
 
-def run_gateway(env: dict[str, str], requests: int = REQUESTS) -> None:
-    """Start a gateway with ``env``, send ``requests`` stored completions, stop it."""
+def run_gateway(
+    env: dict[str, str], requests: int = REQUESTS, extra: dict[str, Any] | None = None
+) -> None:
+    """Start a gateway with ``env``, send ``requests`` stored completions (with the ``extra``
+    body fields), stop it."""
     with gateway(env, configured_sinks=True) as g:
         with httpx.Client(base_url=g.base_url, timeout=10) as client:
             for i in range(requests):
@@ -29,6 +32,7 @@ def run_gateway(env: dict[str, str], requests: int = REQUESTS) -> None:
                     "model": "mock",
                     "store": True,
                     "messages": [{"role": "user", "content": f"question {i}"}],
+                    **(extra or {}),
                 }
                 assert client.post("/chat/completions", json=body).status_code == 200
         g.records(requests + requests // 4)  # a checkpoint every 4; the final one at stop
@@ -193,10 +197,12 @@ async def test_postgres_store(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The PostgreSQL store (JSONB bodies) verifies clean; a changed body, a deleted row and a
-    cut tail are named."""
+    """The PostgreSQL store (JSONB bodies) verifies clean, also with floats JSONB prints back
+    as integers next to genuine big integers; a changed body, a deleted row and a cut tail are
+    named."""
     env = base_env(workdir, "postgres", DYN_AUDIT_POSTGRES_URL=pg_dsn)
-    await asyncio.to_thread(run_gateway, env)
+    big = {"x_vendor": {"scale": 1e16, "huge": 4.5e45, "count": 10**17, "ratio": 0.25}}
+    await asyncio.to_thread(run_gateway, env, REQUESTS, big)
     code, report = await asyncio.to_thread(verify, capsys, monkeypatch, pg_dsn)
     assert (code, report["intact"]) == (0, True)
     conn = await asyncpg.connect(pg_dsn)

@@ -50,6 +50,32 @@ def _report(future: asyncio.Future[None]) -> None:
         log.error("audit: checkpoint not made durable: %s", future.exception())
 
 
+def _retrieved(future: asyncio.Future[None]) -> None:
+    """Mark a commit's outcome retrieved: a transport whose client left never awaits it."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _forward(source: Awaitable[None] | None, target: asyncio.Future[None]) -> None:
+    """Complete ``target`` as ``source`` (a bus commit, or None: nothing to wait for) completes."""
+    if source is None:
+        target.set_result(None)
+        return
+    future = asyncio.ensure_future(source)
+
+    def copy(done: asyncio.Future[None]) -> None:
+        if target.done():
+            return
+        if done.cancelled():
+            target.cancel()
+        elif done.exception() is not None:
+            target.set_exception(done.exception())  # type: ignore[arg-type]
+        else:
+            target.set_result(None)
+
+    future.add_done_callback(copy)
+
+
 def new_writer_id() -> str:
     """``host:pid:random`` — unique per process start, so two starts never share a sequence."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -79,6 +105,8 @@ class Auditor:
         self._enabled = settings.enabled and bus is not None
         self._sample = settings.sample_rate
         self._records = {m: metrics.records.labels(m) for m in ("full", "usage_only", "checkpoint")}
+        self._pending: list[tuple[AuditRecord, asyncio.Future[None] | None]] = []
+        """Records waiting for the processors' next batch, with their durable commits."""
 
     @property
     def enabled(self) -> bool:
@@ -131,35 +159,97 @@ class Auditor:
         )
 
     def publish(self, record: AuditRecord) -> Awaitable[None] | None:
-        """Stamp ``writer``/``seq`` and hand the record to the bus; never blocks or raises.
+        """Stamp ``writer``/``seq``, run the processors and hand the record to the bus; never
+        blocks or raises.
 
         Returns the bus's commit: ``None`` in best effort; in durable mode an awaitable that
-        completes once the record is in the spool (and raises if it could not get there)."""
+        completes once the record is in the spool (and raises if it could not get there).
+
+        With processors (redaction, integrity), the record is queued and the queue is processed
+        at the end of the current event-loop iteration, as one batch in publish order: under
+        load that is one batch per burst of requests, and a batch runs the processors' code
+        with its caches warm (about half the CPU per record of one at a time, measured with
+        ``bench.integrity``), with no added wait.  Stamping happens there too, so ``seq``
+        order, chain order and checkpoint placement stay one order.
+        """
+        if not self.processors:
+            return self._publish_now(record)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a synchronous caller): nothing to batch with
+            return self._publish_now(record)
+        commit: asyncio.Future[None] | None = None
+        if self.settings.durability == "durable":
+            commit = loop.create_future()
+            commit.add_done_callback(_retrieved)
+        self._pending.append((record, commit))
+        if len(self._pending) == 1:
+            loop.call_soon(self._process)
+        return commit
+
+    def _process(self) -> None:
+        """Publish every queued record, in order (see :meth:`publish`).
+
+        Two passes: the seq-independent processors (redaction) over the whole batch, then
+        stamping, chaining and publishing record by record — each pass keeps its own code hot.
+        """
+        pending, self._pending = self._pending, []
+        prepared: list[Exception | None] = []
+        for record, _ in pending:
+            try:
+                self.processors.prepare(record)
+            except Exception as exc:  # noqa: BLE001 - reported by _publish_now, record dropped
+                prepared.append(exc)
+            else:
+                prepared.append(None)
+        for (record, commit), error in zip(pending, prepared, strict=True):
+            done = self._publish_now(record, prepared=True, error=error)
+            if commit is not None:
+                _forward(done, commit)
+
+    def _publish_now(
+        self, record: AuditRecord, *, prepared: bool = False, error: Exception | None = None
+    ) -> Awaitable[None] | None:
+        """Stamp, process and publish one record now.  ``prepared``: the seq-independent
+        processors already ran, and ``error`` is what they raised."""
         record.writer = self.writer
-        record.seq = next(self._seq)
+        record.seq = next(self._seq)  # taken even when the record is dropped: a visible gap
         if self.processors:
             try:
-                record = self.processors(record)
+                if error is not None:
+                    raise error
+                if not prepared:
+                    self.processors.prepare(record)
+                envelope = self.processors.seal(record)
             except Exception as exc:  # never raise, and never publish an unprocessed record
-                log.exception("audit: processors failed, record %s dropped", record.request_id)
+                log.error(
+                    "audit: processors failed, record %s dropped",
+                    record.request_id,
+                    exc_info=exc,
+                )
                 self.metrics.dropped.labels("*", "processor_error").inc()
                 if self.settings.durability == "durable":
                     # Durable mode promises no answer without its record: fail the commit, so
                     # the transport withholds the success (503) instead of answering unaudited.
                     return _failed(SpoolError(f"audit processors failed: {exc}"))
                 return None
+        else:
+            envelope = Envelope(record)
         self._records[record.mode].inc()
         assert self.bus is not None
-        commit = self.bus.publish(Envelope(record))
+        commit = self.bus.publish(envelope)
         if self.processors.checkpoint_due:
             _log_failure(self.checkpoint("count"))
         return commit
 
     def checkpoint(self, reason: str, *, final: bool = False) -> Awaitable[None] | None:
         """Publish an integrity checkpoint now, if integrity is on and one says anything new
-        (see :meth:`~auditgate.audit.processors.IntegrityChain.checkpoint`); returns its commit."""
+        (see :meth:`~auditgate.audit.processors.IntegrityChain.checkpoint`); returns its commit.
+        Queued records are published first, so the checkpoint seals them too."""
+        if self._pending:
+            self._process()
         record = self.processors.checkpoint(reason, final=final) if self._enabled else None
-        return None if record is None else self.publish(record)
+        return None if record is None else self._publish_now(record)
 
     def _sampled(self, request_id: str) -> bool:
         if self._sample >= 1.0:

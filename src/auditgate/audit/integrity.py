@@ -9,13 +9,14 @@ where ``prev`` is the ``hash`` of the same writer's record with ``seq - 1``, and
 the genesis value.
 
 Canonical form: the record as a JSON object *without* its ``integrity`` field, encoded by msgspec
-with object keys sorted at every level (``UNSET`` fields left out, as on the wire).  It survives
-what the stores do to a record: PostgreSQL's JSONB re-orders keys (sorted away) and re-prints a
-number from its decimal value, which turns a float written with a positive exponent (msgspec
-writes ``1e16``, JSONB gives back ``10000000000000000``) into an integer.  So such a float is
-hashed as the integer its shortest spelling denotes; every other number is hashed as msgspec
-spells it.  Any field a newer writer added is part of the canonical form too, so readers that do
-not know a field still verify it.
+with object keys sorted at every level (``UNSET`` fields left out, as on the wire), every number
+spelled as msgspec spells it.  The writer hashes those bytes as they are (and stores them, see
+:func:`sealed_json`), so chaining costs one encode and one SHA-256 per record.  Readers rebuild
+the same bytes from a decoded line or stored row: key order is sorted away, and a float that
+PostgreSQL's JSONB re-printed from its decimal value as an integer (msgspec writes ``1e16``,
+JSONB gives back ``10000000000000000``) is spelled as a float again when the plain form does not
+match (:func:`respellings`).  Any field a newer writer added is part of the canonical form too,
+so readers that do not know a field still verify it.
 
 Checkpoints (``mode: "checkpoint"`` records carrying a :class:`Checkpoint` as metadata) sign
 :func:`checkpoint_message` — writer, seq, the chain head before it and whether it is the final
@@ -28,8 +29,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import itertools
 import json
-import re
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Final
 
@@ -43,24 +45,6 @@ HMAC_ALG: Final = "hmac-sha256"
 UNSIGNED: Final = "none"
 
 _canonical_encoder: Final = msgspec.json.Encoder(order="sorted")
-# Where msgspec may have written a float with a positive exponent: it does so only from 1e16 on,
-# so the exponent has two or three digits, and in compact JSON a number ends at ``,``, ``}`` or
-# ``]``.  Matching inside a string only sends the record down the (correct, slower) path below;
-# hex ids (``...4e5...``) never match.  The literal ``e`` first lets ``re`` skip ahead to
-# candidates (a leading ``[0-9]`` class cost 3-4 us per KiB; this ~0.7).
-_POSITIVE_EXPONENT: Final = re.compile(rb"e(?<=[0-9]e)[0-9]{2,3}[,}\]]")
-
-
-def _float_hook(text: str) -> Any:
-    _, exp, power = text.lower().partition("e")
-    if exp and not power.startswith("-"):
-        value = Decimal(text)
-        if value == value.to_integral_value():
-            return int(value)
-    return float(text)
-
-
-_exponent_decoder: Final = msgspec.json.Decoder(float_hook=_float_hook)
 
 
 def canonical(record: AuditRecord | dict[str, Any]) -> bytes:
@@ -70,26 +54,103 @@ def canonical(record: AuditRecord | dict[str, Any]) -> bytes:
     side: a decoded line or a stored row); its ``integrity`` field, if any, is left out.  Both
     give the same bytes for the same record.
     """
+    return canonical_form(record)[0]
+
+
+def canonical_form(record: AuditRecord | dict[str, Any]) -> tuple[bytes, bool]:
+    """:func:`canonical`, and whether those bytes are also the record's JSON encoding (UTF-8;
+    false only for a text with a lone surrogate, hashed in an ASCII form): then the writer
+    stores them, with ``integrity`` added, instead of encoding the record a second time."""
     if isinstance(record, dict):
         if "integrity" in record:
             record = {k: v for k, v in record.items() if k != "integrity"}
     elif record.integrity is not msgspec.UNSET:
         record = msgspec.structs.replace(record, integrity=msgspec.UNSET)
     try:
-        data = _canonical_encoder.encode(record)
+        return _canonical_encoder.encode(record), True
     except UnicodeEncodeError:
-        return _ascii_canonical(msgspec.to_builtins(record))
-    if _POSITIVE_EXPONENT.search(data) is None:
-        return data
-    return _canonical_encoder.encode(_exponent_decoder.decode(data))
+        return _ascii_canonical(msgspec.to_builtins(record)), False
+
+
+def sealed_json(data: bytes, prev: str, digest: str) -> bytes:
+    """The stored JSON of a record whose canonical bytes are ``data`` (its JSON encoding, see
+    :func:`canonical_form`): the same object with ``integrity`` added as its last key.  Key
+    order means nothing to JSON readers, and :func:`canonical` sorts it away again."""
+    tail = b'","hash":"%s"}}' % digest.encode()
+    return b"".join((data[:-1], b',"integrity":{"prev":"', prev.encode(), tail))
 
 
 def _ascii_canonical(data: Any) -> bytes:
     """Canonical form of a record holding a lone surrogate (UTF-8 cannot carry it): ASCII JSON
-    with ``\\uXXXX`` escapes, keys sorted, numbers under the same exponent rule."""
-    text = json.dumps(data, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
-    value = json.loads(text, parse_float=_float_hook)
-    return json.dumps(value, sort_keys=True, ensure_ascii=True, separators=(",", ":")).encode()
+    with ``\\uXXXX`` escapes and keys sorted."""
+    return json.dumps(data, sort_keys=True, ensure_ascii=True, separators=(",", ":")).encode()
+
+
+_MAX_RESPELLED = 8
+"""Integers a re-spelling tries one by one; beyond this many only all-or-none is tried."""
+
+
+def respellings(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Other readings of a stored record whose plain canonical form did not match its hash.
+
+    PostgreSQL's JSONB prints a float from 1e16 on as an integer; each integer that large
+    which a float holds exactly may have been one.  Returns copies with such integers turned
+    back into floats (every subset, or all of them when there are more than
+    :data:`_MAX_RESPELLED`), then the form earlier writers hashed (those floats as integers).
+    The hash decides: the numbers are the same either way, so no reading can make a changed
+    record pass.
+    """
+    out: list[dict[str, Any]] = []
+    ints = _count(record, _big_int)
+    if ints:
+        masks = range(1, 1 << ints) if ints <= _MAX_RESPELLED else [(1 << ints) - 1]
+        for mask in masks:
+            out.append(_rebuilt(record, _int_respeller(mask)))
+    if _count(record, _big_float):
+        out.append(_rebuilt(record, lambda v: int(Decimal(repr(v))) if _big_float(v) else v))
+    return out
+
+
+def _big_int(value: Any) -> bool:
+    """An integer JSONB may have printed for a float: from 1e16 on, and the decimal value of
+    the shortest spelling of the float nearest to it (JSONB keeps that decimal, not the
+    float's binary value)."""
+    if type(value) is not int or not 10**16 <= abs(value) < 2**1024:
+        return False
+    return Decimal(repr(float(value))) == value
+
+
+def _big_float(value: Any) -> bool:
+    return type(value) is float and abs(value) >= 1e16 and value.is_integer()
+
+
+def _count(value: Any, test: Callable[[Any], bool]) -> int:
+    if isinstance(value, dict):
+        return sum(_count(v, test) for v in value.values())
+    if isinstance(value, list):
+        return sum(_count(v, test) for v in value)
+    return 1 if test(value) else 0
+
+
+def _rebuilt(value: Any, change: Callable[[Any], Any]) -> Any:
+    """A copy of a JSON value with ``change`` applied to every leaf, in document order."""
+    if isinstance(value, dict):
+        return {k: _rebuilt(v, change) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rebuilt(v, change) for v in value]
+    return change(value)
+
+
+def _int_respeller(mask: int) -> Callable[[Any], Any]:
+    """Turns the i-th big integer (document order) into a float when bit i of ``mask`` is set."""
+    index = itertools.count()
+
+    def change(value: Any) -> Any:
+        if _big_int(value) and mask >> next(index) & 1:
+            return float(value)
+        return value
+
+    return change
 
 
 def link(prev: str, data: bytes) -> str:
@@ -494,7 +555,9 @@ def _link_of(seq: int, location: str, request_id: str | None, data: dict[str, An
     intact = False
     if isinstance(prev, str) and isinstance(hash_, str):
         try:
-            intact = link(prev, canonical(data)) == hash_
+            intact = link(prev, canonical(data)) == hash_ or any(
+                link(prev, canonical(other)) == hash_ for other in respellings(data)
+            )
         except ValueError:  # prev is not hex: the field itself was damaged
             intact = False
     else:

@@ -1,13 +1,14 @@
 """Record processors: redaction and the integrity chain, run before any sink sees a record.
 
 A processor is a plain callable ``(AuditRecord) -> AuditRecord`` (structlog's model).  The
-:class:`~auditgate.audit.capture.Auditor` stamps ``writer``/``seq``, runs the
-:class:`Processors` chain once, and only then hands the record to the bus, so every sink holds
-the same redacted bytes and the same chain.  Order is fixed: redaction first, then the integrity
-chain, so the chain covers exactly what was stored.
+:class:`~auditgate.audit.capture.Auditor` runs the :class:`Processors` once per record and only
+then hands it to the bus, so every sink holds the same redacted bytes and the same chain.  Order
+is fixed: redaction first (:meth:`Processors.prepare`), then ``writer``/``seq`` stamping, then the
+integrity chain (:meth:`Processors.seal`), so the chain covers exactly what was stored.
 
-All of this runs synchronously on the request's event loop, one record at a time, so the chain
-state needs no lock; with ``--workers N`` each process is its own writer with its own chain.
+All of this runs synchronously on the event loop, in batches of the records published in one
+loop iteration, in publish order, so the chain state needs no lock; with ``--workers N`` each
+process is its own writer with its own chain.
 """
 
 from __future__ import annotations
@@ -24,19 +25,22 @@ from auditgate.audit.integrity import (
     UNSIGNED,
     Checkpoint,
     HmacSigner,
-    canonical,
+    canonical_form,
     checkpoint_message,
     link,
+    sealed_json,
 )
 from auditgate.audit.metrics import AuditMetrics
-from auditgate.audit.record import AuditRecord, Integrity
+from auditgate.audit.record import AuditRecord, Envelope, Integrity
 from auditgate.audit.redact import Redactor, builtin, load_patterns
 from auditgate.config import AuditSettings
 
 log = logging.getLogger("auditgate.audit")
 
 Processor = Callable[[AuditRecord], AuditRecord]
-"""Takes a record (``writer``/``seq`` stamped) and returns it, changed or not."""
+"""Takes a record, changes it in place or not, and returns it (the same object).  Processors
+other than the integrity chain run before ``writer``/``seq`` are stamped (see
+:meth:`Processors.prepare`)."""
 
 # Message fields whose text is the conversation (everything else is structure: roles, ids...).
 _TEXT_FIELDS: Final = ("content", "reasoning_content", "refusal")
@@ -223,14 +227,22 @@ class IntegrityChain:
         return self.since >= self.every
 
     def __call__(self, record: AuditRecord) -> AuditRecord:
+        self.seal(record)
+        return record
+
+    def seal(self, record: AuditRecord) -> bytes | None:
+        """Chain ``record`` (set its ``integrity``) and return its JSON line, reusing the
+        bytes just hashed (see :func:`~auditgate.audit.integrity.sealed_json`); None when
+        those bytes are not a faithful encoding and the record must be encoded as usual."""
         prev = self.head
         if record.mode == "checkpoint":
             record.metadata = self._signed(record, prev).metadata()
-        digest = link(prev, canonical(record))
+        data, faithful = canonical_form(record)
+        digest = link(prev, data)
         record.integrity = Integrity(prev=prev, hash=digest)
         self.head = digest
         self.since = 0 if record.mode == "checkpoint" else self.since + 1
-        return record
+        return sealed_json(data, prev, digest) if faithful else None
 
     def checkpoint(self, reason: str, *, final: bool = False) -> AuditRecord | None:
         """A checkpoint record for ``reason`` (``count``, ``interval``, ``shutdown``), or None
@@ -276,6 +288,7 @@ class Processors:
         self.processors = tuple(processors)
         self.chain = chain
         """The integrity chain (also last in ``processors``), for checkpoints; None when off."""
+        self._before_chain = tuple(p for p in self.processors if p is not chain)
 
     def __bool__(self) -> bool:
         return bool(self.processors)
@@ -284,6 +297,24 @@ class Processors:
         for processor in self.processors:
             record = processor(record)
         return record
+
+    def prepare(self, record: AuditRecord) -> None:
+        """Run the processors that do not depend on ``writer``/``seq`` (redaction), which
+        change ``record`` in place; :meth:`seal` follows once it is stamped."""
+        for processor in self._before_chain:
+            processor(record)
+
+    def seal(self, record: AuditRecord) -> Envelope:
+        """Chain the stamped, prepared ``record`` (integrity on) and wrap it for the bus; the
+        envelope then carries the JSON the chain already encoded (one encode per record)."""
+        if self.chain is None:
+            return Envelope(record)
+        return Envelope(record, self.chain.seal(record))
+
+    def envelope(self, record: AuditRecord) -> Envelope:
+        """:meth:`prepare` then :meth:`seal`."""
+        self.prepare(record)
+        return self.seal(record)
 
     @property
     def checkpoint_due(self) -> bool:

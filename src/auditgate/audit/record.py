@@ -104,9 +104,11 @@ class Envelope:
 
     __slots__ = ("_json", "record")
 
-    def __init__(self, record: AuditRecord) -> None:
+    def __init__(self, record: AuditRecord, json: bytes | None = None) -> None:
+        """``json``: the record's JSON line when the caller already has it (the integrity
+        chain encodes every record to hash it); it must decode to ``record``."""
         self.record = record
-        self._json: bytes | None = None
+        self._json = json
 
     @property
     def json(self) -> bytes:

@@ -55,7 +55,7 @@ class Detector:
     """What to look for."""
     hints: tuple[str, ...] = ()
     """ASCII strings one of which occurs in every text the pattern matches in: a one-character
-    hint as is, a longer one in the folded text (see ``gates``: write it in lower case).
+    hint as is, a longer one in the lower-cased text (write it in lower case).
     Empty: always search."""
     valid: Callable[[str], bool] | None = None
     """Second check of a match (Luhn, address syntax); a match it rejects is kept."""
@@ -237,6 +237,7 @@ class Redactor:
         "_delete",
         "_detectors",
         "_gated",
+        "_gated_bits",
         "_long",
         "_narrowed",
         "_replacers",
@@ -249,7 +250,7 @@ class Redactor:
         # Bit i: detector i may match.  Single-byte hints map to the detectors they wake up;
         # every other byte is deleted by ``translate`` (C speed) before looking.
         by_byte: dict[int, int] = {}
-        long: list[tuple[bytes, int]] = []
+        long: list[tuple[str, int]] = []
         for index, detector in enumerate(self._detectors):
             for hint in detector.hints:
                 if not hint.isascii():
@@ -257,13 +258,14 @@ class Redactor:
                 if len(hint) == 1:
                     by_byte[ord(hint)] = by_byte.get(ord(hint), 0) | 1 << index
                 else:
-                    long.append((hint.encode(), 1 << index))
+                    long.append((hint, 1 << index))
         self._by_byte = by_byte
         self._delete = bytes(b for b in range(256) if b not in by_byte)
         self._long = tuple(long)
         self._gated = tuple(
             (1 << i, d.gates) for i, d in enumerate(self._detectors) if d.hints and d.gates
         )
+        self._gated_bits = sum(bit for bit, _ in self._gated)
         self._always = sum(1 << i for i, d in enumerate(self._detectors) if not d.hints)
         self._narrowed: dict[int, Redactor] = {}
 
@@ -279,19 +281,22 @@ class Redactor:
         mask = 0
         for byte in set(data.translate(None, self._delete)):
             mask |= self._by_byte[byte]
-        if not (mask or self._long):
-            return self._always
-        folded = data.translate(_FOLD)
-        for hint, bit in self._long:
-            if not mask & bit and hint in folded:
-                mask |= bit
-        for bit, gates in self._gated:
-            if mask & bit:
-                for gate in gates:
-                    if gate(folded):
-                        break
-                else:
-                    mask &= ~bit
+        if self._long:
+            # str.lower() and ``in`` on str beat the same on bytes by 2-3x.  Lower-casing other
+            # scripts never makes the ASCII letters of a hint out of nothing it should not.
+            lowered = value.lower()
+            for hint, bit in self._long:
+                if not mask & bit and hint in lowered:
+                    mask |= bit
+        if mask & self._gated_bits:
+            folded = data.translate(_FOLD)
+            for bit, gates in self._gated:
+                if mask & bit:
+                    for gate in gates:
+                        if gate(folded):
+                            break
+                    else:
+                        mask &= ~bit
         return mask | self._always
 
     def narrow(self, text: str) -> Redactor | None:
@@ -300,6 +305,8 @@ class Redactor:
         and whose pattern matches in it.  It makes the same replacements as this one in each
         of the joined texts; None when there is none (a clean record, checked once)."""
         mask = self._candidates(text)
+        if not mask:
+            return None
         for index, detector in enumerate(self._detectors):
             # A hinted (built-in) pattern that matches nowhere in ``text`` matches in no part of
             # it either: its lookarounds treat the newline that joins the parts like the end of
