@@ -5,8 +5,10 @@ Gateway: starts ``auditgate serve`` (mock engine, ``jsonl`` sink) pinned to CPU 
 the baseline and ``DYN_AUDIT_INTEGRITY=1`` + ``DYN_AUDIT_REDACT=email,api_key,card,ip`` (with a
 checkpoint key), and each ``--variant NAME=SRC`` (the same with an older copy of ``src/``),
 ``--repeat`` times, and prints per variant the median req/s and the median
-server CPU ms per request, and the ratios to the baseline.  CPU per request is the steadier
-number on a shared machine: other jobs steal wall time from the server, not CPU time.
+server CPU ms per request, their ratios to the baseline, and the median of the per-round ratios
+(``paired_*``, the figure to quote: a round runs every variant back to back).  CPU per request
+is the steadier number on a shared machine: other jobs steal wall time from the server, not CPU
+time.
 
 ``--micro``: microseconds per record of the redaction processor and of the integrity chain on
 realistic records (the loadgen's small one; a four-message chat with a ~100-word answer, without
@@ -56,8 +58,9 @@ def free_port() -> int:
 
 def measure(
     extra: dict[str, str], stream: bool, duration: float, workdir: str
-) -> tuple[float, float]:
-    """(req/s, server CPU ms per request) of one run."""
+) -> tuple[float, float, float]:
+    """(req/s, server CPU ms per request, processing stage µs per record) of one run; the
+    last from the server's own ``/metrics`` (0 without processors)."""
     port = free_port()
     env = dict(os.environ)
     env.update(
@@ -104,10 +107,24 @@ def measure(
             args.append("--stream")
         out = subprocess.run(args, capture_output=True, check=True, text=True).stdout
         result = json.loads(out)
-        return float(result["rps"]), float(result["server_cpu_ms_per_req"])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            stage = _stage_us_per_record(reply.read().decode())
+        return float(result["rps"]), float(result["server_cpu_ms_per_req"]), stage
     finally:
         server.terminate()
         server.wait(30)
+
+
+def _stage_us_per_record(metrics: str) -> float:
+    """``audit_processing_seconds_total / audit_records_total`` in µs (0 when absent)."""
+    seconds = records = 0.0
+    for line in metrics.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == "auditgate_audit_processing_seconds_total":
+            seconds = float(value)
+        elif name.startswith("auditgate_audit_records_total{"):
+            records += float(value)
+    return round(seconds / records * 1e6, 2) if records else 0.0
 
 
 def gateway(duration: float, repeat: int, others: dict[str, str]) -> None:
@@ -120,11 +137,13 @@ def gateway(duration: float, repeat: int, others: dict[str, str]) -> None:
         for stream in (False, True):
             rps: dict[str, list[float]] = {name: [] for name in variants}
             cpu: dict[str, list[float]] = {name: [] for name in variants}
+            stage: dict[str, list[float]] = {name: [] for name in variants}
             for _ in range(repeat):
                 for name, extra in variants.items():
-                    r, c = measure(extra, stream, duration, workdir)
+                    r, c, p = measure(extra, stream, duration, workdir)
                     rps[name].append(r)
                     cpu[name].append(c)
+                    stage[name].append(p)
             med_rps = {name: statistics.median(v) for name, v in rps.items()}
             med_cpu = {name: statistics.median(v) for name, v in cpu.items()}
             summary = {
@@ -135,9 +154,24 @@ def gateway(duration: float, repeat: int, others: dict[str, str]) -> None:
                 "median_cpu_ms_per_req": med_cpu,
                 "rps_ratio": {n: round(v / med_rps["baseline"], 4) for n, v in med_rps.items()},
                 "cpu_ratio": {n: round(v / med_cpu["baseline"], 4) for n, v in med_cpu.items()},
+                # Each round runs every variant back to back: the median of the per-round
+                # ratios cancels the machine's slow drift that medians of each side keep.
+                "paired_rps_ratio": {n: _paired(v, rps["baseline"]) for n, v in rps.items()},
+                "paired_cpu_ratio": {n: _paired(v, cpu["baseline"]) for n, v in cpu.items()},
+                # The processing stage's own clock (auditgate_audit_processing_seconds_total),
+                # and that time as a share of the baseline's server CPU per request.
+                "median_stage_us_per_record": {n: statistics.median(v) for n, v in stage.items()},
+                "stage_share_of_baseline_cpu": {
+                    n: round(statistics.median(v) / (med_cpu["baseline"] * 1000), 4)
+                    for n, v in stage.items()
+                },
             }
             print(json.dumps(summary))
             sys.stdout.flush()
+
+
+def _paired(values: list[float], baseline: list[float]) -> float:
+    return round(statistics.median(v / b for v, b in zip(values, baseline, strict=True)), 4)
 
 
 _WORDS = (

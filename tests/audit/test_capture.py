@@ -47,6 +47,9 @@ async def test_batched_records_keep_seq_chain_and_checkpoint_order() -> None:
     assert requests == ids
     checkpoints = [r["seq"] for r in lines if r["mode"] == "checkpoint"]
     assert checkpoints == [5, 11, 14]  # after 5 and 10 records, then the final one
+    # The stage's own clock, for the cost per record (bench.integrity reads it).
+    seconds = metrics.registry.get_sample_value("auditgate_audit_processing_seconds_total")
+    assert seconds is not None and seconds > 0
     verifier = Verifier(signer=HmacSigner(KEY))
     for index, line in enumerate(lines):
         verifier.add(f"line {index}", line)

@@ -69,6 +69,13 @@ class AuditMetrics:
             ["kind"],
             registry=r,
         )
+        self.processing_seconds = Counter(
+            PREFIX + "audit_processing_seconds_total",
+            "Time the record-processing stage (redaction, integrity chain, handing records to "
+            "the bus) ran on the event loop; divide by audit_records_total for the cost per "
+            "record.",
+            registry=r,
+        )
         self.spool_bytes = Gauge(
             PREFIX + "audit_spool_bytes", "Bytes in the durable spool.", registry=r
         )
