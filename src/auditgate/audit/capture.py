@@ -399,6 +399,9 @@ class AuditCapture:
         response = self._response
         if self._aggregator is not None:
             response = self._aggregator.finish()
+            # The stream's state is garbage now; in durable mode the transport still waits for
+            # the commit, and holding it that long across 64 streams spills the CPU caches.
+            self._aggregator = None
         record = AuditRecord(
             request_id=self.request_id,
             requested_streaming=self._streaming,

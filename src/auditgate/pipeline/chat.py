@@ -191,6 +191,7 @@ class ChatStream:
         capture = self._capture
         try:
             batch = self._rewrite(self._first)
+            self._first = []  # not kept alive for the rest of the stream
             if batch:
                 yield batch
             async for raw in self._rest:
