@@ -291,13 +291,16 @@ async def test_full_spool_refuses_full_records_drops_usage_and_recovers(tmp_path
 async def test_a_failed_spool_write_fails_the_commit_and_keeps_no_partial_frame(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """fdatasync failing: the publish's future raises SpoolError and the segment is rolled back."""
+    """The durable write failing half-way: the publish's future raises SpoolError and the
+    segment is rolled back to its last committed length."""
+    real_write = os.write
 
-    def broken(fd: int) -> None:
+    def broken(fd: int, data: Any) -> int:
+        real_write(fd, bytes(data)[:7])  # a torn frame on disk
         raise OSError(5, "Input/output error")
 
     before = harness.spool.end
-    monkeypatch.setattr(os, "fdatasync", broken)
+    monkeypatch.setattr(os, "write", broken)
     commit = harness.bus.publish(envelope(1))
     assert commit is not None
     with pytest.raises(SpoolError, match="Input/output error"):
@@ -337,7 +340,7 @@ async def test_pipeline_answers_after_the_commit_and_503s_when_it_fails(
     await stream.committed()
     await stream.aclose()
     assert chunks[0]["id"] == "chatcmpl-r-True-1"
-    monkeypatch.setattr(os, "fdatasync", lambda fd: (_ for _ in ()).throw(OSError(28, "full")))
+    monkeypatch.setattr(os, "write", lambda fd, data: (_ for _ in ()).throw(OSError(28, "full")))
     with pytest.raises(ServiceUnavailableError) as failed:
         await pipeline.complete(_call(False, 2))
     assert (failed.value.status_code, failed.value.code) == (503, "audit_spool_unavailable")
