@@ -115,7 +115,7 @@ class AuditBus:
             raise ValueError("capacity must be > 0")
         self.metrics = metrics
         self.backoff = backoff
-        self._lanes = [_Lane(s, capacity, _policy_of(s)) for s in sinks]
+        self._lanes = [_Lane(s, capacity, policy_of(s)) for s in sinks]
         self._closing = asyncio.Event()
         self._drop_log = RateLimitedLog()
         self._started = False
@@ -222,18 +222,9 @@ class AuditBus:
         target = min(lane.policy.max_records, max(1, lane.capacity // 4))
         if len(lane.queue) >= target or self._closing.is_set():
             return
-        lane.wake_at = target
-        lane.wakeup.clear()
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lane.wakeup.wait(), lane.policy.linger_s)
-        finally:
-            lane.wake_at = 1
+        await wait_for_batch(lane, target, lane.policy.linger_s)
 
     async def _run(self, lane: _Lane) -> None:
-        written = self.metrics.written.labels(lane.name)
-        errors = self.metrics.sink_errors.labels(lane.name)
-        seconds = self.metrics.write_seconds.labels(lane.name)
         policy = lane.policy
         while True:
             if not lane.queue:
@@ -246,35 +237,71 @@ class AuditBus:
                 await self._linger(lane)
             count = min(len(lane.queue), policy.max_records)
             lane.inflight = batch = [lane.queue.popleft() for _ in range(count)]
-            delay = self.backoff.initial_s
-            while True:
-                started = time.perf_counter()
-                try:
-                    await lane.sink.write(batch)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - any sink failure is counted and retried
-                    errors.inc()
-                    self._drop_log.warning(
-                        lane.name + ":error",
-                        "audit sink %s: write of %d record(s) failed, retrying in %.2fs: %s",
-                        lane.name,
-                        len(batch),
-                        delay,
-                        describe_error(exc),
-                    )
-                    await asyncio.sleep(delay)
-                    delay = min(delay * self.backoff.factor, self.backoff.maximum_s)
-                    continue
-                seconds.observe(time.perf_counter() - started)
-                written.inc(len(batch))
-                lane.inflight = ()
-                break
+            await write_until_stored(lane.sink, batch, self.backoff, self.metrics, self._drop_log)
+            lane.inflight = ()
 
 
-def _policy_of(sink: Sink) -> BatchPolicy:
+def policy_of(sink: Sink) -> BatchPolicy:
+    """The sink's ``batching`` policy, or the default one."""
     policy = getattr(sink, "batching", None)
     return policy if isinstance(policy, BatchPolicy) else BatchPolicy()
+
+
+class Worker(Protocol):
+    """A sink's worker as :func:`wait_for_batch` sees it (a lane, a spool reader)."""
+
+    wakeup: asyncio.Event
+    wake_at: int
+    """Records queued at which the producer sets ``wakeup`` (1 unless lingering)."""
+
+
+async def wait_for_batch(worker: Worker, target: int, linger_s: float) -> None:
+    """Linger: sleep until the producer wakes ``worker`` at ``target`` queued records (or for
+    another reason) or ``linger_s`` passes, so lingering costs one wake-up per batch."""
+    worker.wake_at = target
+    worker.wakeup.clear()
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(worker.wakeup.wait(), linger_s)
+    finally:
+        worker.wake_at = 1
+
+
+async def write_until_stored(
+    sink: Sink,
+    batch: Sequence[Envelope],
+    backoff: Backoff,
+    metrics: AuditMetrics,
+    log: RateLimitedLog,
+) -> None:
+    """Write ``batch`` to ``sink`` until it is stored.  Each failure is counted
+    (``audit_sink_errors_total``), logged (rate-limited) and retried with capped exponential
+    backoff; success is timed (``audit_sink_write_seconds``) and counted
+    (``audit_written_total``).  Only cancellation ends it early."""
+    name = sink.name
+    delay = backoff.initial_s
+    while True:
+        started = time.perf_counter()
+        try:
+            await sink.write(batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any sink failure is counted and retried
+            metrics.sink_errors.labels(name).inc()
+            log.warning(
+                name + ":error",
+                "audit sink %s: write of %d record(s) failed, retrying in %.2fs: %s",
+                name,
+                len(batch),
+                delay,
+                describe_error(exc),
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * backoff.factor, backoff.maximum_s)
+            continue
+        metrics.write_seconds.labels(name).observe(time.perf_counter() - started)
+        metrics.written.labels(name).inc(len(batch))
+        return
 
 
 def describe_error(exc: BaseException) -> str:

@@ -35,13 +35,15 @@ import msgspec
 from auditgate.audit.bus import (
     Backoff,
     RateLimitedLog,
-    describe_error,
     drained,
     finish_tasks,
+    policy_of,
+    wait_for_batch,
+    write_until_stored,
 )
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import Envelope, Mode, decode_record
-from auditgate.audit.sink import BatchPolicy, Sink
+from auditgate.audit.sink import Sink
 from auditgate.audit.spool import Frame, Position, Spool, SpoolError
 
 log = logging.getLogger("auditgate.audit")
@@ -60,8 +62,7 @@ class _Reader:
     def __init__(self, sink: Sink, position: Position, backlog: int) -> None:
         self.sink = sink
         self.name = sink.name
-        policy = getattr(sink, "batching", None)
-        self.policy = policy if isinstance(policy, BatchPolicy) else BatchPolicy()
+        self.policy = policy_of(sink)
         self.position = position
         """Everything before this is stored in the sink."""
         self.backlog = backlog
@@ -318,7 +319,9 @@ class DurableBus:
                     continue
                 reader.oldest_ms = oldest
                 if batch:
-                    await self._deliver(reader, batch)
+                    await write_until_stored(
+                        reader.sink, batch, self.backoff, self.metrics, self._log
+                    )
                 reader.backlog -= len(batch)
                 moved_segment = end.segment != reader.position.segment
                 reader.position = end
@@ -359,13 +362,7 @@ class DurableBus:
         target = min(reader.policy.max_records, max(1, self.capacity // 2))
         if len(reader.memory) >= target:
             return
-        reader.wake_at = target
-        reader.wakeup.clear()
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(reader.wakeup.wait(), reader.policy.linger_s)
-        finally:
-            reader.wake_at = 1
+        await wait_for_batch(reader, target, reader.policy.linger_s)
 
     async def _save(self, reader: _Reader) -> None:
         """Persist the reader's cursor and delete passed segments, on a worker thread."""
@@ -395,33 +392,6 @@ class DurableBus:
         """Save the reader's cursor and delete the segments every reader has passed (blocking)."""
         self.spool.save_cursor(reader.name, reader.position)
         self.spool.release(r.position for r in self._readers)
-
-    async def _deliver(self, reader: _Reader, batch: list[Envelope]) -> None:
-        """Write the batch until it is stored (retries with capped backoff)."""
-        name = reader.name
-        delay = self.backoff.initial_s
-        while True:
-            started = time.perf_counter()
-            try:
-                await reader.sink.write(batch)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any sink failure is counted and retried
-                self.metrics.sink_errors.labels(name).inc()
-                self._log.warning(
-                    name + ":error",
-                    "audit sink %s: write of %d spooled record(s) failed, retrying in %.2fs: %s",
-                    name,
-                    len(batch),
-                    delay,
-                    describe_error(exc),
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * self.backoff.factor, self.backoff.maximum_s)
-                continue
-            self.metrics.write_seconds.labels(name).observe(time.perf_counter() - started)
-            self.metrics.written.labels(name).inc(len(batch))
-            return
 
 
 def _failed(error: BaseException) -> asyncio.Future[None]:
