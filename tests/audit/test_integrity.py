@@ -41,7 +41,8 @@ def chain_of(
 
     def publish(record: AuditRecord) -> None:
         record.writer, record.seq = writer, len(out)
-        out.append(chain(record))
+        chain.seal(record)
+        out.append(record)
 
     for i in range(count):
         publish(make_record(i, writer=writer))
@@ -142,9 +143,9 @@ def test_rewritten_record_breaks_link() -> None:
     records = chain_of(4)
     forged = make_record(99, writer="w1")
     forged.writer, forged.seq = "w1", 1
-    forged_chain = IntegrityChain(None, engine="mock")
+    IntegrityChain(None, engine="mock").seal(forged)
     entries = as_dicts(records)
-    entries[1] = as_dicts([forged_chain(forged)])[0]
+    entries[1] = as_dicts([forged])[0]
     assert verify(entries) == [("broken_link", "w1", 1), ("broken_link", "w1", 2)]
 
 
@@ -195,7 +196,7 @@ def test_not_a_record_is_invalid() -> None:
 def intact_after(record: AuditRecord, reprint: Callable[[str], str]) -> bool:
     """Chain ``record`` alone, re-print its stored line with ``reprint``, and verify that."""
     record.writer, record.seq = "w1", 0
-    IntegrityChain(None, engine="mock")(record)
+    IntegrityChain(None, engine="mock").seal(record)
     line = reprint(encode_record(record).decode())
     verifier = Verifier(live=True)
     verifier.add("row 1", msgspec.json.decode(line))
@@ -272,7 +273,7 @@ def test_sealed_envelope_is_the_record(extra: Any) -> None:
         record.request["extra"] = extra
     record.writer, record.seq = "w1", 0
     chain = IntegrityChain(None, engine="mock")
-    envelope = Processors([chain], chain).envelope(record)
+    envelope = Processors([], chain).seal(record)
     assert record.integrity is not msgspec.UNSET
     expected = encode_record(record)
     assert msgspec.json.decode(envelope.json) == msgspec.json.decode(expected)

@@ -196,56 +196,61 @@ class Auditor:
         """
         pending, self._pending = self._pending, []
         started = time.perf_counter()
-        prepared: list[Exception | None] = []
+        failures: list[Exception | None] = []
         for record, _ in pending:
             try:
                 self.processors.prepare(record)
-            except Exception as exc:  # noqa: BLE001 - reported by _publish_now, record dropped
-                prepared.append(exc)
+            except Exception as exc:  # noqa: BLE001 - counted and logged by _drop below
+                failures.append(exc)
             else:
-                prepared.append(None)
-        for (record, commit), error in zip(pending, prepared, strict=True):
-            done = self._publish_now(record, prepared=True, error=error)
+                failures.append(None)
+        for (record, commit), failure in zip(pending, failures, strict=True):
+            if failure is None:
+                done = self._publish_now(record, prepared=True)
+            else:
+                self._stamp(record)
+                done = self._drop(record, failure)
             if commit is not None:
                 _forward(done, commit)
         # The whole batch, publishing included (about 1 us a record of it happens without
         # processors too): one clock read per batch, not per record.
         self._processing.inc(time.perf_counter() - started)
 
-    def _publish_now(
-        self, record: AuditRecord, *, prepared: bool = False, error: Exception | None = None
-    ) -> Awaitable[None] | None:
-        """Stamp, process and publish one record now.  ``prepared``: the seq-independent
-        processors already ran, and ``error`` is what they raised."""
+    def _stamp(self, record: AuditRecord) -> None:
         record.writer = self.writer
         record.seq = next(self._seq)  # taken even when the record is dropped: a visible gap
-        if self.processors:
+
+    def _publish_now(
+        self, record: AuditRecord, *, prepared: bool = False
+    ) -> Awaitable[None] | None:
+        """Stamp, process and publish one record now (``prepared``: redaction already ran)."""
+        self._stamp(record)
+        processors = self.processors
+        if processors:
             try:
-                if error is not None:
-                    raise error
                 if not prepared:
-                    self.processors.prepare(record)
-                envelope = self.processors.seal(record)
-            except Exception as exc:  # never raise, and never publish an unprocessed record
-                log.error(
-                    "audit: processors failed, record %s dropped",
-                    record.request_id,
-                    exc_info=exc,
-                )
-                self.metrics.dropped.labels("*", "processor_error").inc()
-                if self.settings.durability == "durable":
-                    # Durable mode promises no answer without its record: fail the commit, so
-                    # the transport withholds the success (503) instead of answering unaudited.
-                    return _failed(SpoolError(f"audit processors failed: {exc}"))
-                return None
+                    processors.prepare(record)
+                envelope = processors.seal(record)
+            except Exception as exc:  # noqa: BLE001 - never raise, never publish unprocessed
+                return self._drop(record, exc)
         else:
             envelope = Envelope(record)
         self._records[record.mode].inc()
         assert self.bus is not None
         commit = self.bus.publish(envelope)
-        if self.processors.checkpoint_due:
+        if processors.checkpoint_due:
             _log_failure(self.checkpoint("count"))
         return commit
+
+    def _drop(self, record: AuditRecord, exc: Exception) -> Awaitable[None] | None:
+        """A stamped record the processors failed on: counted, logged, not published; in
+        durable mode its commit fails, so the transport withholds the success (503) instead of
+        answering unaudited."""
+        log.error("audit: processors failed, record %s dropped", record.request_id, exc_info=exc)
+        self.metrics.dropped.labels("*", "processor_error").inc()
+        if self.settings.durability == "durable":
+            return _failed(SpoolError(f"audit processors failed: {exc}"))
+        return None
 
     def checkpoint(self, reason: str, *, final: bool = False) -> Awaitable[None] | None:
         """Publish an integrity checkpoint now, if integrity is on and one says anything new

@@ -191,9 +191,6 @@ class DurableBus:
             self._log.warning("usage-drop", "audit spool full: usage_only record dropped")
             return None
         future: asyncio.Future[None] = loop.create_future()
-        # Encode here rather than on the writer thread: the thread then holds the GIL only
-        # briefly, so it never makes the event loop wait for a GIL switch interval.
-        _ = envelope.json
         try:
             self.spool.append(envelope)
         except SpoolError as exc:

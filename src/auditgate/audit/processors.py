@@ -38,9 +38,8 @@ from auditgate.config import AuditSettings
 log = logging.getLogger("auditgate.audit")
 
 Processor = Callable[[AuditRecord], AuditRecord]
-"""Takes a record, changes it in place or not, and returns it (the same object).  Processors
-other than the integrity chain run before ``writer``/``seq`` are stamped (see
-:meth:`Processors.prepare`)."""
+"""Takes a record, changes it in place or not, and returns it (the same object); runs before
+``writer``/``seq`` are stamped (see :meth:`Processors.prepare`)."""
 
 # Message fields whose text is the conversation (everything else is structure: roles, ids...).
 _TEXT_FIELDS: Final = ("content", "reasoning_content", "refusal")
@@ -198,7 +197,7 @@ def _list_of(items: Any, change: Callable[[Any], Any]) -> list[Any] | None:
 class IntegrityChain:
     """Links each record to its writer's previous one and issues signed checkpoints.
 
-    ``__call__`` sets ``integrity`` (and fills and signs a checkpoint record's metadata).
+    :meth:`seal` sets ``integrity`` (and fills and signs a checkpoint record's metadata).
     :meth:`checkpoint` builds the next checkpoint record, to be published like any record;
     :attr:`due` says one is owed because ``every`` records were chained since the last.
     """
@@ -225,10 +224,6 @@ class IntegrityChain:
     @property
     def due(self) -> bool:
         return self.since >= self.every
-
-    def __call__(self, record: AuditRecord) -> AuditRecord:
-        self.seal(record)
-        return record
 
     def seal(self, record: AuditRecord) -> bytes | None:
         """Chain ``record`` (set its ``integrity``) and return its JSON line, reusing the
@@ -286,22 +281,17 @@ class Processors:
 
     def __init__(self, processors: Sequence[Processor], chain: IntegrityChain | None) -> None:
         self.processors = tuple(processors)
+        """What runs before stamping (redaction), in order."""
         self.chain = chain
-        """The integrity chain (also last in ``processors``), for checkpoints; None when off."""
-        self._before_chain = tuple(p for p in self.processors if p is not chain)
+        """The integrity chain, run after stamping; None when off."""
 
     def __bool__(self) -> bool:
-        return bool(self.processors)
-
-    def __call__(self, record: AuditRecord) -> AuditRecord:
-        for processor in self.processors:
-            record = processor(record)
-        return record
+        return bool(self.processors) or self.chain is not None
 
     def prepare(self, record: AuditRecord) -> None:
         """Run the processors that do not depend on ``writer``/``seq`` (redaction), which
         change ``record`` in place; :meth:`seal` follows once it is stamped."""
-        for processor in self._before_chain:
+        for processor in self.processors:
             processor(record)
 
     def seal(self, record: AuditRecord) -> Envelope:
@@ -310,11 +300,6 @@ class Processors:
         if self.chain is None:
             return Envelope(record)
         return Envelope(record, self.chain.seal(record))
-
-    def envelope(self, record: AuditRecord) -> Envelope:
-        """:meth:`prepare` then :meth:`seal`."""
-        self.prepare(record)
-        return self.seal(record)
 
     @property
     def checkpoint_due(self) -> bool:
@@ -351,7 +336,6 @@ class Processors:
                 engine=engine,
                 every=settings.checkpoint_every,
             )
-            processors.append(chain)
         return cls(processors, chain)
 
 

@@ -347,11 +347,7 @@ class Spool:
             if group:
                 started = time.monotonic()
                 self._commit(group)
-            if stopping:
-                with self._lock:
-                    group, self._queue = self._queue, []
-                if group:  # appended between the two takes, before stop() was seen
-                    self._commit(group)
+            if stopping:  # append refuses once stopping: that group was the last
                 return
 
     def _commit(self, group: list[_Queued]) -> None:
