@@ -32,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
+from prometheus_client.parser import text_string_to_metric_families
 
 from auditgate.audit.integrity import HmacSigner
 from auditgate.audit.processors import IntegrityChain, RedactProcessor
@@ -118,12 +119,12 @@ def measure(
 def _stage_us_per_record(metrics: str) -> float:
     """``audit_processing_seconds_total / audit_records_total`` in µs (0 when absent)."""
     seconds = records = 0.0
-    for line in metrics.splitlines():
-        name, _, value = line.rpartition(" ")
-        if name == "auditgate_audit_processing_seconds_total":
-            seconds = float(value)
-        elif name.startswith("auditgate_audit_records_total{"):
-            records += float(value)
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == "auditgate_audit_processing_seconds_total":
+                seconds = sample.value
+            elif sample.name == "auditgate_audit_records_total":
+                records += sample.value
     return round(seconds / records * 1e6, 2) if records else 0.0
 
 
