@@ -3,10 +3,11 @@
 run ``.venv/bin/python -m bench.durable``
 (``--sinks sqlite jsonl`` to compare against each sink; ``--profile DIR`` to record a py-spy
 profile of every run's server).  Each round starts a gateway (mock engine, no delays,
-spool on the real disk) pinned to CPU 0 and drives it with ``bench/loadgen.py`` pinned to CPU 1;
-modes are interleaved and repeated so drift on a shared machine hits both alike.  Prints one
-JSON line per run (durable runs add ``commits``: group commits, i.e. fdatasyncs, in the run) and
-a median summary with durable's cost relative to best_effort.
+spool on the real disk) pinned to CPU 0, its child processes too, and drives it with
+``bench/loadgen.py`` pinned to CPU 1; modes are interleaved and repeated so drift on a shared
+machine hits both alike.  Prints one JSON line per run (durable runs add ``commits``: group
+commits, i.e. fdatasyncs, in the run) and a median summary with durable's cost relative to
+best_effort.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from typing import Any
 
 from tests.support.gateway import start_gateway
 
+from bench import procfs
+
 ROOT = Path(__file__).resolve().parents[1]
 PY_SPY = Path(sys.executable).with_name("py-spy")
 
@@ -42,10 +45,12 @@ def sink_env(sink: str, mode: str, work: Path) -> dict[str, str]:
 
 
 def thread_cpu(pid: int) -> dict[str, tuple[float, float, int]]:
-    """``(user s, system s, context switches)`` of each of a process's threads, by ``tid``."""
+    """``(user s, system s, context switches)`` of each thread of a process and of its child
+    processes (the spool's syncer), by ``tid``."""
     tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, tuple[float, float, int]] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    tasks = [t for member in procfs.process_tree([pid]) for t in _tasks(member)]
+    for task in tasks:
         try:
             raw = (task / "stat").read_text()
             status = (task / "status").read_text()
@@ -57,6 +62,13 @@ def thread_cpu(pid: int) -> dict[str, tuple[float, float, int]]:
         )
         out[task.name] = (int(fields[11]) / tick, int(fields[12]) / tick, switches)
     return out
+
+
+def _tasks(pid: int) -> list[Path]:
+    try:
+        return list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:
+        return []
 
 
 def cpu_by_thread(
@@ -92,7 +104,10 @@ def run_once(
     spy = None
     try:
         pid = str(gateway.process.pid)
-        subprocess.run(["taskset", "-a", "-p", "-c", "0", pid], check=True, capture_output=True)
+        for member in procfs.process_tree([gateway.process.pid]):  # the spool's syncer too
+            subprocess.run(
+                ["taskset", "-a", "-p", "-c", "0", str(member)], check=True, capture_output=True
+            )
         argv = [
             "taskset", "-c", "1", sys.executable, "-m", "bench.loadgen",
             "--url", gateway.url, "--concurrency", str(a.concurrency),

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from auditgate.audit import syncer
 from auditgate.audit.bus import Backoff
 from auditgate.audit.capture import Auditor
 from auditgate.audit.durable import CURSOR_SAVE_INTERVAL_S, DurableBus
@@ -108,22 +111,84 @@ async def test_group_commit_makes_many_records_durable_per_fsync(harness: Harnes
     assert harness.spool.commits == commits
 
 
-async def test_group_commits_start_at_most_once_per_commit_interval(tmp_path: Path) -> None:
-    """A record right after a commit waits for the interval; one after idle commits at once."""
-    h = Harness(tmp_path, sync=False, commit_interval_s=0.3)
-    await h.bus.start()
-    loop = asyncio.get_running_loop()
-    await publish_all(h.bus, range(1))  # the first commit does not wait
-    started = loop.time()
-    await publish_all(h.bus, range(1, 6))  # within the interval: waits for it, one group
-    waited = loop.time() - started
-    await asyncio.sleep(0.4)  # idle longer than the interval
-    started = loop.time()
-    await publish_all(h.bus, range(6, 7))
-    prompt = loop.time() - started
-    await h.bus.close(2.0)
-    assert (h.spool.commits, waited >= 0.2, prompt < 0.2) == (3, True, True)
-    assert ids(h.sink) == [f"req-{i:06d}" for i in range(7)]
+def _syncer(spool: Spool) -> int:
+    """The pid of the spool's syncer process."""
+    assert spool._syncer is not None
+    return spool._syncer.pid
+
+
+async def _published(bus: DurableBus, seq: int) -> asyncio.Future[None]:
+    """Publish one record and let the loop write it (its sync is then asked for)."""
+    commit = bus.publish(envelope(seq))
+    assert isinstance(commit, asyncio.Future)
+    await asyncio.sleep(0)  # the end of this iteration writes it and asks for the sync
+    await asyncio.sleep(0)
+    return commit
+
+
+async def test_groups_written_while_a_sync_is_in_flight_share_the_next_one(
+    harness: Harness,
+) -> None:
+    """One sync at a time: records written while the syncer is busy (here: stopped) wait and
+    then commit together, in one more sync, not one each."""
+    pid = _syncer(harness.spool)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        commits = [await _published(harness.bus, i) for i in range(3)]
+        await asyncio.sleep(0.05)
+        assert [c.done() for c in commits] == [False, False, False]
+        assert harness.spool.end == Position(harness.spool.end.segment, 0)  # nothing committed
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    await asyncio.gather(*commits)
+    assert harness.spool.commits == 2  # the first record, then the two written meanwhile
+    assert await harness.bus.flush(5.0)
+    assert ids(harness.sink) == ["req-000000", "req-000001", "req-000002"]
+
+
+async def test_a_dead_syncer_fails_what_it_was_syncing_and_is_replaced(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The syncer killed mid-sync: the waiting record fails (its client gets a 503, never an
+    unaudited answer) and is cut off the segment; the next record starts a new syncer."""
+    await publish_all(harness.bus, range(1))
+    committed = harness.spool.end
+    pid = _syncer(harness.spool)
+    os.kill(pid, signal.SIGSTOP)
+    commit = await _published(harness.bus, 1)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(SpoolError, match="syncer failed: it exited"):
+        await commit
+    assert os.path.getsize(_segment_file(harness.directory)) == committed.offset
+    assert "the syncer process failed: it exited; restarting it" in caplog.text
+    await publish_all(harness.bus, range(2, 3))
+    assert _syncer(harness.spool) != pid
+    assert await harness.bus.flush(5.0)
+    assert ids(harness.sink) == ["req-000000", "req-000002"]
+
+
+async def test_a_failed_sync_fails_every_unsynced_record(harness: Harness) -> None:
+    """The syncer reports an error (its segment file is gone): the record is not durable, so
+    its commit fails; the spool goes on in a new segment."""
+    live = _segment_file(harness.directory)
+    live.rename(live.with_suffix(".moved"))  # the syncer opens segments by name: ENOENT
+    commit = harness.bus.publish(envelope(1))
+    assert commit is not None
+    with pytest.raises(SpoolError, match="audit spool sync failed: No such file or directory"):
+        await commit
+    assert harness.value("auditgate_audit_dropped_total", sink="spool", reason="spool_error") == 1
+    await publish_all(harness.bus, range(2, 3))
+    assert await harness.bus.flush(5.0)
+    assert ids(harness.sink) == ["req-000002"]
+    assert harness.spool.end.segment == int(live.stem) + 1
+
+
+def test_the_syncer_reports_errors_by_number(tmp_path: Path) -> None:
+    """The syncer's own contract: 0 once synced, the errno when a segment cannot be synced."""
+    (tmp_path / syncer.segment_path("", 0)).write_bytes(b"frames")
+    worker = syncer.Syncer(str(tmp_path))
+    assert worker.sync(0, 0) == 0
+    assert worker.sync(0, 1) == errno.ENOENT
 
 
 async def test_commit_resolves_only_after_the_frame_is_on_disk(harness: Harness) -> None:

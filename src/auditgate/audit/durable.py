@@ -24,7 +24,6 @@ they are analytics, not the compliance trail a client asked for.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -161,7 +160,7 @@ class DurableBus:
         for sink in self._sinks:
             await sink.open()
         self._loop = loop = asyncio.get_running_loop()
-        self.spool.start(self._on_commit)
+        self.spool.start(self._committed)
         for reader in self._readers:
             reader.task = loop.create_task(self._run(reader), name=f"audit-spool-{reader.name}")
 
@@ -210,8 +209,7 @@ class DurableBus:
         """Commit what is queued, let sinks catch up within ``timeout``, close them.  Returns
         the records each sink has not stored: they stay in the spool for the next start."""
         self._closing = True
-        await asyncio.to_thread(self.spool.stop, timeout)
-        await asyncio.sleep(0)  # run the last commit callbacks the writer scheduled
+        await self.spool.stop(timeout)
         self._drained = True
         for reader in self._readers:
             reader.wakeup.set()  # ends lingering and idle waits: deliver the rest, save, stop
@@ -233,17 +231,7 @@ class DurableBus:
                 log.exception("audit sink %s: close failed", reader.name)
         return report
 
-    # -- commits (writer thread -> event loop) -----------------------------------------------
-
-    def _on_commit(
-        self,
-        placed: list[tuple[Envelope, Position]],
-        appended_ms: int,
-        error: BaseException | None,
-    ) -> None:
-        assert self._loop is not None
-        with contextlib.suppress(RuntimeError):  # the loop is gone: the process is exiting
-            self._loop.call_soon_threadsafe(self._committed, placed, appended_ms, error)
+    # -- commits -----------------------------------------------------------------------------
 
     def _committed(
         self,

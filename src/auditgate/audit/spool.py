@@ -10,18 +10,18 @@ Layout of ``DYN_AUDIT_SPOOL_DIR``:
 
 Contracts:
 
-- :meth:`Spool.append` is thread-safe and O(1): it frames the record and queues it for the single
-  writer thread, which writes every queued record in one ``O_DSYNC`` write (data and size on
-  disk when it returns, as write + fdatasync) for the whole group, then reports the group
-  durable through ``on_commit`` (called on the writer thread).
-- Group commits start at most every ``commit_interval_s`` (start to start).  Each commit costs
-  the serving core a fixed amount (thread wake-ups, GIL hand-offs, the disk flush, the event
-  loop's callback) whatever its size, and a group holds the records that arrived during the
-  previous commit: on a disk whose fdatasync is fast, groups shrink to a few records and that
-  fixed cost is paid every few requests.  The interval bounds it; a record waits at most that
-  long more (no wait at all when the previous commit started longer ago, e.g. after idle).
-- A record is durable once its group's ``on_commit`` ran with ``error=None``; a failed write is
-  rolled back (the segment truncated to its last committed length) and reported with the error.
+- :meth:`Spool.append` runs on the event loop and is O(1): it frames the record and queues it.
+  At the end of that loop iteration every queued record is written with one ``write`` (to the
+  page cache, which a crash of the gateway does not lose) and a sync is asked of the syncer
+  process (:mod:`auditgate.audit.syncer`), which ``fdatasync``s and answers on a socket the loop
+  watches.  At most one sync is in flight; groups written meanwhile share the next one — group
+  commit with no timer, so a record waits for about one disk flush under any load and no
+  thread of the gateway ever blocks on the disk or takes the GIL for it.
+- A record is durable once its group's ``on_commit`` (on the event loop) ran with
+  ``error=None``.  A failed write is cut off the segment and reported with the error; a failed
+  sync, or a syncer that died, fails every unsynced group (cut off back to the committed end —
+  after an ``fdatasync`` error the kernel's word on those pages is worthless) and the next sync
+  starts a new syncer.
 - :meth:`Spool.recover` (before :meth:`Spool.start`) checks every segment some sink still needs,
   cuts each at its first torn or corrupt frame (truncates, logs, counts in the returned
   :class:`Recovery`), and deletes the segments every sink has passed.  Writing always starts in a
@@ -34,20 +34,25 @@ Contracts:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
 import logging
 import os
-import queue
+import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Final, NamedTuple
 
+from auditgate.audit import syncer
 from auditgate.audit.record import Envelope
 from auditgate.errors import AuditgateError
 
@@ -58,12 +63,7 @@ HEADER: Final = struct.Struct("<IIQ")
 _STAMP: Final = struct.Struct("<Q")
 MAX_FRAME: Final = 1 << 30
 """A length above this is corruption, not a record."""
-SUFFIX: Final = ".seg"
-COMMIT_INTERVAL_S: Final = 0.005
-"""Default least interval between group commits' starts (see the module docstring).  5 ms: at
-c=64 on one core, 2 ms cost ~8 % more throughput for streams (bench.durable, interleaved runs),
-10 ms no better than 5; after idle the first record is committed at once."""
-
+SUFFIX: Final = syncer.SUFFIX
 
 _Queued = tuple[Envelope, bytes]
 """A record waiting for its group commit, with its frame header."""
@@ -154,7 +154,7 @@ class Recovery:
 
 
 CommitHook = Callable[[list[tuple[Envelope, Position]], int, BaseException | None], None]
-"""``on_commit(records with their end positions, appended_ms, error)``, on the writer thread."""
+"""``on_commit(records with their end positions, appended_ms, error)``, on the event loop."""
 
 
 class Spool:
@@ -167,33 +167,44 @@ class Spool:
         max_bytes: int,
         segment_bytes: int | None = None,
         sync: bool = True,
-        commit_interval_s: float = COMMIT_INTERVAL_S,
     ) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes or max(4096, min(64 << 20, max_bytes // 8))
         """A segment is sealed once a group would take it past this; deletion is per segment."""
         self.sync = sync
-        """Write each group durably (``O_DSYNC``; off only for tests of everything but
-        durability)."""
-        self.commit_interval_s = commit_interval_s
-        """Least time from one group commit's start to the next one's."""
+        """Sync each group to disk (off only for tests of everything but durability: a group
+        then commits once written)."""
         self.commits = 0
-        """Group commits (one durable write each) so far."""
+        """Group commits (one sync each) so far."""
         self._lock = threading.Lock()
-        self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
-        """Wakes the writer: a first record was queued, or stop()."""
-        self._queue: list[_Queued] = []
-        """Queued records with their frame headers."""
-        self._stopping = False
-        self._thread: threading.Thread | None = None
+        """Guards what readers and cursor saves use from worker threads: ``_sizes``,
+        ``_bytes``, ``_end``."""
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._on_commit: CommitHook | None = None
+        self._queue: list[_Queued] = []
+        """Appended records with their frame headers, written at the end of the iteration."""
+        self._flush_scheduled = False
+        self._written: deque[_Written] = deque()
+        """Groups written to the segments, waiting for their sync, oldest first."""
+        self._in_flight = False
+        """A sync request is with the syncer (at most one is)."""
+        self._idle: asyncio.Future[None] | None = None
+        """Set once nothing is written but unsynced (``stop`` waits for it)."""
+        self._stopping = False
+        self._syncer: subprocess.Popen[bytes] | None = None
+        self._channel: socket.socket | None = None
+        self._reply = b""
         self._sizes: dict[int, int] = {}
         """Committed length of every segment on disk (the live one included)."""
         self._bytes = 0
+        self._end = Position(0, 0)
+        """Just after the last committed record."""
         self._fd = -1
         self._live = 0
-        self._offset = 0
+        """The segment being written."""
+        self._written_offset = 0
+        """Where the next write goes in the live segment (ahead of ``_end`` while unsynced)."""
 
     # -- state -------------------------------------------------------------------------------
 
@@ -209,7 +220,7 @@ class Spool:
     @property
     def end(self) -> Position:
         """Just after the last committed record."""
-        return Position(self._live, self._offset)
+        return self._end
 
     def segments(self) -> list[int]:
         """Indices of the segments on disk, oldest first."""
@@ -217,7 +228,7 @@ class Spool:
             return sorted(self._sizes)
 
     def _path(self, segment: int) -> Path:
-        return self.directory / f"{segment:016d}{SUFFIX}"
+        return Path(syncer.segment_path(str(self.directory), segment))
 
     def _cursor_path(self, sink: str) -> Path:
         return self.directory / f"cursor.{sink}.json"
@@ -267,135 +278,263 @@ class Spool:
             self._sizes[segment] = valid
         self._bytes = sum(self._sizes.values())
         self._live = (found[-1] + 1) if found else 0
-        self._offset = 0
+        self._written_offset = 0
+        self._end = Position(self._live, 0)
         return Recovery(cursors, backlog, cuts, self._live)
 
     # -- writing -----------------------------------------------------------------------------
 
     def start(self, on_commit: CommitHook) -> None:
-        """Open the live segment and start the writer thread."""
+        """Open the live segment and start the syncer; call on the event loop that appends."""
+        self._loop = asyncio.get_running_loop()
         self._on_commit = on_commit
         self._open_live()
-        self._thread = threading.Thread(target=self._run, name="auditgate-spool", daemon=True)
-        self._thread.start()
+        if self.sync:
+            self._start_syncer()
 
     def append(self, envelope: Envelope) -> None:
-        """Queue one record for the next group commit; thread-safe, never blocks on I/O.
+        """Queue one record for the next group commit; on the event loop, O(1), no I/O.
 
-        The frame header (length, CRC, append time) is built here, on the caller's thread (the
-        event loop), so the writer thread runs almost no Python: it shares the serving core
-        and the GIL, and every GIL hand-off between the two threads costs a context switch.
+        The queue is written at the end of the current event-loop iteration (one ``write`` for
+        every record appended in it), so a burst of requests shares one write and one sync.
         """
+        if self._stopping or self._loop is None:
+            raise SpoolError("the audit spool is closed")
         payload = envelope.json
         stamp = time.time_ns() // 1_000_000
         header = HEADER.pack(
             len(payload), zlib.crc32(payload, zlib.crc32(_STAMP.pack(stamp))), stamp
         )
-        with self._lock:
-            if self._stopping:
-                raise SpoolError("the audit spool is closed")
-            queue = self._queue
-            queue.append((envelope, header))
-            if len(queue) == 1:  # the writer may be waiting for a first record
-                self._wake.put(None)
+        self._queue.append((envelope, header))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Commit what is queued, then stop the writer and close the live segment."""
-        with self._lock:
-            self._stopping = True
-        self._wake.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout)
-        if self._fd >= 0 and (self._thread is None or not self._thread.is_alive()):
+    async def stop(self, timeout: float | None = None) -> None:
+        """Commit what is queued (within ``timeout``), then stop the syncer and close the
+        live segment.  Records still unsynced at the deadline are reported failed."""
+        self._stopping = True
+        if self._flush_scheduled:
+            self._flush()
+        if self._written:
+            self._idle = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._idle), timeout)
+        self._fail_written(SpoolError("the audit spool stopped before the record was synced"))
+        await self._stop_syncer(timeout)
+        if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
 
     def _open_live(self) -> None:
         path = self._path(self._live)
-        # O_DSYNC: each write returns once its data (and the size that finds it) is on disk,
-        # like write + fdatasync in one system call, so one GIL hand-off per group fewer.
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_DSYNC if self.sync else 0)
-        self._fd = os.open(path, flags, 0o644)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         with self._lock:
-            self._sizes[self._live] = 0
-        self._sync_directory()
+            self._sizes.setdefault(self._live, 0)
 
-    def _sync_directory(self) -> None:
-        """Make a segment's creation durable (its name lives in the directory)."""
-        if not self.sync:
+    def _next_segment(self) -> None:
+        """Seal the live segment and open the next one (the syncer ``fsync``s its name)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._live += 1
+        self._written_offset = 0
+        self._open_live()
+
+    def _flush(self) -> None:
+        """Write the queued records (one ``write``, to the page cache) and ask for their sync."""
+        self._flush_scheduled = False
+        group, self._queue = self._queue, []
+        if not group:
             return
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def _run(self) -> None:
-        started = float("-inf")  # the first commit does not wait
-        wake = self._wake
-        while True:
-            wake.get()  # a first record was queued, or stop(); blocks without the GIL
-            delay = started + self.commit_interval_s - time.monotonic()
-            if delay > 0 and not self._stopping:
-                # Let the group grow.  Only stop() wakes us now: append wakes on the first
-                # record of a group, and this group has one already.
-                with contextlib.suppress(queue.Empty):
-                    wake.get(timeout=delay)
-            with self._lock:
-                group, self._queue = self._queue, []
-                stopping = self._stopping
-            if group:
-                started = time.monotonic()
-                self._commit(group)
-            if stopping:  # append refuses once stopping: that group was the last
-                return
-
-    def _commit(self, group: list[_Queued]) -> None:
-        """Write the group in one durable write, report it (durable or failed) to
-        ``on_commit``; the reported append time is the group's oldest."""
         assert self._on_commit is not None
-        appended_ms = HEADER.unpack(group[0][1])[2]
+        size = HEADER.size
+        total = sum(size + len(envelope.json) for envelope, _ in group)
         placed: list[tuple[Envelope, Position]] = []
-        parts: list[bytes] = []
-        error: BaseException | None = None
         try:
-            size = HEADER.size
-            total = sum(size + len(envelope.json) for envelope, _ in group)
-            if self._offset and self._offset + total > self.segment_bytes:
-                os.close(self._fd)
-                self._fd = -1
-                self._live += 1
-                self._offset = 0
+            if self._fd < 0:  # opening a new segment failed last time
                 self._open_live()
-            offset, live = self._offset, self._live
+            if self._written_offset and self._written_offset + total > self.segment_bytes:
+                self._next_segment()
+            offset, live = self._written_offset, self._live
+            parts: list[bytes] = []
             for envelope, header in group:
                 payload = envelope.json
                 parts.append(header)
                 parts.append(payload)
                 offset += size + len(payload)
                 placed.append((envelope, Position(live, offset)))
-            data = b"".join(parts)
-            _write_all(self._fd, data)
-        except Exception as exc:  # noqa: BLE001 - every failure is reported to the waiting requests
+            _write_all(self._fd, b"".join(parts))
+        except OSError as exc:
             error = SpoolError(f"audit spool write failed: {type(exc).__name__}: {exc}")
-            placed = [(envelope, Position(self._live, self._offset)) for envelope, _ in group]
-            self._rollback()
-        else:
-            with self._lock:
-                self._offset = offset
-                self._sizes[self._live] = offset
-                self._bytes += len(data)
-                self.commits += 1
-        self._on_commit(placed, appended_ms, error)
+            self._cut_live()
+            end = Position(self._live, self._written_offset)
+            self._on_commit([(envelope, end) for envelope, _ in group], _appended(group), error)
+            return
+        self._written_offset = offset
+        self._written.append(_Written(placed, placed[-1][1], _appended(group)))
+        self._request_sync()
+
+    def _request_sync(self) -> None:
+        """Send the next sync request unless one is in flight (then its reply sends it)."""
+        if self._in_flight or not self._written:
+            return
+        first = self._written[0].end.segment
+        last = self._written[-1].end
+        if not self.sync:
+            self._synced(last)
+            return
+        if self._channel is None:
+            try:
+                self._start_syncer()
+            except OSError as exc:
+                self._fail_written(SpoolError(f"audit spool syncer cannot start: {exc}"))
+                return
+        assert self._channel is not None
+        try:
+            self._channel.send(syncer.REQUEST.pack(first, last.segment, last.offset))
+        except OSError as exc:  # the syncer died; its end of the socket is gone
+            self._syncer_lost(f"cannot reach it ({exc})")
+            return
+        self._in_flight = True
+
+    def _on_reply(self) -> None:
+        """The syncer answered (or its socket closed)."""
+        assert self._channel is not None
+        try:
+            data = self._channel.recv(syncer.REPLY.size * 4)
+        except BlockingIOError:
+            return
+        except ConnectionResetError:  # it died with our request unread
+            data = b""
+        except OSError as exc:
+            self._syncer_lost(f"its socket failed ({exc})")
+            return
+        if not data:
+            self._syncer_lost("it exited")
+            return
+        self._reply += data
+        while len(self._reply) >= syncer.REPLY.size:
+            segment, offset, code = syncer.REPLY.unpack_from(self._reply)
+            self._reply = self._reply[syncer.REPLY.size :]
+            self._in_flight = False
+            if not code:
+                self._synced(Position(segment, offset))
+                continue
+            # After a failed fdatasync the kernel may have dropped the dirty pages and their
+            # error: nothing unsynced in this segment can be trusted, and neither can the file.
+            # Cut it back to what was committed, seal it, and go on in a new segment.
+            self._fail_written(SpoolError(f"audit spool sync failed: {os.strerror(code)}"))
+            try:
+                self._next_segment()
+            except OSError as exc:  # the next flush tries again, and fails its records
+                log.error("audit spool: cannot open a new segment: %s", exc)
+        self._request_sync()
+
+    def _synced(self, upto: Position) -> None:
+        """Report every written group up to ``upto`` durable (one ``on_commit`` for the sync)."""
+        assert self._on_commit is not None
+        written = self._written
+        if not written or written[0].end > upto:
+            return
+        appended_ms = written[0].appended_ms
+        placed: list[tuple[Envelope, Position]] = []
+        with self._lock:
+            while written and written[0].end <= upto:
+                group = written.popleft()
+                placed += group.placed
+                end = group.end  # a group lies in one segment: its end is that segment's size
+                self._bytes += end.offset - self._sizes.get(end.segment, 0)
+                self._sizes[end.segment] = end.offset
+                self._end = end
+            self.commits += 1
+        self._on_commit(placed, appended_ms, None)
+        if not written and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+
+    def _fail_written(self, error: SpoolError) -> None:
+        """Every written, unsynced group failed: report them and cut them off the segments."""
+        if not self._written:
+            return
+        assert self._on_commit is not None
+        failed, self._written = list(self._written), deque()
+        self._rollback()
+        for group in failed:
+            self._on_commit(group.placed, group.appended_ms, error)
+        if self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+
+    def _cut_live(self) -> None:
+        """Cut a failed write's partial frames off the live segment (earlier writes stay)."""
+        try:
+            if self._fd >= 0:
+                os.ftruncate(self._fd, self._written_offset)
+        except OSError as exc:
+            log.error("audit spool: cannot cut a failed write off the segment: %s", exc)
 
     def _rollback(self) -> None:
-        """Cut a partly written group off the live segment, so no reader ever sees it."""
+        """Cut everything after the committed end off the segments (failed or unsynced
+        writes), so no reader and no recovery ever sees it."""
+        with self._lock:
+            sizes = {s: n for s, n in self._sizes.items() if s >= self._end.segment}
         try:
-            if self._fd < 0:
-                self._open_live()
-            os.ftruncate(self._fd, self._offset)
+            for segment, size in sorted(sizes.items()):
+                os.truncate(self._path(segment), size)
+            self._written_offset = sizes.get(self._live, 0)
         except OSError as exc:
             log.error("audit spool: cannot roll back a failed write: %s", exc)
+
+    def _start_syncer(self) -> None:
+        assert self._loop is not None
+        mine, theirs = socket.socketpair()
+        try:
+            self._syncer = subprocess.Popen(
+                [sys.executable, "-m", "auditgate.audit.syncer", str(self.directory),
+                 str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        except OSError:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        mine.setblocking(False)
+        self._channel = mine
+        self._reply = b""
+        self._loop.add_reader(mine.fileno(), self._on_reply)
+
+    def _syncer_lost(self, why: str) -> None:
+        """The syncer is gone: what it was syncing failed; the next sync starts a new one."""
+        log.error("audit spool: the syncer process failed: %s; restarting it", why)
+        self._close_channel()
+        process, self._syncer = self._syncer, None
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            assert self._loop is not None
+            self._loop.run_in_executor(None, process.wait)  # reap it off the loop
+        self._in_flight = False
+        self._fail_written(SpoolError(f"audit spool syncer failed: {why}"))
+
+    def _close_channel(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            assert self._loop is not None
+            self._loop.remove_reader(channel.fileno())
+            channel.close()
+
+    async def _stop_syncer(self, timeout: float | None) -> None:
+        self._close_channel()  # its end of stream: the syncer exits
+        process, self._syncer = self._syncer, None
+        if process is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.to_thread(process.wait), timeout)
+        except TimeoutError:
+            log.error("audit spool: the syncer did not exit; killing it")
+            process.kill()
+            await asyncio.to_thread(process.wait)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -412,7 +551,7 @@ class Spool:
         """
         while True:
             with self._lock:
-                end = Position(self._live, self._offset)
+                end = self._end
                 if position >= end:
                     return [], position
                 limit = self._sizes.get(position.segment)
@@ -483,6 +622,21 @@ class Spool:
             except FileNotFoundError:
                 log.error("audit spool: segment %d vanished before deletion", segment)
         return len(done)
+
+
+class _Written(NamedTuple):
+    """A group written to the live segment (one ``write``), not yet synced."""
+
+    placed: list[tuple[Envelope, Position]]
+    """Its records with their end positions."""
+    end: Position
+    """Its last record's end."""
+    appended_ms: int
+    """Append time of its oldest record."""
+
+
+def _appended(group: list[_Queued]) -> int:
+    return int(HEADER.unpack(group[0][1])[2])
 
 
 def _write_all(fd: int, data: bytes) -> None:
