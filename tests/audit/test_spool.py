@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
-from auditgate.audit import syncer
+from auditgate.audit import writer
 from auditgate.audit.bus import Backoff
 from auditgate.audit.capture import Auditor
 from auditgate.audit.durable import CURSOR_SAVE_INTERVAL_S, DurableBus
@@ -26,6 +25,7 @@ from auditgate.errors import ServiceUnavailableError
 from auditgate.pipeline.chat import ChatCall, ChatPipeline
 from auditgate.pipeline.request import validate_chat
 
+T = TypeVar("T")
 FAST = Backoff(initial_s=0.01, maximum_s=0.05, factor=2.0)
 
 
@@ -111,84 +111,103 @@ async def test_group_commit_makes_many_records_durable_per_fsync(harness: Harnes
     assert harness.spool.commits == commits
 
 
-def _syncer(spool: Spool) -> int:
-    """The pid of the spool's syncer process."""
-    assert spool._syncer is not None
-    return spool._syncer.pid
+def _writer(spool: Spool) -> int:
+    """The pid of the spool's writer process."""
+    assert spool._process is not None
+    return spool._process.pid
 
 
-async def _published(bus: DurableBus, seq: int) -> asyncio.Future[None]:
-    """Publish one record and let the loop write it (its sync is then asked for)."""
+async def _sent(bus: DurableBus, seq: int) -> asyncio.Future[None]:
+    """Publish one record and let the loop send it to the writer."""
     commit = bus.publish(envelope(seq))
     assert isinstance(commit, asyncio.Future)
-    await asyncio.sleep(0)  # the end of this iteration writes it and asks for the sync
+    await asyncio.sleep(0)  # the end of this iteration sends it
     await asyncio.sleep(0)
     return commit
 
 
-async def test_groups_written_while_a_sync_is_in_flight_share_the_next_one(
+def _block_segments(directory: Path, first: int, count: int) -> list[Path]:
+    """Directories where the next segments' files would go: the writer cannot open them."""
+    blocked = [directory / f"{segment:016d}.seg" for segment in range(first, first + count)]
+    for path in blocked:
+        path.mkdir()
+    return blocked
+
+
+async def test_batches_that_arrive_while_the_writer_is_busy_share_one_sync(
     harness: Harness,
 ) -> None:
-    """One sync at a time: records written while the syncer is busy (here: stopped) wait and
-    then commit together, in one more sync, not one each."""
-    pid = _syncer(harness.spool)
+    """Group commit: three batches sent while the writer is busy (here: stopped) are written
+    and made durable together, with one sync, and none is durable before it."""
+    pid = _writer(harness.spool)
     os.kill(pid, signal.SIGSTOP)
     try:
-        commits = [await _published(harness.bus, i) for i in range(3)]
+        commits = [await _sent(harness.bus, i) for i in range(3)]
         await asyncio.sleep(0.05)
         assert [c.done() for c in commits] == [False, False, False]
         assert harness.spool.end == Position(harness.spool.end.segment, 0)  # nothing committed
     finally:
         os.kill(pid, signal.SIGCONT)
     await asyncio.gather(*commits)
-    assert harness.spool.commits == 2  # the first record, then the two written meanwhile
+    assert harness.spool.commits == 1
     assert await harness.bus.flush(5.0)
     assert ids(harness.sink) == ["req-000000", "req-000001", "req-000002"]
 
 
-async def test_a_dead_syncer_fails_what_it_was_syncing_and_is_replaced(
+async def test_a_dead_writer_fails_what_it_had_not_synced_and_is_replaced(
     harness: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The syncer killed mid-sync: the waiting record fails (its client gets a 503, never an
-    unaudited answer) and is cut off the segment; the next record starts a new syncer."""
+    """The writer killed mid-batch: the waiting record fails (its client gets a 503, never an
+    unaudited answer) and nothing of it stays on disk; a new writer takes the next record."""
     await publish_all(harness.bus, range(1))
     committed = harness.spool.end
-    pid = _syncer(harness.spool)
+    pid = _writer(harness.spool)
     os.kill(pid, signal.SIGSTOP)
-    commit = await _published(harness.bus, 1)
+    commit = await _sent(harness.bus, 1)
     os.kill(pid, signal.SIGKILL)
-    with pytest.raises(SpoolError, match="syncer failed: it exited"):
+    with pytest.raises(SpoolError, match="writer failed: it exited"):
         await commit
-    assert os.path.getsize(_segment_file(harness.directory)) == committed.offset
-    assert "the syncer process failed: it exited; restarting it" in caplog.text
+    assert "the writer failed: it exited; starting a new one" in caplog.text
     await publish_all(harness.bus, range(2, 3))
-    assert _syncer(harness.spool) != pid
+    assert _writer(harness.spool) != pid
+    assert harness.spool.end.segment == committed.segment + 1  # a new writer, a new segment
     assert await harness.bus.flush(5.0)
     assert ids(harness.sink) == ["req-000000", "req-000002"]
+    await asyncio.sleep(0.05)  # the last cursor save and release run after the write
+    on_disk = [
+        frame.payload
+        for path in harness.directory.glob("*.seg")
+        for frame in parse_frames(path.read_bytes(), 0, 0, 100)[0]
+    ]
+    assert envelope(1).json not in on_disk
 
 
-async def test_a_failed_sync_fails_every_unsynced_record(harness: Harness) -> None:
-    """The syncer reports an error (its segment file is gone): the record is not durable, so
-    its commit fails; the spool goes on in a new segment."""
-    live = _segment_file(harness.directory)
-    live.rename(live.with_suffix(".moved"))  # the syncer opens segments by name: ENOENT
+async def test_a_failed_write_fails_its_records_and_service_resumes(harness: Harness) -> None:
+    """The writer cannot write (its segment file cannot be opened): the record fails with the
+    error, counted; the next writer, in a new segment, takes the next record."""
+    [blocked] = _block_segments(harness.directory, harness.spool.end.segment, 1)
     commit = harness.bus.publish(envelope(1))
     assert commit is not None
-    with pytest.raises(SpoolError, match="audit spool sync failed: No such file or directory"):
+    with pytest.raises(SpoolError, match="writer failed: Is a directory"):
         await commit
     assert harness.value("auditgate_audit_dropped_total", sink="spool", reason="spool_error") == 1
+    blocked.rmdir()
     await publish_all(harness.bus, range(2, 3))
     assert await harness.bus.flush(5.0)
     assert ids(harness.sink) == ["req-000002"]
-    assert harness.spool.end.segment == int(live.stem) + 1
 
 
-def test_the_syncer_reports_errors_by_number(tmp_path: Path) -> None:
-    """The syncer's own contract: 0 once synced, the errno when a segment cannot be synced."""
-    (tmp_path / syncer.segment_path("", 0)).write_bytes(b"frames")
-    worker = syncer.Syncer(str(tmp_path))
-    assert worker.sync(0, 0) == 0
-    assert worker.sync(0, 1) == errno.ENOENT
+def test_the_writer_writes_batches_at_their_offsets(tmp_path: Path) -> None:
+    """The writer process's own contract: each batch lands at its offset of its segment; a
+    segment it cannot open is an OSError (reported to the gateway as an errno)."""
+    files = writer.Writer(str(tmp_path))
+    files.write(3, 0, memoryview(b"abc"))
+    files.write(3, 3, memoryview(b"def"))
+    files.commit()
+    assert (tmp_path / f"{3:016d}.seg").read_bytes() == b"abcdef"
+    (tmp_path / f"{4:016d}.seg").mkdir()
+    with pytest.raises(IsADirectoryError):
+        files.write(4, 0, memoryview(b"x"))
 
 
 async def test_commit_resolves_only_after_the_frame_is_on_disk(harness: Harness) -> None:
@@ -353,31 +372,6 @@ async def test_full_spool_refuses_full_records_drops_usage_and_recovers(tmp_path
     assert ids(h.sink) == [f"req-{i:06d}" for i in range(seq)]
 
 
-async def test_a_failed_spool_write_fails_the_commit_and_keeps_no_partial_frame(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The durable write failing half-way: the publish's future raises SpoolError and the
-    segment is rolled back to its last committed length."""
-    real_write = os.write
-
-    def broken(fd: int, data: Any) -> int:
-        real_write(fd, bytes(data)[:7])  # a torn frame on disk
-        raise OSError(5, "Input/output error")
-
-    before = harness.spool.end
-    monkeypatch.setattr(os, "write", broken)
-    commit = harness.bus.publish(envelope(1))
-    assert commit is not None
-    with pytest.raises(SpoolError, match="Input/output error"):
-        await commit
-    monkeypatch.undo()
-    assert harness.spool.end == before
-    assert os.path.getsize(_segment_file(harness.directory)) == before.offset
-    await publish_all(harness.bus, range(2, 3))
-    assert await harness.bus.flush(5.0)
-    assert ids(harness.sink) == ["req-000002"]
-
-
 def _pipeline(bus: DurableBus, metrics: AuditMetrics) -> ChatPipeline:
     settings = AuditSettings(enabled=True, sinks=("memory",), durability="durable")
     return ChatPipeline(MockEngine(), Auditor(settings, bus, metrics, engine="mock"))
@@ -393,10 +387,23 @@ def _call(stream: bool, n: int) -> ChatCall:
     return ChatCall(body=body, params=validate_chat(body), request_id=f"r-{stream}-{n}")
 
 
+async def _writer_killed_during(spool: Spool, waiting: Awaitable[T]) -> T:
+    """Await ``waiting`` while the writer is stopped, then killed under it."""
+    while spool._link is None:  # a restart after an earlier kill is still going on
+        await asyncio.sleep(0.01)
+    pid = _writer(spool)
+    os.kill(pid, signal.SIGSTOP)
+    task = asyncio.ensure_future(waiting)
+    await asyncio.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    return await task
+
+
 async def test_pipeline_answers_after_the_commit_and_503s_when_it_fails(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
+    harness: Harness,
 ) -> None:
-    """Durable pipeline: success once spooled; a failed spool write turns success into a 503."""
+    """Durable pipeline: success once spooled; a record the spool could not make durable turns
+    the success into a 503 (non-stream) or withholds [DONE] (stream)."""
     pipeline = _pipeline(harness.bus, harness.metrics)
     completion = await pipeline.complete(_call(False, 1))
     assert completion["id"] == "chatcmpl-r-False-1"
@@ -405,16 +412,14 @@ async def test_pipeline_answers_after_the_commit_and_503s_when_it_fails(
     await stream.committed()
     await stream.aclose()
     assert chunks[0]["id"] == "chatcmpl-r-True-1"
-    monkeypatch.setattr(os, "write", lambda fd, data: (_ for _ in ()).throw(OSError(28, "full")))
     with pytest.raises(ServiceUnavailableError) as failed:
-        await pipeline.complete(_call(False, 2))
+        await _writer_killed_during(harness.spool, pipeline.complete(_call(False, 2)))
     assert (failed.value.status_code, failed.value.code) == (503, "audit_spool_unavailable")
     stream = await pipeline.stream(_call(True, 2))
     _ = [chunk async for batch in stream for chunk in batch]
     with pytest.raises(ServiceUnavailableError):
-        await stream.committed()
+        await _writer_killed_during(harness.spool, stream.committed())
     await stream.aclose()
-    monkeypatch.undo()
     assert await harness.bus.flush(5.0)
     assert ids(harness.sink) == ["r-False-1", "r-True-1"]
 

@@ -160,7 +160,7 @@ class DurableBus:
         for sink in self._sinks:
             await sink.open()
         self._loop = loop = asyncio.get_running_loop()
-        self.spool.start(self._committed)
+        await self.spool.start(self._committed)
         for reader in self._readers:
             reader.task = loop.create_task(self._run(reader), name=f"audit-spool-{reader.name}")
 

@@ -11,17 +11,15 @@ Layout of ``DYN_AUDIT_SPOOL_DIR``:
 Contracts:
 
 - :meth:`Spool.append` runs on the event loop and is O(1): it frames the record and queues it.
-  At the end of that loop iteration every queued record is written with one ``write`` (to the
-  page cache, which a crash of the gateway does not lose) and a sync is asked of the syncer
-  process (:mod:`auditgate.audit.syncer`), which ``fdatasync``s and answers on a socket the loop
-  watches.  At most one sync is in flight; groups written meanwhile share the next one — group
-  commit with no timer, so a record waits for about one disk flush under any load and no
-  thread of the gateway ever blocks on the disk or takes the GIL for it.
+  At the end of that loop iteration every queued record goes as one batch over a socket to the
+  writer process (:mod:`auditgate.audit.writer`), which writes it into the segment and
+  ``fdatasync``s; batches that arrive while it syncs share its next sync (group commit without a
+  timer: a record waits about one disk flush under any load).  The event loop never touches the
+  disk and no thread of the gateway waits for it.
 - A record is durable once its group's ``on_commit`` (on the event loop) ran with
-  ``error=None``.  A failed write is cut off the segment and reported with the error; a failed
-  sync, or a syncer that died, fails every unsynced group (cut off back to the committed end —
-  after an ``fdatasync`` error the kernel's word on those pages is worthless) and the next sync
-  starts a new syncer.
+  ``error=None``.  When the writer reports an error or dies, every record it had not made
+  durable fails (its request gets a 503, never an unaudited answer); once that writer is gone,
+  what it left after the committed end is cut off, and a new writer continues in a new segment.
 - :meth:`Spool.recover` (before :meth:`Spool.start`) checks every segment some sink still needs,
   cuts each at its first torn or corrupt frame (truncates, logs, counts in the returned
   :class:`Recovery`), and deletes the segments every sink has passed.  Writing always starts in a
@@ -42,7 +40,6 @@ import logging
 import os
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -50,9 +47,9 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, cast
 
-from auditgate.audit import syncer
+from auditgate.audit import writer
 from auditgate.audit.record import Envelope
 from auditgate.errors import AuditgateError
 
@@ -63,7 +60,7 @@ HEADER: Final = struct.Struct("<IIQ")
 _STAMP: Final = struct.Struct("<Q")
 MAX_FRAME: Final = 1 << 30
 """A length above this is corruption, not a record."""
-SUFFIX: Final = syncer.SUFFIX
+SUFFIX: Final = writer.SUFFIX
 
 _Queued = tuple[Envelope, bytes]
 """A record waiting for its group commit, with its frame header."""
@@ -173,7 +170,7 @@ class Spool:
         self.segment_bytes = segment_bytes or max(4096, min(64 << 20, max_bytes // 8))
         """A segment is sealed once a group would take it past this; deletion is per segment."""
         self.sync = sync
-        """Sync each group to disk (off only for tests of everything but durability: a group
+        """Sync each batch to disk (off only for tests of everything but durability: a batch
         then commits once written)."""
         self.commits = 0
         """Group commits (one sync each) so far."""
@@ -183,28 +180,28 @@ class Spool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_commit: CommitHook | None = None
         self._queue: list[_Queued] = []
-        """Appended records with their frame headers, written at the end of the iteration."""
+        """Appended records with their frame headers, sent at the end of the iteration."""
         self._flush_scheduled = False
         self._written: deque[_Written] = deque()
-        """Groups written to the segments, waiting for their sync, oldest first."""
-        self._in_flight = False
-        """A sync request is with the syncer (at most one is)."""
+        """Groups sent to the writer, not yet durable, oldest first."""
+        self._unsynced = 0
+        """Their bytes (they count toward ``full``: the disk may be slower than the load)."""
         self._idle: asyncio.Future[None] | None = None
-        """Set once nothing is written but unsynced (``stop`` waits for it)."""
+        """Set once nothing sent is waiting for its sync (``stop`` waits for it)."""
         self._stopping = False
-        self._syncer: subprocess.Popen[bytes] | None = None
-        self._channel: socket.socket | None = None
-        self._reply = b""
+        self._process: asyncio.subprocess.Process | None = None
+        self._link: _WriterLink | None = None
+        """The socket to the writer process; None while it is (re)starting or stopped."""
+        self._restarting: asyncio.Task[None] | None = None
         self._sizes: dict[int, int] = {}
-        """Committed length of every segment on disk (the live one included)."""
+        """Committed length of every segment holding committed records."""
         self._bytes = 0
         self._end = Position(0, 0)
         """Just after the last committed record."""
-        self._fd = -1
         self._live = 0
-        """The segment being written."""
+        """The segment new batches go to."""
         self._written_offset = 0
-        """Where the next write goes in the live segment (ahead of ``_end`` while unsynced)."""
+        """Where the next batch goes in the live segment (ahead of ``_end`` while unsynced)."""
 
     # -- state -------------------------------------------------------------------------------
 
@@ -215,7 +212,7 @@ class Spool:
 
     @property
     def full(self) -> bool:
-        return self._bytes >= self.max_bytes
+        return self._bytes + self._unsynced >= self.max_bytes
 
     @property
     def end(self) -> Position:
@@ -228,7 +225,7 @@ class Spool:
             return sorted(self._sizes)
 
     def _path(self, segment: int) -> Path:
-        return Path(syncer.segment_path(str(self.directory), segment))
+        return Path(writer.segment_path(str(self.directory), segment))
 
     def _cursor_path(self, sink: str) -> Path:
         return self.directory / f"cursor.{sink}.json"
@@ -284,19 +281,17 @@ class Spool:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def start(self, on_commit: CommitHook) -> None:
-        """Open the live segment and start the syncer; call on the event loop that appends."""
+    async def start(self, on_commit: CommitHook) -> None:
+        """Start the writer process; then append on this event loop."""
         self._loop = asyncio.get_running_loop()
         self._on_commit = on_commit
-        self._open_live()
-        if self.sync:
-            self._start_syncer()
+        await self._start_writer()
 
     def append(self, envelope: Envelope) -> None:
         """Queue one record for the next group commit; on the event loop, O(1), no I/O.
 
-        The queue is written at the end of the current event-loop iteration (one ``write`` for
-        every record appended in it), so a burst of requests shares one write and one sync.
+        The queue goes to the writer at the end of the current event-loop iteration (one batch
+        for every record appended in it), so a burst of requests shares one write and one sync.
         """
         if self._stopping or self._loop is None:
             raise SpoolError("the audit spool is closed")
@@ -311,128 +306,54 @@ class Spool:
             self._loop.call_soon(self._flush)
 
     async def stop(self, timeout: float | None = None) -> None:
-        """Commit what is queued (within ``timeout``), then stop the syncer and close the
-        live segment.  Records still unsynced at the deadline are reported failed."""
+        """Commit what is queued (within ``timeout``), then stop the writer.  Records not
+        durable by the deadline are reported failed (the writer may still store them: a
+        restart then replays them)."""
         self._stopping = True
-        if self._flush_scheduled:
-            self._flush()
+        if self._restarting is not None:  # let it finish: it sends what is queued
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._restarting), timeout)
+        self._flush()
         if self._written:
             self._idle = asyncio.get_running_loop().create_future()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._idle), timeout)
-        self._fail_written(SpoolError("the audit spool stopped before the record was synced"))
-        await self._stop_syncer(timeout)
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def _open_live(self) -> None:
-        path = self._path(self._live)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        with self._lock:
-            self._sizes.setdefault(self._live, 0)
-
-    def _next_segment(self) -> None:
-        """Seal the live segment and open the next one (the syncer ``fsync``s its name)."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        self._live += 1
-        self._written_offset = 0
-        self._open_live()
+        self._fail_written(SpoolError("the audit spool stopped before the record was durable"))
+        self._fail_queued(SpoolError("the audit spool stopped"))
+        link, self._link = self._link, None
+        if link is not None:
+            link.transport.close()  # end of stream: the writer finishes and exits
+        await self._reap(timeout)
 
     def _flush(self) -> None:
-        """Write the queued records (one ``write``, to the page cache) and ask for their sync."""
+        """Send the queued records to the writer as one batch (at the end of an iteration)."""
         self._flush_scheduled = False
+        link = self._link
+        if link is None or not self._queue:
+            return  # a writer restart in progress sends the queue once it is up
         group, self._queue = self._queue, []
-        if not group:
-            return
-        assert self._on_commit is not None
         size = HEADER.size
         total = sum(size + len(envelope.json) for envelope, _ in group)
+        if self._written_offset and self._written_offset + total > self.segment_bytes:
+            self._live += 1
+            self._written_offset = 0
+        live, start = self._live, self._written_offset
+        offset = start
+        parts = [writer.BATCH.pack(live, start, total)]
         placed: list[tuple[Envelope, Position]] = []
-        try:
-            if self._fd < 0:  # opening a new segment failed last time
-                self._open_live()
-            if self._written_offset and self._written_offset + total > self.segment_bytes:
-                self._next_segment()
-            offset, live = self._written_offset, self._live
-            parts: list[bytes] = []
-            for envelope, header in group:
-                payload = envelope.json
-                parts.append(header)
-                parts.append(payload)
-                offset += size + len(payload)
-                placed.append((envelope, Position(live, offset)))
-            _write_all(self._fd, b"".join(parts))
-        except OSError as exc:
-            error = SpoolError(f"audit spool write failed: {type(exc).__name__}: {exc}")
-            self._cut_live()
-            end = Position(self._live, self._written_offset)
-            self._on_commit([(envelope, end) for envelope, _ in group], _appended(group), error)
-            return
+        for envelope, header in group:
+            payload = envelope.json
+            parts.append(header)
+            parts.append(payload)
+            offset += size + len(payload)
+            placed.append((envelope, Position(live, offset)))
+        link.transport.write(b"".join(parts))
         self._written_offset = offset
-        self._written.append(_Written(placed, placed[-1][1], _appended(group)))
-        self._request_sync()
-
-    def _request_sync(self) -> None:
-        """Send the next sync request unless one is in flight (then its reply sends it)."""
-        if self._in_flight or not self._written:
-            return
-        first = self._written[0].end.segment
-        last = self._written[-1].end
-        if not self.sync:
-            self._synced(last)
-            return
-        if self._channel is None:
-            try:
-                self._start_syncer()
-            except OSError as exc:
-                self._fail_written(SpoolError(f"audit spool syncer cannot start: {exc}"))
-                return
-        assert self._channel is not None
-        try:
-            self._channel.send(syncer.REQUEST.pack(first, last.segment, last.offset))
-        except OSError as exc:  # the syncer died; its end of the socket is gone
-            self._syncer_lost(f"cannot reach it ({exc})")
-            return
-        self._in_flight = True
-
-    def _on_reply(self) -> None:
-        """The syncer answered (or its socket closed)."""
-        assert self._channel is not None
-        try:
-            data = self._channel.recv(syncer.REPLY.size * 4)
-        except BlockingIOError:
-            return
-        except ConnectionResetError:  # it died with our request unread
-            data = b""
-        except OSError as exc:
-            self._syncer_lost(f"its socket failed ({exc})")
-            return
-        if not data:
-            self._syncer_lost("it exited")
-            return
-        self._reply += data
-        while len(self._reply) >= syncer.REPLY.size:
-            segment, offset, code = syncer.REPLY.unpack_from(self._reply)
-            self._reply = self._reply[syncer.REPLY.size :]
-            self._in_flight = False
-            if not code:
-                self._synced(Position(segment, offset))
-                continue
-            # After a failed fdatasync the kernel may have dropped the dirty pages and their
-            # error: nothing unsynced in this segment can be trusted, and neither can the file.
-            # Cut it back to what was committed, seal it, and go on in a new segment.
-            self._fail_written(SpoolError(f"audit spool sync failed: {os.strerror(code)}"))
-            try:
-                self._next_segment()
-            except OSError as exc:  # the next flush tries again, and fails its records
-                log.error("audit spool: cannot open a new segment: %s", exc)
-        self._request_sync()
+        self._unsynced += total
+        self._written.append(_Written(placed, Position(live, offset), total, _appended(group)))
 
     def _synced(self, upto: Position) -> None:
-        """Report every written group up to ``upto`` durable (one ``on_commit`` for the sync)."""
+        """Report every written group up to ``upto`` durable (one ``on_commit`` for them)."""
         assert self._on_commit is not None
         written = self._written
         if not written or written[0].end > upto:
@@ -446,95 +367,102 @@ class Spool:
                 end = group.end  # a group lies in one segment: its end is that segment's size
                 self._bytes += end.offset - self._sizes.get(end.segment, 0)
                 self._sizes[end.segment] = end.offset
+                self._unsynced -= group.size
                 self._end = end
             self.commits += 1
         self._on_commit(placed, appended_ms, None)
         if not written and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
 
-    def _fail_written(self, error: SpoolError) -> None:
-        """Every written, unsynced group failed: report them and cut them off the segments."""
-        if not self._written:
+    def _writer_failed(self, why: str) -> None:
+        """The writer reported an error or went away: what it had not synced failed (its
+        requests get 503s); a new writer takes over in a new segment."""
+        link, self._link = self._link, None
+        if link is None:
             return
+        link.transport.abort()  # it exits on an error anyway; make sure it stops writing
+        log.error("audit spool: the writer failed: %s; starting a new one", why)
+        self._fail_written(SpoolError(f"audit spool writer failed: {why}"))
+        if self._stopping:
+            return
+        assert self._loop is not None
+        self._restarting = self._loop.create_task(self._restart(), name="audit-spool-restart")
+
+    async def _restart(self) -> None:
+        await self._reap(5.0)
+        self._cut_uncommitted()
+        self._live += 1  # the old segment's tail is in doubt: seal it at its committed end
+        self._written_offset = 0
+        try:
+            await self._start_writer()
+        except OSError as exc:
+            log.error("audit spool: cannot start the writer: %s", exc)
+            self._fail_queued(SpoolError(f"audit spool writer cannot start: {exc}"))
+            self._restarting = None
+            return
+        self._restarting = None
+        self._flush()
+
+    def _fail_written(self, error: SpoolError) -> None:
+        """Report every written, not yet durable group failed."""
         assert self._on_commit is not None
         failed, self._written = list(self._written), deque()
-        self._rollback()
+        self._unsynced = 0
         for group in failed:
             self._on_commit(group.placed, group.appended_ms, error)
         if self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
 
-    def _cut_live(self) -> None:
-        """Cut a failed write's partial frames off the live segment (earlier writes stay)."""
-        try:
-            if self._fd >= 0:
-                os.ftruncate(self._fd, self._written_offset)
-        except OSError as exc:
-            log.error("audit spool: cannot cut a failed write off the segment: %s", exc)
+    def _fail_queued(self, error: SpoolError) -> None:
+        """Report every queued, not yet written record failed."""
+        assert self._on_commit is not None
+        queued, self._queue = self._queue, []
+        if queued:
+            end = Position(self._live, self._written_offset)
+            self._on_commit([(envelope, end) for envelope, _ in queued], _appended(queued), error)
 
-    def _rollback(self) -> None:
-        """Cut everything after the committed end off the segments (failed or unsynced
-        writes), so no reader and no recovery ever sees it."""
-        with self._lock:
-            sizes = {s: n for s, n in self._sizes.items() if s >= self._end.segment}
-        try:
-            for segment, size in sorted(sizes.items()):
+    def _cut_uncommitted(self) -> None:
+        """Cut what a failed writer left after the committed end off the segments, so no
+        reader and no recovery ever sees it (run once that writer has exited)."""
+        for segment in range(self._end.segment, self._live + 1):
+            with self._lock:
+                size = self._sizes.get(segment, 0)
+            try:
                 os.truncate(self._path(segment), size)
-            self._written_offset = sizes.get(self._live, 0)
-        except OSError as exc:
-            log.error("audit spool: cannot roll back a failed write: %s", exc)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.error("audit spool: cannot cut segment %d to %d bytes: %s", segment, size, exc)
 
-    def _start_syncer(self) -> None:
+    async def _start_writer(self) -> None:
         assert self._loop is not None
         mine, theirs = socket.socketpair()
+        argv = [sys.executable, "-m", "auditgate.audit.writer", str(self.directory),
+                str(theirs.fileno())] + ([] if self.sync else ["--no-sync"])  # fmt: skip
         try:
-            self._syncer = subprocess.Popen(
-                [sys.executable, "-m", "auditgate.audit.syncer", str(self.directory),
-                 str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-            )  # fmt: skip
+            self._process = await asyncio.create_subprocess_exec(
+                *argv, pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL
+            )
         except OSError:
             mine.close()
             raise
         finally:
             theirs.close()
-        mine.setblocking(False)
-        self._channel = mine
-        self._reply = b""
-        self._loop.add_reader(mine.fileno(), self._on_reply)
+        link = _WriterLink(self)
+        await self._loop.connect_accepted_socket(lambda: link, mine)
+        self._link = link
 
-    def _syncer_lost(self, why: str) -> None:
-        """The syncer is gone: what it was syncing failed; the next sync starts a new one."""
-        log.error("audit spool: the syncer process failed: %s; restarting it", why)
-        self._close_channel()
-        process, self._syncer = self._syncer, None
-        if process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            assert self._loop is not None
-            self._loop.run_in_executor(None, process.wait)  # reap it off the loop
-        self._in_flight = False
-        self._fail_written(SpoolError(f"audit spool syncer failed: {why}"))
-
-    def _close_channel(self) -> None:
-        channel, self._channel = self._channel, None
-        if channel is not None:
-            assert self._loop is not None
-            self._loop.remove_reader(channel.fileno())
-            channel.close()
-
-    async def _stop_syncer(self, timeout: float | None) -> None:
-        self._close_channel()  # its end of stream: the syncer exits
-        process, self._syncer = self._syncer, None
+    async def _reap(self, timeout: float | None) -> None:
+        """Wait for the writer process to exit (killing it after ``timeout``)."""
+        process, self._process = self._process, None
         if process is None:
             return
         try:
-            await asyncio.wait_for(asyncio.to_thread(process.wait), timeout)
+            await asyncio.wait_for(process.wait(), timeout)
         except TimeoutError:
-            log.error("audit spool: the syncer did not exit; killing it")
+            log.error("audit spool: the writer did not exit; killing it")
             process.kill()
-            await asyncio.to_thread(process.wait)
+            await process.wait()
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -625,14 +553,50 @@ class Spool:
 
 
 class _Written(NamedTuple):
-    """A group written to the live segment (one ``write``), not yet synced."""
+    """A group sent to the writer as one batch, not yet durable."""
 
     placed: list[tuple[Envelope, Position]]
     """Its records with their end positions."""
     end: Position
-    """Its last record's end."""
+    """Its last record's end (a group lies in one segment)."""
+    size: int
+    """Its bytes."""
     appended_ms: int
     """Append time of its oldest record."""
+
+
+class _WriterLink(asyncio.Protocol):
+    """The event loop's end of the socket to one writer process."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self.received = b""
+        """Bytes of a reply not complete yet."""
+        self.transport: asyncio.WriteTransport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream socket's transport (uvloop's does not subclass asyncio's classes).
+        self.transport = cast(asyncio.WriteTransport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        """Replies: batches durable up to a position, or the writer's error."""
+        spool = self.spool
+        reply = self.received + data
+        used = 0
+        while len(reply) - used >= writer.DONE.size and spool._link is self:
+            segment, end, code = writer.DONE.unpack_from(reply, used)
+            used += writer.DONE.size
+            if code:
+                spool._writer_failed(f"{os.strerror(code)} (errno {code})")
+            else:
+                spool._synced(Position(segment, end))
+        self.received = reply[used:]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.spool._link is self:
+            # A reset is the same death: it had our batch unread when it went.
+            gone = exc is None or isinstance(exc, ConnectionResetError)
+            self.spool._writer_failed("it exited" if gone else f"its socket failed: {exc}")
 
 
 def _appended(group: list[_Queued]) -> int:
