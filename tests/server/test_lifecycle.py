@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -164,3 +166,18 @@ def test_workers_are_separate_writers(tmp_path: Path) -> None:
     assert len(by_writer) == 2
     for seqs in by_writer.values():
         assert sorted(seqs) == list(range(len(seqs)))
+
+
+def test_serving_processes_tune_the_garbage_collector() -> None:
+    """The uvicorn factory freezes start-up objects and raises the young-collection threshold
+    in the serving process; an app built in-process with create_app leaves the GC alone."""
+    program = (
+        "import gc; from auditgate.server import app; "
+        "before = gc.get_threshold(); app.create_app(app.Settings.from_env()); "
+        "built = gc.get_threshold(); app.app_from_env(); "
+        "print(before[0], built[0], gc.get_threshold()[0], gc.get_freeze_count() > 0)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.split() == ["700", "700", "10000", "True"]
