@@ -439,3 +439,22 @@ async def test_pipeline_refuses_stored_requests_before_the_engine_when_full(
     assert h.value("auditgate_audit_records_total", mode="full") == 0.0
     assert h.value("auditgate_audit_spool_rejected_total") == 1.0
     await h.bus.close(0.1)
+
+
+async def test_a_cancelled_waiter_does_not_cancel_the_others(harness: Harness) -> None:
+    """Records committed in one group: a request that goes away while waiting (its task is
+    cancelled) leaves the others' commits alone."""
+    first, second = harness.bus.publish(envelope(1)), harness.bus.publish(envelope(2))
+    assert first is not None and second is not None
+    gone = asyncio.ensure_future(_awaited(first))
+    stays = asyncio.ensure_future(_awaited(second))
+    await asyncio.sleep(0)
+    gone.cancel()
+    await stays
+    assert gone.cancelled()
+    assert await harness.bus.flush(5.0)
+    assert ids(harness.sink) == ["req-000001", "req-000002"]
+
+
+async def _awaited(commit: Awaitable[None]) -> None:
+    await commit
