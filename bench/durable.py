@@ -6,8 +6,8 @@ profile of every run's server).  Each round starts a gateway (mock engine, no de
 spool on the real disk) pinned to CPU 0, its child processes too, and drives it with
 ``bench/loadgen.py`` pinned to CPU 1; modes are interleaved and repeated so drift on a shared
 machine hits both alike.  Prints one JSON line per run (durable runs add ``commits``: group
-commits, i.e. fdatasyncs, in the run) and a median summary with durable's cost relative to
-best_effort.
+commits, i.e. fdatasyncs, in the run) and a summary: medians per arm, and durable's cost
+as the median of each round's paired ratio to best_effort.
 """
 
 from __future__ import annotations
@@ -168,25 +168,34 @@ def main() -> None:
     if a.profile is not None:
         a.profile.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:  # /tmp is on the disk here (ext4), not tmpfs
-        for _ in range(a.repeat):
+        for round_ in range(a.repeat):
             for sink in a.sinks:
                 for stream in (False, True):
-                    for mode, source in arms:
+                    # Alternate the order, so drift within a round favours neither mode.
+                    for mode, source in arms if round_ % 2 == 0 else arms[::-1]:
                         work = Path(tmp) / f"{len(runs)}"
                         work.mkdir()
                         durability = "best_effort" if mode == "best_effort" else "durable"
                         result = run_once(sink, durability, stream, a, work, source)
-                        result["mode"] = mode
+                        result.update(mode=mode, round=round_)
                         print(json.dumps(result), flush=True)
                         runs.append(result)
+    summarize(runs, a.sinks, [mode for mode, _ in arms])
+
+
+def summarize(runs: list[dict[str, Any]], sinks: list[str], modes: list[str]) -> None:
+    """Medians per arm, and durable's cost as the median over rounds of each round's own
+    ratio to best_effort (a round's runs are back to back, so machine drift between rounds
+    cancels out of the ratio)."""
     print(
         "\nsink    mode              stream   rps (median)  p99 ms  cpu ms/req  errors  "
-        "rps cost  p99 +ms  cpu cost"
+        "rps cost  p99 +ms  cpu cost  (paired, median over rounds)"
     )
-    for sink in a.sinks:
+    for sink in sinks:
         for stream in (False, True):
-            base: tuple[float, float, float] | None = None
-            for mode, _ in arms:
+            base = {r["round"]: r for r in runs if (r["sink"], r["mode"], r["stream"]) == (
+                sink, "best_effort", stream)}  # fmt: skip
+            for mode in modes:
                 mine = [
                     r for r in runs if (r["sink"], r["mode"], r["stream"]) == (sink, mode, stream)
                 ]
@@ -195,11 +204,17 @@ def main() -> None:
                 cpu = statistics.median(r["server_cpu_ms_per_req"] for r in mine)
                 errors = sum(int(r.get("errors") or 0) for r in mine)
                 cost = ""
-                if base is None:
-                    base = (rps, p99, cpu)
-                else:
-                    cost = f"{1 - rps / base[0]:>8.1%}  {p99 - base[1]:>+7.2f}  "
-                    cost += f"{cpu / base[2] - 1:>+8.1%}"
+                if mode != "best_effort":
+                    pairs = [(r, base[r["round"]]) for r in mine if r["round"] in base]
+                    rps_cost = statistics.median(1 - r["rps"] / b["rps"] for r, b in pairs)
+                    p99_more = statistics.median(
+                        r["latency_p99_ms"] - b["latency_p99_ms"] for r, b in pairs
+                    )
+                    cpu_more = statistics.median(
+                        r["server_cpu_ms_per_req"] / b["server_cpu_ms_per_req"] - 1
+                        for r, b in pairs
+                    )
+                    cost = f"{rps_cost:>8.1%}  {p99_more:>+7.2f}  {cpu_more:>+8.1%}"
                 print(
                     f"{sink:<7} {mode:<17} {stream!s:<7} {rps:>12.1f}  {p99:>6.2f}  {cpu:>10.4f}  "
                     f"{errors:>6}  {cost}"

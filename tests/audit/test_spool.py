@@ -21,7 +21,7 @@ from auditgate.audit.sink import MemorySink
 from auditgate.audit.spool import HEADER, Position, Spool, SpoolError, encode_frame, parse_frames
 from auditgate.config import AuditSettings
 from auditgate.engines.mock import MockEngine
-from auditgate.errors import ServiceUnavailableError
+from auditgate.errors import ServiceUnavailableError, SinkError
 from auditgate.pipeline.chat import ChatCall, ChatPipeline
 from auditgate.pipeline.request import validate_chat
 
@@ -58,10 +58,10 @@ def ids(sink: MemorySink) -> list[str]:
 class Harness:
     """A durable bus over a spool directory, started and closed by the test."""
 
-    def __init__(self, directory: Path, **spool: Any) -> None:
+    def __init__(self, directory: Path, sink: MemorySink | None = None, **spool: Any) -> None:
         self.directory = directory
         self.metrics = AuditMetrics()
-        self.sink = MemorySink("memory")
+        self.sink = sink or MemorySink("memory")
         self.spool = Spool(directory, max_bytes=spool.pop("max_bytes", 1 << 20), **spool)
         self.bus = DurableBus(
             [self.sink], spool=self.spool, capacity=64, metrics=self.metrics, backoff=FAST
@@ -305,6 +305,47 @@ async def test_a_slow_sink_falls_back_to_reading_the_spool(tmp_path: Path) -> No
     assert await h.bus.flush(5.0)
     await h.bus.close(2.0)
     assert ids(h.sink) == [f"req-{i:06d}" for i in range(500)]
+
+
+class SyncingSink(MemorySink):
+    """A memory sink that is :class:`~auditgate.audit.sink.Syncable`, and whose sync can fail."""
+
+    def __init__(self) -> None:
+        super().__init__("memory")
+        self.syncs = 0
+        self.sync_fail: Exception | None = None
+
+    async def sync(self) -> None:
+        if self.sync_fail is not None:
+            raise self.sync_fail
+        self.syncs += 1
+
+
+async def test_the_spool_forgets_records_only_after_the_sink_synced_them(
+    tmp_path: Path,
+) -> None:
+    """A sink that needs a sync to survive a power loss: while its sync fails, it gets every
+    record but its cursor stays and no segment is deleted; once a sync works, both move."""
+    sink = SyncingSink()
+    sink.sync_fail = SinkError("disk gone")
+    h = Harness(tmp_path, sink, segment_bytes=2048)
+    await h.bus.start()
+    for i in range(10):  # ten groups of ten: several segments
+        await publish_all(h.bus, range(i * 10, i * 10 + 10))
+    assert await h.bus.flush(5.0)
+    assert ids(sink) == [f"req-{i:06d}" for i in range(100)]
+    await asyncio.sleep(CURSOR_SAVE_INTERVAL_S * 2)
+    assert h.spool.load_cursor("memory") is None
+    kept = h.spool.segments()
+    assert len(kept) >= 4
+    errors = h.value("auditgate_audit_sink_errors_total", sink="memory")
+    assert errors is not None and errors >= 1
+    sink.sync_fail = None
+    await asyncio.sleep(CURSOR_SAVE_INTERVAL_S * 3)  # the idle reader retries its save
+    assert h.spool.load_cursor("memory") == h.spool.end
+    assert h.spool.segments() == [kept[-1]]
+    assert sink.syncs >= 1
+    await h.bus.close(2.0)
 
 
 def _segment_file(directory: Path) -> Path:

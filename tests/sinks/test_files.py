@@ -666,3 +666,50 @@ def test_registry_passes_the_revealed_postgres_url() -> None:
 
     expected = ["postgresql://u:pw@h/db"]
     assert expected == seen
+
+
+async def test_file_sinks_sync_what_they_wrote_and_report_a_failed_segment_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sync() (what the durable spool waits for before it forgets records) flushes the open
+    file and, once, the directory naming it; a finished jsonl_gz segment whose fsync failed
+    is reported by the next sync, not forgotten; a closed sink cannot sync."""
+    synced: list[str] = []
+    real_fdatasync, real_fsync = os.fdatasync, os.fsync
+
+    def record(real: object) -> object:
+        def call(fd: int) -> None:
+            synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+            real(fd)  # type: ignore[operator]
+
+        return call
+
+    monkeypatch.setattr(os, "fdatasync", record(real_fdatasync))
+    monkeypatch.setattr(os, "fsync", record(real_fsync))
+    lines = JsonlSink(str(tmp_path / "lines" / "a.jsonl"))
+    await lines.open()
+    await lines.write(envelopes(0, 3))
+    await lines.sync()
+    await lines.sync()
+    assert synced == ["a.jsonl", "lines", "a.jsonl"]
+    await lines.close()
+    with pytest.raises(SinkError, match="sync on a closed sink"):
+        await lines.sync()
+
+    synced.clear()
+    gz = JsonlGzSink(str(tmp_path / "gz" / "audit"), roll_lines=2)
+    await gz.open()
+    await gz.write(envelopes(0, 1))
+    await gz.sync()
+    assert synced == ["audit.000001.jsonl.gz", "gz"]
+
+    def broken(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken)
+    await gz.write(envelopes(1, 1))  # two lines: the segment is finished, its fsync fails
+    monkeypatch.setattr(os, "fsync", record(real_fsync))
+    with pytest.raises(SinkError, match=r"fsync of finished segment .* failed"):
+        await gz.sync()
+    await gz.sync()  # reported once; nothing else is wrong
+    await gz.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -102,22 +103,28 @@ async def test_failed_writes_are_retried_by_the_bus(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize(("durability", "level"), [("best_effort", 1), ("durable", 2)])
-async def test_durable_mode_commits_survive_power_loss(
-    tmp_path: Path, durability: str, level: int
+async def test_sync_makes_committed_batches_durable_without_a_flush_per_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """In durable mode the sqlite sink runs synchronous=FULL (2); otherwise NORMAL (1)."""
-    from auditgate.config import AuditSettings
-    from auditgate.sinks import build_sinks
-
-    settings = AuditSettings(
-        sinks=("sqlite",), sqlite_path=str(tmp_path / "a.db"), durability=durability
-    )
-    [sink] = build_sinks(settings)
+    """The sink commits at synchronous=NORMAL (no fsync per batch); sync() fsyncs the WAL
+    and the database file, which is what the durable spool waits for before it forgets."""
+    sink = SqliteSink(str(tmp_path / "a.db"))
     await sink.open()
     try:
-        thread = sink._thread  # type: ignore[attr-defined]
-        got = await thread.call(lambda: thread.conn.execute("PRAGMA synchronous").fetchone()[0])
-        assert level == got
+        thread = sink._thread
+        assert thread.conn is not None
+        conn = thread.conn
+        assert await thread.call(lambda: conn.execute("PRAGMA synchronous").fetchone()[0]) == 1
+        await sink.write([Envelope(make_record(1))])
+        synced: list[str] = []
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        await sink.sync()
+        assert synced == [str(tmp_path / "a.db-wal"), str(tmp_path / "a.db")]
     finally:
         await sink.close()

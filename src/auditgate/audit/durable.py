@@ -11,7 +11,11 @@ response only after it resolves.  Each sink then gets the records from its own r
   ``linger_s`` while caught up, as in best effort), retried with capped exponential backoff until
   it is stored; the sink's cursor is then saved — at once when the batch passed a segment (whose
   deletion may now be due), else at most every ``CURSOR_SAVE_INTERVAL_S`` and once more when the
-  reader goes idle after that — and the segments every cursor has passed are deleted;
+  reader goes idle after that — and the segments every saved cursor has passed are deleted;
+- a sink whose writes survive a power loss only once synced (a
+  :class:`~auditgate.audit.sink.Syncable`: files, SQLite) is synced before its cursor is saved,
+  so the spool never forgets a record the sink could still lose, and no commit of the sink
+  needs a flush of its own;
 - delivery is at least once (a crash between a write and its cursor save replays the batch);
   sinks are idempotent on ``request_id``.
 
@@ -34,6 +38,7 @@ import msgspec
 from auditgate.audit.bus import (
     Backoff,
     RateLimitedLog,
+    describe_error,
     drained,
     finish_tasks,
     policy_of,
@@ -42,7 +47,7 @@ from auditgate.audit.bus import (
 )
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import Envelope, Mode, decode_record
-from auditgate.audit.sink import Sink
+from auditgate.audit.sink import Sink, Syncable
 from auditgate.audit.spool import Frame, Position, Spool, SpoolError
 
 log = logging.getLogger("auditgate.audit")
@@ -325,8 +330,8 @@ class DurableBus:
         if reader.position != reader.saved:
             due = reader.saved_at + CURSOR_SAVE_INTERVAL_S - time.monotonic()
             if due <= 0 or self._drained:
-                await self._save(reader)
-                return False
+                saved = await self._save(reader)
+                return self._drained and not saved  # at close a failing save is not retried
             if reader.save_timer is None:
                 assert self._loop is not None
                 reader.save_timer = self._loop.call_later(due, self._save_due, reader)
@@ -349,11 +354,33 @@ class DurableBus:
             return
         await wait_for_batch(reader, target, reader.policy.linger_s)
 
-    async def _save(self, reader: _Reader) -> None:
-        """Persist the reader's cursor and delete passed segments, on a worker thread."""
+    async def _save(self, reader: _Reader) -> bool:
+        """Let the spool forget what the sink stored: sync the sink (a :class:`Syncable` one),
+        then persist its cursor and delete the segments every sink has passed, on a worker
+        thread.  False when that failed (logged; the next save retries, the spool keeps
+        everything meanwhile)."""
         reader.saved_at = time.monotonic()
-        reader.saved = reader.position
-        await asyncio.to_thread(self._advance, reader)
+        position = reader.position
+        try:
+            if isinstance(reader.sink, Syncable):
+                await reader.sink.sync()
+            await asyncio.to_thread(self.spool.save_cursor, reader.name, position)
+        except Exception as exc:  # noqa: BLE001 - a sink's or the disk's error: retried, logged
+            self.metrics.sink_errors.labels(reader.name).inc()
+            self._log.warning(
+                f"save-{reader.name}",
+                "audit sink %s: cannot save its spool cursor (%s); the spool keeps its records "
+                "until a save succeeds",
+                reader.name,
+                describe_error(exc),
+            )
+            return False
+        reader.saved = position
+        try:
+            await asyncio.to_thread(self.spool.release, [r.saved for r in self._readers])
+        except OSError as exc:
+            self._log.warning("release", "audit spool: cannot delete passed segments: %s", exc)
+        return True
 
     def _decode(self, reader: _Reader, frames: list[Frame]) -> list[Envelope]:
         batch: list[Envelope] = []
@@ -372,11 +399,6 @@ class DurableBus:
                 continue
             batch.append(envelope)
         return batch
-
-    def _advance(self, reader: _Reader) -> None:
-        """Save the reader's cursor and delete the segments every reader has passed (blocking)."""
-        self.spool.save_cursor(reader.name, reader.position)
-        self.spool.release(r.position for r in self._readers)
 
 
 def _failed(error: BaseException) -> asyncio.Future[None]:

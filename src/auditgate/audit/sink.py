@@ -48,6 +48,18 @@ class Sink(Protocol):
     async def close(self) -> None: ...
 
 
+@runtime_checkable
+class Syncable(Protocol):
+    """A sink whose stored records survive a crash of the gateway at once, and a power loss
+    once synced (files, SQLite at ``synchronous=NORMAL``).  In durable mode the spool forgets
+    records (saves the sink's cursor, deletes passed segments) only after such a sink synced,
+    so each commit need not be flushed to disk on its own."""
+
+    async def sync(self) -> None:
+        """Make everything written so far survive a power loss; raises ``SinkError``."""
+        ...
+
+
 class MemorySink:
     """Keeps every record it is given, in order; for tests and embedding.
 

@@ -46,10 +46,7 @@ def _jsonl_gz(settings: AuditSettings) -> Sink:
 def _sqlite(settings: AuditSettings) -> Sink:
     from auditgate.sinks.sqlite import SqliteSink
 
-    # Durable mode forgets a spooled record once the sink committed it, so that commit must
-    # survive a power failure as well as a crash.
-    synchronous = "FULL" if settings.durability == "durable" else "NORMAL"
-    return SqliteSink(settings.sqlite_path, synchronous=synchronous)
+    return SqliteSink(settings.sqlite_path)
 
 
 def _postgres(settings: AuditSettings) -> Sink:

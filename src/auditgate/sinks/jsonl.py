@@ -85,6 +85,15 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def sync_directory(path: str) -> None:
+    """``fsync`` the directory holding ``path``: a new file's name survives a power loss."""
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def make_parent(path: str) -> None:
     """Create the directories above ``path``; a failure is a configuration error."""
     parent = os.path.dirname(os.path.abspath(path))
@@ -109,6 +118,8 @@ class JsonlSink:
         self.batching = batch_policy(buffer_bytes, flush_interval_ms)
         """How the bus groups records for this sink."""
         self._fd: int | None = None
+        self._named = False
+        """The directory entry of the file was synced (once per open)."""
         # Serialises the worker threads of write() and close(): a write the bus gave up on
         # (cancelled at the shutdown deadline) may still be running in its thread.
         self._lock = threading.Lock()
@@ -122,9 +133,26 @@ class JsonlSink:
         if batch:
             await asyncio.to_thread(self._write_sync, encoded(batch))
 
+    async def sync(self) -> None:
+        """Make every appended line (and the file's name) survive a power loss."""
+        await asyncio.to_thread(self._sync_file)
+
     async def close(self) -> None:
         """Flush the file to disk and close it."""
         await asyncio.to_thread(self._close_sync)
+
+    def _sync_file(self) -> None:
+        with self._lock:
+            fd = self._fd
+            if fd is None:
+                raise SinkError("jsonl sink: sync on a closed sink")
+            try:
+                os.fdatasync(fd)
+                if not self._named:
+                    sync_directory(self.path)
+                    self._named = True
+            except OSError as exc:
+                raise SinkError(f"jsonl sink: sync of {self.path!r} failed: {exc}") from exc
 
     def _open_sync(self) -> None:
         make_parent(self.path)
@@ -136,6 +164,7 @@ class JsonlSink:
             if self._fd is not None:
                 os.close(self._fd)
             self._fd = fd
+            self._named = False
 
     def _write_sync(self, lines: list[bytes]) -> None:
         with self._lock:

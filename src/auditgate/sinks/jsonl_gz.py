@@ -31,7 +31,14 @@ from collections.abc import Sequence
 
 from auditgate.audit.record import Envelope
 from auditgate.errors import ConfigError, SinkError
-from auditgate.sinks.jsonl import batch_policy, encoded, make_parent, pieces, write_all
+from auditgate.sinks.jsonl import (
+    batch_policy,
+    encoded,
+    make_parent,
+    pieces,
+    sync_directory,
+    write_all,
+)
 
 log = logging.getLogger("auditgate.sinks")
 
@@ -100,6 +107,10 @@ class JsonlGzSink:
         self._bytes = 0
         self._lines = 0
         self._ready = False  # True between open() and close()
+        self._unnamed = False
+        """A segment was created since the last sync (its directory entry is not synced)."""
+        self._sync_failure: str | None = None
+        """A finished segment's fsync failed; the next sync reports it."""
         # Serialises the worker threads of write() and close(): a write the bus gave up on
         # (cancelled at the shutdown deadline) may still be running in its thread.
         self._lock = threading.Lock()
@@ -117,9 +128,29 @@ class JsonlGzSink:
         if batch:
             await asyncio.to_thread(self._write_sync, encoded(batch))
 
+    async def sync(self) -> None:
+        """Make every written member survive a power loss: the current segment and the
+        names of segments started since the last sync; reports a finished segment's failed
+        ``fsync`` too."""
+        await asyncio.to_thread(self._sync_files)
+
     async def close(self) -> None:
         """Finish the current segment (fsync and close)."""
         await asyncio.to_thread(self._close_sync)
+
+    def _sync_files(self) -> None:
+        with self._lock:
+            failed, self._sync_failure = self._sync_failure, None
+            if failed is not None:
+                raise SinkError(f"jsonl_gz sink: {failed}")
+            try:
+                if self._fd is not None:
+                    os.fdatasync(self._fd)
+                if self._unnamed:
+                    sync_directory(self.prefix)
+                    self._unnamed = False
+            except OSError as exc:
+                raise SinkError(f"jsonl_gz sink: sync of {self.segment!r} failed: {exc}") from exc
 
     def _open_sync(self) -> None:
         make_parent(self.prefix)
@@ -176,6 +207,7 @@ class JsonlGzSink:
             break
         self._fd, self.segment, self._number = fd, path, number
         self._size = self._bytes = self._lines = 0
+        self._unnamed = True
         return fd
 
     def _undo(self, fd: int) -> None:
@@ -198,8 +230,10 @@ class JsonlGzSink:
         try:
             os.fsync(fd)
         except OSError as exc:
-            # The data was written; raising would make the bus write the batch again.
+            # The data was written; raising would make the bus write the batch again.  A
+            # durable spool asks for a sync before it forgets these records: that one fails.
             log.error("jsonl_gz sink: fsync of finished segment %s failed: %s", self.segment, exc)
+            self._sync_failure = f"fsync of finished segment {self.segment!r} failed: {exc}"
         finally:
             os.close(fd)
         self.segment = None
