@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import signal
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -499,3 +502,40 @@ async def test_a_cancelled_waiter_does_not_cancel_the_others(harness: Harness) -
 
 async def _awaited(commit: Awaitable[None]) -> None:
     await commit
+
+
+def test_a_spool_directory_has_one_owner_and_workers_take_their_own_slot(
+    tmp_path: Path,
+) -> None:
+    """Two processes must never write one spool: a second claim of a directory fails; with
+    slots (--workers N) each claim takes the first free worker-K; a released one is free."""
+    one, two = Spool(tmp_path / "a", max_bytes=1 << 20), Spool(tmp_path / "a", max_bytes=1 << 20)
+    assert one.claim() == tmp_path / "a"
+    with pytest.raises(SpoolError, match="in use by other gateway processes"):
+        two.claim()
+    one.release_claim()
+    assert two.claim() == tmp_path / "a"
+    two.release_claim()
+    workers = [Spool(tmp_path / "b", max_bytes=1 << 20, slots=2) for _ in range(3)]
+    slots = [tmp_path / "b" / "worker-0", tmp_path / "b" / "worker-1"]
+    assert [workers[0].claim(), workers[1].claim()] == slots
+    with pytest.raises(SpoolError, match=r"2 slot\(s\), all locked"):
+        workers[2].claim()
+    workers[0].release_claim()
+    assert workers[2].claim() == tmp_path / "b" / "worker-0"
+    for spool in workers:
+        spool.release_claim()
+
+
+def test_a_claim_waits_for_a_writer_its_previous_owner_left_running(tmp_path: Path) -> None:
+    """A gateway killed with SIGKILL leaves its writer storing the last batch for a moment:
+    the next owner recovers only once that writer let go of the spool."""
+    (tmp_path / "spool").mkdir()
+    held = os.open(tmp_path / "spool" / writer.WRITER_LOCK, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    threading.Timer(0.3, os.close, [held]).start()
+    started = time.monotonic()
+    spool = Spool(tmp_path / "spool", max_bytes=1 << 20)
+    spool.claim()
+    assert time.monotonic() - started >= 0.25
+    spool.release_claim()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 
 from tests.support.gateway import running_gateway, start_gateway
 from tests.support.server import audit_env, gateway
@@ -133,14 +134,18 @@ def test_sigterm_finishes_in_flight_streams_and_drains_the_audit(tmp_path: Path)
     assert "all records delivered" in gw.log()
 
 
-def test_workers_are_separate_writers(tmp_path: Path) -> None:
-    """With --workers 2 each process writes its own gap-free sequence."""
+@pytest.mark.parametrize("durability", ["best_effort", "durable"])
+def test_workers_are_separate_writers(tmp_path: Path, durability: str) -> None:
+    """With --workers 2 each process writes its own gap-free sequence; in durable mode each
+    owns its own spool directory (two writers in one spool would overwrite each other)."""
     out = tmp_path / "audit.jsonl"
     env = {
         "DYN_AUDIT_ENABLED": "1",
         "DYN_AUDIT_SINKS": "jsonl",
         "DYN_AUDIT_OUTPUT_PATH": str(out),
         "DYN_AUDIT_JSONL_FLUSH_INTERVAL_MS": "10",
+        "DYN_AUDIT_DURABILITY": durability,
+        "DYN_AUDIT_SPOOL_DIR": str(tmp_path / "spool"),
     }
     sent = 0
     with running_gateway(env, ["--workers", "2"], log_dir=tmp_path) as gw:
@@ -166,6 +171,11 @@ def test_workers_are_separate_writers(tmp_path: Path) -> None:
     assert len(by_writer) == 2
     for seqs in by_writer.values():
         assert sorted(seqs) == list(range(len(seqs)))
+    if durability == "durable":
+        slots = sorted(p.name for p in (tmp_path / "spool").iterdir())
+        assert slots == ["worker-0", "worker-1"]
+        for slot in slots:
+            assert (tmp_path / "spool" / slot / "cursor.jsonl.json").exists()
 
 
 def test_serving_processes_tune_the_garbage_collector() -> None:

@@ -234,6 +234,7 @@ class DurableBus:
                 await reader.sink.close()
             except Exception:
                 log.exception("audit sink %s: close failed", reader.name)
+        self.spool.release_claim()
         return report
 
     # -- commits -----------------------------------------------------------------------------

@@ -7,6 +7,9 @@ Layout of ``DYN_AUDIT_SPOOL_DIR``:
   JSON; ``crc`` is CRC-32 over ``appended_ms`` and the JSON, so a torn, zero-filled or flipped
   frame never passes as a record.
 - ``cursor.<sink>.json`` — how far a sink has stored, ``{"segment": n, "offset": o}``.
+- ``owner.lock`` (the owning gateway process) and ``writer.lock`` (its writer process): ``flock``
+  locks, so two processes never write one spool.  With ``--workers N`` each worker owns the
+  first free ``worker-K`` sub-directory (K < N) and replays what an earlier owner left there.
 
 Contracts:
 
@@ -35,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -61,6 +65,8 @@ _STAMP: Final = struct.Struct("<Q")
 MAX_FRAME: Final = 1 << 30
 """A length above this is corruption, not a record."""
 SUFFIX: Final = writer.SUFFIX
+OWNER_LOCK: Final = "owner.lock"
+"""Locked (``flock``) by the gateway process that owns the spool directory; holds its pid."""
 
 _Queued = tuple[Envelope, bytes]
 """A record waiting for its group commit, with its frame header."""
@@ -164,8 +170,15 @@ class Spool:
         max_bytes: int,
         segment_bytes: int | None = None,
         sync: bool = True,
+        slots: int = 1,
     ) -> None:
-        self.directory = Path(directory)
+        self.root = Path(directory)
+        """``DYN_AUDIT_SPOOL_DIR``."""
+        self.slots = slots
+        """Processes sharing ``root`` (``--workers N``): each owns a ``worker-K`` directory."""
+        self.directory = self.root
+        """The directory this process owns, once :meth:`recover` claimed it."""
+        self._claim_fd = -1
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes or max(4096, min(64 << 20, max_bytes // 8))
         """A segment is sealed once a group would take it past this; deletion is per segment."""
@@ -232,9 +245,77 @@ class Spool:
 
     # -- recovery ----------------------------------------------------------------------------
 
+    def claim(self) -> Path:
+        """Lock the directory this process will own (``root``, or with several slots the first
+        free ``worker-K``) and wait for a writer process a previous owner left running to
+        finish; blocking.  Raises :class:`SpoolError` when every slot is taken: two processes
+        writing one spool would overwrite each other's frames."""
+        if self._claim_fd >= 0:
+            return self.directory
+        if self.slots == 1:
+            candidates = [self.root]
+        else:
+            candidates = [self.root / f"worker-{k}" for k in range(self.slots)]
+        for directory in candidates:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(directory / OWNER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            self._claim_fd, self.directory = fd, directory
+            self._wait_for_old_writer()
+            self._warn_orphans()
+            return directory
+        raise SpoolError(
+            f"the audit spool {self.root} is in use by other gateway processes "
+            f"({self.slots} slot(s), all locked): give this one its own DYN_AUDIT_SPOOL_DIR"
+        )
+
+    def _wait_for_old_writer(self, timeout_s: float = 30.0) -> None:
+        """A writer outlives its gateway by the moment it takes to store what it received;
+        recovery must not read the segments before it is done."""
+        path = self.directory / writer.WRITER_LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise SpoolError(
+                            f"a spool writer process still holds {self.directory}"
+                        ) from None
+                    time.sleep(0.01)
+        finally:
+            os.close(fd)  # releases the lock: the new writer takes it
+
+    def _warn_orphans(self) -> None:
+        """Records in slots no process of this configuration will claim are not replayed."""
+        slots = {f"worker-{k}" for k in range(self.slots)} if self.slots > 1 else set()
+        for path in sorted(self.root.glob("worker-*")):
+            if path.name not in slots and any(path.glob("*" + SUFFIX)):
+                log.warning(
+                    "audit spool: %s holds records from a run with more workers; they are "
+                    "replayed only when a worker owns that slot again (start as many workers)",
+                    path,
+                )
+
+    def release_claim(self) -> None:
+        """Unlock the owned directory (after :meth:`stop`)."""
+        if self._claim_fd >= 0:
+            os.close(self._claim_fd)
+            self._claim_fd = -1
+
     def recover(self, sinks: Sequence[str]) -> Recovery:
-        """Scan, cut and clean the spool; blocking (run it off the event loop)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """Claim the spool directory, scan, cut and clean it; blocking (run it off the event
+        loop)."""
+        self.claim()
         found = sorted(
             int(p.name[: -len(SUFFIX)])
             for p in self.directory.iterdir()

@@ -29,6 +29,7 @@ to the whole process group: a gateway draining its spool at shutdown still has i
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import signal
 import socket
@@ -42,6 +43,8 @@ BATCH: Final = struct.Struct("<QQQ")
 DONE: Final = struct.Struct("<QQq")
 """``(segment, end, errno)``: everything up to ``end`` of ``segment`` is durable (errno 0)."""
 READ_BYTES: Final = 1 << 20
+WRITER_LOCK: Final = "writer.lock"
+"""Held (``flock``) while a writer may write: a new gateway waits for it before recovery."""
 
 
 def segment_path(directory: str, segment: int) -> str:
@@ -57,6 +60,9 @@ class Writer:
         self.sync = sync
         self.files: dict[int, int] = {}
         self.directory_fd = os.open(directory, os.O_RDONLY)
+        lock = os.open(os.path.join(directory, WRITER_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held until this process exits
+        self.lock_fd = lock
 
     def write(self, segment: int, offset: int, data: memoryview) -> None:
         """Write ``data`` at ``offset`` of ``segment`` (not yet durable); raises OSError."""

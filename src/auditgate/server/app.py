@@ -111,7 +111,11 @@ class Gateway:
                 from auditgate.audit.durable import DurableBus
                 from auditgate.audit.spool import Spool
 
-                spool = Spool(audit.spool_dir, max_bytes=audit.spool_max_bytes)
+                # --workers N: one spool directory each, the disk budget shared.
+                workers = settings.gateway.workers
+                spool = Spool(
+                    audit.spool_dir, max_bytes=audit.spool_max_bytes // workers, slots=workers
+                )
                 self.bus = DurableBus(
                     sinks, spool=spool, capacity=audit.capacity, metrics=self.audit_metrics
                 )
