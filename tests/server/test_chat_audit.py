@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +14,9 @@ import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
 
 from auditgate.audit.record import AuditRecord
+from auditgate.audit.sink import MemorySink
+from auditgate.config import Settings
+from auditgate.server.app import create_app
 from tests.support.server import TestGateway, audit_env, gateway
 
 MESSAGES = [
@@ -290,3 +294,42 @@ def test_record_keys_follow_the_schema_order(gw: TestGateway) -> None:
         "response",
     ]
     assert keys[-2:] == ["writer", "seq"]
+
+
+@pytest.mark.parametrize(("n", "together"), [(1, True), (2, False)])
+async def test_the_finishing_batch_goes_out_with_done_in_one_write(n: int, together: bool) -> None:
+    """A stream's last content (the only choice's finish_reason) and [DONE] are one body
+    message: one write, one TCP segment.  With n > 1 choices finish at different times, so
+    nothing is held back and [DONE] is sent alone."""
+    memory = MemorySink()
+    app = create_app(Settings.from_env(audit_env()), sinks=[memory])
+    await app.gateway.start()
+    body = json.dumps(
+        {"model": "mock", "messages": [{"role": "user", "content": "hi"}], "stream": True, "n": n}
+    ).encode()
+    incoming = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[bytes] = []
+
+    async def receive() -> dict[str, Any]:
+        if incoming:
+            return incoming.pop()
+        await asyncio.Event().wait()  # no disconnect
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            sent.append(message.get("body", b""))
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": []}
+    try:
+        await app(scope, receive, send)
+    finally:
+        await app.gateway.stop()
+    finishing = [i for i, b in enumerate(sent) if b'"finish_reason":"' in b]
+    assert sent[-1].endswith(b"data: [DONE]\n\n")
+    if together:
+        assert finishing == [len(sent) - 1]
+    else:
+        assert sent[-1] == b"data: [DONE]\n\n"
+        assert finishing and finishing[-1] < len(sent) - 1
+    assert len(memory.records) == 1

@@ -142,7 +142,10 @@ class ChatPipeline:
                 capture.finish()
             await aclose(batches)
             raise
-        return ChatStream(first or [], batches, capture, call.response_id, client_usage)
+        single = call.params.n is None or call.params.n == 1
+        return ChatStream(
+            first or [], batches, capture, call.response_id, client_usage, single_choice=single
+        )
 
 
 class ChatStream:
@@ -160,8 +163,11 @@ class ChatStream:
         capture: AuditCapture | None,
         response_id: str,
         client_usage: bool,
+        *,
+        single_choice: bool = True,
     ) -> None:
         self._first = first
+        self._single_choice = single_choice
         self._rest = rest
         self._capture = capture
         self._response_id = response_id
@@ -175,6 +181,17 @@ class ChatStream:
         when the record could not be made durable."""
         if self._commit is not None:
             await durable(self._commit)
+
+    def finishes(self, batch: list[Chunk]) -> bool:
+        """Whether ``batch`` ends the answer: it holds the finish_reason of the only choice
+        (``n`` = 1), after which the engine sends at most a usage chunk."""
+        if not self._single_choice:
+            return False
+        for chunk in reversed(batch):
+            choices = chunk.get("choices")
+            if choices:
+                return choices[0].get("finish_reason") is not None
+        return False
 
     def __aiter__(self) -> AsyncIterator[list[Chunk]]:
         return self._iterator

