@@ -23,7 +23,7 @@ import msgspec
 import nats
 import pytest
 
-from auditgate.audit.spool import parse_frames
+from auditgate.audit.frames import parse_frames
 from tests.e2e.test_outages import N, run_with_outage
 from tests.server.test_lifecycle import metric
 from tests.support.gateway import Gateway, start_gateway

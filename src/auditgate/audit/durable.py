@@ -45,10 +45,11 @@ from auditgate.audit.bus import (
     wait_for_batch,
     write_until_stored,
 )
+from auditgate.audit.frames import Frame, Position
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import Envelope, Mode, decode_record
 from auditgate.audit.sink import Sink, Syncable
-from auditgate.audit.spool import Frame, Position, Spool, SpoolError
+from auditgate.audit.spool import Spool, SpoolError
 
 log = logging.getLogger("auditgate.audit")
 

@@ -2,10 +2,8 @@
 
 Layout of ``DYN_AUDIT_SPOOL_DIR``:
 
-- ``NNNNNNNNNNNNNNNN.seg`` — append-only segments.  Each record is one frame:
-  ``length:u32 crc:u32 appended_ms:u64`` (little-endian) then ``length`` bytes of the record's
-  JSON; ``crc`` is CRC-32 over ``appended_ms`` and the JSON, so a torn, zero-filled or flipped
-  frame never passes as a record.
+- ``NNNNNNNNNNNNNNNN.seg`` — append-only segments of frames, one per record
+  (:mod:`auditgate.audit.frames`: length, CRC-32, append time, the record's JSON).
 - ``cursor.<sink>.json`` — how far a sink has stored, ``{"segment": n, "offset": o}``.
 - ``owner.lock`` (the owning gateway process) and ``writer.lock`` (its writer process): ``flock``
   locks, so two processes never write one spool.  With ``--workers N`` each worker owns the
@@ -29,6 +27,8 @@ Contracts:
   new segment, so recovered segments are never appended to.
 - Cursors are saved by atomic rename without fsync: after a power loss a cursor may fall back,
   which replays records — sinks are idempotent on ``request_id``, so at least once is enough.
+  (The durable bus syncs a sink before it saves that sink's cursor, so a cursor never passes a
+  record the sink could still lose.)
 - ``full`` is true while the segments hold ``max_bytes`` or more; it clears by itself once sinks
   pass whole segments and they are deleted.
 """
@@ -43,27 +43,27 @@ import json
 import logging
 import os
 import socket
-import struct
 import sys
 import threading
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Final, NamedTuple, cast
 
 from auditgate.audit import writer
+from auditgate.audit.frames import (
+    HEADER,
+    Frame,
+    Position,
+    frame_header,
+    parse_frames,
+)
 from auditgate.audit.record import Envelope
 from auditgate.errors import AuditgateError
 
 log = logging.getLogger("auditgate.audit.spool")
 
-HEADER: Final = struct.Struct("<IIQ")
-"""Frame header: payload length, CRC-32 of (appended_ms bytes + payload), append time (unix ms)."""
-_STAMP: Final = struct.Struct("<Q")
-MAX_FRAME: Final = 1 << 30
-"""A length above this is corruption, not a record."""
 SUFFIX: Final = writer.SUFFIX
 OWNER_LOCK: Final = "owner.lock"
 """Locked (``flock``) by the gateway process that owns the spool directory; holds its pid."""
@@ -74,62 +74,6 @@ _Queued = tuple[Envelope, bytes]
 
 class SpoolError(AuditgateError):
     """The spool could not make a record durable (disk full, I/O error, closed)."""
-
-
-class Position(NamedTuple):
-    """A byte position in the spool: segment index, offset in that segment."""
-
-    segment: int
-    offset: int
-
-
-class Frame(NamedTuple):
-    """One record read back from the spool."""
-
-    payload: bytes
-    """The record's JSON."""
-    appended_ms: int
-    start: Position
-    end: Position
-    """Position just after this frame: where a sink's cursor goes once it stored it."""
-
-
-def encode_frame(payload: bytes, appended_ms: int) -> bytes:
-    """One framed record."""
-    stamp = _STAMP.pack(appended_ms)
-    crc = zlib.crc32(payload, zlib.crc32(stamp))
-    return HEADER.pack(len(payload), crc, appended_ms) + payload
-
-
-def parse_frames(
-    data: bytes, segment: int, base: int, max_records: int
-) -> tuple[list[Frame], int, str | None]:
-    """Frames at the start of ``data`` (which starts at offset ``base`` of ``segment``).
-
-    Returns ``(frames, consumed, problem)``: ``consumed`` bytes hold whole valid frames; a
-    ``problem`` describes the first bad frame (``None`` when the data ends cleanly or
-    ``max_records`` was reached).  An incomplete frame at the very end is reported as torn.
-    """
-    frames: list[Frame] = []
-    pos, size = 0, len(data)
-    view = memoryview(data)
-    while pos < size and len(frames) < max_records:
-        if size - pos < HEADER.size:
-            return frames, pos, f"torn header ({size - pos} of {HEADER.size} bytes)"
-        length, crc, stamp = HEADER.unpack_from(data, pos)
-        if length == 0 or length > MAX_FRAME:
-            return frames, pos, f"bad length {length}"
-        end = pos + HEADER.size + length
-        if end > size:
-            return frames, pos, f"torn frame ({size - pos - HEADER.size} of {length} bytes)"
-        payload = bytes(view[pos + HEADER.size : end])
-        if zlib.crc32(payload, zlib.crc32(_STAMP.pack(stamp))) != crc:
-            return frames, pos, "checksum mismatch"
-        frames.append(
-            Frame(payload, stamp, Position(segment, base + pos), Position(segment, base + end))
-        )
-        pos = end
-    return frames, pos, None
 
 
 @dataclasses.dataclass(slots=True)
@@ -376,11 +320,7 @@ class Spool:
         """
         if self._stopping or self._loop is None:
             raise SpoolError("the audit spool is closed")
-        payload = envelope.json
-        stamp = time.time_ns() // 1_000_000
-        header = HEADER.pack(
-            len(payload), zlib.crc32(payload, zlib.crc32(_STAMP.pack(stamp))), stamp
-        )
+        header = frame_header(envelope.json, time.time_ns() // 1_000_000)
         self._queue.append((envelope, header))
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -682,10 +622,3 @@ class _WriterLink(asyncio.Protocol):
 
 def _appended(group: list[_Queued]) -> int:
     return int(HEADER.unpack(group[0][1])[2])
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
