@@ -181,7 +181,12 @@ def test_sigkill_mid_load_loses_no_answered_record(tmp_path: Path, kind: str) ->
     with target(kind, tmp_path) as (sink, _):
         env = durable_env(tmp_path, sink, AUDITGATE_MOCK_ITL_MS="1")
         gateway = start_gateway(env, log_dir=tmp_path)
-        outcomes = load_until_killed(gateway, kill_after=150)
+        try:
+            outcomes = load_until_killed(gateway, kill_after=150)
+        finally:
+            if gateway.process.poll() is None:  # the load failed before the kill: no leftover
+                gateway.process.kill()
+                gateway.process.wait(10)
         assert gateway.process.returncode == -signal.SIGKILL
         answered = {rid for rid, ok in outcomes if ok}
         assert len(answered) >= 150
