@@ -6,6 +6,7 @@ import asyncio
 import fcntl
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -540,3 +541,29 @@ def test_a_claim_waits_for_a_writer_its_previous_owner_left_running(tmp_path: Pa
     spool.claim()
     assert time.monotonic() - started >= 0.25
     spool.release_claim()
+
+
+def test_the_writer_inbox_takes_batches_split_across_reads_and_larger_than_it() -> None:
+    """The writer's receive buffer: a batch split over several reads is taken only once
+    whole, and one larger than the buffer grows it."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        inbox = writer.Inbox(size=64)
+        second = writer.BATCH.pack(1, 3, 100) + b"y" * 100
+        ours.sendall(writer.BATCH.pack(1, 0, 3) + b"abc" + second[:10])
+        assert inbox.receive(theirs, wait=True) == writer.BATCH.size + 3 + 10
+        batches, used = inbox.batches()
+        assert [(s, o, bytes(inbox.buffer[a:b])) for s, o, a, b in batches] == [(1, 0, b"abc")]
+        inbox.make_room(used)
+        ours.sendall(second[10:])
+        batches = []
+        while not batches:  # 64 bytes cannot hold it: the buffer grows once its header is in
+            assert inbox.receive(theirs, wait=True)
+            batches, used = inbox.batches()
+            if not batches:
+                inbox.make_room(used)
+        assert len(inbox.buffer) == len(second)
+        assert [(s, o, bytes(inbox.buffer[a:b])) for s, o, a, b in batches] == [(1, 3, b"y" * 100)]
+        inbox.make_room(used)
+        ours.shutdown(socket.SHUT_WR)
+        assert (inbox.receive(theirs, wait=True), inbox.filled) == (None, 0)
