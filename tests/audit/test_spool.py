@@ -567,3 +567,21 @@ def test_the_writer_inbox_takes_batches_split_across_reads_and_larger_than_it() 
         inbox.make_room(used)
         ours.shutdown(socket.SHUT_WR)
         assert (inbox.receive(theirs, wait=True), inbox.filled) == (None, 0)
+
+
+async def test_shutdown_with_a_stuck_writer_ends_by_its_deadline(tmp_path: Path) -> None:
+    """A writer that never answers (a hung disk): close() still returns by its deadline, the
+    waiting record fails (its client got no unaudited answer), and the writer is killed."""
+    h = Harness(tmp_path)
+    await h.bus.start()
+    pid = _writer(h.spool)
+    os.kill(pid, signal.SIGSTOP)
+    commit = await _sent(h.bus, 1)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await h.bus.close(0.3)
+    assert loop.time() - started < 2.0
+    with pytest.raises(SpoolError, match="stopped before the record was durable"):
+        await commit
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # killed and reaped
