@@ -585,3 +585,30 @@ async def test_shutdown_with_a_stuck_writer_ends_by_its_deadline(tmp_path: Path)
         await commit
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # killed and reaped
+
+
+async def test_a_writer_that_keeps_failing_is_restarted_with_backoff_and_fails_fast(
+    harness: Harness,
+) -> None:
+    """A disk that keeps failing must not cost a process start per batch, nor leave requests
+    waiting: restarts back off, records that arrive meanwhile fail at once, and a commit that
+    works again ends it."""
+    blocked = _block_segments(harness.directory, harness.spool.end.segment, 4)
+    for seq in range(2):  # the first restart is immediate, the second waits
+        commit = harness.bus.publish(envelope(seq))
+        assert commit is not None
+        with pytest.raises(SpoolError, match="writer failed: Is a directory"):
+            await commit
+    await asyncio.sleep(0)
+    assert harness.spool._backing_off
+    commit = harness.bus.publish(envelope(2))
+    assert commit is not None
+    with pytest.raises(SpoolError, match="keeps failing"):
+        await asyncio.wait_for(commit, 0.05)  # at once, not after the backoff
+    for path in blocked:
+        path.rmdir()
+    await asyncio.sleep(0.3)  # the backoff ends and a writer starts in a free segment
+    await publish_all(harness.bus, range(3, 4))
+    assert harness.spool._failures == 0
+    assert await harness.bus.flush(5.0)
+    assert ids(harness.sink) == ["req-000003"]

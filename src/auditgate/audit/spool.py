@@ -65,6 +65,8 @@ from auditgate.errors import AuditgateError
 log = logging.getLogger("auditgate.audit.spool")
 
 SUFFIX: Final = writer.SUFFIX
+RESTART_BACKOFF_S: Final = (0.0, 0.1, 0.5, 2.0, 5.0)
+"""Wait before the n-th writer restart in a row without a commit in between (then the last)."""
 OWNER_LOCK: Final = "owner.lock"
 """Locked (``flock``) by the gateway process that owns the spool directory; holds its pid."""
 
@@ -150,6 +152,9 @@ class Spool:
         self._link: _WriterLink | None = None
         """The socket to the writer process; None while it is (re)starting or stopped."""
         self._restarting: asyncio.Task[None] | None = None
+        self._failures = 0
+        """Writer failures since the last commit (they set the restart backoff)."""
+        self._backing_off = False
         self._sizes: dict[int, int] = {}
         """Committed length of every segment holding committed records."""
         self._bytes = 0
@@ -351,6 +356,8 @@ class Spool:
         self._flush_scheduled = False
         link = self._link
         if link is None or not self._queue:
+            if self._backing_off:
+                self._fail_queued(SpoolError("audit spool writer keeps failing; retrying soon"))
             return  # a writer restart in progress sends the queue once it is up
         group, self._queue = self._queue, []
         size = HEADER.size
@@ -391,6 +398,7 @@ class Spool:
                 self._unsynced -= group.size
                 self._end = end
             self.commits += 1
+        self._failures = 0
         self._on_commit(placed, appended_ms, None)
         if not written and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
@@ -402,7 +410,12 @@ class Spool:
         if link is None:
             return
         link.transport.abort()  # it exits on an error anyway; make sure it stops writing
-        log.error("audit spool: the writer failed: %s; starting a new one", why)
+        self._failures += 1
+        log.error(
+            "audit spool: the writer failed: %s; starting a new one (failure %d in a row)",
+            why,
+            self._failures,
+        )
         self._fail_written(SpoolError(f"audit spool writer failed: {why}"))
         if self._stopping:
             return
@@ -410,6 +423,16 @@ class Spool:
         self._restarting = self._loop.create_task(self._restart(), name="audit-spool-restart")
 
     async def _restart(self) -> None:
+        # A disk that keeps failing (full, read-only) must not cost a process start per batch:
+        # back off, and meanwhile fail new records at once (their requests get 503s) instead of
+        # letting them wait.
+        delay = RESTART_BACKOFF_S[min(self._failures, len(RESTART_BACKOFF_S)) - 1]
+        if delay:
+            self._backing_off = True
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                self._backing_off = False
         await self._reap(5.0)
         self._cut_uncommitted()
         self._live += 1  # the old segment's tail is in doubt: seal it at its committed end
