@@ -612,3 +612,43 @@ async def test_a_writer_that_keeps_failing_is_restarted_with_backoff_and_fails_f
     assert harness.spool._failures == 0
     assert await harness.bus.flush(5.0)
     assert ids(harness.sink) == ["req-000003"]
+
+
+async def test_a_writer_that_cannot_start_is_retried_and_no_record_waits_for_it(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer dies and the next ones cannot even start (no processes left): records fail
+    at once instead of waiting, the spool keeps trying, and the first writer that starts
+    takes the next record."""
+    real = asyncio.create_subprocess_exec
+    attempts = 0
+
+    async def no_process(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        nonlocal attempts
+        attempts += 1
+        if attempts <= 2:
+            raise OSError(11, "Resource temporarily unavailable")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", no_process)
+    os.kill(_writer(harness.spool), signal.SIGKILL)
+    while harness.spool._restarting is None:
+        await asyncio.sleep(0.01)
+    stored: list[str] = []
+    failed = 0
+    seq = 0
+    while harness.spool._restarting is not None:
+        commit = harness.bus.publish(envelope(seq))
+        assert commit is not None
+        try:
+            await asyncio.wait_for(commit, 2.0)  # settled soon either way: nothing hangs
+        except SpoolError as exc:
+            assert "cannot start" in str(exc) or "keeps failing" in str(exc)
+            failed += 1
+        else:
+            stored.append(f"req-{seq:06d}")  # sent once the third start worked
+        seq += 1
+    assert attempts == 3 and failed >= 1
+    await publish_all(harness.bus, range(100, 101))
+    assert await harness.bus.flush(5.0)
+    assert ids(harness.sink) == [*stored, "req-000100"]

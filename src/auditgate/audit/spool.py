@@ -423,29 +423,40 @@ class Spool:
         self._restarting = self._loop.create_task(self._restart(), name="audit-spool-restart")
 
     async def _restart(self) -> None:
-        # A disk that keeps failing (full, read-only) must not cost a process start per batch:
-        # back off, and meanwhile fail new records at once (their requests get 503s) instead of
-        # letting them wait.
-        delay = RESTART_BACKOFF_S[min(self._failures, len(RESTART_BACKOFF_S)) - 1]
-        if delay:
-            self._backing_off = True
-            try:
-                await asyncio.sleep(delay)
-            finally:
-                self._backing_off = False
-        await self._reap(5.0)
-        self._cut_uncommitted()
-        self._live += 1  # the old segment's tail is in doubt: seal it at its committed end
-        self._written_offset = 0
+        """Replace a failed writer until one starts (or the spool stops): wait out the backoff,
+        cut what the old one left, start a new one in a new segment.
+
+        A disk that keeps failing (full, read-only) must not cost a process start per batch, and
+        a writer that cannot start must not leave records waiting: while backing off or after a
+        failed start, new records fail at once (their requests get 503s)."""
         try:
-            await self._start_writer()
-        except OSError as exc:
-            log.error("audit spool: cannot start the writer: %s", exc)
-            self._fail_queued(SpoolError(f"audit spool writer cannot start: {exc}"))
+            while not self._stopping:
+                delay = RESTART_BACKOFF_S[min(self._failures, len(RESTART_BACKOFF_S)) - 1]
+                if delay:
+                    self._backing_off = True
+                    try:
+                        await asyncio.sleep(delay)
+                    finally:
+                        self._backing_off = False
+                await self._reap(5.0)
+                self._cut_uncommitted()
+                self._live += 1  # the old segment's tail is in doubt: seal it at its end
+                self._written_offset = 0
+                try:
+                    await self._start_writer()
+                except OSError as exc:
+                    self._failures += 1
+                    log.error(
+                        "audit spool: cannot start the writer: %s (failure %d in a row)",
+                        exc,
+                        self._failures,
+                    )
+                    self._fail_queued(SpoolError(f"audit spool writer cannot start: {exc}"))
+                    continue
+                self._flush()
+                return
+        finally:
             self._restarting = None
-            return
-        self._restarting = None
-        self._flush()
 
     def _fail_written(self, error: SpoolError) -> None:
         """Report every written, not yet durable group failed."""
@@ -493,7 +504,11 @@ class Spool:
         finally:
             theirs.close()
         link = _WriterLink(self)
-        await self._loop.connect_accepted_socket(lambda: link, mine)
+        try:
+            await self._loop.connect_accepted_socket(lambda: link, mine)
+        except OSError:
+            mine.close()  # the writer sees the end of its socket and exits; _reap collects it
+            raise
         self._link = link
 
     async def _reap(self, timeout: float | None) -> None:
