@@ -85,13 +85,18 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def sync_directory(path: str) -> None:
-    """``fsync`` the directory holding ``path``: a new file's name survives a power loss."""
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_CLOEXEC)
+def fsync_path(path: str) -> None:
+    """``fsync`` the file or directory at ``path`` (opened by name); raises ``OSError``."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def sync_directory(path: str) -> None:
+    """``fsync`` the directory holding ``path``: a new file's name survives a power loss."""
+    fsync_path(os.path.dirname(os.path.abspath(path)))
 
 
 def make_parent(path: str) -> None:

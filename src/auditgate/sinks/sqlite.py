@@ -16,13 +16,13 @@ path, a directory, no permission) or its schema cannot be migrated; once open, a
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Sequence
 
 from auditgate.audit.record import AuditRecord, Envelope
 from auditgate.audit.sink import BatchPolicy
 from auditgate.errors import ConfigError, SinkError
+from auditgate.sinks.jsonl import fsync_path
 from auditgate.store import sqlite as store
 from auditgate.store.schema import row_from_record
 
@@ -76,17 +76,11 @@ class SqliteSink:
         # and syncing the file again costs nothing when it is clean.
         for path in (self.path + "-wal", self.path):
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                fsync_path(path)
             except FileNotFoundError:
                 continue  # no WAL yet: nothing committed since the last checkpoint reset it
             except OSError as exc:
-                raise SinkError(f"sqlite sink: cannot open {path!r} to sync it: {exc}") from exc
-            try:
-                os.fsync(fd)
-            except OSError as exc:
                 raise SinkError(f"sqlite sink: fsync of {path!r} failed: {exc}") from exc
-            finally:
-                os.close(fd)
 
     def _open_sync(self) -> sqlite3.Connection:
         conn = store.connect(
