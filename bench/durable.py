@@ -8,6 +8,15 @@ spool on the real disk) pinned to CPU 0, its child processes too, and drives it 
 machine hits both alike.  Prints one JSON line per run (durable runs add ``commits``: group
 commits, i.e. fdatasyncs, in the run) and a summary: medians per arm, and durable's cost
 as the median of each round's paired ratio to best_effort.
+
+``--simultaneous``: each round runs every arm *at the same time* instead: all gateways on CPU 0,
+each process tree in its own ``cpu`` cgroup (equal shares, so each arm gets the same CPU time
+when all are busy), all loads on CPU 1.  A shared VM's speed can change by half from one second to
+the next; back-to-back runs see different machines, simultaneous ones the same, so the
+throughput ratio (the CPU each mode needs per request) is repeatable to about a point, where
+back-to-back rounds scatter by ±10.  Latency in this method is that of a fraction of a core: use
+the default method for absolute req/s and p99.  Needs a writable cgroup ``cpu`` controller (v1
+``/sys/fs/cgroup/cpu`` or v2), i.e. root on most machines.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.support.gateway import start_gateway
+from tests.support.gateway import Gateway, start_gateway
 
 from bench import procfs
 
@@ -89,9 +98,11 @@ def cpu_by_thread(
     return out
 
 
-def run_once(
-    sink: str, mode: str, stream: bool, a: argparse.Namespace, work: Path, source: str | None
-) -> dict[str, Any]:
+def start(
+    sink: str, mode: str, work: Path, source: str | None, group: CpuGroup | None = None
+) -> Gateway:
+    """A gateway in ``mode`` with its files under ``work``, pinned (with every child process)
+    to CPU 0, and moved into ``group`` when given."""
     env = {
         **({"PYTHONPATH": source} if source else {}),
         "DYN_AUDIT_ENABLED": "1",
@@ -101,47 +112,140 @@ def run_once(
         **sink_env(sink, mode, work),
     }
     gateway = start_gateway(env, log_dir=work)
-    spy = None
     try:
-        pid = str(gateway.process.pid)
-        for member in procfs.process_tree([gateway.process.pid]):  # the spool's syncer too
+        for member in procfs.process_tree([gateway.process.pid]):  # the spool's writer too
+            if group is not None:
+                group.add(member)
             subprocess.run(
                 ["taskset", "-a", "-p", "-c", "0", str(member)], check=True, capture_output=True
             )
-        argv = [
-            "taskset", "-c", "1", sys.executable, "-m", "bench.loadgen",
-            "--url", gateway.url, "--concurrency", str(a.concurrency),
-            "--duration", str(a.duration), "--warmup", str(a.warmup),
-            "--pid", pid,
-        ] + (["--stream"] if stream else [])  # fmt: skip
+    except BaseException:
+        gateway.stop()
+        raise
+    return gateway
+
+
+def load(gateway: Gateway, stream: bool, a: argparse.Namespace) -> subprocess.Popen[str]:
+    """``bench.loadgen`` against ``gateway``, pinned to CPU 1."""
+    argv = [
+        "taskset", "-c", "1", sys.executable, "-m", "bench.loadgen",
+        "--url", gateway.url, "--concurrency", str(a.concurrency),
+        "--duration", str(a.duration), "--warmup", str(a.warmup),
+        "--pid", str(gateway.process.pid),
+    ] + (["--stream"] if stream else [])  # fmt: skip
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def result_of(
+    gateway: Gateway, loadgen: subprocess.Popen[str], before: dict[str, Any], a: argparse.Namespace
+) -> dict[str, Any]:
+    """Wait for ``loadgen``; its JSON result plus per-thread CPU and the spool's commits."""
+    stdout, _ = loadgen.communicate()
+    after = thread_cpu(gateway.process.pid)
+    if loadgen.returncode:
+        raise SystemExit(f"loadgen failed ({loadgen.returncode})")
+    result: dict[str, Any] = json.loads(stdout)
+    result["cpu_ms_per_req_by_thread"] = cpu_by_thread(
+        gateway.process.pid, before, after, int(result["rps"] * a.duration)
+    )
+    match = re.search(r"^\w*audit_spool_commits_total (\S+)$", gateway.metrics(), re.M)
+    if match is not None:
+        result["commits"] = int(float(match.group(1)))
+    return result
+
+
+def run_once(
+    sink: str, mode: str, stream: bool, a: argparse.Namespace, work: Path, source: str | None
+) -> dict[str, Any]:
+    """One arm alone: start, load, measure, stop."""
+    gateway = start(sink, mode, work, source)
+    spy = None
+    try:
+        loadgen = load(gateway, stream, a)
         if a.profile is not None:
             kind = "stream" if stream else "json"
             out_path = a.profile / f"{sink}-{kind}-{mode}-{len(a.runs)}.txt"
             spy = subprocess.Popen(
-                [str(PY_SPY), "record", "--format", "raw", "-r", "250", "--pid", pid,
-                 "--duration", str(int(a.duration)), "--threads", "-o", str(out_path)],
+                [str(PY_SPY), "record", "--format", "raw", "-r", "250",
+                 "--pid", str(gateway.process.pid), "--duration", str(int(a.duration)),
+                 "--threads", "-o", str(out_path)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
-        load = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=ROOT)
         time.sleep(a.warmup)
-        before = thread_cpu(gateway.process.pid)
-        stdout, _ = load.communicate()
-        after = thread_cpu(gateway.process.pid)
-        if load.returncode:
-            raise SystemExit(f"loadgen failed ({load.returncode})")
-        result: dict[str, Any] = json.loads(stdout)
-        result["cpu_ms_per_req_by_thread"] = cpu_by_thread(
-            gateway.process.pid, before, after, int(result["rps"] * a.duration)
-        )
-        match = re.search(r"^\w*audit_spool_commits_total (\S+)$", gateway.metrics(), re.M)
-        if match is not None:
-            result["commits"] = int(float(match.group(1)))
+        result = result_of(gateway, loadgen, thread_cpu(gateway.process.pid), a)
     finally:
         if spy is not None:
             spy.wait(60)
         gateway.stop()
     result.update(sink=sink, stream=stream)
     return result
+
+
+def run_together(
+    sink: str,
+    arms: list[tuple[str, str | None]],
+    stream: bool,
+    a: argparse.Namespace,
+    work: Path,
+) -> list[dict[str, Any]]:
+    """Every arm at once, each gateway in its own cpu cgroup (``--simultaneous``)."""
+    gateways: list[Gateway] = []
+    groups: list[CpuGroup] = []
+    try:
+        for index, (mode, source) in enumerate(arms):
+            durability = "best_effort" if mode == "best_effort" else "durable"
+            arm_work = work / f"arm-{index}"
+            arm_work.mkdir()
+            groups.append(CpuGroup(f"agbench-{os.getpid()}-{index}"))
+            gateways.append(start(sink, durability, arm_work, source, groups[-1]))
+        loads = [load(gateway, stream, a) for gateway in gateways]
+        time.sleep(a.warmup)
+        before = [thread_cpu(gateway.process.pid) for gateway in gateways]
+        results = [
+            result_of(gateway, loadgen, cpu, a)
+            for gateway, loadgen, cpu in zip(gateways, loads, before, strict=True)
+        ]
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+        for group in groups:
+            group.remove()
+    for result in results:
+        result.update(sink=sink, stream=stream)
+    return results
+
+
+class CpuGroup:
+    """A ``cpu`` cgroup with the default weight (every group alike gets an equal CPU share)."""
+
+    def __init__(self, name: str) -> None:
+        v1 = Path("/sys/fs/cgroup/cpu")
+        v2 = Path("/sys/fs/cgroup")
+        if v1.is_dir():
+            self.path = v1 / name
+        elif "cpu" in (v2 / "cgroup.controllers").read_text().split():
+            (v2 / "cgroup.subtree_control").write_text("+cpu")
+            self.path = v2 / name
+        else:
+            raise SystemExit("--simultaneous needs the cgroup cpu controller")
+        try:
+            self.path.mkdir()
+        except PermissionError:
+            raise SystemExit(f"--simultaneous: cannot create {self.path} (run as root)") from None
+
+    def add(self, pid: int) -> None:
+        """Move process ``pid`` (all its threads; what it starts later follows it)."""
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def remove(self) -> None:
+        """Delete the group (its processes have exited)."""
+        for _ in range(50):  # an exited process leaves its group a moment later
+            try:
+                self.path.rmdir()
+                return
+            except OSError:
+                time.sleep(0.1)
+        print(f"warning: could not remove {self.path}", file=sys.stderr)
 
 
 def main() -> None:
@@ -159,6 +263,11 @@ def main() -> None:
         metavar="NAME=SRC",
         help="also run durable with PYTHONPATH=SRC (a copy of src/ to compare; repeatable)",
     )
+    p.add_argument(
+        "--simultaneous",
+        action="store_true",
+        help="run the arms of a round at the same time, in equal cpu cgroups (see above)",
+    )
     a = p.parse_args()
     runs: list[dict[str, Any]] = []
     a.runs = runs
@@ -171,6 +280,15 @@ def main() -> None:
         for round_ in range(a.repeat):
             for sink in a.sinks:
                 for stream in (False, True):
+                    if a.simultaneous:
+                        work = Path(tmp) / f"{len(runs)}"
+                        work.mkdir()
+                        results = run_together(sink, arms, stream, a, work)
+                        for (mode, _), result in zip(arms, results, strict=True):
+                            result.update(mode=mode, round=round_)
+                            print(json.dumps(result), flush=True)
+                            runs.append(result)
+                        continue
                     # Alternate the order, so drift within a round favours neither mode.
                     for mode, source in arms if round_ % 2 == 0 else arms[::-1]:
                         work = Path(tmp) / f"{len(runs)}"
@@ -181,6 +299,11 @@ def main() -> None:
                         print(json.dumps(result), flush=True)
                         runs.append(result)
     summarize(runs, a.sinks, [mode for mode, _ in arms])
+    if a.simultaneous:
+        print(
+            f"(--simultaneous: the {len(arms)} arms shared CPU 0 in equal cgroups; req/s and "
+            "p99 are those of a share of a core, the cost ratios are the result)"
+        )
 
 
 def summarize(runs: list[dict[str, Any]], sinks: list[str], modes: list[str]) -> None:

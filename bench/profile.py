@@ -1,7 +1,7 @@
 """Where an auditgate scenario's CPU goes: py-spy samples under bench load, per request.
 
 ``python bench/profile.py --engine mock --audit jsonl [--stream] [--concurrency 16]
-[--seconds 8] [--top 20] [--against off] [--set KEY=VALUE ...]``
+[--seconds 8] [--top 20] [--gil] [--against off] [--set KEY=VALUE ...]``
 
 Starts the scenario pinned to the server CPU (as :mod:`bench.run` does), drives it with
 :mod:`bench.loadgen` on the client CPU, and records ``py-spy record --format raw`` (250 Hz, idle
@@ -50,7 +50,12 @@ def short(frame: str) -> str:
 
 
 def profile(
-    scenario: Scenario, ctx: Context, stream: bool, concurrency: int, seconds: float
+    scenario: Scenario,
+    ctx: Context,
+    stream: bool,
+    concurrency: int,
+    seconds: float,
+    gil: bool = False,
 ) -> tuple[dict[str, float], dict[str, float], float]:
     """(self µs/req by frame, inclusive µs/req by frame, req/s) of one scenario under load."""
     running = scenario.start(ctx)
@@ -69,7 +74,7 @@ def profile(
             str(ROOT / ".venv" / "bin" / "py-spy"), "record", "--pid", str(running.pids[0]),
             "--format", "raw", "-o", str(out), "-d", str(int(seconds)), "-r", str(RATE_HZ),
             "--nonblocking",
-        ]  # fmt: skip
+        ] + (["--gil"] if gil else [])  # fmt: skip
         subprocess.run(
             servers.pinned(CLIENT_CPUS, spy), capture_output=True, check=True, timeout=seconds + 60
         )
@@ -107,6 +112,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, default=8)
     p.add_argument("--top", type=int, default=20)
     p.add_argument(
+        "--gil",
+        action="store_true",
+        help="sample only the thread holding the GIL (a thread waiting for it is not counted)",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -132,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             (scenario,) = servers.auditgate_scenarios([a.engine], [audit])
             env = tuple((k, v) for k, _, v in (kv.partition("=") for kv in settings))
             scenario = dataclasses.replace(scenario, env=env)
-            results.append(profile(scenario, ctx, a.stream, a.concurrency, a.seconds))
+            results.append(profile(scenario, ctx, a.stream, a.concurrency, a.seconds, a.gil))
     own, inclusive, rps = results[0]
     print(f"{a.engine} audit={a.audit} {'stream' if a.stream else 'json'} c={a.concurrency}: "
           f"{rps:.0f} req/s, {sum(own.values()):.1f} µs/req sampled")  # fmt: skip
