@@ -29,8 +29,10 @@ Contracts:
   auth layer inside this middleware).
 - **Failures never reach the app.**  A bug or a parse error while tapping is logged (rate
   limited) and ends that request's record as ``error`` (type ``audit_tap_error``); the client's
-  exchange goes on.  If the sinks cannot be opened at startup, the app serves unaudited and the
-  error is logged.
+  exchange goes on.  If the sinks cannot be opened at startup, the app keeps serving and the
+  error is logged; every record that would have been stored is then counted as dropped for each
+  sink (``auditgate_audit_dropped_total{reason="sink_unavailable"}``) and logged, rate-limited,
+  so an unaudited answer is never silent.
 - **Lifecycle.**  The bus starts when the app reports ``lifespan.startup.complete`` (or on the
   first chat request, for servers without lifespan) and drains when the app reports
   ``lifespan.shutdown.complete``.  Metrics live on :attr:`AuditMiddleware.registry`.
@@ -49,6 +51,7 @@ from prometheus_client import CollectorRegistry
 from auditgate.audit.bus import AuditBus, RateLimitedLog
 from auditgate.audit.capture import AuditCapture, Auditor
 from auditgate.audit.metrics import AuditMetrics
+from auditgate.audit.record import Envelope
 from auditgate.audit.sink import Sink
 from auditgate.config import Settings
 from auditgate.engines.sse import SSEDecoder
@@ -89,7 +92,7 @@ class AuditMiddleware:
         self.settings = settings if settings is not None else Settings.from_env()
         self.path = path
         self.registry = CollectorRegistry()
-        metrics = AuditMetrics(self.registry)
+        self.metrics = metrics = AuditMetrics(self.registry)
         audit = self.settings.audit
         self.bus: AuditBus | None = None
         if audit.enabled:
@@ -103,12 +106,14 @@ class AuditMiddleware:
         self.max_body_bytes = self.settings.gateway.max_body_bytes
         self.problems = RateLimitedLog()
         self._state = "new"  # new -> running | failed -> closed
+        """``failed``: the sinks could not be opened; records are captured and counted dropped."""
         self._lock = asyncio.Lock()
 
     @property
     def auditing(self) -> bool:
-        """True while records are being produced."""
-        return self.auditor.enabled and self._state in ("new", "running")
+        """True while records are being produced (stored, or counted as dropped while the
+        sinks are unavailable)."""
+        return self.auditor.enabled and self._state != "closed"
 
     async def start(self) -> None:
         """Start the bus (opening the sinks); idempotent.  A failure is logged, not raised."""
@@ -117,9 +122,13 @@ class AuditMiddleware:
                 return
             try:
                 await self.bus.start()
-            except Exception:  # the app must keep serving: log loudly and go on unaudited
+            except Exception:  # the app must keep serving: log loudly, count every lost record
                 self._state = "failed"
-                log.exception("audit: cannot start the sinks; serving WITHOUT audit")
+                self.auditor.bus = _SinksDown(self.bus.sink_names, self.metrics)
+                log.exception(
+                    "audit: cannot start the sinks; serving WITHOUT audit (records counted in "
+                    'auditgate_audit_dropped_total{reason="sink_unavailable"})'
+                )
                 return
             self._state = "running"
             log.info(
@@ -168,6 +177,42 @@ class AuditMiddleware:
             await send(message)
 
         return wrapped
+
+
+class _SinksDown:
+    """The bus of a middleware whose sinks could not be opened at startup: the app goes on
+    serving, and each record is counted as dropped for every sink
+    (``reason="sink_unavailable"``) and logged, rate-limited.  Nothing is ever pending."""
+
+    def __init__(self, names: tuple[str, ...], metrics: AuditMetrics) -> None:
+        self._names = names
+        self._dropped = [metrics.dropped.labels(name, "sink_unavailable") for name in names]
+        self._log = RateLimitedLog()
+
+    @property
+    def sink_names(self) -> tuple[str, ...]:
+        return self._names
+
+    async def start(self) -> None:
+        """Nothing to open: the sinks already failed to."""
+
+    def publish(self, envelope: Envelope) -> None:
+        for counter in self._dropped:
+            counter.inc()
+        self._log.warning(
+            "sinks-down",
+            "audit: sinks unavailable since startup; record %s dropped",
+            envelope.request_id,
+        )
+
+    def pending(self) -> int:
+        return 0
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    async def close(self, timeout: float) -> dict[str, int]:
+        return {}
 
 
 class _TapError(APIError):

@@ -416,3 +416,46 @@ def test_lazy_start_without_lifespan() -> None:
 
     [record] = asyncio.run(run())
     assert record.request == json.loads(body)
+
+
+class _UnopenableSink(MemorySink):
+    """A sink whose backend is down when the app starts."""
+
+    async def open(self) -> None:
+        raise ConnectionRefusedError("the sink's server is down")
+
+
+def test_sinks_down_at_startup_serves_and_counts_every_lost_record(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Sinks that cannot open: the app keeps serving, and each record that should have been
+    stored is counted as dropped for every sink and logged — never a silent unaudited 200."""
+    sinks = [_UnopenableSink("db"), MemorySink("file")]
+    middleware = AuditMiddleware(
+        openai_app(MockEngine(("mock",))), Settings.from_env(audit_env()), sinks=sinks
+    )
+    server = ServerThread(middleware)
+    server.start()
+    try:
+        client = sdk(server.base_url)
+        stored = {"model": "mock", "messages": MESSAGES, "store": True}
+        answers = [
+            client.chat.completions.create(**stored),  # type: ignore[call-overload]
+            list(client.chat.completions.create(**stored, stream=True)),  # type: ignore[call-overload]
+            client.chat.completions.create(model="mock", messages=MESSAGES),  # type: ignore[arg-type]
+        ]
+    finally:
+        server.stop()
+    assert answers[0].choices[0].message.content
+    assert answers[1][-1].choices[0].finish_reason == "stop"
+    dropped = {
+        name: middleware.registry.get_sample_value(
+            "auditgate_audit_dropped_total", {"sink": name, "reason": "sink_unavailable"}
+        )
+        for name in ("db", "file")
+    }
+    # Per sink: the two stored exchanges, and the unstored one's usage_only record.
+    assert dropped == {"db": 3.0, "file": 3.0}
+    assert sinks[1].records == []
+    assert "cannot start the sinks; serving WITHOUT audit" in caplog.text
+    assert "sinks unavailable since startup; record" in caplog.text
