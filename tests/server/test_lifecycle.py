@@ -137,7 +137,8 @@ def test_sigterm_finishes_in_flight_streams_and_drains_the_audit(tmp_path: Path)
 @pytest.mark.parametrize("durability", ["best_effort", "durable"])
 def test_workers_are_separate_writers(tmp_path: Path, durability: str) -> None:
     """With --workers 2 each process writes its own gap-free sequence; in durable mode each
-    owns its own spool directory (two writers in one spool would overwrite each other)."""
+    owns its own spool directory (two writers in one spool would overwrite each other).  Every
+    scrape of /metrics, whichever worker answers it, counts both workers' requests."""
     out = tmp_path / "audit.jsonl"
     env = {
         "DYN_AUDIT_ENABLED": "1",
@@ -163,6 +164,19 @@ def test_workers_are_separate_writers(tmp_path: Path, durability: str) -> None:
                 lines = out.read_text().splitlines() if out.exists() else []
                 if len({json.loads(x)["writer"] for x in lines}) == 2:
                     break
+        ep = "/v1/chat/completions"
+        deadline = time.monotonic() + 10
+        for _ in range(6):  # new connections: both workers answer some scrapes
+            while True:
+                text = httpx.get(gw.url + "/metrics").text
+                written = metric(text, "auditgate_audit_written_total", sink="jsonl")
+                if written == sent or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)  # a worker's last batch or its gauges are a moment behind
+            assert metric(text, "auditgate_http_requests_total", endpoint=ep, status="200") == sent
+            assert metric(text, "auditgate_audit_records_total", mode="full") == sent
+            assert written == sent
+            assert metric(text, "auditgate_audit_queue_depth", sink="jsonl") == 0
     records = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(records) == sent
     by_writer: dict[str, list[int]] = {}

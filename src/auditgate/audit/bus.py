@@ -124,7 +124,7 @@ class AuditBus:
             lane.name: metrics.dropped.labels(lane.name, "queue_full") for lane in self._lanes
         }
         for lane in self._lanes:
-            metrics.queue_depth.labels(lane.name).set_function(lane.queue.__len__)
+            metrics.watch(metrics.queue_depth.labels(lane.name), lane.queue.__len__)
             metrics.written.labels(lane.name)
             metrics.sink_errors.labels(lane.name)
 
@@ -151,6 +151,7 @@ class AuditBus:
             lane.task = asyncio.get_running_loop().create_task(
                 self._run(lane), name=f"audit-sink-{lane.name}"
             )
+        self.metrics.start_refresh()
         self._started = True
 
     def publish(self, envelope: Envelope) -> None:
@@ -211,6 +212,7 @@ class AuditBus:
                 await lane.sink.close()
             except Exception:
                 log.exception("audit sink %s: close failed", lane.name)
+        await self.metrics.stop_refresh()
         return report
 
     async def _linger(self, lane: _Lane) -> None:

@@ -129,7 +129,7 @@ class DurableBus:
         self._log = RateLimitedLog()
         self._spool_full = metrics.dropped.labels("spool", "spool_full")
         self._spool_error = metrics.dropped.labels("spool", "spool_error")
-        metrics.spool_bytes.set_function(lambda: spool.bytes)
+        metrics.watch(metrics.spool_bytes, lambda: spool.bytes)
 
     @property
     def sink_names(self) -> tuple[str, ...]:
@@ -152,8 +152,8 @@ class DurableBus:
             reader = _Reader(sink, recovery.cursors[sink.name], recovery.backlog[sink.name])
             self._readers.append(reader)
             m = self.metrics
-            m.queue_depth.labels(sink.name).set_function(reader.depth)
-            m.spool_oldest.labels(sink.name).set_function(reader.age)
+            m.watch(m.queue_depth.labels(sink.name), reader.depth)
+            m.watch(m.spool_oldest.labels(sink.name), reader.age)
             m.spool_replayed.labels(sink.name)
             m.written.labels(sink.name)
             m.sink_errors.labels(sink.name)
@@ -169,6 +169,7 @@ class DurableBus:
         await self.spool.start(self._committed)
         for reader in self._readers:
             reader.task = loop.create_task(self._run(reader), name=f"audit-spool-{reader.name}")
+        self.metrics.start_refresh()
 
     def admit(self, mode: Mode | None) -> bool:
         """Whether a request whose record has ``mode`` may start; counts refusals."""
@@ -236,6 +237,7 @@ class DurableBus:
             except Exception:
                 log.exception("audit sink %s: close failed", reader.name)
         self.spool.release_claim()
+        await self.metrics.stop_refresh()
         return report
 
     # -- commits -----------------------------------------------------------------------------

@@ -2,13 +2,44 @@
 
 No module-level metric objects: each gateway (and each test) builds its own
 :class:`AuditMetrics` on its own :class:`CollectorRegistry`.
+
+Several processes (``auditgate serve --workers N``) share their metrics through
+``prometheus_client``'s multiprocess mode: with ``PROMETHEUS_MULTIPROC_DIR`` set before the
+processes start, every counter and histogram is kept in a file there, and a scrape of any
+process reports the sum over all of them (:func:`exposition`).  Gauges that read live state
+(queue depths, spool bytes and age) cannot be read across processes at scrape time, so each
+process writes their values into its file every :data:`REFRESH_S` (:meth:`AuditMetrics.watch`).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 PREFIX = "auditgate_"
+MULTIPROCESS_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+REFRESH_S: Final = 1.0
+"""How often a process writes its live gauges in multiprocess mode (their staleness bound)."""
+
+
+def multiprocess() -> bool:
+    """Whether metrics are shared between processes (``PROMETHEUS_MULTIPROC_DIR`` is set)."""
+    return bool(os.environ.get(MULTIPROCESS_ENV))
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The Prometheus text of ``registry`` — or, in multiprocess mode, of every process."""
+    if not multiprocess():
+        return generate_latest(registry)
+    merged = CollectorRegistry()
+    MultiProcessCollector(merged)  # type: ignore[no-untyped-call]  # untyped in 0.26
+    return generate_latest(merged)
 
 
 class AuditMetrics:
@@ -39,7 +70,11 @@ class AuditMetrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            PREFIX + "audit_queue_depth", "Records waiting in a sink's queue.", ["sink"], registry=r
+            PREFIX + "audit_queue_depth",
+            "Records waiting in a sink's queue.",
+            ["sink"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.write_seconds = Histogram(
             PREFIX + "audit_sink_write_seconds",
@@ -77,13 +112,17 @@ class AuditMetrics:
             registry=r,
         )
         self.spool_bytes = Gauge(
-            PREFIX + "audit_spool_bytes", "Bytes in the durable spool.", registry=r
+            PREFIX + "audit_spool_bytes",
+            "Bytes in the durable spool.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.spool_oldest = Gauge(
             PREFIX + "audit_spool_oldest_undelivered_seconds",
             "Age of the oldest spooled record a sink has not stored yet (0 when caught up).",
             ["sink"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.spool_replayed = Counter(
             PREFIX + "audit_spool_replayed_total",
@@ -111,3 +150,44 @@ class AuditMetrics:
             "Group commits of the durable spool (one fdatasync each).",
             registry=r,
         )
+        self._watched: list[tuple[Gauge, Callable[[], float]]] = []
+        self._refresher: asyncio.Task[None] | None = None
+
+    def watch(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        """Report ``read()`` as the value of ``gauge`` (a gauge without labels, or one child).
+
+        One process: ``read`` is called at each scrape.  Multiprocess mode: another process's
+        scrape cannot call it, so the value is written now and then every :data:`REFRESH_S`
+        while a bus runs (:meth:`start_refresh`).
+        """
+        if not multiprocess():
+            gauge.set_function(read)
+            return
+        self._watched.append((gauge, read))
+        gauge.set(read())
+
+    def start_refresh(self) -> None:
+        """Multiprocess mode: keep the watched gauges current (on the running event loop)."""
+        if multiprocess() and self._refresher is None:
+            self._refresher = asyncio.get_running_loop().create_task(
+                self._refresh_forever(), name="audit-metrics-refresh"
+            )
+
+    async def stop_refresh(self) -> None:
+        """Write the watched gauges one last time and stop refreshing them."""
+        refresher, self._refresher = self._refresher, None
+        if refresher is not None:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Write every watched gauge's current value."""
+        for gauge, read in self._watched:
+            gauge.set(read())
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            self.refresh()
+            await asyncio.sleep(REFRESH_S)

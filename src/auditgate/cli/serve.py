@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from typing import Any
 
-from auditgate.config import Settings
+from auditgate.audit.metrics import MULTIPROCESS_ENV
+from auditgate.config import GatewaySettings, Settings
 from auditgate.errors import ConfigError
 
 _FLAG_ENV = {
@@ -78,8 +81,6 @@ def apply_flags(args: argparse.Namespace, environ: dict[str, str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     apply_flags(args, os.environ)  # type: ignore[arg-type]
     try:
         settings = Settings.from_env()
@@ -97,6 +98,23 @@ def run(args: argparse.Namespace) -> int:
     # SIGTERM disposition that kills the process (exit -15) after a clean drain.  A no-op
     # handler makes a graceful SIGTERM end with exit code 0, as supervisors expect.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    shared_metrics = None
+    if gw.workers > 1 and not os.environ.get(MULTIPROCESS_ENV):
+        # Every worker's counters in files here, so a scrape of any worker reports them all
+        # (a fresh directory: files of an earlier run would be added to this one's).
+        shared_metrics = tempfile.mkdtemp(prefix="auditgate-metrics-")
+        os.environ[MULTIPROCESS_ENV] = shared_metrics
+    try:
+        _serve(args, gw)
+    finally:
+        if shared_metrics is not None:
+            shutil.rmtree(shared_metrics, ignore_errors=True)
+    return 0
+
+
+def _serve(args: argparse.Namespace, gw: GatewaySettings) -> None:
+    import uvicorn
+
     uvicorn.run(
         "auditgate.server.app:app_from_env",
         factory=True,
@@ -113,4 +131,3 @@ def run(args: argparse.Namespace) -> int:
         server_header=False,
         date_header=False,
     )
-    return 0

@@ -11,10 +11,12 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from prometheus_client.multiprocess import mark_process_dead
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -23,7 +25,7 @@ from starlette.routing import Route
 
 from auditgate.audit.bus import AuditBus, RecordBus
 from auditgate.audit.capture import Auditor
-from auditgate.audit.metrics import AuditMetrics
+from auditgate.audit.metrics import AuditMetrics, exposition, multiprocess
 from auditgate.audit.processors import Processors, checkpoint_ticker
 from auditgate.audit.sink import Sink
 from auditgate.auth.keys import KeyRing, Principal
@@ -304,7 +306,11 @@ class GatewayApp:
             try:
                 yield
             finally:
-                await gateway.stop()
+                try:
+                    await gateway.stop()
+                finally:
+                    if multiprocess():  # this process's live gauges leave the sums
+                        mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
         app = Starlette(
             routes=[
@@ -334,7 +340,9 @@ class GatewayApp:
         return JSONResponse({"status": "ok"})
 
     async def _metrics(self, request: Request) -> Response:
-        return Response(generate_latest(self.gateway.registry), media_type=CONTENT_TYPE_LATEST)
+        """This process's metrics; with ``--workers N`` those of every worker, summed."""
+        self.gateway.audit_metrics.refresh()  # multiprocess: this worker's gauges exact
+        return Response(exposition(self.gateway.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def _models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": self.gateway.engine.models()})
