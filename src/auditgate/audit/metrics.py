@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import os
 from collections.abc import Callable
 from typing import Final
@@ -34,12 +35,31 @@ def multiprocess() -> bool:
 
 
 def exposition(registry: CollectorRegistry) -> bytes:
-    """The Prometheus text of ``registry`` — or, in multiprocess mode, of every process."""
+    """The Prometheus text of ``registry`` — or, in multiprocess mode, of every process (live
+    gauges of processes that died without stopping are dropped first)."""
     if not multiprocess():
         return generate_latest(registry)
+    forget_dead_processes(os.environ[MULTIPROCESS_ENV])
     merged = CollectorRegistry()
     MultiProcessCollector(merged)  # type: ignore[no-untyped-call]  # untyped in 0.26
     return generate_latest(merged)
+
+
+def forget_dead_processes(directory: str) -> None:
+    """Remove the live-gauge files (``gauge_live*_PID.db``) of processes that no longer exist:
+    a worker that crashed never ran its ``mark_process_dead``, and its queue depth would stay in
+    the sums.  Counters and histograms of dead processes are kept (they are totals)."""
+    for path in glob.glob(os.path.join(directory, "gauge_live*_*.db")):
+        pid = path[: -len(".db")].rpartition("_")[2]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(FileNotFoundError):  # another scrape removed it first
+                os.remove(path)
+        except PermissionError:
+            continue  # alive, another user's
 
 
 class AuditMetrics:
