@@ -1,13 +1,7 @@
 """The durable mode's local write-ahead spool (DESIGN §6): framed segments, group commit, cursors.
 
-Layout of ``DYN_AUDIT_SPOOL_DIR``:
-
-- ``NNNNNNNNNNNNNNNN.seg`` — append-only segments of frames, one per record
-  (:mod:`auditgate.audit.frames`: length, CRC-32, append time, the record's JSON).
-- ``cursor.<sink>.json`` — how far a sink has stored, ``{"segment": n, "offset": o}``.
-- ``owner.lock`` (the owning gateway process) and ``writer.lock`` (its writer process): ``flock``
-  locks, so two processes never write one spool.  With ``--workers N`` each worker owns the
-  first free ``worker-K`` sub-directory (K < N) and replays what an earlier owner left there.
+The files in ``DYN_AUDIT_SPOOL_DIR`` (segments, cursors, ownership locks) and the recovery scan
+are :mod:`auditgate.audit.segments`; this module is the live spool on top of them.
 
 Contracts:
 
@@ -37,9 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import fcntl
-import json
 import logging
 import os
 import socket
@@ -51,55 +42,20 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Final, NamedTuple, cast
 
-from auditgate.audit import writer
-from auditgate.audit.frames import (
-    HEADER,
-    Frame,
-    Position,
-    frame_header,
-    parse_frames,
-)
+from auditgate.audit import segments, writer
+from auditgate.audit.frames import HEADER, Frame, Position, frame_header
 from auditgate.audit.record import Envelope
-from auditgate.errors import AuditgateError
+from auditgate.audit.segments import Cut, Recovery, SpoolError
+
+__all__ = ["CommitHook", "Cut", "Recovery", "Spool", "SpoolError"]
 
 log = logging.getLogger("auditgate.audit.spool")
 
-SUFFIX: Final = writer.SUFFIX
 RESTART_BACKOFF_S: Final = (0.0, 0.1, 0.5, 2.0, 5.0)
 """Wait before the n-th writer restart in a row without a commit in between (then the last)."""
-OWNER_LOCK: Final = "owner.lock"
-"""Locked (``flock``) by the gateway process that owns the spool directory; holds its pid."""
 
 _Queued = tuple[Envelope, bytes]
 """A record waiting for its group commit, with its frame header."""
-
-
-class SpoolError(AuditgateError):
-    """The spool could not make a record durable (disk full, I/O error, closed)."""
-
-
-@dataclasses.dataclass(slots=True)
-class Cut:
-    """A segment cut at recovery: where, how many bytes went, and why."""
-
-    segment: int
-    offset: int
-    removed: int
-    reason: str
-
-
-@dataclasses.dataclass(slots=True)
-class Recovery:
-    """What :meth:`Spool.recover` found."""
-
-    cursors: dict[str, Position]
-    """Each sink's starting position (its saved cursor, or the oldest segment)."""
-    backlog: dict[str, int]
-    """Records each sink has not stored yet."""
-    cuts: list[Cut]
-    """Torn or corrupt tails that were cut."""
-    live: int
-    """Index of the segment new records go to; everything before it was recovered."""
 
 
 CommitHook = Callable[[list[tuple[Envelope, Position]], int, BaseException | None], None]
@@ -107,7 +63,8 @@ CommitHook = Callable[[list[tuple[Envelope, Position]], int, BaseException | Non
 
 
 class Spool:
-    """Segments on disk, one writer thread, per-sink cursors."""
+    """The live spool: group commit through a writer process, committed state, per-sink reads
+    and cursors over the files of :mod:`auditgate.audit.segments`."""
 
     def __init__(
         self,
@@ -124,7 +81,7 @@ class Spool:
         """Processes sharing ``root`` (``--workers N``): each owns a ``worker-K`` directory."""
         self.directory = self.root
         """The directory this process owns, once :meth:`recover` claimed it."""
-        self._claim_fd = -1
+        self._claim: segments.Claim | None = None
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes or max(4096, min(64 << 20, max_bytes // 8))
         """A segment is sealed once a group would take it past this; deletion is per segment."""
@@ -187,127 +144,34 @@ class Spool:
             return sorted(self._sizes)
 
     def _path(self, segment: int) -> Path:
-        return Path(writer.segment_path(str(self.directory), segment))
-
-    def _cursor_path(self, sink: str) -> Path:
-        return self.directory / f"cursor.{sink}.json"
+        return segments.segment_path(self.directory, segment)
 
     # -- recovery ----------------------------------------------------------------------------
 
     def claim(self) -> Path:
-        """Lock the directory this process will own (``root``, or with several slots the first
-        free ``worker-K``) and wait for a writer process a previous owner left running to
-        finish; blocking.  Raises :class:`SpoolError` when every slot is taken: two processes
-        writing one spool would overwrite each other's frames."""
-        if self._claim_fd >= 0:
-            return self.directory
-        if self.slots == 1:
-            candidates = [self.root]
-        else:
-            candidates = [self.root / f"worker-{k}" for k in range(self.slots)]
-        for directory in candidates:
-            directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(directory / OWNER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            self._claim_fd, self.directory = fd, directory
-            self._wait_for_old_writer()
-            self._warn_orphans()
-            return directory
-        raise SpoolError(
-            f"the audit spool {self.root} is in use by other gateway processes "
-            f"({self.slots} slot(s), all locked): give this one its own DYN_AUDIT_SPOOL_DIR"
-        )
-
-    def _wait_for_old_writer(self, timeout_s: float = 30.0) -> None:
-        """A writer outlives its gateway by the moment it takes to store what it received;
-        recovery must not read the segments before it is done."""
-        path = self.directory / writer.WRITER_LOCK
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise SpoolError(
-                            f"a spool writer process still holds {self.directory}"
-                        ) from None
-                    time.sleep(0.01)
-        finally:
-            os.close(fd)  # releases the lock: the new writer takes it
-
-    def _warn_orphans(self) -> None:
-        """Records in slots no process of this configuration will claim are not replayed."""
-        slots = {f"worker-{k}" for k in range(self.slots)} if self.slots > 1 else set()
-        for path in sorted(self.root.glob("worker-*")):
-            if path.name not in slots and any(path.glob("*" + SUFFIX)):
-                log.warning(
-                    "audit spool: %s holds records from a run with more workers; they are "
-                    "replayed only when a worker owns that slot again (start as many workers)",
-                    path,
-                )
+        """Lock the directory this process will own (:func:`segments.claim`); blocking.
+        Raises :class:`SpoolError` when every slot is taken."""
+        if self._claim is None:
+            self._claim = segments.claim(self.root, self.slots)
+            self.directory = self._claim.directory
+        return self.directory
 
     def release_claim(self) -> None:
         """Unlock the owned directory (after :meth:`stop`)."""
-        if self._claim_fd >= 0:
-            os.close(self._claim_fd)
-            self._claim_fd = -1
+        if self._claim is not None:
+            self._claim.release()
+            self._claim = None
 
     def recover(self, sinks: Sequence[str]) -> Recovery:
-        """Claim the spool directory, scan, cut and clean it; blocking (run it off the event
-        loop)."""
-        self.claim()
-        found = sorted(
-            int(p.name[: -len(SUFFIX)])
-            for p in self.directory.iterdir()
-            if p.name.endswith(SUFFIX) and p.name[: -len(SUFFIX)].isdigit()
-        )
-        first = found[0] if found else 0
-        cursors = {name: self.load_cursor(name) or Position(first, 0) for name in sinks}
-        oldest = min(cursors.values(), default=Position(first, 0))
-        backlog = dict.fromkeys(sinks, 0)
-        cuts: list[Cut] = []
-        for segment in found:
-            path = self._path(segment)
-            passed = segment == oldest.segment and oldest.offset >= path.stat().st_size
-            if segment < oldest.segment or passed:  # every sink stored all of it
-                path.unlink()
-                continue
-            data = path.read_bytes()
-            frames, valid, problem = parse_frames(data, segment, 0, len(data))
-            if problem is not None:
-                cut = Cut(segment, valid, len(data) - valid, problem)
-                cuts.append(cut)
-                log.error(
-                    "audit spool: %s at %s offset %d: cut %d byte(s); the %d record(s) before it "
-                    "are kept",
-                    problem,
-                    path,
-                    valid,
-                    cut.removed,
-                    len(frames),
-                )
-                with path.open("r+b") as f:
-                    f.truncate(valid)
-                    os.fsync(f.fileno())
-            for frame in frames:
-                for name, cursor in cursors.items():
-                    if frame.start >= cursor:
-                        backlog[name] += 1
-            self._sizes[segment] = valid
+        """Claim the spool directory, scan, cut and clean it (:func:`segments.recover`);
+        blocking (run it off the event loop)."""
+        recovery = segments.recover(self.claim(), sinks)
+        self._sizes = dict(recovery.sizes)
         self._bytes = sum(self._sizes.values())
-        self._live = (found[-1] + 1) if found else 0
+        self._live = recovery.live
         self._written_offset = 0
         self._end = Position(self._live, 0)
-        return Recovery(cursors, backlog, cuts, self._live)
+        return recovery
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -544,55 +408,22 @@ class Spool:
                 limit = self._sizes.get(position.segment)
                 later = [s for s in self._sizes if s > position.segment]
             if limit is not None and position.offset < limit:
-                frames = self._read_segment(position, limit, max_records, chunk_bytes)
+                frames = segments.read_segment(
+                    self.directory, position, limit, max_records, chunk_bytes
+                )
                 if frames:
                     return frames, frames[-1].end
             position = Position(min(later), 0) if later else end
-
-    def _read_segment(
-        self, position: Position, limit: int, max_records: int, chunk_bytes: int
-    ) -> list[Frame]:
-        try:
-            with self._path(position.segment).open("rb") as f:
-                f.seek(position.offset)
-                data = f.read(min(limit - position.offset, chunk_bytes))
-                if len(data) >= HEADER.size:
-                    length = HEADER.unpack_from(data, 0)[0]
-                    if len(data) < HEADER.size + length <= limit - position.offset:
-                        data += f.read(HEADER.size + length - len(data))  # one big record
-        except FileNotFoundError:
-            return []
-        frames, _, problem = parse_frames(data, position.segment, position.offset, max_records)
-        if problem is not None and not frames:
-            log.error(
-                "audit spool: %s in segment %d at offset %d; skipping the rest of the segment",
-                problem,
-                position.segment,
-                position.offset,
-            )
-        return frames
 
     # -- cursors and deletion ----------------------------------------------------------------
 
     def load_cursor(self, sink: str) -> Position | None:
         """A sink's saved cursor, or None when it has none (or it is unreadable)."""
-        try:
-            raw = json.loads(self._cursor_path(sink).read_text())
-            return Position(int(raw["segment"]), int(raw["offset"]))
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError) as exc:
-            log.error(
-                "audit spool: unreadable cursor of sink %s (%s); replaying from start", sink, exc
-            )
-            return None
+        return segments.load_cursor(self.directory, sink)
 
     def save_cursor(self, sink: str, position: Position) -> None:
         """Persist a sink's cursor by atomic rename; blocking."""
-        path = self._cursor_path(sink)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"segment": position.segment, "offset": position.offset}))
-        os.replace(tmp, path)
+        segments.save_cursor(self.directory, sink, position)
 
     def release(self, cursors: Iterable[Position]) -> int:
         """Delete sealed segments every cursor has passed; returns how many went.  Blocking."""
