@@ -6,10 +6,11 @@ import msgspec
 
 from auditgate.audit.bus import AuditBus
 from auditgate.audit.capture import Auditor
-from auditgate.audit.integrity import HmacSigner, Verifier
+from auditgate.audit.integrity import HmacSigner
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.processors import IntegrityChain, Processors
 from auditgate.audit.sink import MemorySink
+from auditgate.audit.verify import Verifier
 from auditgate.config import AuditSettings
 from tests.store.records import make_record
 

@@ -14,13 +14,13 @@ from auditgate.audit.integrity import (
     GENESIS,
     Checkpoint,
     HmacSigner,
-    Verifier,
     canonical,
     checkpoint_message,
     link,
 )
 from auditgate.audit.processors import IntegrityChain, Processors
 from auditgate.audit.record import AuditRecord, encode_record
+from auditgate.audit.verify import Verifier
 from auditgate.store.schema import COLUMN_NAMES, record_dict_from_row, row_from_record
 from tests.store.records import make_record
 

@@ -18,7 +18,7 @@ Checkpoint signatures are checked with the key in ``$DYN_AUDIT_INTEGRITY_KEY`` (
 signatures are reported ``unverified`` and do not fail.
 
 Exit code: 0 when every writer's chain is intact, 1 when anything is damaged (see
-:data:`~auditgate.audit.integrity.DAMAGE`), 2 when the source cannot be read.
+:data:`~auditgate.audit.verify.DAMAGE`), 2 when the source cannot be read.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ from typing import Any, Final
 
 import msgspec
 
-from auditgate.audit.integrity import HmacSigner, Report, Verifier
+from auditgate.audit.integrity import HmacSigner
+from auditgate.audit.verify import Report, Verifier
 from auditgate.errors import ConfigError
 from auditgate.store.schema import SELECT_COLUMNS, TABLE, record_dict_from_row
 
