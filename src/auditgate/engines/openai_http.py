@@ -32,21 +32,29 @@ as a warning and only the routing table is listed).  Nothing is fetched at reque
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
-import os
 import time
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any, Final
 
 import aiohttp
 import msgspec
-from yarl import URL
 
 from auditgate.config import Secret
 from auditgate.engines.base import EngineRequest
 from auditgate.engines.sse import SSEDecoder, SSEError
+from auditgate.engines.upstream import (
+    Upstream,
+    UpstreamRejection,
+    error_fields,
+    incomplete,
+    invalid,
+    message_of,
+    parse_upstream,
+    read_bounded,
+    unreachable,
+)
 from auditgate.errors import (
     APIError,
     ConfigError,
@@ -58,7 +66,6 @@ from auditgate.errors import (
 log = logging.getLogger(__name__)
 
 _DONE: Final = b"[DONE]"
-_MAX_ERROR_BODY: Final = 1 << 20
 # Below the keep-alive timeout of common upstream servers (uvicorn, hence vLLM/SGLang: 5 s), so
 # the pool never sends a request on a connection the server is closing at that very moment.
 _KEEPALIVE_S: Final = 4.0
@@ -67,49 +74,6 @@ _DRAIN_S: Final = 5.0
 
 _decode_object = msgspec.json.Decoder(dict[str, Any]).decode
 _encode = msgspec.json.encode
-
-
-class UpstreamRejection(APIError):
-    """A 4xx the upstream returned, relayed with its own status, type, param and code."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status_code: int,
-        error_type: str,
-        param: str | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message, param=param, code=code, status_code=status_code)
-        self.error_type = error_type  # type: ignore[misc]  # per instance, like status_code
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Upstream:
-    """One upstream base URL, parsed once."""
-
-    chat_url: URL
-    """``{base}/chat/completions``."""
-    models_url: URL
-    """``{base}/models``."""
-    label: str
-    """``host:port`` for messages and logs: never the path, the query or credentials."""
-
-
-def _upstream(base: str) -> _Upstream:
-    url = URL(base.rstrip("/"))
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ConfigError(
-            f"upstream URL {url.with_user(None)!s} must be http(s)://host[:port]/path"
-        )
-    if url.user is not None or url.password is not None:
-        raise ConfigError(f"upstream URL for {url.host}: credentials in the URL are not allowed")
-    return _Upstream(
-        chat_url=URL(f"{url}/chat/completions"),
-        models_url=URL(f"{url}/models"),
-        label=f"{url.host}:{url.port}",
-    )
 
 
 class OpenAIEngine:
@@ -130,10 +94,10 @@ class OpenAIEngine:
     ) -> None:
         if default_url is None and not routes:
             raise ConfigError("the openai engine needs a default upstream URL or routes")
-        by_base: dict[str, _Upstream] = {}
+        by_base: dict[str, Upstream] = {}
         for base in [default_url, *(url for _, url in routes)]:
             if base is not None and base not in by_base:
-                by_base[base] = _upstream(base)
+                by_base[base] = parse_upstream(base)
         self._default = by_base[default_url] if default_url is not None else None
         self._routes = {model: by_base[url] for model, url in routes}
         self._api_key = api_key
@@ -208,15 +172,15 @@ class OpenAIEngine:
             except TimeoutError as exc:
                 raise self._timed_out(upstream) from exc
             except aiohttp.ClientError as exc:
-                raise _incomplete(upstream, exc) from exc
+                raise incomplete(upstream, exc) from exc
         finally:
             response.release()
         try:
             completion = _decode_object(body)
         except msgspec.DecodeError as exc:
-            raise _invalid(upstream, "a response that is not a JSON object") from exc
+            raise invalid(upstream, "a response that is not a JSON object") from exc
         if "error" in completion and "choices" not in completion:
-            message = self._scrub(_message_of(completion["error"]), request)
+            message = self._scrub(message_of(completion["error"]), request)
             raise UpstreamError(
                 f"upstream {upstream.label} error: {message}", code="upstream_error"
             )
@@ -244,7 +208,7 @@ class OpenAIEngine:
                 except TimeoutError as exc:
                     raise self._timed_out(upstream) from exc
                 except aiohttp.ClientError as exc:
-                    raise _incomplete(upstream, exc) from exc
+                    raise incomplete(upstream, exc) from exc
                 if not data:
                     raise UpstreamError(
                         f"upstream {upstream.label} ended the stream before [DONE]",
@@ -253,7 +217,7 @@ class OpenAIEngine:
                 try:
                     events = decoder.feed(data)
                 except SSEError as exc:
-                    raise _invalid(upstream, f"a malformed event stream ({exc})") from exc
+                    raise invalid(upstream, f"a malformed event stream ({exc})") from exc
                 batch: list[dict[str, Any]] = []
                 failure: UpstreamError | None = None
                 for event in events:
@@ -274,7 +238,7 @@ class OpenAIEngine:
         finally:
             self._finish(response, done)
 
-    def _route(self, request: EngineRequest) -> _Upstream:
+    def _route(self, request: EngineRequest) -> Upstream:
         model = request.body.get("model")
         upstream = self._routes.get(model) if isinstance(model, str) else None
         if upstream is not None:
@@ -288,7 +252,7 @@ class OpenAIEngine:
         )
 
     async def _post(
-        self, upstream: _Upstream, request: EngineRequest, base_headers: dict[str, str]
+        self, upstream: Upstream, request: EngineRequest, base_headers: dict[str, str]
     ) -> aiohttp.ClientResponse:
         session = self._session
         if session is None:
@@ -313,7 +277,7 @@ class OpenAIEngine:
         except TimeoutError as exc:
             raise self._timed_out(upstream) from exc
         except aiohttp.ClientError as exc:
-            raise _unreachable(upstream, exc) from exc
+            raise unreachable(upstream, exc) from exc
         except ValueError as exc:
             # aiohttp refuses control characters in headers; only a forwarded client
             # Authorization can carry them (the gateway's HTTP server normally rejects them first).
@@ -322,7 +286,7 @@ class OpenAIEngine:
             ) from exc
 
     def _chunk(
-        self, upstream: _Upstream, data: bytes, event: str | None, request: EngineRequest
+        self, upstream: Upstream, data: bytes, event: str | None, request: EngineRequest
     ) -> dict[str, Any]:
         try:
             chunk = _decode_object(data)
@@ -330,13 +294,13 @@ class OpenAIEngine:
             if event == "error":
                 message = data.decode(errors="replace")
                 raise UpstreamError(self._scrub(message, request), code="upstream_error") from exc
-            raise _invalid(upstream, "an event that is not a JSON object") from exc
+            raise invalid(upstream, "an event that is not a JSON object") from exc
         if "error" in chunk or event == "error":
             raise UpstreamError(
-                self._scrub(_message_of(chunk.get("error", chunk)), request), code="upstream_error"
+                self._scrub(message_of(chunk.get("error", chunk)), request), code="upstream_error"
             )
         if "choices" not in chunk:
-            raise _invalid(upstream, "an event that is not a chat.completion.chunk")
+            raise invalid(upstream, "an event that is not a chat.completion.chunk")
         return chunk
 
     def _finish(self, response: aiohttp.ClientResponse, done: bool) -> None:
@@ -354,21 +318,21 @@ class OpenAIEngine:
             task.add_done_callback(self._drains.discard)
 
     async def _error_from(
-        self, upstream: _Upstream, response: aiohttp.ClientResponse, request: EngineRequest
+        self, upstream: Upstream, response: aiohttp.ClientResponse, request: EngineRequest
     ) -> APIError:
         """The error a failed response stands for: a non-2xx, or JSON where a stream was asked."""
         status = response.status
         try:
-            body = await _read_bounded(response)
+            body = await read_bounded(response)
         except TimeoutError:
             return self._timed_out(upstream)
         except aiohttp.ClientError:
             body = b""  # the status alone still makes a useful error
-        fields = _error_fields(body)
+        fields = error_fields(body)
         if 200 <= status < 300:
             if fields is not None:
                 return UpstreamError(self._scrub(fields[0], request), code="upstream_error")
-            return _invalid(upstream, "JSON instead of an event stream")
+            return invalid(upstream, "JSON instead of an event stream")
         if fields is not None and 400 <= status < 500:
             message, error_type, param, code = fields
             return UpstreamRejection(
@@ -383,7 +347,7 @@ class OpenAIEngine:
             f"upstream {upstream.label} returned HTTP {status}{detail}", code="upstream_error"
         )
 
-    def _timed_out(self, upstream: _Upstream) -> UpstreamError:
+    def _timed_out(self, upstream: Upstream) -> UpstreamError:
         return UpstreamError(
             f"upstream {upstream.label} timed out (limit {self._timeout_s:g}s, "
             f"connect {self._connect_timeout_s:g}s)",
@@ -405,7 +369,7 @@ class OpenAIEngine:
         return message
 
     async def _fetch_models(
-        self, session: aiohttp.ClientSession, upstream: _Upstream
+        self, session: aiohttp.ClientSession, upstream: Upstream
     ) -> list[dict[str, Any]]:
         headers = {k: v for k, v in self._json_headers.items() if k != "Content-Type"}
         timeout = aiohttp.ClientTimeout(total=self._connect_timeout_s)
@@ -432,19 +396,6 @@ class OpenAIEngine:
         return [m for m in listed if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
 
-async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
-    """An error body, at most about ``_MAX_ERROR_BODY`` bytes (a longer one is cut)."""
-    parts: list[bytes] = []
-    size = 0
-    while size < _MAX_ERROR_BODY:
-        part = await response.content.readany()
-        if not part:
-            break
-        parts.append(part)
-        size += len(part)
-    return b"".join(parts)
-
-
 async def _drain(response: aiohttp.ClientResponse) -> None:
     """Read a finished stream's trailing bytes so its connection returns to the pool."""
     try:
@@ -455,68 +406,3 @@ async def _drain(response: aiohttp.ClientResponse) -> None:
         response.close()
     finally:
         response.release()  # a no-op after close()
-
-
-def _unreachable(upstream: _Upstream, exc: aiohttp.ClientError) -> UpstreamError:
-    # os.strerror gives the same words whichever event loop made the error ("Connection refused").
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        reason = "connection closed before a response"
-    elif isinstance(exc, OSError) and exc.errno is not None and exc.errno > 0:
-        reason = os.strerror(exc.errno)
-    elif isinstance(exc, OSError) and exc.strerror:
-        reason = exc.strerror  # e.g. a resolver error: "Name or service not known"
-    else:
-        reason = type(exc).__name__
-    return UpstreamError(
-        f"upstream unreachable: {upstream.label}: {reason}", code="upstream_unreachable"
-    )
-
-
-def _incomplete(upstream: _Upstream, exc: aiohttp.ClientError) -> UpstreamError:
-    return UpstreamError(
-        f"upstream {upstream.label} connection lost mid-response ({type(exc).__name__})",
-        code="upstream_incomplete",
-    )
-
-
-def _invalid(upstream: _Upstream, what: str) -> UpstreamError:
-    return UpstreamError(f"upstream {upstream.label} sent {what}", code="upstream_invalid_response")
-
-
-def _message_of(error: object) -> str:
-    if isinstance(error, dict):
-        message = error.get("message")
-        return message if isinstance(message, str) else str(error)
-    return str(error)
-
-
-def _error_fields(body: bytes) -> tuple[str, str | None, str | None, str | None] | None:
-    """``(message, type, param, code)`` of an OpenAI-style error body; ``None`` if it is not one.
-
-    Accepts OpenAI's ``{"error": {...}}``, vLLM's flat ``{"object": "error", "message", ...}`` and
-    FastAPI's ``{"detail": "..."}``.
-    """
-    try:
-        decoded = _decode_object(body)
-    except msgspec.DecodeError:
-        return None
-    error = decoded.get("error")
-    if isinstance(error, str):
-        return error, None, None, None
-    if not isinstance(error, dict):
-        if decoded.get("object") == "error":
-            error = decoded
-        elif isinstance(decoded.get("detail"), str):
-            return decoded["detail"], None, None, None
-        else:
-            return None
-    message = error.get("message")
-    if not isinstance(message, str):
-        return None
-    error_type, param, code = error.get("type"), error.get("param"), error.get("code")
-    return (
-        message,
-        error_type if isinstance(error_type, str) else None,
-        param if isinstance(param, str) else None,
-        None if code is None else str(code),
-    )
