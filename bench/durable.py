@@ -9,6 +9,9 @@ machine hits both alike.  Prints one JSON line per run (durable runs add ``commi
 commits, i.e. fdatasyncs, in the run) and a summary: medians per arm, and durable's cost
 as the median of each round's paired ratio to best_effort.
 
+``--rate R``: open loop instead (R requests due per second, see :mod:`bench.loadgen`): below
+saturation the cost shows as CPU per request and latency rather than throughput.
+
 ``--simultaneous``: each round runs every arm *at the same time* instead: all gateways on CPU 0,
 each process tree in its own ``cpu`` cgroup (equal shares, so each arm gets the same CPU time
 when all are busy), all loads on CPU 1.  A shared VM's speed can change by half from one second to
@@ -132,7 +135,7 @@ def load(gateway: Gateway, stream: bool, a: argparse.Namespace) -> subprocess.Po
         "--url", gateway.url, "--concurrency", str(a.concurrency),
         "--duration", str(a.duration), "--warmup", str(a.warmup),
         "--pid", str(gateway.process.pid),
-    ] + (["--stream"] if stream else [])  # fmt: skip
+    ] + (["--stream"] if stream else []) + (["--rate", str(a.rate)] if a.rate else [])  # fmt: skip
     return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=ROOT)
 
 
@@ -253,6 +256,13 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--duration", type=float, default=8.0)
     p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="open loop: requests due per second per arm (compare CPU per request and latency "
+        "below saturation; --concurrency is then the connection pool)",
+    )
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--sinks", nargs="+", default=["sqlite"], help="sqlite and/or jsonl")
     p.add_argument("--profile", type=Path, default=None, help="py-spy raw profiles go here")

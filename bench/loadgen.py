@@ -1,4 +1,4 @@
-"""Closed-loop HTTP load generator for OpenAI chat completions; prints one JSON result.
+"""HTTP load generator for OpenAI chat completions (closed or open loop); prints one JSON result.
 
 ``python bench/loadgen.py --url http://127.0.0.1:8000 --concurrency 16 --duration 5 [--stream]
 [--pid SERVER_PID ...]``
@@ -11,6 +11,13 @@ latency percentiles are theirs (request written → last body byte), and for str
 first token is request written → first body bytes (the first SSE data frame).  Errors (non-200,
 a stream without ``[DONE]``, a reset or refused connection, a request over ``timeout``) are counted
 by kind; a failed connection is reopened.
+
+With ``--rate R`` the load is open-loop instead: requests are due at a fixed R per second
+(evenly spaced) whatever the server does, and the ``concurrency`` connections take them in turn
+(a request waits for a free connection when all are busy).  Latency then counts from when the
+request was *due*, so a server that falls behind shows it in its percentiles rather than hiding
+it by slowing the generator (no coordinated omission).  Below saturation, open loop measures
+what a request costs the server (``server_cpu_ms_per_req``) at a production-like arrival rate.
 
 With ``--pid``, the server's CPU time (``utime + stime`` over each pid's whole process tree) is
 read at the window's start and end: ``server_cpu_ms_per_req`` is that difference over the
@@ -67,6 +74,8 @@ class Workload:
     prompt: str = DEFAULT_PROMPT
     headers: tuple[tuple[str, str], ...] = ()
     """Extra request headers (e.g. ``Authorization``)."""
+    rate: float | None = None
+    """Open loop: requests due per second (None: closed loop, each connection back to back)."""
 
     def body(self) -> bytes:
         request: dict[str, Any] = {
@@ -208,7 +217,25 @@ class Tally:
     body_bytes: int = 0
 
 
-async def _worker(w: Workload, data: bytes, tally: Tally, stop: asyncio.Event) -> None:
+async def _arrivals(rate: float, due: asyncio.Queue[float], stop: asyncio.Event) -> None:
+    """Open loop: put each request's due time (``perf_counter``) on ``due``, ``rate`` a second."""
+    interval = 1.0 / rate
+    next_at = time.perf_counter()
+    while not stop.is_set():
+        now = time.perf_counter()
+        while next_at <= now:
+            due.put_nowait(next_at)
+            next_at += interval
+        await asyncio.sleep(next_at - now)
+
+
+async def _worker(
+    w: Workload,
+    data: bytes,
+    tally: Tally,
+    stop: asyncio.Event,
+    due: asyncio.Queue[float] | None = None,
+) -> None:
     loop = asyncio.get_running_loop()
     conn: Connection | None = None
     while not stop.is_set():
@@ -220,7 +247,17 @@ async def _worker(w: Workload, data: bytes, tally: Tally, stop: asyncio.Event) -
                     tally.errors["connect"] += 1
                 await asyncio.sleep(0.05)  # a refused connect must not spin the loop
                 continue
-        start = time.perf_counter()
+        if due is None:
+            start = time.perf_counter()
+        else:
+            waiting = asyncio.ensure_future(due.get())
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait((waiting, stopping), return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not waiting.done():
+                waiting.cancel()
+                break
+            start = waiting.result()  # latency counts from when the request was due
         try:
             response = await conn.request(data, w.timeout_s)
         except RequestFailed as failed:
@@ -263,7 +300,14 @@ async def run(w: Workload, pids: Sequence[int] = ()) -> dict[str, Any]:
     data = w.request_bytes()
     tally = Tally()
     stop = asyncio.Event()
-    workers = [asyncio.create_task(_worker(w, data, tally, stop)) for _ in range(w.concurrency)]
+    due: asyncio.Queue[float] | None = None
+    tasks = []
+    if w.rate is not None:
+        due = asyncio.Queue()
+        tasks.append(asyncio.create_task(_arrivals(w.rate, due, stop)))
+    workers = [
+        asyncio.create_task(_worker(w, data, tally, stop, due)) for _ in range(w.concurrency)
+    ]
     try:
         await asyncio.sleep(w.warmup_s)
         cpu0 = procfs.tree_cpu_seconds(pids) if pids else 0.0
@@ -279,9 +323,9 @@ async def run(w: Workload, pids: Sequence[int] = ()) -> dict[str, Any]:
         stop.set()
         # In-flight requests finish (or time out) on their own; give them a bounded moment.
         _, pending = await asyncio.wait(workers, timeout=w.timeout_s + 1)
-        for task in pending:
+        for task in [*pending, *tasks]:
             task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.gather(*pending, *tasks, return_exceptions=True)
     # A worker that crashed is a bug in this generator: never report its numbers as a result.
     for task in workers:
         if not task.cancelled() and task.exception() is not None:
@@ -291,6 +335,7 @@ async def run(w: Workload, pids: Sequence[int] = ()) -> dict[str, Any]:
     result: dict[str, Any] = {
         "stream": w.stream,
         "concurrency": w.concurrency,
+        "rate": w.rate,
         "model": w.model,
         "warmup_s": w.warmup_s,
         "duration_s": round(elapsed, 3),
@@ -330,7 +375,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Workload, list[int]]:
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--header", action="append", default=[], help="'Name: value' (repeatable)")
     p.add_argument("--pid", type=int, action="append", default=[], help="server pid (repeatable)")
+    p.add_argument("--rate", type=float, default=None, help="open loop: requests due per second")
     a = p.parse_args(argv)
+    if a.rate is not None and a.rate <= 0:
+        p.error("--rate must be > 0")
     url = urlsplit(a.url)
     if url.scheme != "http" or url.hostname is None:
         p.error("--url must be http://host:port")
@@ -352,6 +400,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Workload, list[int]]:
         timeout_s=a.timeout,
         max_tokens=a.max_tokens,
         headers=tuple(headers),
+        rate=a.rate,
     )
     return workload, a.pid
 

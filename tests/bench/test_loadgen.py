@@ -86,3 +86,22 @@ def test_process_tree_includes_children() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+async def test_open_loop_sends_at_the_rate_whatever_the_connections(upstream_port: int) -> None:
+    """With a rate, the completed requests follow it (not the connections' speed) and the
+    latency counts from when each request was due."""
+    result = await loadgen.run(workload(upstream_port, rate=200.0, duration_s=1.0))
+    assert (result["errors"], result["rate"]) == (0, 200.0)
+    assert result["rps"] == pytest.approx(200.0, rel=0.1)
+    assert 0 < result["latency_p50_ms"] <= result["latency_p99_ms"]
+
+
+async def test_open_loop_latency_includes_the_wait_for_a_connection(upstream_port: int) -> None:
+    """One connection and more requests due than it can take back to back: each waits for the
+    one before, so latencies grow past a single round trip instead of staying flat."""
+    single = await loadgen.run(workload(upstream_port, concurrency=1, duration_s=0.5))
+    overloaded = await loadgen.run(
+        workload(upstream_port, concurrency=1, rate=single["rps"] * 3, duration_s=0.5)
+    )
+    assert overloaded["latency_p99_ms"] > 5 * single["latency_p99_ms"]
