@@ -217,6 +217,10 @@ class Tally:
     body_bytes: int = 0
 
 
+_NO_MORE: float = float("-inf")
+"""Put on the open loop's queue at the end, one per worker: stop waiting for requests."""
+
+
 async def _arrivals(rate: float, due: asyncio.Queue[float], stop: asyncio.Event) -> None:
     """Open loop: put each request's due time (``perf_counter``) on ``due``, ``rate`` a second."""
     interval = 1.0 / rate
@@ -250,14 +254,9 @@ async def _worker(
         if due is None:
             start = time.perf_counter()
         else:
-            waiting = asyncio.ensure_future(due.get())
-            stopping = asyncio.ensure_future(stop.wait())
-            await asyncio.wait((waiting, stopping), return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-            if not waiting.done():
-                waiting.cancel()
+            start = await due.get()  # latency counts from when the request was due
+            if start == _NO_MORE:
                 break
-            start = waiting.result()  # latency counts from when the request was due
         try:
             response = await conn.request(data, w.timeout_s)
         except RequestFailed as failed:
@@ -321,6 +320,9 @@ async def run(w: Workload, pids: Sequence[int] = ()) -> dict[str, Any]:
         cpu1 = procfs.tree_cpu_seconds(pids) if pids else 0.0
     finally:
         stop.set()
+        if due is not None:
+            for _ in workers:
+                due.put_nowait(_NO_MORE)  # wakes a worker waiting for its next request
         # In-flight requests finish (or time out) on their own; give them a bounded moment.
         _, pending = await asyncio.wait(workers, timeout=w.timeout_s + 1)
         for task in [*pending, *tasks]:
