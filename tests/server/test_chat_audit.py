@@ -110,6 +110,12 @@ def test_non_stream_store_true_yields_one_full_record(gw: TestGateway) -> None:
     assert record.engine == "mock"
     assert record.transport == "http"
     assert record.endpoint == "chat.completions"
+    # Timings in milliseconds, to the microsecond (no float noise in the stored JSON).
+    assert record.ttft_ms is not None
+    assert 0 <= record.ttft_ms <= record.duration_ms
+    assert record.duration_ms == round(record.duration_ms, 3)
+    assert record.ttft_ms == round(record.ttft_ms, 3)
+    assert record.created_at <= record.completed_at
 
 
 @pytest.mark.parametrize(

@@ -65,8 +65,10 @@ class AuditRecord(msgspec.Struct, kw_only=True):
     completed_at: int
     """Unix milliseconds when the response ended."""
     ttft_ms: float | None
-    """Milliseconds to the first content chunk; ``None`` when nothing was produced."""
+    """Milliseconds to the first content chunk (to the microsecond); ``None`` when nothing
+    was produced."""
     duration_ms: float
+    """Milliseconds from the request's arrival to the end of its response (to the microsecond)."""
     tenant: str | None = None
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
     client_request_id: str | msgspec.UnsetType = msgspec.UNSET
