@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -14,7 +15,8 @@ import httpx
 import openai
 import pytest
 
-from tests.support.gateway import running_gateway, start_gateway
+from tests.conftest import PG_ADMIN_DSN
+from tests.support.gateway import free_port, running_gateway, start_gateway
 from tests.support.server import audit_env, gateway
 
 MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
@@ -180,6 +182,9 @@ def test_workers_are_separate_writers(tmp_path: Path, durability: str) -> None:
             assert metric(text, "auditgate_audit_records_total", mode="full") == sent
             assert written == sent
             assert depth == 0
+    # Workers are spawned: each configures its own logging (time, level, logger, pid).
+    drained = re.findall(r" INFO auditgate \[(\d+)\] audit: all records delivered", gw.log())
+    assert len(set(drained)) == 2, gw.log()
     records = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(records) == sent
     by_writer: dict[str, list[int]] = {}
@@ -208,3 +213,42 @@ def test_serving_processes_tune_the_garbage_collector() -> None:
         [sys.executable, "-c", program], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.split() == ["700", "700", "10000", "True"]
+
+
+@pytest.mark.parametrize(
+    ("sink", "workers"),
+    [("sqlite", 1), ("sqlite", 2), ("postgres", 1), ("postgres", 2)],
+)
+def test_a_sink_that_cannot_open_stops_startup_with_one_clear_line(
+    tmp_path: Path, unique: str, sink: str, workers: int
+) -> None:
+    """A configuration error found at startup (an SQLite path that is a directory, a PostgreSQL
+    database that does not exist) ends ``serve`` with exit code 3 and a one-line message naming
+    the problem, not a traceback — with ``--workers N`` too, where uvicorn alone exits 0."""
+    (tmp_path / "dir.db").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DYN_", "AUDITGATE_"))}
+    env.update(
+        DYN_AUDIT_ENABLED="1",
+        DYN_AUDIT_SINKS=sink,
+        DYN_AUDIT_SQLITE_PATH=str(tmp_path / "dir.db"),
+        DYN_AUDIT_POSTGRES_URL=f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/ag_missing_{unique}",
+    )
+    port = str(free_port())
+    done = subprocess.run(
+        [sys.executable, "-m", "auditgate", "serve", "--port", port, "--workers", str(workers)],
+        check=False,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 3, done.stderr
+    expected = {
+        "sqlite": "auditgate: DYN_AUDIT_SQLITE_PATH=",
+        "postgres": f'database "ag_missing_{unique}" does not exist',
+    }[sink]
+    failures = [line for line in done.stderr.splitlines() if expected in line]
+    assert len(failures) == workers, done.stderr  # once per serving process
+    assert all(re.search(r" ERROR uvicorn\.error \[\d+\] auditgate: ", x) for x in failures)
+    assert "Traceback" not in done.stderr

@@ -8,7 +8,7 @@ worker is its own audit ``writer`` with its own ``seq``.
 from __future__ import annotations
 
 import argparse
-import logging
+import contextlib
 import os
 import shutil
 import signal
@@ -88,12 +88,10 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"auditgate: configuration error: {exc}", file=sys.stderr)
         return 2
+    from auditgate.server.app import configure_logging  # the server's imports: serve only
+
     gw = settings.gateway
-    logging.basicConfig(
-        level=gw.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(gw.log_level)
     # uvicorn re-raises the signal that stopped it once shutdown is done; with the default
     # SIGTERM disposition that kills the process (exit -15) after a clean drain.  A no-op
     # handler makes a graceful SIGTERM end with exit code 0, as supervisors expect.
@@ -105,17 +103,22 @@ def run(args: argparse.Namespace) -> int:
         shared_metrics = tempfile.mkdtemp(prefix="auditgate-metrics-")
         os.environ[MULTIPROCESS_ENV] = shared_metrics
     try:
-        _serve(args, gw)
+        return _serve(args, gw)
     finally:
         if shared_metrics is not None:
             shutil.rmtree(shared_metrics, ignore_errors=True)
-    return 0
 
 
-def _serve(args: argparse.Namespace, gw: GatewaySettings) -> None:
+STARTUP_FAILURE = 3
+"""Exit code when the app could not start (uvicorn's): a sink's database is missing, say."""
+
+
+def _serve(args: argparse.Namespace, gw: GatewaySettings) -> int:
+    """Serve until SIGTERM/SIGINT (0), or :data:`STARTUP_FAILURE` if the app could not start."""
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
-    uvicorn.run(
+    config = uvicorn.Config(
         "auditgate.server.app:app_from_env",
         factory=True,
         host=gw.host,
@@ -131,3 +134,15 @@ def _serve(args: argparse.Namespace, gw: GatewaySettings) -> None:
         server_header=False,
         date_header=False,
     )
+    if gw.workers == 1:
+        server = uvicorn.Server(config)
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, re-raised after the drain
+            server.run()
+        return 0 if server.started else STARTUP_FAILURE
+    # uvicorn.run stops every worker when one fails to start, but then returns as if all
+    # went well: a supervisor would see exit 0.  Run its supervisor here to read the codes.
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    with contextlib.suppress(KeyboardInterrupt):
+        supervisor.run()
+    failed = any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
+    return STARTUP_FAILURE if failed else 0

@@ -12,7 +12,9 @@ import contextlib
 import gc
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+import sys
+import traceback
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
@@ -31,7 +33,7 @@ from auditgate.audit.sink import Sink
 from auditgate.auth.keys import KeyRing, Principal
 from auditgate.config import GatewaySettings, Settings
 from auditgate.engines.base import Engine
-from auditgate.errors import APIError, InvalidRequestError, NotFoundError
+from auditgate.errors import APIError, ConfigError, InvalidRequestError, NotFoundError
 from auditgate.pipeline.chat import ChatPipeline
 from auditgate.server.asgi import ASGIApp, Receive, Scope, Send, header, send_error
 from auditgate.server.chat import ENDPOINT, ChatHandler
@@ -245,9 +247,22 @@ def app_from_env() -> GatewayApp:
     It runs once in every serving process, which it also tunes for serving (see
     :func:`tune_garbage_collector`); an app built with :func:`create_app` leaves its host's
     process alone."""
-    app = create_app(Settings.from_env())
+    settings = Settings.from_env()
+    configure_logging(settings.gateway.log_level)
+    app = create_app(settings)
     tune_garbage_collector()
     return app
+
+
+LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr at ``level`` with time, level, logger and pid; a no-op in a process that
+    already has handlers.  ``serve`` calls it, and so does every ``--workers`` process: they
+    are spawned, so they do not inherit it, and without it their INFO lines were lost and
+    warnings went out bare."""
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
 
 
 GC_GEN0_THRESHOLD: Final = 10_000
@@ -295,23 +310,41 @@ class GatewayApp:
             if scope["path"] == ENDPOINT and scope["method"] == "POST":
                 await self.chat(scope, receive, send)
                 return
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
         await self.router(scope, receive, send)
 
-    def _router(self) -> ASGIApp:
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        """The ASGI lifespan protocol: start the gateway, serve until shutdown, stop it.
+
+        A :class:`ConfigError` while starting (a sink's database missing, a stream that does not
+        capture the subject, a bad credential) fails startup with its one-line message: it is
+        the operator's to fix, and a traceback would bury it.  Anything else keeps its traceback.
+        """
         gateway = self.gateway
-
-        @contextlib.asynccontextmanager
-        async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await receive()  # lifespan.startup
+        try:
             await gateway.start()
-            try:
-                yield
-            finally:
-                try:
-                    await gateway.stop()
-                finally:
-                    if multiprocess():  # this process's live gauges leave the sums
-                        mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+        except ConfigError as exc:
+            await send({"type": "lifespan.startup.failed", "message": f"auditgate: {exc}"})
+            return
+        except BaseException:
+            await send({"type": "lifespan.startup.failed", "message": traceback.format_exc()})
+            raise
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+        try:
+            await gateway.stop()
+        except BaseException:
+            await send({"type": "lifespan.shutdown.failed", "message": traceback.format_exc()})
+            raise
+        finally:
+            if multiprocess():  # this process's live gauges leave the sums
+                mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+        await send({"type": "lifespan.shutdown.complete"})
 
+    def _router(self) -> ASGIApp:
         app = Starlette(
             routes=[
                 Route("/health", self._health, methods=["GET"]),
@@ -332,7 +365,6 @@ class GatewayApp:
                 APIError: self._api_error,
                 HTTPException: self._http_error,
             },
-            lifespan=lifespan,
         )
         return app
 
