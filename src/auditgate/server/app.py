@@ -290,7 +290,8 @@ def tune_garbage_collector() -> None:
 
 
 class GatewayApp:
-    """The ASGI app: the chat fast path, then Starlette for everything else."""
+    """The ASGI app: the chat fast path, the lifespan (gateway start and stop), then Starlette
+    for everything else."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
