@@ -20,6 +20,10 @@ throughput ratio (the CPU each mode needs per request) is repeatable to about a 
 back-to-back rounds scatter by ±10.  Latency in this method is that of a fraction of a core: use
 the default method for absolute req/s and p99.  Needs a writable cgroup ``cpu`` controller (v1
 ``/sys/fs/cgroup/cpu`` or v2), i.e. root on most machines.
+
+``--multiprocess-metrics``: also run both modes with Prometheus' multiprocess mode on (as every
+``serve --workers N`` process runs: each metric update goes to an mmap'd file), arms
+``best_effort+mpm`` and ``durable+mpm``; their cost is against plain ``best_effort``.
 """
 
 from __future__ import annotations
@@ -101,12 +105,29 @@ def cpu_by_thread(
     return out
 
 
+MPM = "+mpm"
+"""Suffix of an arm whose gateway keeps its metrics in multiprocess mode."""
+
+
+def durability_of(arm: str) -> str:
+    """``best_effort`` or ``durable``: what an arm's name says."""
+    return "best_effort" if arm.startswith("best_effort") else "durable"
+
+
 def start(
-    sink: str, mode: str, work: Path, source: str | None, group: CpuGroup | None = None
+    sink: str, arm: str, work: Path, source: str | None, group: CpuGroup | None = None
 ) -> Gateway:
-    """A gateway in ``mode`` with its files under ``work``, pinned (with every child process)
+    """A gateway for ``arm`` with its files under ``work``, pinned (with every child process)
     to CPU 0, and moved into ``group`` when given."""
+    mode = durability_of(arm)
+    if arm.endswith(MPM):  # a fresh directory, as serve makes for --workers N
+        metrics_dir = work / "metrics"
+        metrics_dir.mkdir()
+        metrics_env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    else:
+        metrics_env = {}
     env = {
+        **metrics_env,
         **({"PYTHONPATH": source} if source else {}),
         "DYN_AUDIT_ENABLED": "1",
         "DYN_AUDIT_DURABILITY": mode,
@@ -195,12 +216,11 @@ def run_together(
     gateways: list[Gateway] = []
     groups: list[CpuGroup] = []
     try:
-        for index, (mode, source) in enumerate(arms):
-            durability = "best_effort" if mode == "best_effort" else "durable"
+        for index, (arm, source) in enumerate(arms):
             arm_work = work / f"arm-{index}"
             arm_work.mkdir()
             groups.append(CpuGroup(f"agbench-{os.getpid()}-{index}"))
-            gateways.append(start(sink, durability, arm_work, source, groups[-1]))
+            gateways.append(start(sink, arm, arm_work, source, groups[-1]))
         loads = [load(gateway, stream, a) for gateway in gateways]
         time.sleep(a.warmup)
         before = [thread_cpu(gateway.process.pid) for gateway in gateways]
@@ -278,12 +298,19 @@ def main() -> None:
         action="store_true",
         help="run the arms of a round at the same time, in equal cpu cgroups (see above)",
     )
+    p.add_argument(
+        "--multiprocess-metrics",
+        action="store_true",
+        help="also run both modes with Prometheus multiprocess metrics (as --workers N does)",
+    )
     a = p.parse_args()
     runs: list[dict[str, Any]] = []
     a.runs = runs
     variants = [tuple(v.split("=", 1)) for v in a.variant]
     arms: list[tuple[str, str | None]] = [("best_effort", None), ("durable", None)]
     arms += [(f"durable:{name}", source) for name, source in variants]
+    if a.multiprocess_metrics:
+        arms += [("best_effort" + MPM, None), ("durable" + MPM, None)]
     if a.profile is not None:
         a.profile.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:  # /tmp is on the disk here (ext4), not tmpfs
@@ -303,8 +330,7 @@ def main() -> None:
                     for mode, source in arms if round_ % 2 == 0 else arms[::-1]:
                         work = Path(tmp) / f"{len(runs)}"
                         work.mkdir()
-                        durability = "best_effort" if mode == "best_effort" else "durable"
-                        result = run_once(sink, durability, stream, a, work, source)
+                        result = run_once(sink, mode, stream, a, work, source)
                         result.update(mode=mode, round=round_)
                         print(json.dumps(result), flush=True)
                         runs.append(result)
