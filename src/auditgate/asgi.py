@@ -55,7 +55,7 @@ from auditgate.audit.record import Envelope
 from auditgate.audit.sink import Sink
 from auditgate.config import Settings
 from auditgate.engines.sse import SSEDecoder
-from auditgate.errors import APIError
+from auditgate.errors import UNDECODABLE, APIError
 from auditgate.pipeline.chat import bad_stream_request
 from auditgate.pipeline.request import (
     new_request_id,
@@ -407,7 +407,7 @@ class _Exchange:
         if self._status >= 400:
             try:
                 value = _decode(raw)
-            except msgspec.DecodeError:
+            except UNDECODABLE:
                 value = None
             error = _error_of(value, self._status) if isinstance(value, dict) else None
             capture.fail(error or _ObservedError(f"HTTP {self._status}", "api_error", self._status))

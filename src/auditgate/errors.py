@@ -6,7 +6,13 @@ JSON ``{"error": {"message", "type", "param", "code"}}``.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Final
+
+import msgspec
+
+UNDECODABLE: Final = (msgspec.DecodeError, RecursionError)
+"""What decoding untrusted JSON with msgspec raises: malformed input, or containers nested
+deeper than the interpreter's recursion limit (a ``RecursionError``, not a ``DecodeError``)."""
 
 
 class AuditgateError(Exception):

@@ -274,6 +274,10 @@ async def test_invalid_messages_are_skipped_and_counted(
         js = nc.jetstream()
         await js.publish(subject, b"not json at all")
         await js.publish(subject, b'{"request_id": 7}')
+        # A record whose request nests deeper than msgspec decodes (RecursionError, not a
+        # DecodeError): it used to stop the consumer, and redelivery would stop the next.
+        deep = b'"request":{"x":' + b"[" * 100_000 + b"]" * 100_000 + b","
+        await js.publish(subject, Envelope(make_record(9)).json.replace(b'"request":{', deep, 1))
     finally:
         await nc.close()
     await publish(nats_url, stream, subject, records[2:])
@@ -282,11 +286,11 @@ async def test_invalid_messages_are_skipped_and_counted(
         consume_args(nats_url, nats_names, "d1", f"jsonl:///{out}"), log_dir=tmp_path
     )
     try:
-        await wait_until(lambda: consumer_state(nats_url, stream, "d1"), (6, 0, 0))
+        await wait_until(lambda: consumer_state(nats_url, stream, "d1"), (7, 0, 0))
     finally:
         assert consumer.stop() == 0
     assert jsonl_lines(out) == [Envelope(r).json for r in records]
-    assert (consumer.summary()["written"], consumer.summary()["invalid"]) == (4, 2)
+    assert (consumer.summary()["written"], consumer.summary()["invalid"]) == (4, 3)
 
 
 async def test_resume_and_new_only(

@@ -477,13 +477,17 @@ async def test_in_stream_error_event_fails_after_earlier_chunks(
         (b"data: {not json\n\n", "an event that is not a JSON object"),
         (b'data: {"choices": "\xff\xfe"}\n\n', "an event that is not a JSON object"),
         (b"data: [1, 2]\n\n", "an event that is not a JSON object"),
+        (
+            b"data: " + b"[" * 100_000 + b"]" * 100_000 + b"\n\n",
+            "an event that is not a JSON object",
+        ),
         (b'data: {"object": "something else"}\n\n', "an event that is not a chat.completion.chunk"),
         (
             b"event: \xff\ndata: {}\n\n",
             "a malformed event stream (event stream event type is not valid UTF-8)",
         ),
     ],
-    ids=["bad-json", "bad-utf8", "not-object", "not-chunk", "bad-event-type"],
+    ids=["bad-json", "bad-utf8", "not-object", "too-deep", "not-chunk", "bad-event-type"],
 )
 async def test_garbage_stream_is_invalid_response(
     engine: OpenAIEngine, upstream: FakeUpstream, garbage: bytes, what: str
@@ -497,7 +501,15 @@ async def test_garbage_stream_is_invalid_response(
     ) == error_of(caught.value)
 
 
-@pytest.mark.parametrize("garbage", [b"<html>oops</html>", b'{"a": "\xff"}', b"[]"])
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"<html>oops</html>",
+        b'{"a": "\xff"}',
+        b"[]",
+        b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ],
+)
 async def test_garbage_completion_is_invalid_response(
     engine: OpenAIEngine, upstream: FakeUpstream, garbage: bytes
 ) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
+from tests.support.gateway import running_gateway
 from tests.support.server import TestGateway, audit_env, gateway
 
 
@@ -30,6 +33,15 @@ def post(gw: TestGateway, content: bytes, **headers: str) -> httpx.Response:
     ("content", "param", "code", "fragment"),
     [
         (b'{"model": "mock", "messages": [', None, "invalid_json", "could not parse the JSON"),
+        (  # deeper than msgspec (the interpreter's recursion limit) decodes: was a 500
+            b'{"model": "mock", "messages": [{"role": "user"}], "x": '
+            + b"[" * 1_500  # this gateway's body limit is 4 KiB
+            + b"]" * 1_500
+            + b"}",
+            None,
+            "invalid_json",
+            "nested too deeply",
+        ),
         (b'["not", "an", "object"]', None, "invalid_json", "must be a JSON object"),
         (
             b'{"model": "mock", "messages": [{"role": "user", "content": "\xff\xfe"}]}',
@@ -153,3 +165,58 @@ def test_unknown_route_and_method_are_openai_errors(gw: TestGateway) -> None:
     response = httpx.put(gw.base_url + "/models")
     assert response.status_code == 405
     assert "error" in response.json()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_deepest_body_accepted_is_stored_and_readable(tmp_path: Path, stream: bool) -> None:
+    """Nesting: a body the gateway accepts has its record spooled, stored and read back; one
+    nested deeper is a 400 — never a 500 (the record nests a level deeper than the body and
+    is encoded on a deeper stack than the body was decoded: it used to fail there)."""
+    env = {
+        "DYN_AUDIT_ENABLED": "1",
+        "DYN_AUDIT_SINKS": "sqlite",
+        "DYN_AUDIT_SQLITE_PATH": str(tmp_path / "audit.db"),
+        "DYN_AUDIT_DURABILITY": "durable",
+        "DYN_AUDIT_SPOOL_DIR": str(tmp_path / "spool"),
+    }
+    with running_gateway(env, log_dir=tmp_path) as gw, httpx.Client(timeout=30) as http:
+
+        def send(depth: int) -> httpx.Response:
+            body = (
+                b'{"model": "mock", "store": true, "stream": %s, "messages": [{"role": "user", '
+                b'"content": "deep %d"}], "x": '
+                % (b"true" if stream else b"false", depth)
+                + b"[" * depth
+                + b"]" * depth
+                + b"}"
+            )
+            return http.post(gw.base_url + "/chat/completions", content=body)
+
+        low, high = 100, 5_000  # accepted, refused: bisect to the boundary
+        first = send(low)
+        assert first.status_code == 200
+        deepest = first.headers["x-request-id"]  # of the deepest body answered 200
+        refused = send(high)
+        assert refused.status_code == 400 and "nested too deeply" in refused.text, refused.text
+        while high - low > 1:
+            middle = (low + high) // 2
+            response = send(middle)
+            assert response.status_code in (200, 400), (middle, response.text)
+            if response.status_code == 200:
+                low, deepest = middle, response.headers["x-request-id"]
+            else:
+                high = middle
+        assert low > 800  # ~920 on Python 3.11: every realistic body is far below
+        request_id = deepest
+        api = openai.OpenAI(base_url=gw.base_url, api_key="unused")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                stored = api.chat.completions.retrieve("chatcmpl-" + request_id)
+                break
+            except openai.NotFoundError:
+                assert time.monotonic() < deadline, "the deepest accepted record was not stored"
+                time.sleep(0.05)
+        assert stored.id == "chatcmpl-" + request_id
+        assert [m.content for m in api.chat.completions.messages.list(stored.id)] == [f"deep {low}"]
+    assert "Traceback" not in gw.log()

@@ -249,6 +249,22 @@ def test_invalid_parameters_are_400(
     )
 
 
+@pytest.mark.parametrize(
+    "content",
+    [b"{", b'{"metadata": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", b"[]"],
+    ids=["malformed", "nested-too-deeply", "not-an-object"],
+)
+def test_update_with_an_unreadable_body_is_400(gw: TestGateway, content: bytes) -> None:
+    """An update body that is not a readable JSON object is a 400, never a 500."""
+    api = client(gw)
+    created = create(api)
+    wait_listed(api, 1)
+    response = httpx.post(gw.url + f"/v1/chat/completions/{created.id}", content=content)
+    error = response.json()["error"]
+    assert (response.status_code, error["type"]) == (400, "invalid_request_error")
+    assert api.chat.completions.retrieve(created.id).metadata == {}
+
+
 def test_no_store_is_a_clear_400(workdir: str) -> None:
     """Without a store every stored-completions call is a 400 saying how to configure one."""
     with gateway(audit_env()) as g, pytest.raises(openai.BadRequestError) as info:

@@ -33,8 +33,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Sequence
 
-import msgspec
-
 from auditgate.audit.bus import (
     Backoff,
     RateLimitedLog,
@@ -50,6 +48,7 @@ from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import Envelope, Mode, decode_record
 from auditgate.audit.sink import Sink, Syncable
 from auditgate.audit.spool import Spool, SpoolError
+from auditgate.errors import UNDECODABLE
 
 log = logging.getLogger("auditgate.audit")
 
@@ -391,7 +390,7 @@ class DurableBus:
         for frame in frames:
             try:
                 envelope = Envelope(decode_record(frame.payload))
-            except msgspec.DecodeError as exc:  # checksum fine, content not a record: a bug
+            except UNDECODABLE as exc:  # checksum fine, content not a record: a bug
                 log.error(
                     "audit spool: frame at %s is not a record (%s); skipped for sink %s",
                     frame.start,

@@ -16,12 +16,10 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-import msgspec
-
 from auditgate.audit.bus import RateLimitedLog
 from auditgate.audit.record import AuditRecord, Envelope, decode_record
 from auditgate.audit.sink import Sink
-from auditgate.errors import ConfigError
+from auditgate.errors import UNDECODABLE, ConfigError
 from auditgate.sinks.nats import ensure_stream, redact_url
 
 if TYPE_CHECKING:
@@ -305,7 +303,7 @@ class Consumer:
             raw = msg.data.strip()
             try:
                 record = decode_record(raw)
-            except msgspec.DecodeError as exc:
+            except UNDECODABLE as exc:
                 self.counters.invalid += 1
                 self._log.warning(
                     "invalid",

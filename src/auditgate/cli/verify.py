@@ -40,7 +40,7 @@ import msgspec
 
 from auditgate.audit.integrity import HmacSigner
 from auditgate.audit.verify import Report, Verifier
-from auditgate.errors import ConfigError
+from auditgate.errors import UNDECODABLE, ConfigError
 from auditgate.store.schema import SELECT_COLUMNS, TABLE, record_dict_from_row
 
 FORMATS: Final = ("jsonl", "jsonl_gz", "sqlite", "postgres", "nats")
@@ -94,7 +94,7 @@ def _lines(verifier: Verifier, name: str, lines: Iterator[bytes]) -> None:
         location = f"{name}:{number}"
         try:
             data = msgspec.json.decode(line)
-        except msgspec.DecodeError as exc:
+        except UNDECODABLE as exc:
             verifier.add(location, f"not JSON: {exc}")
             continue
         verifier.add(location, data)
@@ -193,7 +193,7 @@ async def read_nats(verifier: Verifier, url: str, stream: str) -> None:
                 seq = msg.metadata.sequence.stream
                 try:
                     data = msgspec.json.decode(msg.data)
-                except msgspec.DecodeError as exc:
+                except UNDECODABLE as exc:
                     data = f"not JSON: {exc}"
                 verifier.add(f"stream seq {seq}", data)
                 if seq >= last:

@@ -56,6 +56,7 @@ from auditgate.engines.upstream import (
     unreachable,
 )
 from auditgate.errors import (
+    UNDECODABLE,
     APIError,
     ConfigError,
     InvalidRequestError,
@@ -177,7 +178,7 @@ class OpenAIEngine:
             response.release()
         try:
             completion = _decode_object(body)
-        except msgspec.DecodeError as exc:
+        except UNDECODABLE as exc:
             raise invalid(upstream, "a response that is not a JSON object") from exc
         if "error" in completion and "choices" not in completion:
             message = self._scrub(message_of(completion["error"]), request)
@@ -290,7 +291,7 @@ class OpenAIEngine:
     ) -> dict[str, Any]:
         try:
             chunk = _decode_object(data)
-        except msgspec.DecodeError as exc:
+        except UNDECODABLE as exc:
             if event == "error":
                 message = data.decode(errors="replace")
                 raise UpstreamError(self._scrub(message, request), code="upstream_error") from exc

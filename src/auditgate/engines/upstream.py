@@ -18,7 +18,7 @@ import aiohttp
 import msgspec
 from yarl import URL
 
-from auditgate.errors import APIError, ConfigError, UpstreamError
+from auditgate.errors import UNDECODABLE, APIError, ConfigError, UpstreamError
 
 MAX_ERROR_BODY: Final = 1 << 20
 """An error body is read up to about this many bytes."""
@@ -128,7 +128,7 @@ def error_fields(body: bytes) -> tuple[str, str | None, str | None, str | None] 
     """
     try:
         decoded = _decode_object(body)
-    except msgspec.DecodeError:
+    except UNDECODABLE:
         return None
     error = decoded.get("error")
     if isinstance(error, str):

@@ -211,7 +211,7 @@ def _metadata(value: Any) -> Any:
         raise _invalid("Parameter 'metadata' must be a string holding a JSON object.")
     try:
         decoded = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):  # malformed, or nested too deeply
         raise _invalid("Parameter 'metadata' is not valid JSON.") from None
     if not isinstance(decoded, dict):
         raise _invalid("Parameter 'metadata' must be a JSON object.")

@@ -198,7 +198,7 @@ def parse_update(body: bytes) -> dict[str, str]:
     """The metadata of an update body ``{"metadata": {...} | null}``; anything else is a 400."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # malformed, or nested too deeply
         raise InvalidRequestError("The request body is not valid JSON.") from None
     if not isinstance(data, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
