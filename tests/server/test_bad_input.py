@@ -102,6 +102,13 @@ def post(gw: TestGateway, content: bytes, **headers: str) -> httpx.Response:
             "invalid_type",
             "expected `str`",
         ),
+        (
+            b'{"model": "mock", "messages": [{"role": "user", "content": "a"}, '
+            b'{"role": "user", "content": 5}]}',
+            "messages[1].content",
+            "invalid_type",
+            "expected `str | array | null`",
+        ),
     ],
 )
 def test_malformed_requests_get_400(

@@ -30,6 +30,8 @@ class StreamOptions(msgspec.Struct):
 
 class Message(msgspec.Struct):
     role: str
+    content: str | list[Any] | None = None
+    """Text, or an array of content parts (checked by the engine), or absent/null."""
 
 
 class ChatParams(msgspec.Struct, kw_only=True):
