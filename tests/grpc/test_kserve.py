@@ -457,3 +457,23 @@ def test_api_keys_guard_inference_and_name_the_tenant(workdir: str) -> None:
         [record] = g.records(1)
     assert caught.value.status() == "StatusCode.UNAUTHENTICATED"
     assert record.tenant == "team-a"
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    ['{"k": ', '{"k": "\\ud800"}', '{"k": ' + "[" * 100_000 + "]" * 100_000 + "}"],
+    ids=["malformed", "lone-surrogate", "nested-too-deeply"],
+)
+def test_unreadable_metadata_parameter_is_invalid_argument(
+    kserve: tuple[TestGateway, tg.InferenceServerClient], metadata: str
+) -> None:
+    """The ``metadata`` parameter must be a readable JSON object: anything else, including a
+    lone surrogate no sink could encode, is INVALID_ARGUMENT and leaves no record."""
+    g, client = kserve
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("mock", [text_input()], parameters={"store": True, "metadata": metadata})
+    assert (caught.value.status(), caught.value.message()) == (
+        "StatusCode.INVALID_ARGUMENT",
+        "Parameter 'metadata' is not valid JSON.",
+    )
+    g.records(0)

@@ -251,11 +251,17 @@ def test_invalid_parameters_are_400(
 
 @pytest.mark.parametrize(
     "content",
-    [b"{", b'{"metadata": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", b"[]"],
-    ids=["malformed", "nested-too-deeply", "not-an-object"],
+    [
+        b"{",
+        b'{"metadata": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b"[]",
+        b'{"metadata": {"k": "\\ud800"}}',
+    ],
+    ids=["malformed", "nested-too-deeply", "not-an-object", "lone-surrogate"],
 )
 def test_update_with_an_unreadable_body_is_400(gw: TestGateway, content: bytes) -> None:
-    """An update body that is not a readable JSON object is a 400, never a 500."""
+    """An update body that is not a readable JSON object is a 400, never a 500, and changes
+    nothing (a lone surrogate, once stored, made every later read of the list a 500)."""
     api = client(gw)
     created = create(api)
     wait_listed(api, 1)
@@ -263,6 +269,7 @@ def test_update_with_an_unreadable_body_is_400(gw: TestGateway, content: bytes) 
     error = response.json()["error"]
     assert (response.status_code, error["type"]) == (400, "invalid_request_error")
     assert api.chat.completions.retrieve(created.id).metadata == {}
+    assert [c.id for c in api.chat.completions.list()] == [created.id]
 
 
 def test_no_store_is_a_clear_400(workdir: str) -> None:

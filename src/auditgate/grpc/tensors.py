@@ -24,13 +24,13 @@ BYTES with shape ``[1]``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import struct
 from typing import Any, Final
 
+import msgspec
 from tritonclient.grpc import service_pb2
 
-from auditgate.errors import InvalidRequestError
+from auditgate.errors import UNDECODABLE, InvalidRequestError
 
 TEXT_INPUT: Final = "text_input"
 OUTPUTS: Final = ("text_output", "finish_reason")
@@ -210,8 +210,8 @@ def _metadata(value: Any) -> Any:
     if not isinstance(value, str):
         raise _invalid("Parameter 'metadata' must be a string holding a JSON object.")
     try:
-        decoded = json.loads(value)
-    except (ValueError, RecursionError):  # malformed, or nested too deeply
+        decoded = msgspec.json.decode(value)  # rejects lone surrogates, unlike json.loads
+    except UNDECODABLE:
         raise _invalid("Parameter 'metadata' is not valid JSON.") from None
     if not isinstance(decoded, dict):
         raise _invalid("Parameter 'metadata' must be a JSON object.")

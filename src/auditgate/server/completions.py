@@ -15,14 +15,14 @@ its tenant's rows (any other id is a 404, never a 403); admin keys and open mode
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from auditgate.auth.keys import Principal
-from auditgate.errors import InvalidRequestError, NotFoundError
+from auditgate.errors import UNDECODABLE, InvalidRequestError, NotFoundError
 from auditgate.pipeline.request import validate_metadata
 from auditgate.store.queries import CursorNotFound, Filter, Order, Store, Stored
 
@@ -197,8 +197,10 @@ def parse_order(raw: str | None) -> Order:
 def parse_update(body: bytes) -> dict[str, str]:
     """The metadata of an update body ``{"metadata": {...} | null}``; anything else is a 400."""
     try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):  # malformed, or nested too deeply
+        # msgspec, not json: json.loads accepts "\ud800", a lone surrogate no response or
+        # database can encode; stored as metadata it turned every later read into a 500.
+        data = msgspec.json.decode(body)
+    except UNDECODABLE:
         raise InvalidRequestError("The request body is not valid JSON.") from None
     if not isinstance(data, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
