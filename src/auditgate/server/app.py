@@ -241,17 +241,37 @@ def create_app(
     return GatewayApp(Gateway(settings, engine=engine, sinks=sinks))
 
 
-def app_from_env() -> GatewayApp:
+def app_from_env() -> ASGIApp:
     """uvicorn factory: settings from the environment (``serve`` writes its flags there).
 
     It runs once in every serving process, which it also tunes for serving (see
     :func:`tune_garbage_collector`); an app built with :func:`create_app` leaves its host's
-    process alone."""
-    settings = Settings.from_env()
-    configure_logging(settings.gateway.log_level)
-    app = create_app(settings)
+    process alone.  A :class:`ConfigError` while building (an unreadable keys file, a bad store
+    URL) becomes an app that fails its startup with that one line, so ``serve`` exits 3 — with
+    ``--workers N`` too, where a factory that raised made uvicorn restart the workers forever."""
+    try:
+        settings = Settings.from_env()
+        configure_logging(settings.gateway.log_level)
+        app = create_app(settings)
+    except ConfigError as exc:
+        configure_logging("info")
+        return RefusedApp(exc)
     tune_garbage_collector()
     return app
+
+
+class RefusedApp:
+    """An app that could not be built: its lifespan startup fails with the reason."""
+
+    def __init__(self, error: ConfigError) -> None:
+        self.error = error
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await receive()  # lifespan.startup
+            await send({"type": "lifespan.startup.failed", "message": f"auditgate: {self.error}"})
+            return
+        raise RuntimeError(f"auditgate did not start: {self.error}")  # never served
 
 
 LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
