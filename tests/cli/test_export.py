@@ -17,6 +17,7 @@ from auditgate.sinks.postgres import PostgresSink
 from auditgate.sinks.sqlite import SqliteSink
 from auditgate.store.queries import Filter, open_store
 from auditgate.store.schema import record_dict_from_row
+from tests.conftest import PG_ADMIN_DSN
 from tests.store.records import make_record, minimal_record
 
 TOOLS = [
@@ -214,6 +215,32 @@ async def test_export_is_deterministic_and_chunked(
     ]
     await store.close()
     assert (first, [msgspec.to_builtins(r) for r in live]) == (out.read_bytes(), walked)
+
+
+@pytest.mark.parametrize(
+    ("command", "where"),
+    [("export", "database"), ("stats", "database"), ("export", "role"), ("stats", "role")],
+)
+async def test_a_postgres_store_that_refuses_is_one_line_and_exit_2(
+    workdir: str, unique: str, capsys: pytest.CaptureFixture[str], command: str, where: str
+) -> None:
+    """A database that does not exist, or a role the server does not know, is exit code 2 and
+    one line naming it (it was a traceback at the first query)."""
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
+    url = (
+        f"{base}/ag_missing_{unique}"
+        if where == "database"
+        else base.replace("postgres@", f"ag_nobody_{unique}@", 1) + "/postgres"
+    )
+    args = [command, "--store", url] + (
+        ["--format", "raw", "-o", f"{workdir}/o"] if command == "export" else []
+    )
+    code = await asyncio.to_thread(main, args)
+    err = capsys.readouterr().err
+    expected = (
+        f'database "ag_missing_{unique}"' if where == "database" else f'role "ag_nobody_{unique}"'
+    )
+    assert (code, len(err.strip().splitlines()), expected in err) == (2, 1, True), err
 
 
 async def test_missing_store_is_an_error(workdir: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -217,26 +217,38 @@ def test_serving_processes_tune_the_garbage_collector() -> None:
 
 @pytest.mark.parametrize(
     ("sink", "workers"),
-    [("sqlite", 1), ("sqlite", 2), ("postgres", 1), ("postgres", 2), ("keys", 1), ("keys", 2)],
+    [
+        ("sqlite", 1),
+        ("sqlite", 2),
+        ("postgres", 1),
+        ("postgres", 2),
+        ("keys", 1),
+        ("keys", 2),
+        ("store", 1),
+        ("store", 2),
+    ],
 )
 def test_a_configuration_error_at_startup_stops_serve_with_one_clear_line(
     tmp_path: Path, unique: str, sink: str, workers: int
 ) -> None:
     """A configuration error found at startup (an SQLite path that is a directory, a PostgreSQL
-    database that does not exist, an unreadable API keys file) ends ``serve`` with exit code 3
-    and a one-line message naming the problem, not a traceback — with ``--workers N`` too, where
-    uvicorn alone exited 0 (a sink) or restarted the workers forever (the keys file)."""
+    database that does not exist, as a sink or as the store, an unreadable API keys file) ends
+    ``serve`` with exit code 3 and a one-line message naming the problem, not a traceback —
+    with ``--workers N`` too, where uvicorn alone exited 0 (a sink) or restarted the workers
+    forever (the keys file)."""
     (tmp_path / "dir.db").mkdir()
     (tmp_path / "keys.json").write_text("{")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DYN_", "AUDITGATE_"))}
     env.update(
         DYN_AUDIT_ENABLED="1",
-        DYN_AUDIT_SINKS="stderr" if sink == "keys" else sink,
+        DYN_AUDIT_SINKS="stderr" if sink in ("keys", "store") else sink,
         DYN_AUDIT_SQLITE_PATH=str(tmp_path / "dir.db"),
         DYN_AUDIT_POSTGRES_URL=f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/ag_missing_{unique}",
     )
     if sink == "keys":
         env["AUDITGATE_API_KEYS_FILE"] = str(tmp_path / "keys.json")
+    if sink == "store":  # the stored-completions store, without a postgres sink
+        env["AUDITGATE_STORE_URL"] = env["DYN_AUDIT_POSTGRES_URL"]
     port = str(free_port())
     done = subprocess.run(
         [sys.executable, "-m", "auditgate", "serve", "--port", port, "--workers", str(workers)],
@@ -252,6 +264,7 @@ def test_a_configuration_error_at_startup_stops_serve_with_one_clear_line(
         "sqlite": "auditgate: DYN_AUDIT_SQLITE_PATH=",
         "postgres": f'database "ag_missing_{unique}" does not exist',
         "keys": "auditgate: AUDITGATE_API_KEYS_FILE: cannot read",
+        "store": f'database "ag_missing_{unique}" does not exist',
     }[sink]
     failures = [line for line in done.stderr.splitlines() if expected in line]
     assert len(failures) == workers, done.stderr  # once per serving process
