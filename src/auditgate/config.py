@@ -319,6 +319,11 @@ class GatewaySettings:
             )
         if self.log_level not in ("critical", "error", "warning", "info", "debug"):
             raise ConfigError(f"AUDITGATE_LOG_LEVEL={self.log_level!r}: unknown level")
+        # uvloop binds port % 65536 rather than refusing 99999: check here.
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"AUDITGATE_PORT={self.port}: must be 0-65535 (0: any free port)")
+        if self.grpc_port is not None and not 1 <= self.grpc_port <= 65535:
+            raise ConfigError(f"AUDITGATE_GRPC_PORT={self.grpc_port}: must be 1-65535")
 
 
 def parse_routes(raw: str) -> tuple[tuple[str, str], ...]:

@@ -1,0 +1,39 @@
+"""Settings from the environment: every bad value stops ``serve`` with one line naming it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.gateway import free_port
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--port", "99999"], {}, "AUDITGATE_PORT=99999: must be 0-65535"),
+        (["--grpc-port", "70000"], {}, "AUDITGATE_GRPC_PORT=70000: must be 1-65535"),
+        ([], {"DYN_AUDIT_ENABLED": "maybe"}, "DYN_AUDIT_ENABLED='maybe'"),
+        ([], {"DYN_AUDIT_ENABLED": "1", "DYN_AUDIT_CAPACITY": "0"}, "DYN_AUDIT_CAPACITY=0"),
+        ([], {"DYN_AUDIT_SINKS": "stderr,s3"}, "DYN_AUDIT_SINKS: unknown name 's3'"),
+        ([], {"AUDITGATE_LOG_LEVEL": "loud"}, "AUDITGATE_LOG_LEVEL='loud'"),
+    ],
+)
+def test_a_bad_setting_is_exit_2_and_one_line(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    """Checked before anything starts: exit code 2, one line on stderr that names the setting
+    (a port of 99999 used to be served on 99999 % 65536)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "auditgate", "serve", "--port", str(free_port()), *args],
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("auditgate: configuration error: ") and message in line, line
