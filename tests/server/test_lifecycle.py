@@ -226,13 +226,16 @@ def test_serving_processes_tune_the_garbage_collector() -> None:
         ("keys", 2),
         ("store", 1),
         ("store", 2),
+        ("spool", 1),
+        ("spool", 2),
     ],
 )
 def test_a_configuration_error_at_startup_stops_serve_with_one_clear_line(
     tmp_path: Path, unique: str, sink: str, workers: int
 ) -> None:
     """A configuration error found at startup (an SQLite path that is a directory, a PostgreSQL
-    database that does not exist, as a sink or as the store, an unreadable API keys file) ends
+    database that does not exist, as a sink or as the store, an unreadable API keys file, a
+    spool directory that is a file) ends
     ``serve`` with exit code 3 and a one-line message naming the problem, not a traceback —
     with ``--workers N`` too, where uvicorn alone exited 0 (a sink) or restarted the workers
     forever (the keys file)."""
@@ -241,7 +244,7 @@ def test_a_configuration_error_at_startup_stops_serve_with_one_clear_line(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DYN_", "AUDITGATE_"))}
     env.update(
         DYN_AUDIT_ENABLED="1",
-        DYN_AUDIT_SINKS="stderr" if sink in ("keys", "store") else sink,
+        DYN_AUDIT_SINKS="stderr" if sink in ("keys", "store", "spool") else sink,
         DYN_AUDIT_SQLITE_PATH=str(tmp_path / "dir.db"),
         DYN_AUDIT_POSTGRES_URL=f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/ag_missing_{unique}",
     )
@@ -249,6 +252,9 @@ def test_a_configuration_error_at_startup_stops_serve_with_one_clear_line(
         env["AUDITGATE_API_KEYS_FILE"] = str(tmp_path / "keys.json")
     if sink == "store":  # the stored-completions store, without a postgres sink
         env["AUDITGATE_STORE_URL"] = env["DYN_AUDIT_POSTGRES_URL"]
+    if sink == "spool":  # durable mode, the spool directory a file
+        env["DYN_AUDIT_DURABILITY"] = "durable"
+        env["DYN_AUDIT_SPOOL_DIR"] = str(tmp_path / "keys.json")
     port = str(free_port())
     done = subprocess.run(
         [sys.executable, "-m", "auditgate", "serve", "--port", port, "--workers", str(workers)],
@@ -265,8 +271,35 @@ def test_a_configuration_error_at_startup_stops_serve_with_one_clear_line(
         "postgres": f'database "ag_missing_{unique}" does not exist',
         "keys": "auditgate: AUDITGATE_API_KEYS_FILE: cannot read",
         "store": f'database "ag_missing_{unique}" does not exist',
+        "spool": "auditgate: DYN_AUDIT_SPOOL_DIR=",
     }[sink]
     failures = [line for line in done.stderr.splitlines() if expected in line]
     assert len(failures) == workers, done.stderr  # once per serving process
     assert all(re.search(r" ERROR uvicorn\.error \[\d+\] auditgate: ", x) for x in failures)
     assert "Traceback" not in done.stderr
+
+
+def test_a_second_gateway_on_a_used_spool_refuses_to_start(tmp_path: Path) -> None:
+    """Two gateways must never write one spool: the second stops at startup with one line that
+    says what to do, and the first keeps serving."""
+    env = {
+        "DYN_AUDIT_ENABLED": "1",
+        "DYN_AUDIT_SINKS": "stderr",
+        "DYN_AUDIT_DURABILITY": "durable",
+        "DYN_AUDIT_SPOOL_DIR": str(tmp_path / "spool"),
+    }
+    with running_gateway(env, log_dir=tmp_path) as first:
+        done = subprocess.run(
+            [sys.executable, "-m", "auditgate", "serve", "--port", str(free_port())],
+            env={**{k: v for k, v in os.environ.items() if not k.startswith("DYN_")}, **env},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 3, done.stderr
+        assert "in use by other gateway processes" in done.stderr
+        assert "give this one its own DYN_AUDIT_SPOOL_DIR" in done.stderr
+        assert "Traceback" not in done.stderr
+        assert httpx.get(first.url + "/health").status_code == 200

@@ -48,7 +48,7 @@ from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import Envelope, Mode, decode_record
 from auditgate.audit.sink import Sink, Syncable
 from auditgate.audit.spool import Spool, SpoolError
-from auditgate.errors import UNDECODABLE
+from auditgate.errors import UNDECODABLE, ConfigError
 
 log = logging.getLogger("auditgate.audit")
 
@@ -140,8 +140,13 @@ class DurableBus:
         return self.spool.full
 
     async def start(self) -> None:
-        """Recover the spool (cut torn tails), open every sink, start the writer and readers."""
-        recovery = await asyncio.to_thread(self.spool.recover, self.sink_names)
+        """Recover the spool (cut torn tails), open every sink, start the writer and readers.
+        Raises :class:`ConfigError` when the spool directory cannot be used (a file, not
+        writable, every worker slot taken)."""
+        try:
+            recovery = await asyncio.to_thread(self.spool.recover, self.sink_names)
+        except (OSError, SpoolError) as exc:
+            raise ConfigError(f"DYN_AUDIT_SPOOL_DIR={str(self.spool.root)!r}: {exc}") from exc
         for cut in recovery.cuts:
             self.metrics.spool_corrupt.inc()
             self.metrics.spool_cut_bytes.inc(cut.removed)
