@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any
 
 import asyncpg
 
@@ -27,15 +27,6 @@ from auditgate.store import postgres as store
 from auditgate.store.schema import Row, row_from_record
 
 log = logging.getLogger("auditgate.sinks")
-
-UNREACHABLE: Final[tuple[type[BaseException], ...]] = (
-    OSError,  # refused, unreachable, DNS, TLS handshake
-    TimeoutError,
-    asyncpg.PostgresConnectionError,  # connection lost or never established
-    asyncpg.exceptions.OperatorInterventionError,  # starting up, shutting down
-    asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
-)
-"""Errors that mean "the server is down or busy right now": retried, never a startup error."""
 
 
 class PostgresSink:
@@ -105,7 +96,7 @@ class PostgresSink:
             raise ConfigError(f"PostgreSQL URL {self.url!r}: {self._hide(exc)}") from None
         try:
             await self._prepare()
-        except UNREACHABLE as exc:
+        except store.UNREACHABLE as exc:
             log.warning(
                 "postgres sink: %s unreachable (%s); starting anyway, writes will retry",
                 self.url,

@@ -30,6 +30,16 @@ from auditgate.store.schema import (
 
 log = logging.getLogger("auditgate.store")
 
+UNREACHABLE: Final[tuple[type[BaseException], ...]] = (
+    OSError,  # refused, unreachable, DNS, TLS handshake
+    TimeoutError,
+    asyncpg.PostgresConnectionError,  # connection lost or never established
+    asyncpg.exceptions.OperatorInterventionError,  # starting up, shutting down
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
+)
+"""Errors that mean "the server is down or busy right now": retried or
+answered with 503, never a startup error."""
+
 SCHEMES: Final = ("postgresql", "postgres")
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _PG_TYPES: Final = {

@@ -1,11 +1,11 @@
 """The PostgreSQL :class:`~auditgate.store.queries.Store` (asyncpg pool).
 
-:meth:`PostgresStore.open` connects once: a database that does not exist or refuses the
-credentials is a :class:`~auditgate.errors.ConfigError` (the gateway, ``export`` and ``stats``
-stop with that one line); a server that does not answer is not, so a gateway starts while its
-database is still down, and until it answers every call raises
-:class:`~auditgate.errors.ServiceUnavailableError` (503), as it does should the database go away
-later.  The schema is migrated on first use.  The URL may hold a password: reprs and messages
+:meth:`PostgresStore.open` connects once and migrates: a database that does not exist, a role
+or password it refuses, a schema it will not let us create is a
+:class:`~auditgate.errors.ConfigError` (the gateway, ``export`` and ``stats`` stop with that one
+line); a server that does not answer is not, so a gateway starts while its database is still
+down, and until it answers every call raises :class:`~auditgate.errors.ServiceUnavailableError`
+(503), as it does should the server go away later.  The URL may hold a password: reprs and messages
 show it redacted.
 """
 
@@ -39,18 +39,6 @@ from auditgate.store.schema import SELECT_COLUMNS, TABLE, column_update
 log = logging.getLogger("auditgate.store")
 
 _COLUMNS: Final = SELECT_COLUMNS + ", deleted_at"
-_DOWN: Final[tuple[type[BaseException], ...]] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
-)
-_REFUSED: Final[tuple[type[BaseException], ...]] = (
-    asyncpg.exceptions.InvalidCatalogNameError,  # no such database
-    asyncpg.exceptions.InvalidAuthorizationSpecificationError,  # no such role, bad password
-)
-"""Answers that say the URL is wrong, not that the server is down."""
 
 
 class PostgresStore:
@@ -77,17 +65,14 @@ class PostgresStore:
             message = db.hide_password(str(exc), self._dsn)
             raise ConfigError(f"PostgreSQL store {db.redact_dsn(self._dsn)!r}: {message}") from None
         try:
-            async with self._connection():
-                pass  # connected and migrated
-        except ServiceUnavailableError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, _REFUSED):
-                await self.close()
-                message = db.hide_password(f"{type(cause).__name__}: {cause}", self._dsn)
-                raise ConfigError(
-                    f"PostgreSQL store {db.redact_dsn(self._dsn)!r}: {message}"
-                ) from None
-            log.warning("%s (calls answer 503 until it is back)", exc)
+            async with self._pool.acquire() as conn:
+                await self._ensure_ready(conn)
+        except db.UNREACHABLE as exc:
+            log.warning("%s (calls answer 503 until it is back)", _unavailable(self, exc))
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:  # no such database, ...
+            await self.close()
+            message = db.hide_password(f"{type(exc).__name__}: {exc}", self._dsn)
+            raise ConfigError(f"PostgreSQL store {db.redact_dsn(self._dsn)!r}: {message}") from None
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -194,14 +179,14 @@ class _Connection:
         try:
             self._conn = await self._store._pool.acquire()
             await self._store._ensure_ready(self._conn)
-        except (*_DOWN, *_REFUSED) as exc:
+        except db.UNREACHABLE as exc:
             await self._release()
-            raise _unavailable(self._store, exc) from exc
+            raise _unavailable(self._store, exc) from None
         return self._conn
 
     async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
         await self._release()
-        if isinstance(exc, _DOWN + _REFUSED):
+        if isinstance(exc, db.UNREACHABLE):
             raise _unavailable(self._store, exc) from None
 
     async def _release(self) -> None:
