@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from pathlib import Path
 
 import pytest
 
-from tests.support.gateway import free_port
+from tests.support.gateway import serve_until_exit
 
 
 @pytest.mark.parametrize(
@@ -22,18 +21,11 @@ from tests.support.gateway import free_port
     ],
 )
 def test_a_bad_setting_is_exit_2_and_one_line(
-    args: list[str], env: dict[str, str], message: str
+    tmp_path: Path, args: list[str], env: dict[str, str], message: str
 ) -> None:
     """Checked before anything starts: exit code 2, one line on stderr that names the setting
     (a port of 99999 used to be served on 99999 % 65536)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "auditgate", "serve", "--port", str(free_port()), *args],
-        env={"PATH": "/usr/bin:/bin", **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = serve_until_exit(env, args, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("auditgate: configuration error: ") and message in line, line

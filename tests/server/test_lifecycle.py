@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import openai
 import pytest
 
 from tests.conftest import PG_ADMIN_DSN
-from tests.support.gateway import free_port, running_gateway, start_gateway
+from tests.support.gateway import running_gateway, serve_until_exit, start_gateway
 from tests.support.server import audit_env, gateway
 
 MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
@@ -235,19 +234,17 @@ def test_a_configuration_error_at_startup_stops_serve_with_one_clear_line(
 ) -> None:
     """A configuration error found at startup (an SQLite path that is a directory, a PostgreSQL
     database that does not exist, as a sink or as the store, an unreadable API keys file, a
-    spool directory that is a file) ends
-    ``serve`` with exit code 3 and a one-line message naming the problem, not a traceback —
-    with ``--workers N`` too, where uvicorn alone exited 0 (a sink) or restarted the workers
-    forever (the keys file)."""
+    spool directory that is a file) ends ``serve`` with exit code 3 and a one-line message
+    naming the problem, not a traceback — with ``--workers N`` too, where uvicorn alone exited
+    0 (a sink) or restarted the workers forever (the keys file)."""
     (tmp_path / "dir.db").mkdir()
     (tmp_path / "keys.json").write_text("{")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DYN_", "AUDITGATE_"))}
-    env.update(
-        DYN_AUDIT_ENABLED="1",
-        DYN_AUDIT_SINKS="stderr" if sink in ("keys", "store", "spool") else sink,
-        DYN_AUDIT_SQLITE_PATH=str(tmp_path / "dir.db"),
-        DYN_AUDIT_POSTGRES_URL=f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/ag_missing_{unique}",
-    )
+    env = {
+        "DYN_AUDIT_ENABLED": "1",
+        "DYN_AUDIT_SINKS": "stderr" if sink in ("keys", "store", "spool") else sink,
+        "DYN_AUDIT_SQLITE_PATH": str(tmp_path / "dir.db"),
+        "DYN_AUDIT_POSTGRES_URL": f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/ag_missing_{unique}",
+    }
     if sink == "keys":
         env["AUDITGATE_API_KEYS_FILE"] = str(tmp_path / "keys.json")
     if sink == "store":  # the stored-completions store, without a postgres sink
@@ -255,16 +252,7 @@ def test_a_configuration_error_at_startup_stops_serve_with_one_clear_line(
     if sink == "spool":  # durable mode, the spool directory a file
         env["DYN_AUDIT_DURABILITY"] = "durable"
         env["DYN_AUDIT_SPOOL_DIR"] = str(tmp_path / "keys.json")
-    port = str(free_port())
-    done = subprocess.run(
-        [sys.executable, "-m", "auditgate", "serve", "--port", port, "--workers", str(workers)],
-        check=False,
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = serve_until_exit(env, ["--workers", str(workers)], cwd=tmp_path)
     assert done.returncode == 3, done.stderr
     expected = {
         "sqlite": "auditgate: DYN_AUDIT_SQLITE_PATH=",
@@ -289,15 +277,7 @@ def test_a_second_gateway_on_a_used_spool_refuses_to_start(tmp_path: Path) -> No
         "DYN_AUDIT_SPOOL_DIR": str(tmp_path / "spool"),
     }
     with running_gateway(env, log_dir=tmp_path) as first:
-        done = subprocess.run(
-            [sys.executable, "-m", "auditgate", "serve", "--port", str(free_port())],
-            env={**{k: v for k, v in os.environ.items() if not k.startswith("DYN_")}, **env},
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = serve_until_exit(env, cwd=tmp_path)
         assert done.returncode == 3, done.stderr
         assert "in use by other gateway processes" in done.stderr
         assert "give this one its own DYN_AUDIT_SPOOL_DIR" in done.stderr

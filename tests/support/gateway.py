@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 
@@ -50,6 +50,30 @@ class Gateway:
             raise AssertionError(f"gateway did not exit within {timeout}s:\n{self.log()}") from None
 
 
+def clean_env(env: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment without audit or gateway settings, plus ``env``."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DYN_", "AUDITGATE_"))}
+    clean.update(env)
+    return clean
+
+
+def serve_until_exit(
+    env: Mapping[str, str], args: Sequence[str] = (), *, cwd: Path, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``auditgate serve`` on a free loopback port (``env`` added to a clean environment)
+    until it exits by itself — as one that must refuse to start does; output captured."""
+    argv = ["serve", "--host", "127.0.0.1", "--port", str(free_port()), *args]
+    return subprocess.run(
+        [sys.executable, "-m", "auditgate", *argv],
+        env=clean_env(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def start_gateway(
     env: Mapping[str, str],
     args: list[str] | None = None,
@@ -60,14 +84,12 @@ def start_gateway(
 ) -> Gateway:
     """Start ``auditgate serve`` with ``env`` added to a clean environment; wait for /health."""
     port = port or free_port()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DYN_", "AUDITGATE_"))}
-    clean.update(env)
     log_path = log_dir / f"gateway-{port}.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "auditgate", "serve", "--host", "127.0.0.1", "--port", str(port)]
             + (args or []),
-            env=clean,
+            env=clean_env(env),
             stdout=log_file,
             stderr=subprocess.STDOUT,
             cwd=log_dir,
