@@ -90,7 +90,8 @@ async def publish_all(bus: DurableBus, seqs: range) -> None:
 
 
 def test_frames_round_trip_and_report_the_first_bad_frame() -> None:
-    """Valid frames parse back whole; torn, corrupt and zero-filled tails stop the parse there."""
+    """Valid frames parse back whole; torn, corrupt and zero-filled frames stop the parse there;
+    zeros to the end (the writer's zeros ahead of its records) are a clean end."""
     a, b = encode_frame(b'{"a":1}', 5), encode_frame(b'{"b":2}', 6)
     frames, used, problem = parse_frames(a + b, 3, 100, 10)
     assert [(f.payload, f.appended_ms, f.start, f.end) for f in frames] == [
@@ -103,7 +104,9 @@ def test_frames_round_trip_and_report_the_first_bad_frame() -> None:
     assert parse_frames(bytes(flipped), 0, 0, 10)[1:] == (len(a), "checksum mismatch")
     assert parse_frames(a + b[:-3], 0, 0, 10)[1:] == (len(a), "torn frame (4 of 7 bytes)")
     assert parse_frames(a + b[:5], 0, 0, 10)[1:] == (len(a), "torn header (5 of 16 bytes)")
-    assert parse_frames(a + bytes(HEADER.size + 8), 0, 0, 10)[1:] == (len(a), "bad length 0")
+    assert parse_frames(a + bytes(HEADER.size + 8), 0, 0, 10)[1:] == (len(a), None)
+    assert parse_frames(a + bytes(1 << 20) + b, 0, 0, 10)[1:] == (len(a), "bad length 0")
+    assert parse_frames(a + bytes(HEADER.size) + b"\x01", 0, 0, 10)[1:] == (len(a), "bad length 0")
 
 
 async def test_group_commit_makes_many_records_durable_per_fsync(harness: Harness) -> None:
@@ -213,6 +216,73 @@ def test_the_writer_writes_batches_at_their_offsets(tmp_path: Path) -> None:
     (tmp_path / f"{4:016d}.seg").mkdir()
     with pytest.raises(IsADirectoryError):
         files.write(4, 0, memoryview(b"x"))
+
+
+def test_the_writer_puts_zeros_ahead_of_its_records_and_cuts_them_when_it_seals(
+    tmp_path: Path,
+) -> None:
+    """While idle the writer extends the live segment with zeros (synced: later commits change
+    no metadata), never over a record, never past the segment size; moving to the next segment
+    cuts them off.  Without sync (tests only) there is nothing to gain: no zeros."""
+    step = writer.ZERO_STEP
+    files = writer.Writer(str(tmp_path), segment_bytes=step + 100)
+    path = tmp_path / f"{3:016d}.seg"
+    files.prepare()  # no segment yet: nothing to do
+    assert list(tmp_path.glob("*.seg")) == []
+    files.write(3, 0, memoryview(b"abc"))
+    files.commit()
+    files.prepare()
+    assert path.stat().st_size == 3 + step
+    files.write(3, 3, memoryview(b"def"))
+    files.commit()
+    files.prepare()  # more than half a step still ahead
+    assert path.stat().st_size == 3 + step
+    big = os.urandom(step // 2)
+    files.write(3, 6, memoryview(big))
+    files.commit()
+    files.prepare()  # less than half left: the next step, up to the segment size
+    assert path.stat().st_size == step + 100
+    data = path.read_bytes()
+    assert data[: 6 + len(big)] == b"abcdef" + big and not any(data[6 + len(big) :])
+    files.write(4, 0, memoryview(b"x"))
+    assert path.read_bytes() == b"abcdef" + big
+    files.commit()
+    files.prepare()
+    files.seal()
+    assert (tmp_path / f"{4:016d}.seg").read_bytes() == b"x"
+    (tmp_path / "unsynced").mkdir()
+    unsynced = writer.Writer(str(tmp_path / "unsynced"), sync=False, segment_bytes=step)
+    unsynced.write(0, 0, memoryview(b"abc"))
+    unsynced.prepare()
+    assert (tmp_path / "unsynced" / f"{0:016d}.seg").stat().st_size == 3
+
+
+def test_zeros_the_writer_cannot_sync_cost_nothing_but_speed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A failing ``prepare`` (disk full) is reported once for the segment and records go on
+    being written and committed over whatever it left; the next segment tries again."""
+    files = writer.Writer(str(tmp_path), segment_bytes=4096)
+    files.write(0, 0, memoryview(b"abc"))
+    files.commit()
+
+    def full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fdatasync", full)
+        files.prepare()
+        files.prepare()
+    assert capsys.readouterr().err.count("cannot put zeros ahead of records") == 1
+    files.write(0, 3, memoryview(b"def"))
+    files.commit()
+    files.prepare()
+    files.write(1, 0, memoryview(b"x"))
+    files.commit()
+    files.prepare()
+    assert (tmp_path / f"{0:016d}.seg").read_bytes() == b"abcdef"
+    assert (tmp_path / f"{1:016d}.seg").stat().st_size == 4096
+    assert capsys.readouterr().err == ""
 
 
 async def test_commit_resolves_only_after_the_frame_is_on_disk(harness: Harness) -> None:
@@ -393,6 +463,34 @@ async def test_a_torn_or_corrupt_tail_is_cut_reported_and_the_rest_replayed(
         if damage == "truncated"
         else f"audit spool: {reason}"
     ]
+
+
+async def test_zeros_left_by_a_crash_are_the_end_of_a_segment_not_damage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Power lost while the writer's zeros were ahead of its records: recovery reads them as
+    the end of the segment (nothing reported cut), replays every record, cuts the zeros off."""
+    first = Harness(tmp_path)
+    first.sink.fail = ConnectionError("down")
+    await first.bus.start()
+    await publish_all(first.bus, range(10))
+    path = _segment_file(tmp_path)
+    records = 10 * (len(envelope(0).json) + HEADER.size)
+    deadline = time.monotonic() + 5
+    while path.stat().st_size == records and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)  # the idle writer puts its zeros ahead
+    assert path.stat().st_size == first.spool.segment_bytes
+    monkeypatch.setattr(first.spool, "_cut_uncommitted", lambda: None)  # it died as well
+    os.kill(_writer(first.spool), signal.SIGKILL)
+    await first.bus.close(0.1)
+    assert path.stat().st_size == first.spool.segment_bytes
+    second = Harness(tmp_path)
+    await second.bus.start()
+    assert await second.bus.flush(5.0)
+    await second.bus.close(2.0)
+    assert ids(second.sink) == [f"req-{i:06d}" for i in range(10)]
+    assert second.value("auditgate_audit_spool_corrupt_tails_total") == 0.0
+    assert [r.message for r in caplog.records if "cut" in r.message] == []
 
 
 async def test_full_spool_refuses_full_records_drops_usage_and_recovers(tmp_path: Path) -> None:

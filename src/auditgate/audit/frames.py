@@ -2,8 +2,10 @@
 
 A frame is ``length:u32 crc:u32 appended_ms:u64`` (little-endian) then ``length`` bytes of the
 record's JSON; ``crc`` is CRC-32 over ``appended_ms`` and the JSON, so a torn, zero-filled or
-flipped frame never passes as a record.  Positions name a byte in the spool: a segment index
-and an offset in that segment.
+flipped frame never passes as a record.  A segment may end in zeros (the writer extends it with
+zeros ahead of its records): a run of zeros to the end of the data is the clean end of the
+frames, zeros followed by anything else are damage.  Positions name a byte in the spool: a
+segment index and an offset in that segment.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def parse_frames(
 
     Returns ``(frames, consumed, problem)``: ``consumed`` bytes hold whole valid frames; a
     ``problem`` describes the first bad frame (``None`` when the data ends cleanly or
-    ``max_records`` was reached).  An incomplete frame at the very end is reported as torn.
+    ``max_records`` was reached, or only zeros follow).  An incomplete frame at the very end is
+    reported as torn.
     """
     frames: list[Frame] = []
     pos, size = 0, len(data)
@@ -64,6 +67,8 @@ def parse_frames(
         if size - pos < HEADER.size:
             return frames, pos, f"torn header ({size - pos} of {HEADER.size} bytes)"
         length, crc, stamp = HEADER.unpack_from(data, pos)
+        if length == 0 and data.count(0, pos) == size - pos:
+            return frames, pos, None  # zeros to the end: the unwritten rest of the segment
         if length == 0 or length > MAX_FRAME:
             return frames, pos, f"bad length {length}"
         end = pos + HEADER.size + length

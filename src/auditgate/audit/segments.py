@@ -3,7 +3,9 @@
 Layout of a spool directory:
 
 - ``NNNNNNNNNNNNNNNN.seg`` — append-only segments of frames, one per record
-  (:mod:`auditgate.audit.frames`: length, CRC-32, append time, the record's JSON).
+  (:mod:`auditgate.audit.frames`: length, CRC-32, append time, the record's JSON); the live
+  one may end in zeros the writer put ahead of its records (``Writer.prepare`` in
+  :mod:`auditgate.audit.writer`), cut off when it is sealed and at recovery.
 - ``cursor.<sink>.json`` — how far a sink has stored, ``{"segment": n, "offset": o}``.
 - ``owner.lock`` (the owning gateway process) and ``writer.lock`` (its writer process): ``flock``
   locks, so two processes never write one spool.  With ``--workers N`` each worker owns the
@@ -175,8 +177,9 @@ def save_cursor(directory: Path, sink: str, position: Position) -> None:
 
 def recover(directory: Path, sinks: Sequence[str]) -> Recovery:
     """Check every segment some sink still needs, cut each at its first torn or corrupt frame
-    (truncate, log, report), delete the segments every sink has passed, and count each sink's
-    backlog.  New records go to a new segment after the last one found."""
+    (truncate, log, report) or where only zeros follow (truncate), delete the segments every
+    sink has passed, and count each sink's backlog.  New records go to a new segment after
+    the last one found."""
     found = sorted(
         int(p.name[: -len(SUFFIX)])
         for p in directory.iterdir()
@@ -208,6 +211,7 @@ def recover(directory: Path, sinks: Sequence[str]) -> Recovery:
                 cut.removed,
                 len(frames),
             )
+        if valid < len(data):  # a cut, or the zeros the writer had put ahead of its records
             with path.open("r+b") as f:
                 f.truncate(valid)
                 os.fsync(f.fileno())

@@ -357,7 +357,9 @@ class Spool:
         assert self._loop is not None
         mine, theirs = socket.socketpair()
         argv = [sys.executable, "-m", "auditgate.audit.writer", str(self.directory),
-                str(theirs.fileno())] + ([] if self.sync else ["--no-sync"])  # fmt: skip
+                str(theirs.fileno()), f"--segment-bytes={self.segment_bytes}"]  # fmt: skip
+        if not self.sync:
+            argv.append("--no-sync")
         try:
             self._process = await asyncio.create_subprocess_exec(
                 *argv, pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL
