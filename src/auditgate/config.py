@@ -264,6 +264,8 @@ class GatewaySettings:
     """gRPC port (off when unset)."""
     max_body_bytes: int = 8 << 20
     """Largest request body accepted; larger bodies get 413."""
+    body_timeout_s: float = 60.0
+    """Time allowed for a request body to arrive once its headers did; then 408."""
     mock_ttft_ms: float = 0.0
     """Mock engine: delay before the first token."""
     mock_itl_ms: float = 0.0
@@ -304,6 +306,7 @@ class GatewaySettings:
             store_url=env.optional("AUDITGATE_STORE_URL"),
             grpc_port=grpc,
             max_body_bytes=env.req_int("AUDITGATE_MAX_BODY_BYTES", 8 << 20, minimum=1024),
+            body_timeout_s=env.number("AUDITGATE_BODY_TIMEOUT", 60.0, low=1, high=3600),
             mock_ttft_ms=env.number("AUDITGATE_MOCK_TTFT_MS", 0.0, low=0.0, high=600_000),
             mock_itl_ms=env.number("AUDITGATE_MOCK_ITL_MS", 0.0, low=0.0, high=600_000),
             drain_timeout_s=env.number("AUDITGATE_DRAIN_TIMEOUT", 10.0, low=0.0, high=3600),

@@ -32,6 +32,8 @@ class APIError(AuditgateError):
 
     status_code: ClassVar[int] = 500
     error_type: ClassVar[str] = "server_error"
+    close_connection: ClassVar[bool] = False
+    """Close the connection after this error (the request was not read to its end)."""
 
     def __init__(
         self,
@@ -86,6 +88,14 @@ class PayloadTooLargeError(APIError):
 
     status_code = 413
     error_type = "invalid_request_error"
+
+
+class RequestTimeoutError(APIError):
+    """The request body did not arrive in time (408); the connection is closed after it."""
+
+    status_code = 408
+    error_type = "invalid_request_error"
+    close_connection = True
 
 
 class UpstreamError(APIError):

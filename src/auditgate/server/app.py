@@ -35,7 +35,15 @@ from auditgate.config import GatewaySettings, Settings
 from auditgate.engines.base import Engine
 from auditgate.errors import APIError, ConfigError, InvalidRequestError, NotFoundError
 from auditgate.pipeline.chat import ChatPipeline
-from auditgate.server.asgi import ASGIApp, Receive, Scope, Send, header, send_error
+from auditgate.server.asgi import (
+    ASGIApp,
+    BodyDeadlines,
+    Receive,
+    Scope,
+    Send,
+    header,
+    send_error,
+)
 from auditgate.server.chat import ENDPOINT, ChatHandler
 from auditgate.server.completions import CompletionsAPI
 from auditgate.server.headers import HeaderCapture
@@ -135,6 +143,7 @@ class Gateway:
         self._checkpoints: asyncio.Task[None] | None = None
         self.pipeline = ChatPipeline(self.engine, self.auditor)
         self.header_capture = HeaderCapture.build(audit.header_capture)
+        self.body_deadlines = BodyDeadlines(settings.gateway.body_timeout_s)
         keys_file = settings.gateway.api_keys_file
         self.keys: KeyRing | None = KeyRing.load(keys_file) if keys_file else None
         url = store_url_of(settings)
@@ -316,7 +325,12 @@ class GatewayApp:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.chat = ChatHandler(gateway)
-        self.completions = CompletionsAPI(gateway.store, principal_of)
+        self.completions = CompletionsAPI(
+            gateway.store,
+            principal_of,
+            max_body_bytes=gateway.settings.gateway.max_body_bytes,
+            deadlines=gateway.body_deadlines,
+        )
         self.router = self._router()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -411,7 +425,8 @@ class GatewayApp:
 
     async def _api_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, APIError)
-        return JSONResponse(exc.to_dict(), status_code=exc.status_code)
+        headers = {"connection": "close"} if exc.close_connection else None
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
 
     async def _http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

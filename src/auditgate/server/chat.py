@@ -92,7 +92,7 @@ class ChatHandler:
             metrics.observe(ENDPOINT, status, time.perf_counter() - started)
 
     async def _parse(self, scope: Scope, receive: Receive, request_id: str) -> ChatCall:
-        raw = await read_body(scope, receive, self.limit)
+        raw = await read_body(scope, receive, self.limit, self.gateway.body_deadlines)
         body = parse_body(raw)
         params = validate_chat(body)
         error = bad_stream_request(params)

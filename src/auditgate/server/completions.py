@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from auditgate.auth.keys import Principal
 from auditgate.errors import UNDECODABLE, InvalidRequestError, NotFoundError
 from auditgate.pipeline.request import validate_metadata
+from auditgate.server.asgi import BodyDeadlines, ClientGone, read_body
 from auditgate.store.queries import CursorNotFound, Filter, Order, Store, Stored
 
 DEFAULT_LIMIT: Final = 20
@@ -86,9 +87,18 @@ def store_message(response_id: str, index: int, message: Any) -> dict[str, Any]:
 class CompletionsAPI:
     """Route handlers; ``store`` is ``None`` when no store is configured (every call is a 400)."""
 
-    def __init__(self, store: Store | None, principal_of: Any) -> None:
+    def __init__(
+        self,
+        store: Store | None,
+        principal_of: Any,
+        *,
+        max_body_bytes: int = 8 << 20,
+        deadlines: BodyDeadlines | None = None,
+    ) -> None:
         self.store = store
         self._principal_of = principal_of
+        self._max_body_bytes = max_body_bytes
+        self._deadlines = deadlines
 
     def _open(self, request: Request) -> tuple[Store, str | None]:
         if self.store is None:
@@ -148,7 +158,13 @@ class CompletionsAPI:
     async def update(self, request: Request) -> Response:
         store, tenant = self._open(request)
         completion_id = request.path_params["completion_id"]
-        metadata = parse_update(await request.body())
+        try:
+            raw = await read_body(
+                request.scope, request.receive, self._max_body_bytes, self._deadlines
+            )
+        except ClientGone:
+            return Response(status_code=499)  # nobody to answer: no error, no log
+        metadata = parse_update(raw)
         stored = await store.update_metadata(completion_id, tenant, metadata)
         if stored is None:
             raise _not_found(completion_id)
