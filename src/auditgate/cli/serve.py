@@ -118,14 +118,17 @@ def _serve(args: argparse.Namespace, gw: GatewaySettings) -> int:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    config = uvicorn.Config(
+    from auditgate.server.protocol import GatewayConfig
+
+    config = GatewayConfig(
         "auditgate.server.app:app_from_env",
         factory=True,
         host=gw.host,
         port=gw.port,
         workers=gw.workers if gw.workers > 1 else None,
         loop="uvloop",
-        http="httptools",
+        http="auditgate.server.protocol:BoundedHttpToolsProtocol",
+        max_head_bytes=gw.max_header_bytes,
         lifespan="on",
         access_log=False,
         log_config=None,
