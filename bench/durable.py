@@ -21,6 +21,9 @@ back-to-back rounds scatter by ±10.  Latency in this method is that of a fracti
 the default method for absolute req/s and p99.  Needs a writable cgroup ``cpu`` controller (v1
 ``/sys/fs/cgroup/cpu`` or v2), i.e. root on most machines.
 
+``--set KEY=VALUE``: a server setting for every arm (``AUDITGATE_MOCK_TTFT_MS=20
+AUDITGATE_MOCK_ITL_MS=1`` for token-by-token streams at a model's pace).
+
 ``--multiprocess-metrics``: also run both modes with Prometheus' multiprocess mode on (as every
 ``serve --workers N`` process runs: each metric update goes to an mmap'd file), arms
 ``best_effort+mpm`` and ``durable+mpm``; their cost is against plain ``best_effort``.
@@ -115,10 +118,15 @@ def durability_of(arm: str) -> str:
 
 
 def start(
-    sink: str, arm: str, work: Path, source: str | None, group: CpuGroup | None = None
+    sink: str,
+    arm: str,
+    work: Path,
+    source: str | None,
+    group: CpuGroup | None = None,
+    settings: dict[str, str] | None = None,
 ) -> Gateway:
-    """A gateway for ``arm`` with its files under ``work``, pinned (with every child process)
-    to CPU 0, and moved into ``group`` when given."""
+    """A gateway for ``arm`` with its files under ``work`` and ``settings`` (``--set``) added,
+    pinned (with every child process) to CPU 0, and moved into ``group`` when given."""
     mode = durability_of(arm)
     if arm.endswith(MPM):  # a fresh directory, as serve makes for --workers N
         metrics_dir = work / "metrics"
@@ -134,6 +142,7 @@ def start(
         "DYN_AUDIT_SPOOL_DIR": str(work / f"spool-{mode}"),
         "AUDITGATE_LOG_LEVEL": "warning",
         **sink_env(sink, mode, work),
+        **(settings or {}),
     }
     gateway = start_gateway(env, log_dir=work)
     try:
@@ -182,7 +191,7 @@ def run_once(
     sink: str, mode: str, stream: bool, a: argparse.Namespace, work: Path, source: str | None
 ) -> dict[str, Any]:
     """One arm alone: start, load, measure, stop."""
-    gateway = start(sink, mode, work, source)
+    gateway = start(sink, mode, work, source, settings=a.settings)
     spy = None
     try:
         loadgen = load(gateway, stream, a)
@@ -220,7 +229,7 @@ def run_together(
             arm_work = work / f"arm-{index}"
             arm_work.mkdir()
             groups.append(CpuGroup(f"agbench-{os.getpid()}-{index}"))
-            gateways.append(start(sink, arm, arm_work, source, groups[-1]))
+            gateways.append(start(sink, arm, arm_work, source, groups[-1], a.settings))
         loads = [load(gateway, stream, a) for gateway in gateways]
         time.sleep(a.warmup)
         before = [thread_cpu(gateway.process.pid) for gateway in gateways]
@@ -299,11 +308,19 @@ def main() -> None:
         help="run the arms of a round at the same time, in equal cpu cgroups (see above)",
     )
     p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a server setting for every arm, e.g. AUDITGATE_MOCK_ITL_MS=1 (repeatable)",
+    )
+    p.add_argument(
         "--multiprocess-metrics",
         action="store_true",
         help="also run both modes with Prometheus multiprocess metrics (as --workers N does)",
     )
     a = p.parse_args()
+    a.settings = dict(kv.split("=", 1) for kv in a.set)
     runs: list[dict[str, Any]] = []
     a.runs = runs
     variants = [tuple(v.split("=", 1)) for v in a.variant]
