@@ -266,6 +266,8 @@ class GatewaySettings:
     """Largest request body accepted; larger bodies get 413."""
     max_header_bytes: int = 64 << 10
     """Largest request line and headers accepted; a larger head gets 431 (``serve`` only)."""
+    header_timeout_s: float = 30.0
+    """Time allowed for a request line and headers to arrive; then 408 (``serve`` only)."""
     body_timeout_s: float = 60.0
     """Time allowed for a request body to arrive once its headers did; then 408."""
     mock_ttft_ms: float = 0.0
@@ -309,6 +311,7 @@ class GatewaySettings:
             grpc_port=grpc,
             max_body_bytes=env.req_int("AUDITGATE_MAX_BODY_BYTES", 8 << 20, minimum=1024),
             max_header_bytes=env.req_int("AUDITGATE_MAX_HEADER_BYTES", 64 << 10, minimum=1024),
+            header_timeout_s=env.number("AUDITGATE_HEADER_TIMEOUT", 30.0, low=1, high=3600),
             body_timeout_s=env.number("AUDITGATE_BODY_TIMEOUT", 60.0, low=1, high=3600),
             mock_ttft_ms=env.number("AUDITGATE_MOCK_TTFT_MS", 0.0, low=0.0, high=600_000),
             mock_itl_ms=env.number("AUDITGATE_MOCK_ITL_MS", 0.0, low=0.0, high=600_000),

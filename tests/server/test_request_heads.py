@@ -1,10 +1,12 @@
-"""Request heads (request line and headers) have a size limit: uvicorn's httptools protocol
-buffers a head of any size, so ``serve`` bounds it (``AUDITGATE_MAX_HEADER_BYTES``)."""
+"""Request heads (request line and headers) have a size and a time limit: uvicorn's httptools
+protocol buffers a head of any size and waits for it for ever, so ``serve`` bounds both
+(``AUDITGATE_MAX_HEADER_BYTES``, ``AUDITGATE_HEADER_TIMEOUT``)."""
 
 from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,11 +19,15 @@ from auditgate.errors import ConfigError
 from tests.support.gateway import Gateway, running_gateway
 
 LIMIT = 16384
+HEAD_TIMEOUT_S = 2
 
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    env = {"AUDITGATE_MAX_HEADER_BYTES": str(LIMIT)}
+    env = {
+        "AUDITGATE_MAX_HEADER_BYTES": str(LIMIT),
+        "AUDITGATE_HEADER_TIMEOUT": str(HEAD_TIMEOUT_S),
+    }
     with running_gateway(env, log_dir=tmp_path_factory.mktemp("heads")) as gateway:
         yield gateway
 
@@ -106,8 +112,57 @@ def test_every_worker_process_has_the_limit(tmp_path: Path) -> None:
         assert httpx.get(gw.url + "/health").status_code == 200
 
 
-def test_the_head_limit_is_a_setting() -> None:
-    assert GatewaySettings.from_env({}).max_header_bytes == 64 << 10
+def wait_for_close(sock: socket.socket) -> tuple[bytes, float]:
+    """What the server sends until it closes the connection, and after how many seconds."""
+    started = time.monotonic()
+    data = b""
+    while part := sock.recv(65536):
+        data += part
+    return data, time.monotonic() - started
+
+
+def test_a_connection_that_sends_nothing_is_closed_after_the_head_timeout(gw: Gateway) -> None:
+    """Open and silent: closed, without an answer (nobody asked anything)."""
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=15) as sock:
+        data, elapsed = wait_for_close(sock)
+    assert data == b""
+    assert HEAD_TIMEOUT_S <= elapsed < HEAD_TIMEOUT_S + 5
+
+
+@pytest.mark.parametrize("earlier", [False, True])
+def test_a_head_that_stops_coming_gets_a_408(gw: Gateway, earlier: bool) -> None:
+    """Half a request line, first on the connection or after a complete request on it: a 408
+    in OpenAI's error shape, then the connection is closed."""
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=15) as sock:
+        if earlier:
+            sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+        sock.sendall(b"POST /v1/chat/comp")
+        data, elapsed = wait_for_close(sock)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ")
+    error = json.loads(body)["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "request_timeout")
+    assert f"within {HEAD_TIMEOUT_S:g} seconds" in error["message"]
+    assert HEAD_TIMEOUT_S <= elapsed < HEAD_TIMEOUT_S + 5
+
+
+def test_a_slow_head_that_arrives_in_time_is_served(gw: Gateway) -> None:
+    """A head trickling in well within the timeout is answered as usual."""
+    head = b"GET /health HTTP/1.1\r\nhost: x\r\nx-slow: yes\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=15) as sock:
+        for start in range(0, len(head), 8):
+            sock.sendall(head[start : start + 8])
+            time.sleep(HEAD_TIMEOUT_S / 20)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+
+
+def test_the_head_limits_are_settings() -> None:
+    defaults = GatewaySettings.from_env({})
+    assert (defaults.max_header_bytes, defaults.header_timeout_s) == (64 << 10, 30.0)
     assert GatewaySettings.from_env({"AUDITGATE_MAX_HEADER_BYTES": "4096"}).max_header_bytes == 4096
+    assert GatewaySettings.from_env({"AUDITGATE_HEADER_TIMEOUT": "5"}).header_timeout_s == 5.0
     with pytest.raises(ConfigError, match="AUDITGATE_MAX_HEADER_BYTES"):
         GatewaySettings.from_env({"AUDITGATE_MAX_HEADER_BYTES": "100"})
+    with pytest.raises(ConfigError, match="AUDITGATE_HEADER_TIMEOUT"):
+        GatewaySettings.from_env({"AUDITGATE_HEADER_TIMEOUT": "0.5"})

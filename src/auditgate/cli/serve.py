@@ -129,6 +129,7 @@ def _serve(args: argparse.Namespace, gw: GatewaySettings) -> int:
         loop="uvloop",
         http="auditgate.server.protocol:BoundedHttpToolsProtocol",
         max_head_bytes=gw.max_header_bytes,
+        head_timeout_s=gw.header_timeout_s,
         lifespan="on",
         access_log=False,
         log_config=None,

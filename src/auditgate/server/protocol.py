@@ -1,34 +1,45 @@
-"""uvicorn's httptools protocol with a bound on the size of a request's head.
+"""uvicorn's httptools protocol with bounds on a request's head: its size and its time.
 
 httptools, and uvicorn on top of it, accept a request line and headers of any size and buffer
 them until the blank line that ends them: one client sending a header that never ends grew the
-gateway by as much as it sent (measured: 300 MiB of one header, +350 MB resident).  uvicorn's
-h11 protocol has a limit but parses several times slower.  So ``serve`` runs this subclass: once
-the bytes of a head that is not complete yet pass ``AUDITGATE_MAX_HEADER_BYTES``, the client
-gets a 431 in OpenAI's error shape and the connection is closed.
+gateway by as much as it sent (measured: 300 MiB of one header, +350 MB resident).  Nor does
+uvicorn time a head out: a connection that sends nothing, or half a request line, stays open
+for ever (its keep-alive timer runs only between requests), so a few thousand of them use up
+the process's file descriptors.  uvicorn's h11 protocol bounds the size but parses several
+times slower.  So ``serve`` runs :class:`BoundedHttpToolsProtocol`:
 
-Counting happens per received chunk, after the parser took it: a chunk after which the head is
-still incomplete was head (apart from the end of a previous request's body sent in the same
-chunk by a pipelining client, counted too: the limit is far above any real head for that), and
-a chunk that completes the head is not counted at all, so a large body sent right behind its
-headers is never mistaken for them.
+- once the bytes of a head that is not complete yet pass ``AUDITGATE_MAX_HEADER_BYTES``, the
+  client gets a 431 in OpenAI's error shape and the connection is closed;
+- a head not complete ``AUDITGATE_HEADER_TIMEOUT`` seconds after the connection opened or the
+  head's first bytes came gets a 408 (a connection that sent nothing is just closed).
+
+Both are read from uvicorn's state after each received chunk: a request has begun (uvicorn made
+its scope) and its head is not complete (no request cycle for that scope yet).  A chunk that
+completes its head is not counted, so a body sent right behind its headers is never taken for
+them (bytes of a previous request's body in the same chunk as the next head, from a pipelining
+client, are counted: the limit is far above any real head).  A head that arrives whole in one
+chunk, the usual case, costs one check and no timer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any, Final
+import math
+from typing import Any, ClassVar, Final
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from auditgate.errors import APIError
-from auditgate.server.asgi import encode_json
+from auditgate.errors import APIError, RequestTimeoutError
+from auditgate.server.asgi import SWEEP_S, encode_json
 
 log = logging.getLogger("auditgate.server")
 
 DEFAULT_MAX_HEAD_BYTES: Final = 64 << 10
 """``AUDITGATE_MAX_HEADER_BYTES`` by default (Node.js: 16 KiB; nginx: 4 × 8 KiB buffers)."""
+DEFAULT_HEAD_TIMEOUT_S: Final = 30.0
+"""``AUDITGATE_HEADER_TIMEOUT`` by default."""
 
 
 class HeaderFieldsTooLargeError(APIError):
@@ -40,55 +51,117 @@ class HeaderFieldsTooLargeError(APIError):
 
 
 class GatewayConfig(uvicorn.Config):
-    """uvicorn's config plus the head limit :class:`BoundedHttpToolsProtocol` reads (a class
+    """uvicorn's config plus the head bounds :class:`BoundedHttpToolsProtocol` reads (a class
     at module level: ``serve --workers N`` sends the config to its worker processes)."""
 
-    def __init__(self, *args: Any, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
+        head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.max_head_bytes = max_head_bytes
+        self.head_timeout_s = head_timeout_s
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """``HttpToolsProtocol`` that refuses a request head over ``config.max_head_bytes``."""
+    """``HttpToolsProtocol`` that refuses a request head over ``config.max_head_bytes`` or
+    slower than ``config.head_timeout_s``."""
+
+    # Connections waiting for a head, with the tick they started waiting at, and one timer
+    # for all of them: ticks every SWEEP_S while any waits.  A serving process runs one loop.
+    _waiting: ClassVar[dict[BoundedHttpToolsProtocol, int]] = {}
+    _tick: ClassVar[int] = 0
+    _timer: ClassVar[asyncio.TimerHandle | None] = None
 
     def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         self.max_head_bytes: int = getattr(config, "max_head_bytes", DEFAULT_MAX_HEAD_BYTES)
+        self.head_timeout_s: float = getattr(config, "head_timeout_s", DEFAULT_HEAD_TIMEOUT_S)
         self._counted: object = None
         """The scope of the request whose head :attr:`_head_bytes` counts."""
         self._head_bytes = 0
+        self._received = False
+        """Whether any byte came on this connection (a silent one is closed without a 408)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._wait_for_head()  # the first head's clock starts with the connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._waiting.pop(self, None)
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        self._received = True
         super().data_received(data)
-        # A request has begun (uvicorn made its scope) and its head is not complete (no
-        # request cycle for that scope yet).  Read from uvicorn's state rather than by
-        # overriding its parser callbacks: two Python calls fewer per request.
         scope, cycle = self.scope, self.cycle
         if scope is None or (cycle is not None and cycle.scope is scope):
+            if scope is not None and self in self._waiting:  # its head is complete
+                del self._waiting[self]
             return
         if scope is not self._counted:
             self._counted, self._head_bytes = scope, 0
+            if self not in self._waiting:  # a later request's head came in part
+                self._wait_for_head()
         self._head_bytes += len(data)
         if self._head_bytes > self.max_head_bytes:
-            self._refuse_head()
+            self._refuse(
+                HeaderFieldsTooLargeError(
+                    f"The request line and headers are larger than the {self.max_head_bytes}-"
+                    "byte limit of this gateway.",
+                    code="request_header_fields_too_large",
+                ),
+                b"431 Request Header Fields Too Large",
+            )
 
-    def _refuse_head(self) -> None:
+    def _wait_for_head(self) -> None:
+        cls = type(self)
+        cls._waiting[self] = cls._tick
+        if cls._timer is None:
+            cls._timer = self.loop.call_later(SWEEP_S, cls._sweep)
+
+    @classmethod
+    def _sweep(cls) -> None:
+        cls._tick = tick = cls._tick + 1
+        late = [p for p, start in cls._waiting.items() if tick - start > p._head_ticks]
+        for protocol in late:
+            del cls._waiting[protocol]
+            protocol._head_timed_out()
+        cls._timer = None
+        if cls._waiting:
+            cls._timer = asyncio.get_running_loop().call_later(SWEEP_S, cls._sweep)
+
+    @property
+    def _head_ticks(self) -> int:
+        return math.ceil(self.head_timeout_s / SWEEP_S)
+
+    def _head_timed_out(self) -> None:
+        if not self._received:
+            self.transport.close()  # nothing sent: nobody to answer
+            return
+        error = RequestTimeoutError(
+            f"The request line and headers did not arrive within {self.head_timeout_s:g} seconds.",
+            code="request_timeout",
+        )
+        self._refuse(error, b"408 Request Timeout")
+
+    def _refuse(self, error: APIError, status: bytes) -> None:
+        """Answer ``error`` and close: no request cycle exists for this head."""
+        self._waiting.pop(self, None)
+        self._counted = None
         if self.transport.is_closing():
             return
-        error = HeaderFieldsTooLargeError(
-            f"The request line and headers are larger than the {self.max_head_bytes}-byte "
-            "limit of this gateway.",
-            code="request_header_fields_too_large",
-        )
         body = encode_json(error.to_dict())
         log.warning(
-            "request head over %d bytes from %s: 431, connection closed",
-            self.max_head_bytes,
+            "request head from %s: %s, connection closed",
             self.client[0] if self.client else "?",
+            status.decode(),
         )
         self.transport.write(
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-            b"content-type: application/json\r\nconnection: close\r\n"
-            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+            b"HTTP/1.1 %s\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            b"content-length: %d\r\n\r\n%s" % (status, len(body), body)
         )
         self.transport.close()
