@@ -136,7 +136,10 @@ def test_a_head_that_stops_coming_gets_a_408(gw: Gateway, earlier: bool) -> None
     with socket.create_connection(("127.0.0.1", gw.port), timeout=15) as sock:
         if earlier:
             sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
-            assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+            first = b""
+            while not first.endswith(b'{"status":"ok"}'):  # head and body: two writes
+                first += sock.recv(65536)
+            assert first.startswith(b"HTTP/1.1 200 OK")
         sock.sendall(b"POST /v1/chat/comp")
         data, elapsed = wait_for_close(sock)
     head, _, body = data.partition(b"\r\n\r\n")
@@ -155,6 +158,20 @@ def test_a_slow_head_that_arrives_in_time_is_served(gw: Gateway) -> None:
             sock.sendall(head[start : start + 8])
             time.sleep(HEAD_TIMEOUT_S / 20)
         assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+
+
+def test_an_upgrade_request_is_plain_http(gw: Gateway) -> None:
+    """The gateway has no WebSocket endpoints: ``Upgrade: websocket`` is answered as HTTP."""
+    response = httpx.get(
+        gw.url + "/health",
+        headers={
+            "connection": "upgrade",
+            "upgrade": "websocket",
+            "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+            "sec-websocket-version": "13",
+        },
+    )
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
 
 
 def test_the_head_limits_are_settings() -> None:

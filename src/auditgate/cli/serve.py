@@ -128,6 +128,9 @@ def _serve(args: argparse.Namespace, gw: GatewaySettings) -> int:
         workers=gw.workers if gw.workers > 1 else None,
         loop="uvloop",
         http="auditgate.server.protocol:BoundedHttpToolsProtocol",
+        # No WebSocket endpoints: an upgrade request is plain HTTP, never handed to another
+        # protocol (whichever WebSocket library happens to be installed).
+        ws="none",
         max_head_bytes=gw.max_header_bytes,
         head_timeout_s=gw.header_timeout_s,
         lifespan="on",
