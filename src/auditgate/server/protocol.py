@@ -18,7 +18,9 @@ its scope) and its head is not complete (no request cycle for that scope yet).  
 completes its head is not counted, so a body sent right behind its headers is never taken for
 them (bytes of a previous request's body in the same chunk as the next head, from a pipelining
 client, are counted: the limit is far above any real head).  A head that arrives whole in one
-chunk, the usual case, costs one check and no timer.
+chunk, the usual case, costs one check and no timer.  This reads ``HttpToolsProtocol``'s own
+attributes (``scope``, ``cycle``, ``loop``, ``client``, ``transport``): written against uvicorn
+0.55; the tests in ``tests/server/test_request_heads.py`` fail if a release changes them.
 """
 
 from __future__ import annotations
