@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import os
 import signal
 import sqlite3
 import time
@@ -26,7 +24,7 @@ import nats
 import pytest
 
 from auditgate.audit.frames import parse_frames
-from auditgate.audit.writer import WRITER_LOCK
+from auditgate.audit.segments import wait_for_old_writer
 from tests.e2e.test_outages import N, run_with_outage
 from tests.server.test_lifecycle import metric
 from tests.support.gateway import Gateway, start_gateway
@@ -282,24 +280,6 @@ def test_full_spool_answers_503_never_200_unaudited_and_recovers(tmp_path: Path)
             assert gateway.stop() == 0
 
 
-def wait_for_writer_exit(spool: Path, timeout: float = 30.0) -> None:
-    """A SIGKILLed gateway's writer stores what it received, cuts the zeros it had put ahead
-    of its records and exits (releasing its lock): only then is a segment's end its last
-    frame, as a restarted gateway also waits to see it."""
-    fd = os.open(spool / WRITER_LOCK, os.O_RDWR)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                assert time.monotonic() < deadline, "the spool writer did not exit"
-                time.sleep(0.01)
-    finally:
-        os.close(fd)
-
-
 def test_damaged_spool_is_cut_reported_and_the_rest_replayed(tmp_path: Path) -> None:
     """A flipped byte in one segment and a torn last frame in the next: both cut, the rest kept."""
     with target("nats", tmp_path) as (sink, server):
@@ -319,7 +299,9 @@ def test_damaged_spool_is_cut_reported_and_the_rest_replayed(tmp_path: Path) -> 
                     ]
                 )
             gateway.stop(signal.SIGKILL)
-            wait_for_writer_exit(tmp_path / "spool")
+            # Its writer stores what it received and seals the segment (cuts the zeros ahead
+            # of its records) before it exits: only then does a segment end at its last frame.
+            wait_for_old_writer(tmp_path / "spool")
         first, second = sorted((tmp_path / "spool").glob("*.seg"))
         frames = parse_frames(first.read_bytes(), 0, 0, 100)[0]
         assert len(frames) == 5

@@ -105,7 +105,7 @@ def claim(root: Path, slots: int) -> Claim:
             continue
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        _wait_for_old_writer(directory)
+        wait_for_old_writer(directory)
         _warn_orphans(root, slots)
         return Claim(directory, fd)
     raise SpoolError(
@@ -114,9 +114,10 @@ def claim(root: Path, slots: int) -> Claim:
     )
 
 
-def _wait_for_old_writer(directory: Path, timeout_s: float = 30.0) -> None:
-    """A writer outlives its gateway by the moment it takes to store what it received;
-    recovery must not read the segments before it is done."""
+def wait_for_old_writer(directory: Path, timeout_s: float = 30.0) -> None:
+    """Wait until no writer process holds ``directory`` (raises :class:`SpoolError` after
+    ``timeout_s``).  A writer outlives its gateway by the moment it takes to store what it
+    received and seal its segment; recovery must not read the segments before it is done."""
     fd = os.open(directory / writer.WRITER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         deadline = time.monotonic() + timeout_s
