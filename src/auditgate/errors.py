@@ -91,9 +91,17 @@ class PayloadTooLargeError(APIError):
 
 
 class RequestTimeoutError(APIError):
-    """The request body did not arrive in time (408); the connection is closed after it."""
+    """The request's head or body did not arrive in time (408); the connection is closed."""
 
     status_code = 408
+    error_type = "invalid_request_error"
+    close_connection = True
+
+
+class HeaderFieldsTooLargeError(APIError):
+    """The request line and headers are over the limit (431); the connection is closed."""
+
+    status_code = 431
     error_type = "invalid_request_error"
     close_connection = True
 

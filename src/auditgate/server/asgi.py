@@ -7,7 +7,6 @@ it is the path every audited request takes; everything else goes through Starlet
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
@@ -19,6 +18,7 @@ from auditgate.errors import (
     PayloadTooLargeError,
     RequestTimeoutError,
 )
+from auditgate.server.deadlines import Deadlines
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -28,8 +28,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON_TYPE: Final = (b"content-type", b"application/json")
 CLOSE: Final = (b"connection", b"close")
-SWEEP_S: Final = 1.0
-"""How often :class:`BodyDeadlines` looks for late reads (while there are any)."""
 _encode: Final = msgspec.json.Encoder().encode
 
 
@@ -48,53 +46,33 @@ def header(scope: Scope, name: bytes) -> bytes | None:
 class BodyDeadlines:
     """Ends request-body reads that outlast ``timeout_s`` (``AUDITGATE_BODY_TIMEOUT``): a client
     that sends its headers and then stalls, or trickles its body, would otherwise hold a
-    connection and a task for ever.  Its read raises :class:`RequestTimeoutError` (a 408, and
-    the connection is closed).
-
-    One timer for all reads ticks every :data:`SWEEP_S` while any is pending; a read that has
-    seen more than ``timeout_s`` worth of ticks is cancelled, so it ends between ``timeout_s``
-    and a second after.  A read costs a dict entry (≈ 0.5 µs), where an ``asyncio.timeout``
-    per read cost ≈ 7 µs under uvloop.
-    """
+    connection and a task for ever.  The reading task is cancelled and :func:`read_body` raises
+    :class:`RequestTimeoutError` instead (a 408, and the connection is closed).  One timer for
+    all reads (:class:`~auditgate.server.deadlines.Deadlines`): a read costs a dict entry."""
 
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
-        self._ticks = math.ceil(timeout_s / SWEEP_S)
-        self._tick = 0
-        self._reading: dict[asyncio.Task[Any], int] = {}
-        """Each pending read's task, with the tick it started at."""
-        self._expired: set[asyncio.Task[Any]] = set()
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadlines: Deadlines[asyncio.Task[Any]] = Deadlines(timeout_s, self._cancel)
+        self._cancelled: set[asyncio.Task[Any]] = set()
 
     def watch(self) -> asyncio.Task[Any] | None:
         """Start the deadline of the current task's read (None outside a task)."""
         task = asyncio.current_task()
-        if task is None:
-            return None
-        self._reading[task] = self._tick
-        if self._timer is None:
-            self._timer = task.get_loop().call_later(SWEEP_S, self._sweep)
+        if task is not None:
+            self._deadlines.start(task, task.get_loop())
         return task
 
     def done(self, task: asyncio.Task[Any]) -> bool:
         """End ``task``'s read; True if its deadline cancelled it."""
-        del self._reading[task]
-        if task in self._expired:
-            self._expired.remove(task)
+        self._deadlines.stop(task)
+        if task in self._cancelled:
+            self._cancelled.remove(task)
             return True
         return False
 
-    def _sweep(self) -> None:
-        self._tick = tick = self._tick + 1
-        late = tick - self._ticks
-        expired = self._expired
-        for task in [t for t, start in self._reading.items() if start < late and t not in expired]:
-            expired.add(task)
-            task.cancel()
-        self._timer = None
-        if len(self._reading) > len(self._expired):
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(SWEEP_S, self._sweep)
+    def _cancel(self, task: asyncio.Task[Any]) -> None:
+        self._cancelled.add(task)
+        task.cancel()
 
 
 async def read_body(

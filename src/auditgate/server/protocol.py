@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-from typing import Any, ClassVar, Final
+from typing import Any, Final
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from auditgate.errors import APIError, RequestTimeoutError
-from auditgate.server.asgi import SWEEP_S, encode_json
+from auditgate.errors import APIError, HeaderFieldsTooLargeError, RequestTimeoutError
+from auditgate.server.asgi import encode_json
+from auditgate.server.deadlines import Deadlines
 
 log = logging.getLogger("auditgate.server")
 
@@ -42,14 +42,6 @@ DEFAULT_MAX_HEAD_BYTES: Final = 64 << 10
 """``AUDITGATE_MAX_HEADER_BYTES`` by default (Node.js: 16 KiB; nginx: 4 × 8 KiB buffers)."""
 DEFAULT_HEAD_TIMEOUT_S: Final = 30.0
 """``AUDITGATE_HEADER_TIMEOUT`` by default."""
-
-
-class HeaderFieldsTooLargeError(APIError):
-    """A request head (request line and headers) over the limit (431)."""
-
-    status_code = 431
-    error_type = "invalid_request_error"
-    close_connection = True
 
 
 class GatewayConfig(uvicorn.Config):
@@ -72,16 +64,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """``HttpToolsProtocol`` that refuses a request head over ``config.max_head_bytes`` or
     slower than ``config.head_timeout_s``."""
 
-    # Connections waiting for a head, with the tick they started waiting at, and one timer
-    # for all of them: ticks every SWEEP_S while any waits.  A serving process runs one loop.
-    _waiting: ClassVar[dict[BoundedHttpToolsProtocol, int]] = {}
-    _tick: ClassVar[int] = 0
-    _timer: ClassVar[asyncio.TimerHandle | None] = None
-
     def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         self.max_head_bytes: int = getattr(config, "max_head_bytes", DEFAULT_MAX_HEAD_BYTES)
-        self.head_timeout_s: float = getattr(config, "head_timeout_s", DEFAULT_HEAD_TIMEOUT_S)
+        timeout_s: float = getattr(config, "head_timeout_s", DEFAULT_HEAD_TIMEOUT_S)
+        self._heads = _heads(timeout_s)
+        self._waiting = False
+        """Whether this connection's head deadline runs."""
         self._counted: object = None
         """The scope of the request whose head :attr:`_head_bytes` counts."""
         self._head_bytes = 0
@@ -93,7 +82,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._wait_for_head()  # the first head's clock starts with the connection
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._waiting.pop(self, None)
+        if self._waiting:
+            self._heads.stop(self)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -101,12 +91,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().data_received(data)
         scope, cycle = self.scope, self.cycle
         if scope is None or (cycle is not None and cycle.scope is scope):
-            if scope is not None and self in self._waiting:  # its head is complete
-                del self._waiting[self]
+            if scope is not None and self._waiting:  # its head is complete
+                self._heads.stop(self)
+                self._waiting = False
             return
         if scope is not self._counted:
             self._counted, self._head_bytes = scope, 0
-            if self not in self._waiting:  # a later request's head came in part
+            if not self._waiting:  # a later request's head came in part
                 self._wait_for_head()
         self._head_bytes += len(data)
         if self._head_bytes > self.max_head_bytes:
@@ -120,39 +111,26 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             )
 
     def _wait_for_head(self) -> None:
-        cls = type(self)
-        cls._waiting[self] = cls._tick
-        if cls._timer is None:
-            cls._timer = self.loop.call_later(SWEEP_S, cls._sweep)
-
-    @classmethod
-    def _sweep(cls) -> None:
-        cls._tick = tick = cls._tick + 1
-        late = [p for p, start in cls._waiting.items() if tick - start > p._head_ticks]
-        for protocol in late:
-            del cls._waiting[protocol]
-            protocol._head_timed_out()
-        cls._timer = None
-        if cls._waiting:
-            cls._timer = asyncio.get_running_loop().call_later(SWEEP_S, cls._sweep)
-
-    @property
-    def _head_ticks(self) -> int:
-        return math.ceil(self.head_timeout_s / SWEEP_S)
+        self._waiting = True
+        self._heads.start(self, self.loop)
 
     def _head_timed_out(self) -> None:
+        self._waiting = False
         if not self._received:
             self.transport.close()  # nothing sent: nobody to answer
             return
         error = RequestTimeoutError(
-            f"The request line and headers did not arrive within {self.head_timeout_s:g} seconds.",
+            f"The request line and headers did not arrive within {self._heads.timeout_s:g} "
+            "seconds.",
             code="request_timeout",
         )
         self._refuse(error, b"408 Request Timeout")
 
     def _refuse(self, error: APIError, status: bytes) -> None:
         """Answer ``error`` and close: no request cycle exists for this head."""
-        self._waiting.pop(self, None)
+        if self._waiting:
+            self._heads.stop(self)
+            self._waiting = False
         self._counted = None
         if self.transport.is_closing():
             return
@@ -167,3 +145,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             b"content-length: %d\r\n\r\n%s" % (status, len(body), body)
         )
         self.transport.close()
+
+
+_HEAD_DEADLINES: dict[float, Deadlines[BoundedHttpToolsProtocol]] = {}
+"""Connections waiting for a request head, by timeout: one timer for all of them (a serving
+process runs one event loop)."""
+
+
+def _heads(timeout_s: float) -> Deadlines[BoundedHttpToolsProtocol]:
+    deadlines = _HEAD_DEADLINES.get(timeout_s)
+    if deadlines is None:
+        deadlines = _HEAD_DEADLINES[timeout_s] = Deadlines(
+            timeout_s, BoundedHttpToolsProtocol._head_timed_out
+        )
+    return deadlines
