@@ -92,8 +92,8 @@ class CompletionsAPI:
         store: Store | None,
         principal_of: Any,
         *,
-        max_body_bytes: int = 8 << 20,
-        deadlines: BodyDeadlines | None = None,
+        max_body_bytes: int,
+        deadlines: BodyDeadlines,
     ) -> None:
         self.store = store
         self._principal_of = principal_of
