@@ -47,21 +47,11 @@ def unique() -> str:
 @pytest.fixture
 async def pg_dsn(unique: str) -> AsyncIterator[str]:
     """A fresh PostgreSQL database on the shared server, dropped after the test."""
-    import asyncpg
+    from tests.support.postgres import create_database, drop_database
 
     name = f"ag_test_{unique}"
-    admin = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    admin = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    yield await create_database(PG_ADMIN_DSN, name)
+    await drop_database(PG_ADMIN_DSN, name)
 
 
 @pytest.fixture

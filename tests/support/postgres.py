@@ -1,9 +1,12 @@
-"""A private PostgreSQL cluster for tests that stop and restart the server.
+"""PostgreSQL for tests: a database of a test's own on a server, and private clusters.
 
-``initdb`` into a fresh temporary directory, ``pg_ctl`` start/stop on a free loopback port, trust
-authentication, fsync off; never the machine's shared server.  PostgreSQL refuses to run as root,
-so when the tests run as root the cluster's files belong to, and its processes run as, the
-``postgres`` user.
+:func:`create_database` / :func:`drop_database`: a fresh database on a running server (the
+machine's shared one, see ``tests/conftest.py``), for a test or a test module.
+
+:func:`pg_cluster`: a private server for tests that stop and restart it.  ``initdb`` into a fresh
+temporary directory, ``pg_ctl`` start/stop on a free loopback port, trust authentication, fsync
+off; never the machine's shared server.  PostgreSQL refuses to run as root, so when the tests run
+as root the cluster's files belong to, and its processes run as, the ``postgres`` user.
 """
 
 from __future__ import annotations
@@ -19,6 +22,29 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.support.gateway import free_port
+
+
+async def create_database(admin_dsn: str, name: str) -> str:
+    """Create database ``name`` on the server ``admin_dsn`` reaches; its DSN."""
+    import asyncpg
+
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return f"{admin_dsn.rsplit('/', 1)[0]}/{name}"
+
+
+async def drop_database(admin_dsn: str, name: str) -> None:
+    """Drop database ``name`` (if it exists), disconnecting whoever still uses it."""
+    import asyncpg
+
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 def _binary(name: str) -> str:
