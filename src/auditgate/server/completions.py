@@ -11,24 +11,30 @@ Routes, as OpenAI defines them (openai-python ``resources/chat/completions``):
 
 Only ``full`` records with a response are stored completions.  A user key sees and changes only
 its tenant's rows (any other id is a 404, never a 403); admin keys and open mode see all.
+Parameters are checked once, by :mod:`auditgate.server.params`, before any store sees them, so
+every store answers the same input alike.
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
 
-import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from auditgate.auth.keys import Principal
-from auditgate.errors import UNDECODABLE, InvalidRequestError, NotFoundError
-from auditgate.pipeline.request import validate_metadata
+from auditgate.errors import InvalidRequestError
 from auditgate.server.asgi import BodyDeadlines, ClientGone, read_body
-from auditgate.store.queries import CursorNotFound, Filter, Order, Store, Stored
+from auditgate.server.params import (
+    bad_after,
+    not_found,
+    parse_completion_id,
+    parse_list_query,
+    parse_messages_query,
+    parse_update,
+)
+from auditgate.store.queries import CursorNotFound, Filter, Store, Stored
 
-DEFAULT_LIMIT: Final = 20
-MAX_LIMIT: Final = 100
 # Request parameters OpenAI echoes on a stored completion (null when the request left them out).
 _ECHOED: Final = (
     "tool_choice",
@@ -111,53 +117,42 @@ class CompletionsAPI:
 
     async def list(self, request: Request) -> Response:
         store, tenant = self._open(request)
-        params = request.query_params
-        limit = parse_limit(params.get("limit"))
-        order = parse_order(params.get("order"))
-        metadata = {}
-        for key, value in params.multi_items():
-            if key.startswith("metadata[") and key.endswith("]"):
-                metadata[key[len("metadata[") : -1]] = value
-        where = Filter(tenant=tenant, model=params.get("model") or None, metadata=metadata)
-        after = params.get("after") or None
+        query = parse_list_query(request.query_params)
+        where = Filter(tenant=tenant, model=query.model, metadata=query.metadata)
         try:
-            page = await store.list(where, after=after, limit=limit, order=order)
+            page = await store.list(where, after=query.after, limit=query.limit, order=query.order)
         except CursorNotFound:
-            raise _bad_after(after) from None
+            raise bad_after(query.after or "") from None
         data = [completion_object(s) for s in page.records]
         return JSONResponse(_list_body(data, page.has_more))
 
     async def retrieve(self, request: Request) -> Response:
         store, tenant = self._open(request)
-        completion_id = request.path_params["completion_id"]
+        completion_id = parse_completion_id(request.path_params["completion_id"])
         stored = await store.get(completion_id, tenant)
         if stored is None:
-            raise _not_found(completion_id)
+            raise not_found(completion_id)
         return JSONResponse(completion_object(stored))
 
     async def messages(self, request: Request) -> Response:
         store, tenant = self._open(request)
-        completion_id = request.path_params["completion_id"]
-        params = request.query_params
-        limit = parse_limit(params.get("limit"))
-        order = parse_order(params.get("order"))
-        after = params.get("after") or None
+        completion_id = parse_completion_id(request.path_params["completion_id"])
+        query = parse_messages_query(request.query_params)
         messages = await store.messages(completion_id, tenant)
         if messages is None:
-            raise _not_found(completion_id)
+            raise not_found(completion_id)
         listed = [store_message(completion_id, i, m) for i, m in enumerate(messages)]
-        if order == "desc":
+        if query.order == "desc":
             listed.reverse()
-        if after is not None:
+        if query.after is not None:
             ids = [m["id"] for m in listed]
-            if after not in ids:
-                raise _bad_after(after)
-            listed = listed[ids.index(after) + 1 :]
-        return JSONResponse(_list_body(listed[:limit], len(listed) > limit))
+            if query.after not in ids:
+                raise bad_after(query.after)
+            listed = listed[ids.index(query.after) + 1 :]
+        return JSONResponse(_list_body(listed[: query.limit], len(listed) > query.limit))
 
     async def update(self, request: Request) -> Response:
         store, tenant = self._open(request)
-        completion_id = request.path_params["completion_id"]
         try:
             raw = await read_body(
                 request.scope, request.receive, self._max_body_bytes, self._deadlines
@@ -165,84 +160,20 @@ class CompletionsAPI:
         except ClientGone:
             return Response(status_code=499)  # nobody to answer: no error, no log
         metadata = parse_update(raw)
+        completion_id = parse_completion_id(request.path_params["completion_id"])
         stored = await store.update_metadata(completion_id, tenant, metadata)
         if stored is None:
-            raise _not_found(completion_id)
+            raise not_found(completion_id)
         return JSONResponse(completion_object(stored))
 
     async def delete(self, request: Request) -> Response:
         store, tenant = self._open(request)
-        completion_id = request.path_params["completion_id"]
+        completion_id = parse_completion_id(request.path_params["completion_id"])
         if not await store.delete(completion_id, tenant):
-            raise _not_found(completion_id)
+            raise not_found(completion_id)
         return JSONResponse(
             {"object": "chat.completion.deleted", "id": completion_id, "deleted": True}
         )
-
-
-def parse_limit(raw: str | None) -> int:
-    """``limit``: an integer 1-100 (default 20); else a 400 naming ``limit``."""
-    if raw is None:
-        return DEFAULT_LIMIT
-    try:
-        limit = int(raw)
-    except ValueError:
-        limit = 0  # reported as out of range below
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidRequestError(
-            f"Invalid 'limit': expected an integer between 1 and {MAX_LIMIT}, got {raw!r}.",
-            param="limit",
-            code="invalid_value",
-        )
-    return limit
-
-
-def parse_order(raw: str | None) -> Order:
-    """``order``: ``asc`` (default) or ``desc``; else a 400 naming ``order``."""
-    if raw is None or raw == "asc":
-        return "asc"
-    if raw == "desc":
-        return "desc"
-    raise InvalidRequestError(
-        f"Invalid 'order': expected one of 'asc' or 'desc', got {raw!r}.",
-        param="order",
-        code="invalid_value",
-    )
-
-
-def parse_update(body: bytes) -> dict[str, str]:
-    """The metadata of an update body ``{"metadata": {...} | null}``; anything else is a 400."""
-    try:
-        # msgspec, not json: json.loads accepts "\ud800", a lone surrogate no response or
-        # database can encode; stored as metadata it turned every later read into a 500.
-        data = msgspec.json.decode(body)
-    except UNDECODABLE:
-        raise InvalidRequestError("The request body is not valid JSON.") from None
-    if not isinstance(data, dict):
-        raise InvalidRequestError("The request body must be a JSON object.")
-    unknown = sorted(set(data) - {"metadata"})
-    if unknown:
-        raise InvalidRequestError(
-            f"Unrecognized request argument supplied: {unknown[0]}. Only 'metadata' can be "
-            "updated.",
-            param=unknown[0],
-            code="unknown_parameter",
-        )
-    if "metadata" not in data:
-        raise InvalidRequestError(
-            "Missing required parameter: 'metadata'.", param="metadata", code="missing_required"
-        )
-    metadata = data["metadata"]
-    if metadata is None:
-        return {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise InvalidRequestError(
-            "Invalid 'metadata': expected an object of string values.",
-            param="metadata",
-            code="invalid_type",
-        )
-    validate_metadata(metadata)
-    return metadata
 
 
 def _list_body(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
@@ -253,17 +184,3 @@ def _list_body(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
         "last_id": data[-1]["id"] if data else None,
         "has_more": has_more,
     }
-
-
-def _not_found(completion_id: str) -> NotFoundError:
-    return NotFoundError(
-        f"No chat completion found with id '{completion_id}'.", param="completion_id"
-    )
-
-
-def _bad_after(after: str | None) -> InvalidRequestError:
-    return InvalidRequestError(
-        f"Invalid 'after': no object with id '{after}' in this list.",
-        param="after",
-        code="invalid_value",
-    )
