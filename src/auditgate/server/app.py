@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.multiprocess import mark_process_dead
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -46,6 +47,7 @@ from auditgate.server.asgi import (
 )
 from auditgate.server.chat import ENDPOINT, ChatHandler
 from auditgate.server.completions import CompletionsAPI
+from auditgate.server.guard import ErrorGuard
 from auditgate.server.headers import HeaderCapture
 from auditgate.server.metrics import HttpMetrics
 from auditgate.store.queries import Store, open_store
@@ -400,6 +402,9 @@ class GatewayApp:
                 APIError: self._api_error,
                 HTTPException: self._http_error,
             },
+            # Between Starlette's plain-text 500 and the handlers above: any other exception
+            # is logged and answered with OpenAI's 500 JSON.
+            middleware=[Middleware(ErrorGuard)],
         )
         return app
 
