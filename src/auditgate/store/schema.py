@@ -92,6 +92,7 @@ SELECT_COLUMNS: Final = ", ".join(COLUMN_NAMES)
 """The column list :func:`record_from_row` needs, for ``SELECT {SELECT_COLUMNS} FROM ...``."""
 
 _RECORD_FIELDS: Final = AuditRecord.__struct_fields__
+_IS_RECORD_FIELD: Final = frozenset(_RECORD_FIELDS).__contains__
 # Record fields stored in their own column; any other (newer) field goes to ``extra``.
 _COLUMN_FIELDS: Final = tuple(f for f in _RECORD_FIELDS if f in KINDS)
 _EXTRA_FIELDS: Final = tuple(f for f in _RECORD_FIELDS if f not in KINDS)
@@ -182,8 +183,8 @@ def row_from_json(line: bytes | str) -> Row:
     data = msgspec.json.decode(line)
     if not isinstance(data, dict):
         raise msgspec.ValidationError("an audit record must be a JSON object")
-    known = {k: v for k, v in data.items() if k in _RECORD_FIELDS}
-    unknown = {k: v for k, v in data.items() if k not in _RECORD_FIELDS}
+    known = {k: v for k, v in data.items() if _IS_RECORD_FIELD(k)}
+    unknown = {k: v for k, v in data.items() if not _IS_RECORD_FIELD(k)}
     return row_from_record(msgspec.convert(known, AuditRecord), unknown)
 
 
@@ -224,7 +225,7 @@ def record_dict_from_row(row: RowLike) -> dict[str, Any]:
 def record_from_row(row: RowLike) -> AuditRecord:
     """The :class:`AuditRecord` a row stores; equal to the record that was published."""
     data = record_dict_from_row(row)
-    known = {k: v for k, v in data.items() if k in _RECORD_FIELDS}
+    known = {k: v for k, v in data.items() if _IS_RECORD_FIELD(k)}
     return msgspec.convert(known, AuditRecord)
 
 
