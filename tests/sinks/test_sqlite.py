@@ -66,7 +66,7 @@ async def test_database_is_in_wal_mode(tmp_path: Path) -> None:
     assert (mode, page_size, names) == (
         "wal",
         8192,
-        ["m001_completions", "m002_indexes", "m003_lean_sqlite_inserts"],
+        ["m001_completions", "m002_indexes", "m003_lean_sqlite_inserts", "m004_recorded_metadata"],
     )
 
 

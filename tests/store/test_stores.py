@@ -246,7 +246,7 @@ async def test_sqlite_m003_keeps_metadata_rows_and_indexes_tenant_rows(tmp_path:
     tenant_rows = [r[0] for r in conn.execute(statement, sql.params)]
     conn.close()
     assert (
-        ["m003_lean_sqlite_inserts"],
+        ["m003_lean_sqlite_inserts", "m004_recorded_metadata"],
         sorted([(old.request_id, "team", "a"), (new.request_id, "team", "b")]),
         sorted([f"{TABLE}_metadata_update", f"{TABLE}_metadata_delete"]),
         [f"SEARCH {TABLE} USING INDEX {TABLE}_tenant (tenant=?)"],

@@ -3,13 +3,16 @@
 :class:`Verifier` takes records in the order a source holds them (file lines, table rows, stream
 messages), groups them by ``writer``, and reports per writer what :data:`DAMAGE` it found (a
 modified record, a broken link, a missing or reordered seq, a bad or missing signature, an
-unsealed tail) and :data:`WARNINGS`.  The hash chain and the canonical form it checks are
-:mod:`auditgate.audit.integrity`.
+unsealed tail, a stored column that disagrees with its record) and :data:`WARNINGS`.  The hash
+chain and the canonical form it checks are :mod:`auditgate.audit.integrity`; what a store's
+columns hold besides the record is checked by its reader (:mod:`auditgate.store.trail`), which
+hands the result in as :class:`ColumnNote` s.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, Final
 
 from auditgate.audit.integrity import (
@@ -37,6 +40,7 @@ DAMAGE: Final = frozenset(
         "unsigned",
         "unsealed",
         "open",
+        "column_mismatch",
     }
 )
 """Finding kinds that make a trail fail verification.
@@ -53,11 +57,32 @@ DAMAGE: Final = frozenset(
 - ``bad_signature`` / ``unsigned``: a checkpoint the given key did not sign;
 - ``unsealed``: records after the writer's last checkpoint (a cut-off tail, or a writer that
   crashed or is still running);
-- ``open``: the writer's last checkpoint is not its final (shutdown) one.
+- ``open``: the writer's last checkpoint is not its final (shutdown) one;
+- ``column_mismatch``: a stored column computed from the record (token counts, response id, a
+  scrubbed copy of a value kept exactly in ``originals``, SQLite's metadata side table...) does
+  not hold what the record gives; :attr:`Finding.column` names it.
 """
-WARNINGS: Final = frozenset({"duplicate", "unverified"})
+WARNINGS: Final = frozenset({"duplicate", "unverified", "metadata_updated"})
 """Kinds reported without failing: an identical record stored twice; signatures not checked
-because no key was given."""
+because no key was given; metadata replaced through the stored-completions API (the chain
+covers the record's own metadata, which the store keeps; the replacement is not chained)."""
+
+
+class SourceError(Exception):
+    """The trail cannot be read at all (missing file, database down, unknown stream)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ColumnNote:
+    """What a store's reader found in one row besides the record: becomes a :class:`Finding`
+    of that record."""
+
+    kind: str
+    """``column_mismatch`` or ``metadata_updated`` (see :data:`DAMAGE`, :data:`WARNINGS`)."""
+    column: str | None
+    """The column (or side table) concerned; ``None`` when the row as a whole is concerned."""
+    detail: str
+    """Human-readable explanation."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -78,6 +103,8 @@ class Finding:
     """The record's request id, when there is a record."""
     damage: bool = True
     """Whether this finding fails verification."""
+    column: str | None = None
+    """For findings about one stored column (:class:`ColumnNote`): its name."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -149,6 +176,8 @@ class _Link:
     intact: bool
     """Whether the content hashes to ``hash`` given ``prev``."""
     checkpoint: Checkpoint | None
+    notes: tuple[ColumnNote, ...] = ()
+    """What the store's reader found in the row's other columns."""
 
 
 class Verifier:
@@ -172,9 +201,10 @@ class Verifier:
         self._highest: dict[str, int] = {}
         self._invalid: list[Finding] = []
 
-    def add(self, location: str, data: Any) -> None:
+    def add(self, location: str, data: Any, notes: Sequence[ColumnNote] = ()) -> None:
         """One entry: ``data`` is the record as a JSON object (a decoded line or stored row),
-        or a string saying why the entry could not be decoded."""
+        or a string saying why the entry could not be decoded; ``notes``: what a store's
+        reader found in the row's other columns."""
         if not isinstance(data, dict):
             # A reader passes a string to say why an entry could not be decoded.
             detail = data if isinstance(data, str) else "not a JSON object"
@@ -200,11 +230,14 @@ class Verifier:
                 )
             )
         self._highest[writer] = max(seq, self._highest.get(writer, -1))
-        entry = _link_of(seq, location, rid, data)
+        entry = _link_of(seq, location, rid, data, tuple(notes))
         seen = links.get(seq)
         if seen is None:
             links[seq] = entry
-        elif seen.intact and entry.intact and (seen.hash, seen.request_id) == (entry.hash, rid):
+            return
+        # The entry is not kept (its seq is taken): its notes are reported now.
+        findings.extend(_note_findings(writer, entry))
+        if seen.intact and entry.intact and (seen.hash, seen.request_id) == (entry.hash, rid):
             findings.append(
                 Finding(
                     "duplicate",
@@ -265,6 +298,7 @@ class Verifier:
                 Finding(kind, writer, link.seq, link.location, detail, link.request_id, damage)
             )
 
+        found.extend(_note_findings(writer, link))
         if link.hash is None or link.prev is None:
             add("unchained", "no integrity field")
             return found
@@ -333,7 +367,29 @@ def _invalid(location: str, detail: str) -> Finding:
     return Finding("invalid", None, None, location, detail)
 
 
-def _link_of(seq: int, location: str, request_id: str | None, data: dict[str, Any]) -> _Link:
+def _note_findings(writer: str, link: _Link) -> list[Finding]:
+    return [
+        Finding(
+            note.kind,
+            writer,
+            link.seq,
+            link.location,
+            note.detail,
+            link.request_id,
+            damage=note.kind not in WARNINGS,
+            column=note.column,
+        )
+        for note in link.notes
+    ]
+
+
+def _link_of(
+    seq: int,
+    location: str,
+    request_id: str | None,
+    data: dict[str, Any],
+    notes: tuple[ColumnNote, ...],
+) -> _Link:
     integrity = data.get("integrity")
     prev = integrity.get("prev") if isinstance(integrity, dict) else None
     hash_ = integrity.get("hash") if isinstance(integrity, dict) else None
@@ -350,4 +406,4 @@ def _link_of(seq: int, location: str, request_id: str | None, data: dict[str, An
     checkpoint = (
         Checkpoint.from_metadata(data.get("metadata")) if data.get("mode") == "checkpoint" else None
     )
-    return _Link(seq, location, request_id, prev, hash_, intact, checkpoint)
+    return _Link(seq, location, request_id, prev, hash_, intact, checkpoint, notes)

@@ -10,8 +10,12 @@ SOURCE is one of
 - a NATS JetStream stream (``nats://host:port`` with ``--stream``, default ``DYNAMO_AUDIT``).
 
 Stores hold rows the stored-completions API deleted (a tombstone), so the chain stays complete.
-Files keep publish order, so for them a record after a later one of its writer is reported as
-``reordered``; databases and streams have no such order and are checked by ``seq`` only.
+In a store, every column computed from the record (token counts, response id, SQLite's metadata
+side table, ...) is checked against the record too, and one that differs is reported as
+``column_mismatch`` naming it; metadata replaced through the API is a ``metadata_updated``
+warning (:mod:`auditgate.store.trail`).  Files keep publish order, so for them a record after a
+later one of its writer is reported as ``reordered``; databases and streams have no such order
+and are checked by ``seq`` only.
 
 Checkpoint signatures are checked with the key in ``$DYN_AUDIT_INTEGRITY_KEY`` (or the variable
 ``--key-env`` names, or ``--key-file``); never pass a key on the command line.  Without a key,
@@ -29,7 +33,6 @@ import gzip
 import json
 import os
 import re
-import sqlite3
 import sys
 import zlib
 from collections.abc import Iterator
@@ -39,16 +42,12 @@ from typing import Any, Final
 import msgspec
 
 from auditgate.audit.integrity import HmacSigner
-from auditgate.audit.verify import Report, Verifier
+from auditgate.audit.verify import Report, SourceError, Verifier
 from auditgate.errors import UNDECODABLE, ConfigError
-from auditgate.store.schema import SELECT_COLUMNS, TABLE, record_dict_from_row
+from auditgate.store.trail import read_postgres, read_sqlite
 
 FORMATS: Final = ("jsonl", "jsonl_gz", "sqlite", "postgres", "nats")
 _SEGMENT: Final = re.compile(r"\.(\d+)\.jsonl\.gz$")
-
-
-class SourceError(Exception):
-    """The trail cannot be read at all (missing file, database down, unknown stream)."""
 
 
 def detect(source: str) -> tuple[str, str]:
@@ -119,47 +118,6 @@ def read_jsonl_gz(verifier: Verifier, prefix: str) -> None:
         except (OSError, EOFError, zlib.error) as exc:
             # A torn last member: what came before it was verified; the damage is reported.
             verifier.add(f"{path}:end", f"unreadable gzip data: {exc}")
-
-
-def read_sqlite(verifier: Verifier, path: str) -> None:
-    if not Path(path).is_file():
-        raise SourceError(f"no SQLite database at {path}")
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        conn.row_factory = sqlite3.Row
-        try:
-            cursor = conn.execute(f"SELECT rowid AS _rowid, {SELECT_COLUMNS} FROM {TABLE}")
-            for row in cursor:
-                verifier.add(f"rowid {row['_rowid']}", _row_dict(row))
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        raise SourceError(f"cannot read {path}: {exc}") from exc
-
-
-async def read_postgres(verifier: Verifier, url: str) -> None:
-    import asyncpg
-
-    try:
-        conn = await asyncpg.connect(url, timeout=10)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise SourceError(f"cannot connect to PostgreSQL: {type(exc).__name__}: {exc}") from exc
-    try:
-        async with conn.transaction(readonly=True):
-            query = f"SELECT {SELECT_COLUMNS} FROM {TABLE} ORDER BY writer, seq"
-            async for row in conn.cursor(query, prefetch=500):
-                verifier.add(f"request_id {row['request_id']}", _row_dict(row))
-    except asyncpg.PostgresError as exc:
-        raise SourceError(f"cannot read PostgreSQL: {type(exc).__name__}: {exc}") from exc
-    finally:
-        await conn.close()
-
-
-def _row_dict(row: Any) -> Any:
-    try:
-        return record_dict_from_row(row)
-    except (ValueError, msgspec.DecodeError) as exc:
-        return f"unreadable row: {exc}"
 
 
 async def read_nats(verifier: Verifier, url: str, stream: str) -> None:
@@ -247,6 +205,8 @@ def text(report: Report) -> str:
             where = f" at {f.location}" if f.location else ""
             rid = f" request_id={f.request_id}" if f.request_id else ""
             tag = f.kind if f.damage else f"{f.kind} (warning)"
+            if f.column is not None:
+                tag += f" [{f.column}]"
             lines.append(f"  {tag}: seq {f.seq}{where}{rid}: {f.detail}")
     for f in report.invalid:
         lines.append(f"DAMAGED  invalid entry at {f.location}: {f.detail}")

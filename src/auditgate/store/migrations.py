@@ -167,10 +167,26 @@ async def _m003_postgres(db: Any) -> None:
     """Nothing to do: PostgreSQL has no trigger, and its indexes stay as they are."""
 
 
+def _m004_sqlite(db: sqlite3.Connection) -> None:
+    # The stored-completions API replaces a record's metadata; the metadata the record was
+    # hashed with is kept for ``auditgate verify`` (schema.API_COLUMNS).
+    db.execute(f"ALTER TABLE {TABLE} ADD COLUMN recorded_metadata TEXT")
+    db.execute(f"ALTER TABLE {TABLE} ADD COLUMN metadata_updated_at INTEGER")
+
+
+async def _m004_postgres(db: Any) -> None:
+    # Nullable columns without a default: PostgreSQL adds them without rewriting the table.
+    await db.execute(
+        f"ALTER TABLE {TABLE} ADD COLUMN recorded_metadata text, "
+        "ADD COLUMN metadata_updated_at bigint"
+    )
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration("m001_completions", _m001_sqlite, _m001_postgres),
     Migration("m002_indexes", _m002_sqlite, _m002_postgres),
     Migration("m003_lean_sqlite_inserts", _m003_sqlite, _m003_postgres),
+    Migration("m004_recorded_metadata", _m004_sqlite, _m004_postgres),
 )
 """Every migration, in the order it must be applied."""
 

@@ -34,7 +34,7 @@ from auditgate.store.queries import (
     messages_of,
     page_sql,
 )
-from auditgate.store.schema import SELECT_COLUMNS, TABLE, column_update
+from auditgate.store.schema import SELECT_COLUMNS, TABLE, metadata_update
 
 log = logging.getLogger("auditgate.store")
 
@@ -108,17 +108,16 @@ class PostgresStore:
         async with self._connection() as conn, conn.transaction():
             sql = Sql("postgres")
             row = await conn.fetchrow(
-                f"SELECT request_id, originals FROM {TABLE} "
+                f"SELECT request_id, metadata, originals, recorded_metadata FROM {TABLE} "
                 f"WHERE {sql.visible(response_id, tenant)} FOR UPDATE",
                 *sql.params,
             )
             if row is None:
                 return None
-            value, originals = column_update("metadata", metadata, row["originals"])
             await conn.execute(
-                f"UPDATE {TABLE} SET metadata = $1::jsonb, originals = $2 WHERE request_id = $3",
-                value,
-                originals,
+                f"UPDATE {TABLE} SET metadata = $1::jsonb, originals = $2, recorded_metadata = $3, "
+                "metadata_updated_at = $4 WHERE request_id = $5",
+                *metadata_update(row, metadata),
                 row["request_id"],
             )
             return await self._get(conn, response_id, tenant)

@@ -16,10 +16,20 @@ of the same name (dict-valued fields as JSON text in SQLite, JSONB in PostgreSQL
   column name in ``originals``.  Integers beyond 64 bits (stored clamped) and non-finite floats
   (stored NULL) are kept there too.  :func:`record_from_row` prefers ``originals``.  Both stores
   apply the same rule, so they hold the same values.
+
+Every column above is the record's or computed from it by :func:`row_from_record`, and
+``auditgate verify`` checks each against the record (:mod:`auditgate.store.trail`).  Only the
+stored-completions API writes the :data:`API_COLUMNS`:
+
 - ``deleted_at``: Unix milliseconds when the stored-completions API deleted the row, else NULL.
   Deletion is a tombstone, not a real delete, so a replay of the same record (a consumer restarted
   before its ack) cannot resurrect a deleted completion, and the audit trail stays complete.  The
   API must filter ``deleted_at IS NULL``.
+- ``recorded_metadata`` / ``metadata_updated_at``: the API replaces ``metadata`` (what reads,
+  filters and exports see); the first replacement keeps the metadata the record was published
+  and hashed with in ``recorded_metadata`` (exact, ASCII-only JSON text), and every one sets
+  ``metadata_updated_at`` (Unix ms).  Both NULL while the metadata is the record's own
+  (:func:`metadata_update`).
 
 Known PostgreSQL normalisation (JSONB): object keys come back in JSONB's order, duplicate keys keep
 the last value, and a number is re-printed from its decimal value (``1e16`` comes back as the
@@ -32,6 +42,7 @@ import json
 import math
 import operator
 import re
+import time
 from collections.abc import Mapping
 from typing import Any, Final, Literal, Protocol
 
@@ -84,7 +95,9 @@ COLUMNS: Final[tuple[tuple[str, Kind], ...]] = (
     ("extra", "json"),
     ("originals", "text"),
 )
-"""Every column a sink writes, in insert order, with its kind (``deleted_at`` is the API's)."""
+"""Every column a sink writes, in insert order, with its kind (the API's: :data:`API_COLUMNS`)."""
+API_COLUMNS: Final = ("deleted_at", "recorded_metadata", "metadata_updated_at")
+"""Columns only the stored-completions API writes (NULL in a row a sink inserts)."""
 
 COLUMN_NAMES: Final = tuple(name for name, _ in COLUMNS)
 KINDS: Final[Mapping[str, Kind]] = dict(COLUMNS)
@@ -183,6 +196,12 @@ def row_from_json(line: bytes | str) -> Row:
     data = msgspec.json.decode(line)
     if not isinstance(data, dict):
         raise msgspec.ValidationError("an audit record must be a JSON object")
+    return row_from_data(data)
+
+
+def row_from_data(data: Mapping[str, Any]) -> Row:
+    """The row for a record as a JSON object (fields this version does not know go to
+    ``extra``); msgspec.ValidationError when the known fields are no valid record."""
     known = {k: v for k, v in data.items() if _IS_RECORD_FIELD(k)}
     unknown = {k: v for k, v in data.items() if not _IS_RECORD_FIELD(k)}
     return row_from_record(msgspec.convert(known, AuditRecord), unknown)
@@ -248,6 +267,25 @@ def column_update(field: str, value: Any, originals: str | None) -> tuple[Any, s
     else:
         column = value
     return column, (json.dumps(kept, ensure_ascii=True) if kept else None)
+
+
+def metadata_update(row: RowLike, metadata: dict[str, str]) -> tuple[Any, str | None, str, int]:
+    """Column values that replace a stored row's metadata through the stored-completions API:
+    ``(metadata, originals, recorded_metadata, metadata_updated_at)``, written back together.
+
+    ``row`` holds the row's ``metadata``, ``originals`` and ``recorded_metadata``.  The first
+    replacement keeps the metadata the record was published (and hashed) with in
+    ``recorded_metadata``, exactly, so ``auditgate verify`` still checks the record against its
+    chain hash; later replacements leave it as it is.
+    """
+    recorded = row["recorded_metadata"]
+    if recorded is None:
+        raw = row["originals"]
+        originals: dict[str, Any] = json.loads(raw) if raw else {}
+        own = originals["metadata"] if "metadata" in originals else json.loads(row["metadata"])
+        recorded = json.dumps(own, ensure_ascii=True)
+    value, kept = column_update("metadata", metadata, row["originals"])
+    return value, kept, recorded, int(time.time() * 1000)
 
 
 def scrub(text: str) -> str:

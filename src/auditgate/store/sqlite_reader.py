@@ -31,7 +31,7 @@ from auditgate.store.queries import (
     messages_of,
     page_sql,
 )
-from auditgate.store.schema import SELECT_COLUMNS, TABLE, column_update
+from auditgate.store.schema import SELECT_COLUMNS, TABLE, metadata_update
 
 _T = TypeVar("_T")
 _COLUMNS = SELECT_COLUMNS + ", deleted_at"
@@ -142,16 +142,16 @@ class SqliteStore:
         with db.write_transaction(conn):
             sql = Sql("sqlite")
             statement = (
-                f"SELECT request_id, originals FROM {TABLE} "
+                f"SELECT request_id, metadata, originals, recorded_metadata FROM {TABLE} "
                 f"WHERE {sql.visible(response_id, tenant)}"
             )
             row = conn.execute(statement, sql.params).fetchone()
             if row is None:
                 return None
-            value, originals = column_update("metadata", metadata, row["originals"])
             conn.execute(
-                f"UPDATE {TABLE} SET metadata = ?, originals = ? WHERE request_id = ?",
-                (value, originals, row["request_id"]),
+                f"UPDATE {TABLE} SET metadata = ?, originals = ?, recorded_metadata = ?, "
+                "metadata_updated_at = ? WHERE request_id = ?",
+                (*metadata_update(row, metadata), row["request_id"]),
             )
         return self._get_sync(response_id, tenant)
 
