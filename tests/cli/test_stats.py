@@ -6,14 +6,17 @@ import asyncio
 import datetime
 import json
 import math
+import time
 from typing import Any
 
+import openai
 import pytest
 
 from auditgate.audit.record import AuditRecord, Envelope
 from auditgate.cli.main import main
 from auditgate.cli.stats import table
-from tests.cli.test_export import dataset, filled, minimal_record, sink_for, store_url
+from tests.cli.test_export import dataset, export, filled, minimal_record, sink_for, store_url
+from tests.support.server import gateway
 
 __all__ = ["filled", "store_url"]  # fixtures, imported for this module's tests
 
@@ -60,10 +63,9 @@ async def stats(url: str, capsys: pytest.CaptureFixture[str], *args: str) -> tup
 async def test_groups_and_totals_equal_sums_over_records(
     filled: tuple[str, list[AuditRecord]], capsys: pytest.CaptureFixture[str], by: str
 ) -> None:
-    """Every group's counts, tokens, errors and percentiles are those of its records; deleted
-    completions count too."""
-    url, _ = filled
-    records = dataset()
+    """Every group's counts, tokens, errors and percentiles are those of its records; the
+    completion deleted through the API is left out."""
+    url, records = filled
     keys = sorted({key_of(r, by) for r in records})
     expected = {
         "by": by,
@@ -129,5 +131,53 @@ async def test_integrity_checkpoints_are_not_requests(
     await sink.open()
     await sink.write([Envelope(checkpoint)])
     await sink.close()
-    _, doc = await stats(url, capsys)
+    _, doc = await stats(url, capsys, "--include-deleted")
     assert summary("total", dataset()) == doc["total"]
+
+
+def create_and_delete_one(env: dict[str, str]) -> list[tuple[str, int]]:
+    """Through a gateway with ``env``: three stored completions, the second deleted through the
+    API; ``(id, prompt tokens)`` of each."""
+    with gateway(env, configured_sinks=True) as g:
+        client = openai.OpenAI(base_url=g.base_url, api_key="unused", max_retries=0)
+        made = [
+            client.chat.completions.create(
+                model="mock", messages=[{"role": "user", "content": "q " * n}], store=True
+            )
+            for n in (1, 2, 3)
+        ]
+        deadline = time.monotonic() + 10
+        while len(client.chat.completions.list().data) < len(made):
+            assert time.monotonic() < deadline, "the store did not catch up"
+            time.sleep(0.01)
+        client.chat.completions.delete(made[1].id)
+    return [(c.id, c.usage.prompt_tokens if c.usage else 0) for c in made]
+
+
+async def test_deleted_completions_follow_one_rule_in_stats_and_export(
+    store_url: str, workdir: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A completion deleted through the API is left out of both stats and export by default, and
+    counted by both with --include-deleted: the numbers always describe the exported records."""
+    env = {"DYN_AUDIT_ENABLED": "1"}
+    if store_url.startswith("sqlite:///"):
+        env.update(DYN_AUDIT_SINKS="sqlite", DYN_AUDIT_SQLITE_PATH=store_url[len("sqlite:///") :])
+    else:
+        env.update(DYN_AUDIT_SINKS="postgres", DYN_AUDIT_POSTGRES_URL=store_url)
+    made = await asyncio.to_thread(create_and_delete_one, env)
+    seen = []
+    for flags in ([], ["--include-deleted"]):
+        _, doc = await stats(store_url, capsys, *flags)
+        _, lines = await export(store_url, workdir, "--format", "raw", *flags)
+        seen.append(
+            (
+                (doc["total"]["requests"], doc["total"]["prompt_tokens"]),
+                (len(lines), sum(line["usage"]["prompt_tokens"] for line in lines)),
+                sorted(line["response"]["id"] for line in lines),
+            )
+        )
+    expected = []
+    for chosen in ([made[0], made[2]], made):
+        counts = (len(chosen), sum(tokens for _, tokens in chosen))
+        expected.append((counts, counts, sorted(rid for rid, _ in chosen)))
+    assert expected == seen

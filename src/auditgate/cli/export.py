@@ -9,7 +9,9 @@ Formats (one JSON object a line):
 - ``raw`` — the audit record as stored (every mode, not only ``full``).
 
 ``finetune`` and ``eval`` read stored completions only (``mode='full'`` with a response) and skip
-records without an assistant message.  Completions deleted through the API are never exported.
+records without an assistant message.  Completions deleted through the API (tombstones the store
+keeps for the audit trail) are left out unless ``--include-deleted`` is given — the same rule,
+flag and default as ``auditgate stats``, so both describe the same records.
 Rows stream from the store in ``(created_at, request_id)`` order a chunk at a time, so memory
 stays flat whatever the table's size (``--dedupe`` keeps one 16-byte digest per distinct
 prompt) and two exports of the same data are byte-identical.  On a terminal, a progress line is
@@ -43,7 +45,8 @@ _canonical: Final = msgspec.json.Encoder(order="sorted")
 
 
 def add_store_options(p: argparse.ArgumentParser) -> None:
-    """``--store``, ``--since``, ``--until``: shared by ``export`` and ``stats``."""
+    """``--store``, ``--since``, ``--until``, ``--include-deleted``: shared by ``export`` and
+    ``stats``, so both select records by the same rules."""
     p.add_argument(
         "--store",
         default=os.environ.get("AUDITGATE_STORE_URL"),
@@ -51,6 +54,12 @@ def add_store_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--since", type=parse_time, help="from this time: ISO 8601 or Unix ms")
     p.add_argument("--until", type=parse_time, help="before this time: ISO 8601 or Unix ms")
+    p.add_argument(
+        "--include-deleted",
+        action="store_true",
+        help="also completions deleted through the API (the store keeps them as tombstones); "
+        "by default they are left out, as the API leaves them out",
+    )
 
 
 def parse_time(text: str) -> int:
@@ -104,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
             until_ms=args.until,
             status=args.status,
             stored_only=args.format != "raw",
+            live_only=not args.include_deleted,
         )
         url = store_url(args, "export")
         with _output(args.output) as out:

@@ -1,10 +1,13 @@
 """``auditgate stats``: usage per model, tenant or day, from the store.
 
-Every record counts (``full`` and ``usage_only``, and completions later deleted through the API:
-their tokens were spent).  Per group: requests, prompt and completion tokens (records without
-usage add nothing), errors (``status: "error"``), and p50/p95 of ``duration_ms`` and ``ttft_ms``
-(nearest-rank percentiles over the records that have the value; ``null`` when none has).
-Days are UTC dates of ``created_at``.  A table on a terminal, ``--json`` for machines.
+Every record counts, ``full`` and ``usage_only``, except integrity checkpoints and, unless
+``--include-deleted`` is given, completions deleted through the API: the same rule, flag and
+default as ``auditgate export``, so the numbers describe the records an export holds.  A deleted
+completion's tokens were spent all the same: ``--include-deleted`` counts them (usage for
+billing).  Per group: requests, prompt and completion tokens (records without usage add nothing),
+errors (``status: "error"``), and p50/p95 of ``duration_ms`` and ``ttft_ms`` (nearest-rank
+percentiles over the records that have the value; ``null`` when none has).  Days are UTC dates
+of ``created_at``.  A table on a terminal, ``--json`` for machines.
 """
 
 from __future__ import annotations
@@ -113,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         since_ms=args.since,
         until_ms=args.until,
         stored_only=False,
-        live_only=False,
+        live_only=not args.include_deleted,
         requests_only=True,
     )
     try:
