@@ -14,6 +14,6 @@ def pytest_asyncio_loop_factories(
 ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
     """The spool's tests run on both loops: the gateway serves on uvloop, whose transports and
     subprocesses are not asyncio's; the rest run on asyncio's own."""
-    if item.nodeid.startswith("tests/audit/test_spool.py"):
+    if item.nodeid.startswith(("tests/audit/test_spool.py", "tests/audit/test_spool_space.py")):
         return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
     return {"asyncio": asyncio.new_event_loop}

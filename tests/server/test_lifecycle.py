@@ -196,7 +196,7 @@ def test_workers_are_separate_writers(tmp_path: Path, durability: str) -> None:
         slots = sorted(p.name for p in (tmp_path / "spool").iterdir())
         assert slots == ["worker-0", "worker-1"]
         for slot in slots:
-            assert (tmp_path / "spool" / slot / "cursor.jsonl.json").exists()
+            assert (tmp_path / "spool" / slot / "cursor.jsonl").exists()
 
 
 def test_serving_processes_tune_the_garbage_collector() -> None:

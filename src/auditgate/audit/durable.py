@@ -82,6 +82,8 @@ class _Reader:
         """``time.monotonic()`` of the last cursor save."""
         self.saved = position
         """The position the last cursor save wrote (or found at start)."""
+        self.stored = position
+        """Everything before this is stored and synced in the sink: the spool may delete it."""
         self.save_timer: asyncio.TimerHandle | None = None
         """Wakes an idle reader whose unsaved position is due for its throttled save."""
         self.wake_at = 1
@@ -364,31 +366,36 @@ class DurableBus:
 
     async def _save(self, reader: _Reader) -> bool:
         """Let the spool forget what the sink stored: sync the sink (a :class:`Syncable` one),
-        then persist its cursor and delete the segments every sink has passed, on a worker
-        thread.  False when that failed (logged; the next save retries, the spool keeps
-        everything meanwhile)."""
+        then persist its cursor and delete the segments every sink has stored, on a worker
+        thread.  False when the sync or the cursor save failed (logged; the next save retries).
+
+        Deletion follows what each sink has stored and synced, not its saved cursor: a cursor
+        that could not be saved only falls back (replays), so a spool whose cursor saves fail
+        still frees its disk as its sinks catch up."""
         reader.saved_at = time.monotonic()
         position = reader.position
+        saved = False
         try:
             if isinstance(reader.sink, Syncable):
                 await reader.sink.sync()
+            reader.stored = position
             await asyncio.to_thread(self.spool.save_cursor, reader.name, position)
         except Exception as exc:  # noqa: BLE001 - a sink's or the disk's error: retried, logged
             self.metrics.sink_errors.labels(reader.name).inc()
             self._log.warning(
                 f"save-{reader.name}",
-                "audit sink %s: cannot save its spool cursor (%s); the spool keeps its records "
-                "until a save succeeds",
+                "audit sink %s: cannot save its spool cursor (%s); retrying (until a save "
+                "works, a restart replays from the last saved one)",
                 reader.name,
                 describe_error(exc),
             )
-            return False
-        reader.saved = position
+        else:
+            reader.saved, saved = position, True
         try:
-            await asyncio.to_thread(self.spool.release, [r.saved for r in self._readers])
+            await asyncio.to_thread(self.spool.release, [r.stored for r in self._readers])
         except OSError as exc:
             self._log.warning("release", "audit spool: cannot delete passed segments: %s", exc)
-        return True
+        return saved
 
     def _decode(self, reader: _Reader, frames: list[Frame]) -> list[Envelope]:
         batch: list[Envelope] = []

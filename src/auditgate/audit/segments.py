@@ -6,7 +6,8 @@ Layout of a spool directory:
   (:mod:`auditgate.audit.frames`: length, CRC-32, append time, the record's JSON); the live
   one may end in zeros the writer put ahead of its records (``Writer.prepare`` in
   :mod:`auditgate.audit.writer`), cut off when it is sealed and at recovery.
-- ``cursor.<sink>.json`` — how far a sink has stored, ``{"segment": n, "offset": o}``.
+- ``cursor.<sink>`` — how far a sink has stored (:mod:`auditgate.audit.cursors`: allocated
+  once, then overwritten in place, so saving one never needs new space).
 - ``owner.lock`` (the owning gateway process) and ``writer.lock`` (its writer process): ``flock``
   locks, so two processes never write one spool.  With ``--workers N`` each worker owns the
   first free ``worker-K`` sub-directory (K < N) and replays what an earlier owner left there.
@@ -19,11 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
@@ -66,6 +66,9 @@ class Recovery:
     """Index of the segment new records go to; everything before it was recovered."""
     sizes: dict[int, int] = dataclasses.field(default_factory=dict)
     """Valid length of every segment kept."""
+    last: bytes | None = None
+    """The newest record in the spool (its JSON), or None when it holds none: where the chain
+    of the process that wrote it ended, if that process did not seal it."""
 
 
 def segment_path(directory: Path, segment: int) -> Path:
@@ -103,8 +106,7 @@ def claim(root: Path, slots: int) -> Claim:
         except BlockingIOError:
             os.close(fd)
             continue
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        _note_pid(fd, directory)
         wait_for_old_writer(directory)
         _warn_orphans(root, slots)
         return Claim(directory, fd)
@@ -112,6 +114,17 @@ def claim(root: Path, slots: int) -> Claim:
         f"the audit spool {root} is in use by other gateway processes "
         f"({slots} slot(s), all locked): give this one its own DYN_AUDIT_SPOOL_DIR"
     )
+
+
+def _note_pid(fd: int, directory: Path) -> None:
+    """Write this process's pid into its ``owner.lock`` for people looking at the directory:
+    over the old one in place (no new space: the disk may be full), and only as a courtesy."""
+    pid = f"{os.getpid()}\n".encode()
+    try:
+        os.pwrite(fd, pid, 0)
+        os.ftruncate(fd, len(pid))
+    except OSError as exc:
+        log.warning("audit spool: cannot note this process's pid in %s: %s", directory, exc)
 
 
 def wait_for_old_writer(directory: Path, timeout_s: float = 30.0) -> None:
@@ -145,84 +158,111 @@ def _warn_orphans(root: Path, slots: int) -> None:
             )
 
 
-# -- cursors ---------------------------------------------------------------------------------
-
-
-def _cursor_path(directory: Path, sink: str) -> Path:
-    return directory / f"cursor.{sink}.json"
-
-
-def load_cursor(directory: Path, sink: str) -> Position | None:
-    """A sink's saved cursor, or None when it has none (or it is unreadable)."""
+def fit_volume(directory: Path, segment_bytes: int, slots: int) -> int:
+    """``segment_bytes``, at most an eighth of the volume holding ``directory`` (a share of
+    that per worker slot): the segment holding the newest record is kept until a newer record
+    commits, so it must never be able to fill the disk the spool needs to free."""
     try:
-        raw = json.loads(_cursor_path(directory, sink).read_text())
-        return Position(int(raw["segment"]), int(raw["offset"]))
-    except FileNotFoundError:
-        return None
-    except (ValueError, KeyError, TypeError) as exc:
-        log.error("audit spool: unreadable cursor of sink %s (%s); replaying from start", sink, exc)
-        return None
-
-
-def save_cursor(directory: Path, sink: str, position: Position) -> None:
-    """Persist a sink's cursor by atomic rename (no fsync: a cursor that falls back after a
-    power loss replays records, and sinks are idempotent)."""
-    path = _cursor_path(directory, sink)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"segment": position.segment, "offset": position.offset}))
-    os.replace(tmp, path)
+        volume = os.statvfs(directory)
+    except OSError as exc:
+        log.warning("audit spool: cannot tell the size of its volume: %s", exc)
+        return segment_bytes
+    size = volume.f_blocks * volume.f_frsize
+    bound = max(4096, size // (8 * slots))
+    if bound >= segment_bytes:
+        return segment_bytes
+    log.info("audit spool: segments of %d bytes (an eighth of the volume's %d)", bound, size)
+    return bound
 
 
 # -- recovery and reading --------------------------------------------------------------------
 
 
-def recover(directory: Path, sinks: Sequence[str]) -> Recovery:
+def recover(directory: Path, saved: Mapping[str, Position | None]) -> Recovery:
     """Check every segment some sink still needs, cut each at its first torn or corrupt frame
     (truncate, log, report) or where only zeros follow (truncate), delete the segments every
-    sink has passed, and count each sink's backlog.  New records go to a new segment after
-    the last one found."""
+    sink has passed and those without records, and count each sink's backlog.
+
+    ``saved``: each sink's saved cursor (None: it starts at the oldest segment).  The segment
+    holding the newest record is kept even when every sink has passed it: that record says
+    where the chain of the process that wrote it ended (:attr:`Recovery.last`), and it goes
+    once a newer record is committed.  New records go to a new segment, numbered after every
+    segment and cursor found, so no cursor can ever be ahead of them.
+    """
     found = sorted(
         int(p.name[: -len(SUFFIX)])
         for p in directory.iterdir()
         if p.name.endswith(SUFFIX) and p.name[: -len(SUFFIX)].isdigit()
     )
     first = found[0] if found else 0
-    cursors = {name: load_cursor(directory, name) or Position(first, 0) for name in sinks}
+    cursors = {name: position or Position(first, 0) for name, position in saved.items()}
     oldest = min(cursors.values(), default=Position(first, 0))
-    backlog = dict.fromkeys(sinks, 0)
+    newest, parsed = _newest_record(directory, found)
+    last = parsed[newest][0][-1].payload if newest is not None else None
+    backlog = dict.fromkeys(cursors, 0)
     cuts: list[Cut] = []
     sizes: dict[int, int] = {}
     for segment in found:
         path = segment_path(directory, segment)
-        passed = segment == oldest.segment and oldest.offset >= path.stat().st_size
-        if segment < oldest.segment or passed:  # every sink stored all of it
+        size = path.stat().st_size
+        if segment != newest and (size == 0 or Position(segment, size) <= oldest):
+            path.unlink()  # no records, or every sink stored all of them
+            continue
+        known = parsed.pop(segment, None)
+        frames, valid = _cut(path, segment, known if known is not None else _parse(path), cuts)
+        if not valid:
             path.unlink()
             continue
-        data = path.read_bytes()
-        frames, valid, problem = parse_frames(data, segment, 0, len(data))
-        if problem is not None:
-            cut = Cut(segment, valid, len(data) - valid, problem)
-            cuts.append(cut)
-            log.error(
-                "audit spool: %s at %s offset %d: cut %d byte(s); the %d record(s) before it "
-                "are kept",
-                problem,
-                path,
-                valid,
-                cut.removed,
-                len(frames),
-            )
-        if valid < len(data):  # a cut, or the zeros the writer had put ahead of its records
-            with path.open("r+b") as f:
-                f.truncate(valid)
-                os.fsync(f.fileno())
         for frame in frames:
             for name, cursor in cursors.items():
                 if frame.start >= cursor:
                     backlog[name] += 1
         sizes[segment] = valid
-    live = (found[-1] + 1) if found else 0
-    return Recovery(cursors, backlog, cuts, live, sizes)
+    ahead = [position.segment + 1 for position in saved.values() if position is not None]
+    live = max([found[-1] + 1 if found else 0, *ahead])
+    return Recovery(cursors, backlog, cuts, live, sizes, last)
+
+
+_Parsed = tuple[list[Frame], int, str | None, int]
+"""A segment's frames, their valid length, the problem after them, and the file's length."""
+
+
+def _parse(path: Path) -> _Parsed:
+    data = path.read_bytes()
+    frames, valid, problem = parse_frames(data, int(path.name[: -len(SUFFIX)]), 0, len(data))
+    return frames, valid, problem, len(data)
+
+
+def _newest_record(directory: Path, found: list[int]) -> tuple[int | None, dict[int, _Parsed]]:
+    """The newest segment holding a valid record, and what was parsed to find it."""
+    parsed: dict[int, _Parsed] = {}
+    for segment in reversed(found):
+        parsed[segment] = result = _parse(segment_path(directory, segment))
+        if result[0]:
+            return segment, parsed
+    return None, parsed
+
+
+def _cut(path: Path, segment: int, parsed: _Parsed, cuts: list[Cut]) -> tuple[list[Frame], int]:
+    """Truncate a segment after its valid frames (a torn or corrupt tail: logged and added to
+    ``cuts``; or the writer's zeros ahead of its records); its frames and valid length."""
+    frames, valid, problem, size = parsed
+    if problem is not None:
+        cut = Cut(segment, valid, size - valid, problem)
+        cuts.append(cut)
+        log.error(
+            "audit spool: %s at %s offset %d: cut %d byte(s); the %d record(s) before it are kept",
+            problem,
+            path,
+            valid,
+            cut.removed,
+            len(frames),
+        )
+    if valid < size:
+        with path.open("r+b") as f:
+            f.truncate(valid)
+            os.fsync(f.fileno())
+    return frames, valid
 
 
 def read_segment(

@@ -17,14 +17,20 @@ Contracts:
   what it left after the committed end is cut off, and a new writer continues in a new segment.
 - :meth:`Spool.recover` (before :meth:`Spool.start`) checks every segment some sink still needs,
   cuts each at its first torn or corrupt frame (truncates, logs, counts in the returned
-  :class:`Recovery`), and deletes the segments every sink has passed.  Writing always starts in a
-  new segment, so recovered segments are never appended to.
-- Cursors are saved by atomic rename without fsync: after a power loss a cursor may fall back,
-  which replays records — sinks are idempotent on ``request_id``, so at least once is enough.
-  (The durable bus syncs a sink before it saves that sink's cursor, so a cursor never passes a
-  record the sink could still lose.)
+  :class:`Recovery`), and deletes the segments every sink has passed but the one holding the
+  newest record.  Writing always starts in a new segment, so recovered segments are never
+  appended to.
+- Cursors are overwritten in place without fsync (:mod:`auditgate.audit.cursors`): after a
+  power loss a cursor may fall back, which replays records — sinks are idempotent on
+  ``request_id``, so at least once is enough.  (The durable bus syncs a sink before it saves
+  that sink's cursor, so a cursor never passes a record the sink could still lose.)
 - ``full`` is true while the segments hold ``max_bytes`` or more; it clears by itself once sinks
   pass whole segments and they are deleted.
+- A full disk (ENOSPC) fails the records of the batch like any write error, and never wedges
+  the spool: nothing that frees space needs new space (cursor saves write in place, deletion
+  and cutting only unlink and truncate), a failed writer's segments without committed records
+  are deleted, and a segment is at most an eighth of the volume (:meth:`Spool.recover`), so
+  the one that holds the newest record, kept until a newer one commits, cannot fill it.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Final, NamedTuple, cast
 
-from auditgate.audit import segments, writer
+from auditgate.audit import cursors, segments, writer
 from auditgate.audit.frames import HEADER, Frame, Position, frame_header
 from auditgate.audit.record import Envelope
 from auditgate.audit.segments import Cut, Recovery, SpoolError
@@ -121,6 +127,8 @@ class Spool:
         """The segment new batches go to."""
         self._written_offset = 0
         """Where the next batch goes in the live segment (ahead of ``_end`` while unsynced)."""
+        self._cursors: dict[str, cursors.CursorFile] = {}
+        """Each sink's cursor file (:meth:`recover` allocates them)."""
 
     # -- state -------------------------------------------------------------------------------
 
@@ -163,14 +171,26 @@ class Spool:
             self._claim = None
 
     def recover(self, sinks: Sequence[str]) -> Recovery:
-        """Claim the spool directory, scan, cut and clean it (:func:`segments.recover`);
-        blocking (run it off the event loop)."""
-        recovery = segments.recover(self.claim(), sinks)
+        """Claim the spool directory, scan, cut and clean it (:func:`segments.recover`), and
+        allocate each sink's cursor file; blocking (run it off the event loop)."""
+        directory = self.claim()
+        self.segment_bytes = segments.fit_volume(directory, self.segment_bytes, self.slots)
+        self._cursors = {name: cursors.CursorFile(directory, name) for name in sinks}
+        saved = {name: cursor.load() for name, cursor in self._cursors.items()}
+        recovery = segments.recover(directory, saved)
+        for name, cursor in self._cursors.items():
+            try:
+                cursor.allocate()
+            except OSError as exc:  # retried by every save; the spool still frees space
+                log.error("audit spool: cannot create the cursor file of sink %s: %s", name, exc)
         self._sizes = dict(recovery.sizes)
         self._bytes = sum(self._sizes.values())
         self._live = recovery.live
         self._written_offset = 0
-        self._end = Position(self._live, 0)
+        newest = max(self._sizes, default=None)  # the newest record's: the committed end
+        self._end = (
+            Position(newest, self._sizes[newest]) if newest is not None else Position(self._live, 0)
+        )
         return recovery
 
     # -- writing -----------------------------------------------------------------------------
@@ -342,16 +362,22 @@ class Spool:
 
     def _cut_uncommitted(self) -> None:
         """Cut what a failed writer left after the committed end off the segments, so no
-        reader and no recovery ever sees it (run once that writer has exited)."""
+        reader and no recovery ever sees it (run once that writer has exited); delete the
+        segments it created without committing a record in them (a disk that keeps failing
+        must not collect an empty file per writer restart)."""
         for segment in range(self._end.segment, self._live + 1):
             with self._lock:
-                size = self._sizes.get(segment, 0)
+                size = self._sizes.get(segment)
+            path = self._path(segment)
             try:
-                os.truncate(self._path(segment), size)
+                if size is None:
+                    path.unlink()
+                else:
+                    os.truncate(path, size)
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                log.error("audit spool: cannot cut segment %d to %d bytes: %s", segment, size, exc)
+                log.error("audit spool: cannot cut segment %d to %s bytes: %s", segment, size, exc)
 
     async def _start_writer(self) -> None:
         assert self._loop is not None
@@ -421,15 +447,21 @@ class Spool:
 
     def load_cursor(self, sink: str) -> Position | None:
         """A sink's saved cursor, or None when it has none (or it is unreadable)."""
-        return segments.load_cursor(self.directory, sink)
+        return cursors.CursorFile(self.directory, sink).load()
 
     def save_cursor(self, sink: str, position: Position) -> None:
-        """Persist a sink's cursor by atomic rename; blocking."""
-        segments.save_cursor(self.directory, sink, position)
+        """Persist a sink's cursor, in place (no new space needed); blocking, raises OSError."""
+        cursor = self._cursors.get(sink)
+        if cursor is None:
+            cursor = self._cursors[sink] = cursors.CursorFile(self.directory, sink)
+            cursor.load()
+        cursor.save(position)
 
-    def release(self, cursors: Iterable[Position]) -> int:
-        """Delete sealed segments every cursor has passed; returns how many went.  Blocking."""
-        oldest = min(cursors, default=None)
+    def release(self, stored: Iterable[Position]) -> int:
+        """Delete sealed segments every sink has stored (``stored``: how far each has); returns
+        how many went.  The newest record's segment always stays: every position is at most
+        the committed end.  Blocking."""
+        oldest = min(stored, default=None)
         if oldest is None:
             return 0
         with self._lock:
