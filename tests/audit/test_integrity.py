@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from auditgate.audit import checkpoints
 from auditgate.audit.integrity import (
     GENESIS,
     Checkpoint,
@@ -292,3 +294,101 @@ def test_sealed_envelope_is_the_record(extra: Any) -> None:
     verifier = Verifier(ordered=True, live=True)
     verifier.add("line 1", msgspec.json.decode(envelope.json))
     assert verifier.report().intact
+
+
+def test_a_recovery_checkpoint_seals_a_dead_writers_chain() -> None:
+    """A writer that died after seq 4 is sealed by its successor: a final checkpoint in its
+    own chain (seq 5, after its last record), signed, saying who sealed it on recovery; the
+    successor's own chain is untouched."""
+    records = chain_of(5, every=3, final=False)
+    last = records[-1]
+    assert last.integrity is not msgspec.UNSET
+    successor = IntegrityChain(HmacSigner(KEY), engine="mock")
+    envelope = successor.seal_recovered(last, "w2")
+    assert envelope is not None and successor.head == GENESIS
+    seal = msgspec.json.decode(envelope.json)
+    head = last.integrity.hash
+    message = checkpoint_message("w1", last.seq + 1, head, True, "w2")
+    expected = Checkpoint(
+        head, "recovery", True, "hmac-sha256", HmacSigner(KEY).sign(message), "w2"
+    )
+    assert (seal["writer"], seal["seq"], seal["mode"]) == ("w1", last.seq + 1, "checkpoint")
+    assert Checkpoint.from_metadata(seal["metadata"]) == expected
+    verifier = Verifier(signer=HmacSigner(KEY))
+    for index, entry in enumerate([*as_dicts(records), seal]):
+        verifier.add(f"line {index + 1}", entry)
+    [report] = verifier.report().writers
+    assert (report.intact, report.final, report.sealed_by, report.findings) == (
+        True,
+        True,
+        "w2",
+        [],
+    )
+
+
+def test_only_an_unsealed_chain_gets_a_recovery_checkpoint() -> None:
+    """Nothing to seal after a final checkpoint, an unchained record or the sealer's own;
+    a chain that ended at a non-final checkpoint is sealed."""
+    chain = IntegrityChain(HmacSigner(KEY), engine="mock")
+    final, count = chain_of(1)[-1], chain_of(2, every=2, final=False)[-1]
+    unchained = make_record(0, writer="w1", integrity=msgspec.UNSET)
+    unchained.writer, unchained.seq = "w1", 0
+    assert count.mode == "checkpoint"
+    sealed = [
+        chain.seal_recovered(r, s) for r, s in ((final, "w2"), (unchained, "w2"), (count, "w1"))
+    ]
+    assert sealed == [None, None, None]
+    assert chain.seal_recovered(count, "w2") is not None
+
+
+def test_a_relabelled_recovery_checkpoint_fails_its_signature() -> None:
+    """Whoever can re-hash records but has no key cannot pass a recovery seal off as the
+    writer's own final checkpoint, nor the reverse: the signature covers who sealed it."""
+    records = chain_of(3, final=False)
+    envelope = IntegrityChain(HmacSigner(KEY), engine="mock").seal_recovered(records[-1], "w2")
+    assert envelope is not None
+    seal = msgspec.json.decode(envelope.json)
+    del seal["metadata"]["sealed_by"]
+    seal["metadata"]["reason"] = "shutdown"
+    own = as_dicts(chain_of(3))  # the same writer's trail, ended by its own final checkpoint
+    own[-1]["metadata"].update(reason="recovery", sealed_by="w2")
+    for forged in (seal, own[-1]):
+        prev = forged["integrity"]["prev"]
+        forged["integrity"]["hash"] = link(prev, canonical(forged))
+    assert verify([*as_dicts(records), seal]) == [("bad_signature", "w1", 3)]
+    assert verify(own) == [("bad_signature", "w1", 3)]
+
+
+def test_a_replayed_batch_appended_again_is_a_duplicate_not_reordered() -> None:
+    """A file sink that got records 2..4 again after a crash (at-least-once delivery) holds
+    them twice, the copies after later records: warnings, not damage."""
+    entries = as_dicts(chain_of(4))
+    trail = [*entries[:4], *entries[2:]]  # 0 1 2 3 | 2 3 4(final)
+    assert verify(trail) == [("duplicate", "w1", 2), ("duplicate", "w1", 3)]
+    reordered = [*entries[:4], dict(entries[2], model="other"), *entries[4:]]
+    assert verify(reordered)[:2] == [("reordered", "w1", 2), ("conflict", "w1", 2)]
+
+
+async def test_a_recovery_seal_is_retried_until_it_is_durable(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A spool that fails (a full disk) does not leave the dead writer unsealed: the seal is
+    published again until a commit works; with no retries left it is reported unsealed."""
+    monkeypatch.setattr(checkpoints, "SEAL_RETRY_S", (0.0,))
+    last = chain_of(1, final=False)[0]
+    outcomes = [OSError(28, "No space left on device")] * 2 + [None]
+    calls: list[AuditRecord] = []
+
+    def seal(record: AuditRecord) -> asyncio.Future[None]:
+        calls.append(record)
+        commit: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        error = outcomes[len(calls) - 1]
+        commit.set_result(None) if error is None else commit.set_exception(error)
+        return commit
+
+    assert await checkpoints.seal_until_durable(seal, last) is True
+    assert calls == [last, last, last]
+    calls.clear()
+    outcomes[:] = [OSError(28, "No space left on device")]
+    assert await checkpoints.seal_until_durable(seal, last, retries=0) is False
+    assert "the chain of writer w1 (up to seq 0) is left unsealed" in caplog.text

@@ -261,6 +261,20 @@ class Auditor:
         record = self.processors.checkpoint(reason, final=final) if self._enabled else None
         return None if record is None else self._publish_now(record)
 
+    def seal_predecessor(self, last: AuditRecord) -> Awaitable[None] | None:
+        """Publish the recovery checkpoint sealing the chain of the writer whose record ``last``
+        is the newest in the durable spool at start (its process died without its final
+        checkpoint), if integrity is on and that chain is not sealed; returns its commit.  The
+        record is that writer's, already chained: it is not stamped with this writer's seq."""
+        if not self._enabled:
+            return None
+        envelope = self.processors.seal_recovered(last, self.writer)
+        if envelope is None:
+            return None
+        self._records["checkpoint"].inc()
+        assert self.bus is not None
+        return self.bus.publish(envelope)
+
     def _sampled(self, request_id: str) -> bool:
         if self._sample >= 1.0:
             return True

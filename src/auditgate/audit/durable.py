@@ -45,7 +45,7 @@ from auditgate.audit.bus import (
 )
 from auditgate.audit.frames import Frame, Position
 from auditgate.audit.metrics import AuditMetrics
-from auditgate.audit.record import Envelope, Mode, decode_record
+from auditgate.audit.record import AuditRecord, Envelope, Mode, decode_record
 from auditgate.audit.sink import Sink, Syncable
 from auditgate.audit.spool import Spool, SpoolError
 from auditgate.errors import UNDECODABLE, ConfigError
@@ -128,6 +128,9 @@ class DurableBus:
         self._closing = False
         self._drained = False
         self._log = RateLimitedLog()
+        self.last_recovered: AuditRecord | None = None
+        """The newest record the spool held at :meth:`start` (None: none, or unreadable): if
+        its process died without a final checkpoint, its chain ends there."""
         self._spool_full = metrics.dropped.labels("spool", "spool_full")
         self._spool_error = metrics.dropped.labels("spool", "spool_error")
         metrics.watch(metrics.spool_bytes, lambda: spool.bytes)
@@ -154,6 +157,7 @@ class DurableBus:
             self.metrics.spool_cut_bytes.inc(cut.removed)
         self._live_segment = recovery.live
         self._end = self.spool.end
+        self.last_recovered = _last_record(recovery.last)
         for sink in self._sinks:
             reader = _Reader(sink, recovery.cursors[sink.name], recovery.backlog[sink.name])
             self._readers.append(reader)
@@ -414,6 +418,16 @@ class DurableBus:
                 continue
             batch.append(envelope)
         return batch
+
+
+def _last_record(payload: bytes | None) -> AuditRecord | None:
+    if payload is None:
+        return None
+    try:
+        return decode_record(payload)
+    except UNDECODABLE as exc:  # checksum fine, content not a record: a bug
+        log.error("audit spool: its newest frame is not a record (%s); not sealing its chain", exc)
+        return None
 
 
 def _failed(error: BaseException) -> asyncio.Future[None]:

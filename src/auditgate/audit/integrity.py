@@ -21,7 +21,11 @@ so readers that do not know a field still verify it.
 Checkpoints (``mode: "checkpoint"`` records carrying a :class:`Checkpoint` as metadata) sign
 :func:`checkpoint_message` — writer, seq, the chain head before it and whether it is the final
 one — with HMAC-SHA256 under ``DYN_AUDIT_INTEGRITY_KEY``.  A checkpoint is itself chained, so
-whoever can rewrite records but does not hold the key cannot forge the tail.
+whoever can rewrite records but does not hold the key cannot forge the tail.  A writer whose
+process died (SIGKILL, power loss) never wrote its final checkpoint: the gateway that next
+starts on its durable spool finds its last record there and seals its chain for it, with a
+final checkpoint in that writer's chain (``reason: "recovery"``, ``sealed_by``: the sealing
+writer, also signed).
 
 Checking a stored trail against all this is :mod:`auditgate.audit.verify`.
 """
@@ -161,9 +165,15 @@ def link(prev: str, data: bytes) -> str:
     return hashlib.sha256(bytes.fromhex(prev) + data).hexdigest()
 
 
-def checkpoint_message(writer: str, seq: int, head: str, final: bool) -> bytes:
-    """What a checkpoint's signature covers."""
-    return f"auditgate-checkpoint-v1\n{writer}\n{seq}\n{head}\n{int(final)}".encode()
+def checkpoint_message(
+    writer: str, seq: int, head: str, final: bool, sealed_by: str | None = None
+) -> bytes:
+    """What a checkpoint's signature covers; for a recovery checkpoint also who sealed the
+    chain (so a recovery seal cannot pass for the writer's own final checkpoint, or back)."""
+    message = f"auditgate-checkpoint-v1\n{writer}\n{seq}\n{head}\n{int(final)}"
+    if sealed_by is not None:
+        message += f"\nsealed-on-recovery-by\n{sealed_by}"
+    return message.encode()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -178,23 +188,29 @@ class Checkpoint:
     head: str
     """``integrity.hash`` of the writer's record just before this one (``seq - 1``)."""
     reason: str
-    """Why it was written: ``count``, ``interval`` or ``shutdown``."""
+    """Why it was written: ``count``, ``interval``, ``shutdown`` or ``recovery``."""
     final: bool
     """True for the checkpoint written at shutdown: nothing of this writer follows it."""
     alg: str
     """``hmac-sha256``, or ``none`` when no key was configured."""
     signature: str | None
     """Hex signature of :func:`checkpoint_message`; ``None`` when unsigned."""
+    sealed_by: str | None = None
+    """For a recovery checkpoint (``reason: "recovery"``): the writer that sealed this chain
+    on start because the process that wrote it died without its final checkpoint."""
 
     def metadata(self) -> dict[str, str]:
         """The checkpoint as record metadata."""
-        return {
+        metadata = {
             "head": self.head,
             "reason": self.reason,
             "final": "true" if self.final else "false",
             "alg": self.alg,
             "signature": self.signature or "",
         }
+        if self.sealed_by is not None:
+            metadata["sealed_by"] = self.sealed_by
+        return metadata
 
     @classmethod
     def from_metadata(cls, metadata: Any) -> Checkpoint | None:
@@ -205,12 +221,14 @@ class Checkpoint:
         if not (isinstance(head, str) and isinstance(reason, str) and isinstance(alg, str)):
             return None
         signature = metadata.get("signature")
+        sealed_by = metadata.get("sealed_by")
         return cls(
             head=head,
             reason=reason,
             final=metadata.get("final") == "true",
             alg=alg,
             signature=signature if isinstance(signature, str) and signature else None,
+            sealed_by=sealed_by if isinstance(sealed_by, str) else None,
         )
 
 

@@ -13,12 +13,12 @@ process is its own writer with its own chain.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
+
+import msgspec
 
 from auditgate.audit.integrity import (
     GENESIS,
@@ -34,8 +34,6 @@ from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import AuditRecord, Envelope, Integrity
 from auditgate.audit.redact import Redactor, builtin, load_patterns
 from auditgate.config import AuditSettings
-
-log = logging.getLogger("auditgate.audit")
 
 Processor = Callable[[AuditRecord], AuditRecord]
 """Takes a record, changes it in place or not, and returns it (the same object); runs before
@@ -229,15 +227,38 @@ class IntegrityChain:
         """Chain ``record`` (set its ``integrity``) and return its JSON line, reusing the
         bytes just hashed (see :func:`~auditgate.audit.integrity.sealed_json`); None when
         those bytes are not a faithful encoding and the record must be encoded as usual."""
-        prev = self.head
+        line, self.head = self._chained(record, self.head)
+        self.since = 0 if record.mode == "checkpoint" else self.since + 1
+        return line
+
+    def _chained(self, record: AuditRecord, prev: str) -> tuple[bytes | None, str]:
+        """Link ``record`` to ``prev`` (signing a checkpoint's metadata first): its JSON line
+        as :meth:`seal` returns it, and its hash."""
         if record.mode == "checkpoint":
             record.metadata = self._signed(record, prev).metadata()
         data, faithful = canonical_form(record)
         digest = link(prev, data)
         record.integrity = Integrity(prev=prev, hash=digest)
-        self.head = digest
-        self.since = 0 if record.mode == "checkpoint" else self.since + 1
-        return sealed_json(data, prev, digest) if faithful else None
+        return (sealed_json(data, prev, digest) if faithful else None), digest
+
+    def seal_recovered(self, last: AuditRecord, sealer: str) -> Envelope | None:
+        """The final checkpoint closing *another* writer's chain, whose newest record is
+        ``last``: found in the durable spool at start, its process died without sealing it.
+
+        The checkpoint is that writer's record ``last.seq + 1`` (its ``seq`` no record of it
+        can hold: the spool keeps a prefix of every writer's records), chained to ``last``,
+        ``reason: "recovery"``, ``final``, ``sealed_by: sealer``, signed with this gateway's
+        key; this writer's own chain is not touched.  None when there is nothing to seal:
+        ``last`` is not chained, or already a final checkpoint, or this writer's own."""
+        if last.integrity is msgspec.UNSET or last.writer == sealer:
+            return None
+        if last.mode == "checkpoint":
+            done = Checkpoint.from_metadata(last.metadata)
+            if done is not None and done.final:
+                return None
+        record = self._draft("recovery", final=True, sealed_by=sealer)
+        record.writer, record.seq = last.writer, last.seq + 1
+        return Envelope(record, self._chained(record, last.integrity.hash)[0])
 
     def checkpoint(self, reason: str, *, final: bool = False) -> AuditRecord | None:
         """A checkpoint record for ``reason`` (``count``, ``interval``, ``shutdown``), or None
@@ -245,6 +266,10 @@ class IntegrityChain:
         still written after a non-final one), or none at all from this writer."""
         if self.head == GENESIS or (self.since == 0 and not final):
             return None
+        return self._draft(reason, final=final)
+
+    def _draft(self, reason: str, *, final: bool, sealed_by: str | None = None) -> AuditRecord:
+        """A checkpoint record, not yet stamped (``writer``, ``seq``) nor signed."""
         now = int(self.clock() * 1000)
         return AuditRecord(
             request_id=f"checkpoint-{uuid.uuid4()}",
@@ -263,17 +288,19 @@ class IntegrityChain:
             duration_ms=0.0,
             writer="",
             seq=-1,
-            metadata=Checkpoint("", reason, final, UNSIGNED, None).metadata(),
+            metadata=Checkpoint("", reason, final, UNSIGNED, None, sealed_by).metadata(),
         )
 
     def _signed(self, record: AuditRecord, head: str) -> Checkpoint:
         draft = Checkpoint.from_metadata(record.metadata)
         reason = draft.reason if draft is not None else "count"
         final = draft.final if draft is not None else False
+        sealed_by = draft.sealed_by if draft is not None else None
         if self.signer is None:
-            return Checkpoint(head, reason, final, UNSIGNED, None)
-        message = checkpoint_message(record.writer, record.seq, head, final)
-        return Checkpoint(head, reason, final, self.signer.alg, self.signer.sign(message))
+            return Checkpoint(head, reason, final, UNSIGNED, None, sealed_by)
+        message = checkpoint_message(record.writer, record.seq, head, final, sealed_by)
+        signature = self.signer.sign(message)
+        return Checkpoint(head, reason, final, self.signer.alg, signature, sealed_by)
 
 
 class Processors:
@@ -310,6 +337,11 @@ class Processors:
         """The next checkpoint record (see :meth:`IntegrityChain.checkpoint`); None when off."""
         return None if self.chain is None else self.chain.checkpoint(reason, final=final)
 
+    def seal_recovered(self, last: AuditRecord, sealer: str) -> Envelope | None:
+        """The recovery checkpoint for another writer's chain ending at ``last`` (see
+        :meth:`IntegrityChain.seal_recovered`); None when off or nothing to seal."""
+        return None if self.chain is None else self.chain.seal_recovered(last, sealer)
+
     @classmethod
     def build(cls, settings: AuditSettings, metrics: AuditMetrics, *, engine: str) -> Processors:
         """The chain the settings ask for: redaction (built-in detectors, then the patterns
@@ -337,18 +369,3 @@ class Processors:
                 every=settings.checkpoint_every,
             )
         return cls(processors, chain)
-
-
-async def checkpoint_ticker(
-    checkpoint: Callable[[str], Awaitable[None] | None], interval_s: float
-) -> None:
-    """Call ``checkpoint("interval")`` every ``interval_s`` seconds until cancelled, awaiting
-    each commit (durable mode) so a slow spool does not pile up checkpoints."""
-    while True:
-        await asyncio.sleep(interval_s)
-        commit = checkpoint("interval")
-        if commit is not None:
-            try:
-                await commit
-            except Exception as exc:  # noqa: BLE001 - the next tick retries; logged, not silent
-                log.error("audit: interval checkpoint not made durable: %s", exc)

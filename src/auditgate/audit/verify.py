@@ -56,14 +56,15 @@ DAMAGE: Final = frozenset(
 - ``bad_checkpoint``: a checkpoint whose ``head`` is not its chain predecessor;
 - ``bad_signature`` / ``unsigned``: a checkpoint the given key did not sign;
 - ``unsealed``: records after the writer's last checkpoint (a cut-off tail, or a writer that
-  crashed or is still running);
+  crashed — and no gateway restarted on its durable spool to seal it — or is still running);
 - ``open``: the writer's last checkpoint is not its final (shutdown) one;
 - ``column_mismatch``: a stored column computed from the record (token counts, response id, a
   scrubbed copy of a value kept exactly in ``originals``, SQLite's metadata side table...) does
   not hold what the record gives; :attr:`Finding.column` names it.
 """
 WARNINGS: Final = frozenset({"duplicate", "unverified", "metadata_updated"})
-"""Kinds reported without failing: an identical record stored twice; signatures not checked
+"""Kinds reported without failing: an identical record stored twice (also out of order: a
+replayed batch appended again); signatures not checked
 because no key was given; metadata replaced through the stored-completions API (the chain
 covers the record's own metadata, which the store keeps; the replacement is not chained)."""
 
@@ -120,6 +121,9 @@ class WriterReport:
     last_checkpoint_seq: int | None = None
     final: bool = False
     """Whether the writer's last checkpoint is its final one."""
+    sealed_by: str | None = None
+    """The writer that sealed this one's chain on recovery (its process died), when its last
+    checkpoint is such a recovery checkpoint."""
     findings: list[Finding] = dataclasses.field(default_factory=list)
 
     @property
@@ -152,6 +156,7 @@ class Report:
                     "last_seq": w.last_seq,
                     "last_checkpoint_seq": w.last_checkpoint_seq,
                     "final": w.final,
+                    "sealed_by": w.sealed_by,
                     "findings": [_finding_dict(f) for f in w.findings],
                 }
                 for w in self.writers
@@ -218,38 +223,29 @@ class Verifier:
         rid = request_id if isinstance(request_id, str) else None
         findings = self._findings.setdefault(writer, [])
         links = self._links.setdefault(writer, {})
-        if self.ordered and seq < self._highest.get(writer, -1):
-            findings.append(
-                Finding(
-                    "reordered",
-                    writer,
-                    seq,
-                    location,
-                    f"comes after seq {self._highest[writer]} of the same writer",
-                    rid,
-                )
-            )
-        self._highest[writer] = max(seq, self._highest.get(writer, -1))
         entry = _link_of(seq, location, rid, data, tuple(notes))
         seen = links.get(seq)
+        if (
+            seen is not None
+            and seen.intact
+            and entry.intact
+            and (seen.hash, seen.request_id) == (entry.hash, rid)
+        ):
+            # A sink that got a batch again (at-least-once delivery: a replay after a crash)
+            # appends it again; that copy moves nothing, so it is not "reordered" either.
+            # The entry is not kept (its seq is taken): its notes are reported now.
+            findings.extend(_note_findings(writer, entry))
+            detail = f"same record as {seen.location}"
+            findings.append(Finding("duplicate", writer, seq, location, detail, rid, False))
+            return
+        if self.ordered and seq < self._highest.get(writer, -1):
+            detail = f"comes after seq {self._highest[writer]} of the same writer"
+            findings.append(Finding("reordered", writer, seq, location, detail, rid))
+        self._highest[writer] = max(seq, self._highest.get(writer, -1))
         if seen is None:
             links[seq] = entry
-            return
-        # The entry is not kept (its seq is taken): its notes are reported now.
-        findings.extend(_note_findings(writer, entry))
-        if seen.intact and entry.intact and (seen.hash, seen.request_id) == (entry.hash, rid):
-            findings.append(
-                Finding(
-                    "duplicate",
-                    writer,
-                    seq,
-                    location,
-                    f"same record as {seen.location}",
-                    rid,
-                    damage=False,
-                )
-            )
         else:
+            findings.extend(_note_findings(writer, entry))
             findings.append(
                 Finding("conflict", writer, seq, location, f"differs from {seen.location}", rid)
             )
@@ -287,6 +283,7 @@ class Verifier:
                 out.checkpoints += 1
                 out.last_checkpoint_seq = seq
                 out.final = link.checkpoint.final
+                out.sealed_by = link.checkpoint.sealed_by
         findings.extend(self._tail(out, links))
         return out
 
@@ -314,7 +311,9 @@ class Verifier:
         if checkpoint.head != link.prev:
             add("bad_checkpoint", "the checkpoint's head is not the chain head before it")
         alg, signature = checkpoint.alg, checkpoint.signature
-        message = checkpoint_message(writer, link.seq, checkpoint.head, checkpoint.final)
+        message = checkpoint_message(
+            writer, link.seq, checkpoint.head, checkpoint.final, checkpoint.sealed_by
+        )
         if self.signer is None:
             if alg != UNSIGNED:
                 add("unverified", f"{alg} signature not checked (no key given)", damage=False)

@@ -42,7 +42,7 @@ from typing import Any, Final
 import msgspec
 
 from auditgate.audit.integrity import HmacSigner
-from auditgate.audit.verify import Report, SourceError, Verifier
+from auditgate.audit.verify import Report, SourceError, Verifier, WriterReport
 from auditgate.errors import UNDECODABLE, ConfigError
 from auditgate.store.trail import read_postgres, read_sqlite
 
@@ -197,7 +197,7 @@ def text(report: Report) -> str:
         sealed = (
             "no checkpoint"
             if w.last_checkpoint_seq is None
-            else f"last checkpoint seq {w.last_checkpoint_seq}" + (" (final)" if w.final else "")
+            else f"last checkpoint seq {w.last_checkpoint_seq}" + _finality(w)
         )
         verdict = "INTACT" if w.intact else "DAMAGED"
         lines.append(f"{verdict}  writer {w.writer}: {w.records} record(s), {span}, {sealed}")
@@ -214,6 +214,12 @@ def text(report: Report) -> str:
         lines.append("no records")
     lines.append("intact" if report.intact else "NOT intact")
     return "\n".join(lines)
+
+
+def _finality(writer: WriterReport) -> str:
+    if writer.sealed_by is not None:  # its process died; a restarted gateway sealed it
+        return f" ({'final, ' if writer.final else ''}sealed on recovery by {writer.sealed_by})"
+    return " (final)" if writer.final else ""
 
 
 def signer_from(args: argparse.Namespace) -> HmacSigner | None:

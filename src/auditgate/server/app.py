@@ -28,8 +28,9 @@ from starlette.routing import Route
 
 from auditgate.audit.bus import AuditBus, RecordBus
 from auditgate.audit.capture import Auditor
+from auditgate.audit.checkpoints import checkpoint_ticker, seal_until_durable
 from auditgate.audit.metrics import AuditMetrics, exposition, multiprocess
-from auditgate.audit.processors import Processors, checkpoint_ticker
+from auditgate.audit.processors import Processors
 from auditgate.audit.sink import Sink
 from auditgate.auth.keys import KeyRing, Principal
 from auditgate.config import GatewaySettings, Settings
@@ -53,6 +54,7 @@ from auditgate.server.metrics import HttpMetrics
 from auditgate.store.queries import Store, open_store
 
 if TYPE_CHECKING:
+    from auditgate.audit.durable import DurableBus
     from auditgate.grpc import GrpcFrontend
 
 log = logging.getLogger("auditgate")
@@ -116,6 +118,8 @@ class Gateway:
         self.engine = engine if engine is not None else build_engine(settings.gateway)
         audit = settings.audit
         self.bus: RecordBus | None = None
+        self._spooled: DurableBus | None = None
+        """The bus when durable: its spool may hold a dead predecessor's unsealed chain."""
         if audit.enabled:
             if sinks is None:
                 from auditgate.sinks import build_sinks
@@ -130,7 +134,7 @@ class Gateway:
                 spool = Spool(
                     audit.spool_dir, max_bytes=audit.spool_max_bytes // workers, slots=workers
                 )
-                self.bus = DurableBus(
+                self.bus = self._spooled = DurableBus(
                     sinks, spool=spool, capacity=audit.capacity, metrics=self.audit_metrics
                 )
             else:
@@ -143,6 +147,8 @@ class Gateway:
             processors=Processors.build(audit, self.audit_metrics, engine=self.engine.name),
         )
         self._checkpoints: asyncio.Task[None] | None = None
+        self._sealing: asyncio.Task[bool] | None = None
+        """Seals the chain a predecessor left unsealed in the spool (until durable)."""
         self.pipeline = ChatPipeline(self.engine, self.auditor)
         self.header_capture = HeaderCapture.build(audit.header_capture)
         self.body_deadlines = BodyDeadlines(settings.gateway.body_timeout_s)
@@ -164,6 +170,12 @@ class Gateway:
                     ),
                     name="audit-checkpoints",
                 )
+                last = self._spooled.last_recovered if self._spooled is not None else None
+                if last is not None:
+                    self._sealing = asyncio.get_running_loop().create_task(
+                        seal_until_durable(self.auditor.seal_predecessor, last),
+                        name="audit-recovery-seal",
+                    )
         if self.store is not None:
             await self.store.open()
             log.info("stored completions: %r", self.store)
@@ -229,11 +241,20 @@ class Gateway:
                     log.info("audit: all records delivered at shutdown")
 
     async def _final_checkpoint(self) -> None:
-        """Stop the interval checkpoints and seal the chain with a final one (integrity on)."""
+        """Stop the interval checkpoints and seal the chain with a final one (integrity on);
+        a predecessor's chain not sealed yet gets one last try first (after this writer's
+        final checkpoint, the spool's newest record no longer says where it ended)."""
         if self._checkpoints is not None:
             self._checkpoints.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._checkpoints
+        if self._sealing is not None and not self._sealing.done():
+            self._sealing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sealing
+            if self._spooled is not None and self._spooled.last_recovered is not None:
+                last = self._spooled.last_recovered
+                await seal_until_durable(self.auditor.seal_predecessor, last, retries=0)
         commit = self.auditor.checkpoint("shutdown", final=True)
         if commit is not None:
             try:
