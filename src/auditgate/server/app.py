@@ -241,26 +241,34 @@ class Gateway:
                     log.info("audit: all records delivered at shutdown")
 
     async def _final_checkpoint(self) -> None:
-        """Stop the interval checkpoints and seal the chain with a final one (integrity on);
-        a predecessor's chain not sealed yet gets one last try first (after this writer's
-        final checkpoint, the spool's newest record no longer says where it ended)."""
+        """Stop the interval checkpoints and seal the chain with a final one (integrity on)."""
         if self._checkpoints is not None:
             self._checkpoints.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._checkpoints
-        if self._sealing is not None and not self._sealing.done():
-            self._sealing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sealing
-            if self._spooled is not None and self._spooled.last_recovered is not None:
-                last = self._spooled.last_recovered
-                await seal_until_durable(self.auditor.seal_predecessor, last, retries=0)
+        await self._stop_sealing()
         commit = self.auditor.checkpoint("shutdown", final=True)
         if commit is not None:
             try:
                 await commit
             except Exception as exc:  # noqa: BLE001 - shutdown goes on; verify reports it
                 log.error("audit: final checkpoint not made durable: %s", exc)
+
+    async def _stop_sealing(self) -> None:
+        """A predecessor's chain not sealed yet gets one last try (after this writer's final
+        checkpoint, the spool's newest record no longer says where that chain ended)."""
+        if self._sealing is None or self._sealing.done() or self._spooled is None:
+            return
+        self._sealing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._sealing
+        last = self._spooled.last_recovered
+        assert last is not None  # what the task was sealing
+        seal = seal_until_durable(self.auditor.seal_predecessor, last, retries=0)
+        try:  # a hung disk must not hold the shutdown up
+            await asyncio.wait_for(seal, self.settings.gateway.drain_timeout_s)
+        except TimeoutError:
+            log.error("audit: the chain of writer %s is left unsealed", last.writer)
 
 
 def create_app(
