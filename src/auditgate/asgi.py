@@ -99,7 +99,7 @@ class AuditMiddleware:
             if sinks is None:
                 from auditgate.sinks import build_sinks
 
-                sinks = build_sinks(audit)
+                sinks = build_sinks(audit, metrics)
             self.bus = AuditBus(sinks, capacity=audit.capacity, metrics=metrics)
         self.auditor = Auditor(audit, self.bus, metrics, engine=engine)
         self.header_capture = HeaderCapture.build(audit.header_capture)

@@ -89,6 +89,20 @@ class AuditMetrics:
             ["sink"],
             registry=r,
         )
+        self.incomplete = Counter(
+            PREFIX + "audit_incomplete_total",
+            "Records a sink stored as an incomplete marker, their bodies dropped, by reason "
+            "(otel: payload_too_large).",
+            ["sink", "reason"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            PREFIX + "audit_sink_rejected_total",
+            "Records a sink's server accepted the batch of but said it rejected (OTLP partial "
+            "success); the protocol forbids retrying them.",
+            ["sink"],
+            registry=r,
+        )
         self.queue_depth = Gauge(
             PREFIX + "audit_queue_depth",
             "Records waiting in a sink's queue.",

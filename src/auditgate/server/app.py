@@ -124,7 +124,7 @@ class Gateway:
             if sinks is None:
                 from auditgate.sinks import build_sinks
 
-                sinks = build_sinks(audit)
+                sinks = build_sinks(audit, self.audit_metrics)
             if audit.durability == "durable":
                 from auditgate.audit.durable import DurableBus
                 from auditgate.audit.spool import Spool

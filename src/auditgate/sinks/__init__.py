@@ -2,8 +2,8 @@
 
 Each backend lives in its own module and imports its client library (``asyncpg``, ``nats``)
 inside that module, so :func:`build_sinks` imports a backend only when its name is configured:
-a gateway that writes files never loads a database driver.  The three file/stream sinks use only
-the standard library and are re-exported here.
+a gateway that writes files never loads a database driver (nor ``opentelemetry-proto``).  The
+three file/stream sinks use only the standard library and are re-exported here.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
+from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.sink import Sink
 from auditgate.config import AuditSettings
 from auditgate.errors import ConfigError
@@ -21,11 +22,15 @@ from auditgate.sinks.stderr import StderrSink
 __all__ = ["SINK_BUILDERS", "JsonlGzSink", "JsonlSink", "StderrSink", "build_sinks"]
 
 
-def _stderr(settings: AuditSettings) -> Sink:
+Builder = Callable[[AuditSettings, AuditMetrics | None], Sink]
+"""Builds a sink from the settings; the metrics are for what a sink counts itself (otel)."""
+
+
+def _stderr(settings: AuditSettings, metrics: AuditMetrics | None) -> Sink:
     return StderrSink()
 
 
-def _jsonl(settings: AuditSettings) -> Sink:
+def _jsonl(settings: AuditSettings, metrics: AuditMetrics | None) -> Sink:
     return JsonlSink(
         settings.output_path,
         buffer_bytes=settings.jsonl_buffer_bytes,
@@ -33,7 +38,7 @@ def _jsonl(settings: AuditSettings) -> Sink:
     )
 
 
-def _jsonl_gz(settings: AuditSettings) -> Sink:
+def _jsonl_gz(settings: AuditSettings, metrics: AuditMetrics | None) -> Sink:
     return JsonlGzSink(
         settings.output_path,
         buffer_bytes=settings.jsonl_buffer_bytes,
@@ -43,13 +48,13 @@ def _jsonl_gz(settings: AuditSettings) -> Sink:
     )
 
 
-def _sqlite(settings: AuditSettings) -> Sink:
+def _sqlite(settings: AuditSettings, metrics: AuditMetrics | None) -> Sink:
     from auditgate.sinks.sqlite import SqliteSink
 
     return SqliteSink(settings.sqlite_path)
 
 
-def _postgres(settings: AuditSettings) -> Sink:
+def _postgres(settings: AuditSettings, metrics: AuditMetrics | None) -> Sink:
     if settings.postgres_url is None:
         raise ConfigError("DYN_AUDIT_SINKS lists postgres but DYN_AUDIT_POSTGRES_URL is unset")
     from auditgate.sinks.postgres import PostgresSink
@@ -57,25 +62,35 @@ def _postgres(settings: AuditSettings) -> Sink:
     return PostgresSink(settings.postgres_url.reveal())
 
 
-def _nats(settings: AuditSettings) -> Sink:
+def _nats(settings: AuditSettings, metrics: AuditMetrics | None) -> Sink:
     from auditgate.sinks.nats import NatsSink
 
     return NatsSink(settings.nats_url, settings.nats_subject, settings.nats_stream)
 
 
-SINK_BUILDERS: Final[dict[str, Callable[[AuditSettings], Sink]]] = {
+def _otel(settings: AuditSettings, metrics: AuditMetrics | None) -> Sink:
+    from auditgate.sinks.otel import OtelSink
+
+    return OtelSink(
+        settings.otlp, max_payload_bytes=settings.otel_max_payload_bytes, metrics=metrics
+    )
+
+
+SINK_BUILDERS: Final[dict[str, Builder]] = {
     "stderr": _stderr,
     "jsonl": _jsonl,
     "jsonl_gz": _jsonl_gz,
     "sqlite": _sqlite,
     "postgres": _postgres,
     "nats": _nats,
+    "otel": _otel,
 }
 """Sink name (as in ``DYN_AUDIT_SINKS``) -> builder; a builder imports its backend when called."""
 
 
-def build_sinks(settings: AuditSettings) -> list[Sink]:
+def build_sinks(settings: AuditSettings, metrics: AuditMetrics | None = None) -> list[Sink]:
     """One sink per name in ``settings.sinks``, in that order; nothing is opened yet.
+    ``metrics``: the bus's, for what a sink counts itself (the otel sink's markers).
 
     Raises :class:`ConfigError` for an unknown name or a sink whose settings are missing.
     """
@@ -85,5 +100,5 @@ def build_sinks(settings: AuditSettings) -> list[Sink]:
         if builder is None:
             known = ", ".join(SINK_BUILDERS)
             raise ConfigError(f"DYN_AUDIT_SINKS: unknown sink {name!r}; expected some of {known}")
-        sinks.append(builder(settings))
+        sinks.append(builder(settings, metrics))
     return sinks
