@@ -120,6 +120,7 @@ async def test_jsonl_target_gets_the_published_bytes(
         "redelivered": 0,
         "errors": 0,
         "batches": consumer.summary()["batches"],
+        "dynamo": 0,
     }
     assert await consumer_state(nats_url, stream, "d1") == (300, 0, 0)
 

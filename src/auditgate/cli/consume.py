@@ -13,6 +13,13 @@ Delivery:
   are fetched, decoded, written to the target in one write, and acknowledged only after that write
   returned (committed).  Several processes with the same durable name share the work: each message
   goes to one of them.
+- Formats: auditgate's records and NVIDIA Dynamo's (the legacy audit record of 0.x on
+  ``dynamo.audit.v1``, the ``dynamo.request.trace.v1`` rows of 1.4+ on
+  ``dynamo.request_trace.v1``), detected per message (``--input-format`` forces one).  Dynamo's
+  are converted (:mod:`auditgate.dynamo`); a request's payload and timing rows are joined into one
+  record, a row being acknowledged only with the record it became; a row whose partner does not
+  come within half the ack wait (at most 30 s) is stored alone, and one still waiting at a stop
+  is handed back (``nak``) for the next run to join.
 - A message that is not a valid record is logged, counted (``invalid``) and terminated (``AckTerm``:
   never redelivered); it never stops the stream.
 - A failed target write is retried in place with capped exponential backoff, the batch kept
@@ -47,6 +54,7 @@ from typing import Any, Final
 
 from auditgate.cli.consumer import ConsumeOptions, Consumer, Counters, open_target
 from auditgate.config import AuditSettings, Env
+from auditgate.dynamo import FormatError, InputFormat, parse_input_format
 from auditgate.errors import ConfigError
 from auditgate.sinks.nats import validate_stream_name, validate_subject, validate_url
 
@@ -80,6 +88,7 @@ def options_from_args(args: argparse.Namespace) -> ConsumeOptions:
         ack_wait_s=args.ack_wait,
         fetch_wait_s=args.fetch_wait,
         progress_interval_s=args.progress_interval,
+        input_format=parse_input_format(args.input_format),
     )
 
 
@@ -184,6 +193,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds between progress lines while records flow (default 10)",
     )
     parser.add_argument(
+        "--input-format",
+        default="auto",
+        choices=("auto", *(f.value for f in InputFormat)),
+        help="record format of the messages: detected per message (auto, the default), or "
+        "only auditgate's, Dynamo 0.x's legacy audit record, or Dynamo 1.4+'s "
+        "dynamo.request.trace.v1 rows (others are terminated as invalid)",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=("debug", "info", "warning", "error"),
@@ -203,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         options = options_from_args(args)
         asyncio.run(consume(options))
-    except ConfigError as exc:
+    except (ConfigError, FormatError) as exc:
         log.error("consume: %s", exc)
         return EXIT_CONFIG
     except asyncio.CancelledError:

@@ -1,9 +1,12 @@
 """The JetStream consumer behind ``auditgate consume``: fetch, decode, write, acknowledge.
 
 :class:`Consumer` pulls batches from a durable JetStream pull consumer, decodes each message into
-a record (invalid ones are counted and terminated), writes the batch to the target sink in one
-write (retried with capped backoff, the batch kept "in progress" meanwhile) and acknowledges it
-only after the write returned.  The delivery contract is in :mod:`auditgate.cli.consume`.
+a record — auditgate's own, or Dynamo's, converted by :class:`~auditgate.dynamo.DynamoReader`
+(invalid ones are counted and terminated) — writes the batch to the target sink in one write
+(retried with capped backoff, the batch kept "in progress" meanwhile) and acknowledges it only
+after the write returned.  A Dynamo ``request_payload`` / ``request_end`` row waiting for its
+partner is acknowledged with the record they make; at a stop it is handed back (``nak``).  The
+delivery contract is in :mod:`auditgate.cli.consume`.
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
+import msgspec
+
 from auditgate.audit.bus import RateLimitedLog
 from auditgate.audit.record import AuditRecord, Envelope, decode_record
 from auditgate.audit.sink import Sink
+from auditgate.dynamo import Converted, DynamoReader, InputFormat
 from auditgate.errors import UNDECODABLE, ConfigError
 from auditgate.sinks.nats import ensure_stream, redact_url
 
@@ -59,6 +65,8 @@ class ConsumeOptions:
     """Seconds between progress lines (only while records flow)."""
     duplicate_window_s: float = 120.0
     """Duplicate window of a stream this process creates (as the ``nats`` sink does)."""
+    input_format: InputFormat | None = None
+    """Accept only this record format (``--input-format``); None: detect per message."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -75,6 +83,8 @@ class Counters:
     """Failed target writes (each retried) and failed fetches."""
     batches: int = 0
     """Batches committed and acknowledged."""
+    dynamo: int = 0
+    """Records converted from Dynamo's formats (included in ``written``)."""
 
     def line(self) -> str:
         return " ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
@@ -132,6 +142,11 @@ class Consumer:
         self._log = RateLimitedLog()
         self._nc: Client | None = None
         self._closing = False
+        # Rows wait for their partner well within the ack wait, so the server does not
+        # redeliver a held message meanwhile.
+        self.reader: DynamoReader[Msg] = DynamoReader(
+            forced=options.input_format, timeout_s=min(30.0, options.ack_wait_s / 2)
+        )
 
     async def run(self) -> Counters:
         """Consume until ``stop``; ConfigError when the stream or durable does not fit."""
@@ -151,6 +166,8 @@ class Consumer:
             )
             await self._loop(sub)
         finally:
+            for msg in self.reader.release():
+                await _settle(msg.nak)
             self._closing = True
             if self._nc is not None and not self._nc.is_closed:
                 await self._nc.close()
@@ -278,6 +295,7 @@ class Consumer:
                 msgs = await sub.fetch(o.batch, timeout=o.fetch_wait_s)
             except TimeoutError:
                 # Nothing to do (or NATS away: the client reconnects by itself).
+                await self._store(self.reader.expire(), [])
                 progress.maybe_log(self.counters)
                 continue
             except (nats.errors.Error, OSError) as exc:
@@ -292,34 +310,59 @@ class Consumer:
 
     async def _handle(self, msgs: Sequence[Msg]) -> None:
         """Decode, commit and acknowledge one fetched batch (terminate invalid messages)."""
-        import nats.errors
-
-        envelopes: list[Envelope] = []
-        seen: set[str] = set()
-        valid: list[Msg] = []
+        converted: list[Converted[Msg]] = []
         for msg in msgs:
             if msg.metadata.num_delivered > 1:
                 self.counters.redelivered += 1
-            raw = msg.data.strip()
-            try:
-                record = decode_record(raw)
-            except UNDECODABLE as exc:
-                self.counters.invalid += 1
-                self._log.warning(
-                    "invalid",
-                    "consume: message %s is not an audit record, terminated: %s",
-                    msg.metadata.sequence.stream,
-                    exc,
-                )
-                await _settle(msg.term)
-                continue
-            valid.append(msg)
+            converted += await self._convert(msg)
+        await self._store(converted + self.reader.expire(), self.reader.late_tokens())
+
+    async def _convert(self, msg: Msg) -> list[Converted[Msg]]:
+        """The records one message completes (none while it waits for its partner); an invalid
+        message is counted and terminated."""
+        try:
+            if self.reader.forced in (None, InputFormat.AUDITGATE):
+                # Our own records, the common case, are decoded once, straight into a record.
+                with contextlib.suppress(msgspec.ValidationError):
+                    return [Converted(decode_record(msg.data), [msg], "auditgate")]
+            value = msgspec.json.decode(msg.data)
+            stamp = msg.metadata.timestamp
+            received = None if stamp is None else int(stamp.timestamp() * 1000)
+            return self.reader.feed(value, msg, received_ms=received)
+        except (*UNDECODABLE, ValueError, KeyError, TypeError) as exc:
+            self.counters.invalid += 1
+            self._log.warning(
+                "invalid",
+                "consume: message %s is not an audit record, terminated: %s",
+                msg.metadata.sequence.stream,
+                _describe(exc),
+            )
+            await _settle(msg.term)
+            return []
+
+    async def _store(self, converted: list[Converted[Msg]], late: list[Msg]) -> None:
+        """Commit the records, then acknowledge every message they came from (and ``late``
+        ones: duplicates of a request already stored)."""
+        import nats.errors
+
+        if not converted and not late:
+            return
+        envelopes: list[Envelope] = []
+        seen: set[str] = set()
+        valid = list(late)
+        dynamo = 0
+        for item in converted:
+            valid += item.tokens
+            record = item.record
             if record.request_id in seen:
                 continue
             seen.add(record.request_id)
-            # A payload with raw newlines (not ours) would break a jsonl target: re-encode it.
+            dynamo += item.how != "auditgate"
+            raw = item.tokens[0].data.strip() if item.how == "auditgate" else b""
+            # Our own record keeps the published bytes; one with raw newlines (not ours) or a
+            # converted one is encoded here.
             envelopes.append(
-                ReceivedEnvelope(record, raw) if b"\n" not in raw else Envelope(record)
+                ReceivedEnvelope(record, raw) if raw and b"\n" not in raw else Envelope(record)
             )
         if envelopes and not await self._commit(envelopes, valid):
             return
@@ -337,6 +380,7 @@ class Consumer:
                     _describe(exc),
                 )
         self.counters.written += len(envelopes)
+        self.counters.dynamo += dynamo
         self.counters.batches += 1
 
     async def _commit(self, envelopes: list[Envelope], msgs: list[Msg]) -> bool:

@@ -125,6 +125,13 @@ class DynamoReader(Generic[T]):
             out.append(self._alone(request_id, pending))
         return out
 
+    def release(self) -> list[T]:
+        """Forget every waiting row and return its token (at a stop: hand the messages back, so
+        a later run joins them)."""
+        tokens = [p.token for p in self._pending.values()]
+        self._pending.clear()
+        return tokens
+
     def drain(self) -> list[Converted[T]]:
         """Every waiting row as a record of its own (at shutdown, or at the end of a file)."""
         out = [self._alone(rid, p) for rid, p in self._pending.items()]
