@@ -1,4 +1,4 @@
-"""The ``auditgate`` command: serve, consume, keys, export, stats, verify."""
+"""The ``auditgate`` command: serve, consume, import, keys, export, stats, verify."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 _COMMANDS = (
     "auditgate.cli.serve",
     "auditgate.cli.consume",
+    "auditgate.cli.imports",
     "auditgate.cli.keys",
     "auditgate.cli.export",
     "auditgate.cli.stats",

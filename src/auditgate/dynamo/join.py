@@ -125,6 +125,10 @@ class DynamoReader(Generic[T]):
             out.append(self._alone(request_id, pending))
         return out
 
+    def waiting_tokens(self) -> list[T]:
+        """Tokens of the rows waiting for their partner (they stay waiting)."""
+        return [p.token for p in self._pending.values()]
+
     def release(self) -> list[T]:
         """Forget every waiting row and return its token (at a stop: hand the messages back, so
         a later run joins them)."""
