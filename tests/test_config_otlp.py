@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from auditgate.config import AuditSettings, OtlpSettings, Secret
+from auditgate.config import AuditSettings, Secret
+from auditgate.config_otlp import OtlpSettings
 from auditgate.errors import ConfigError
 
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import urllib.parse
 from collections.abc import Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from auditgate.errors import ConfigError
+
+if TYPE_CHECKING:
+    # Their own modules (the otel sink's and Dynamo 1.4+'s settings), read by from_env.
+    from auditgate.config_otlp import OtlpSettings
 
 SINK_NAMES: Final = ("stderr", "jsonl", "jsonl_gz", "sqlite", "postgres", "nats", "otel")
 REDACTORS: Final = ("email", "api_key", "card", "ip")
@@ -49,8 +52,28 @@ class Secret:
 class Env:
     """Typed reads of one environment mapping; every error names its variable."""
 
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        self._env = os.environ if environ is None else environ
+    def __init__(
+        self,
+        environ: Mapping[str, str] | None = None,
+        aliases: Mapping[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        """``aliases``: for a name, the names that win over it when set, first one first
+        (Dynamo 1.4+'s ``DYN_REQUEST_TRACE_*`` over ``DYN_AUDIT_*``); errors name the one used."""
+        env: Mapping[str, str] = os.environ if environ is None else environ
+        self._origin: dict[str, str] = {}
+        if aliases:
+            resolved = dict(env)
+            for name, winners in aliases.items():
+                for winner in winners:
+                    if env.get(winner, "").strip():
+                        resolved[name], self._origin[name] = env[winner], winner
+                        break
+            env = resolved
+        self._env = env
+
+    def label(self, name: str) -> str:
+        """The variable a value of ``name`` was read from."""
+        return self._origin.get(name, name)
 
     def text(self, name: str, default: str) -> str:
         value = self._env.get(name, "").strip()
@@ -68,7 +91,9 @@ class Env:
             return True
         if raw in _FALSE:
             return False
-        raise ConfigError(f"{name}={raw!r}: expected one of 1/true/yes/on or 0/false/no/off")
+        raise ConfigError(
+            f"{self.label(name)}={raw!r}: expected one of 1/true/yes/on or 0/false/no/off"
+        )
 
     def integer(self, name: str, default: int | None, *, minimum: int = 0) -> int | None:
         raw = self._env.get(name, "").strip()
@@ -77,9 +102,9 @@ class Env:
         try:
             value = int(raw)
         except ValueError:
-            raise ConfigError(f"{name}={raw!r}: expected an integer") from None
+            raise ConfigError(f"{self.label(name)}={raw!r}: expected an integer") from None
         if value < minimum:
-            raise ConfigError(f"{name}={value}: must be >= {minimum}")
+            raise ConfigError(f"{self.label(name)}={value}: must be >= {minimum}")
         return value
 
     def req_int(self, name: str, default: int, *, minimum: int = 0) -> int:
@@ -94,9 +119,9 @@ class Env:
         try:
             value = float(raw)
         except ValueError:
-            raise ConfigError(f"{name}={raw!r}: expected a number") from None
+            raise ConfigError(f"{self.label(name)}={raw!r}: expected a number") from None
         if not low <= value <= high:
-            raise ConfigError(f"{name}={value}: must be between {low} and {high}")
+            raise ConfigError(f"{self.label(name)}={value}: must be between {low} and {high}")
         return value
 
     def names(
@@ -105,7 +130,7 @@ class Env:
         raw = self._env.get(name, "").strip()
         if not raw:
             return default
-        return parse_names(name, raw, allowed)
+        return parse_names(self.label(name), raw, allowed)
 
 
 def parse_names(name: str, raw: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
@@ -124,109 +149,10 @@ def parse_names(name: str, raw: str, allowed: tuple[str, ...]) -> tuple[str, ...
     return tuple(values)
 
 
-OTLP_PROTOCOLS: Final = ("http/protobuf", "grpc")
+def _otlp_defaults() -> OtlpSettings:
+    from auditgate.config_otlp import OtlpSettings
 
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class OtlpSettings:
-    """The OpenTelemetry exporter settings of the ``otel`` sink, read as the OTel specification
-    defines them: each ``OTEL_EXPORTER_OTLP_LOGS_*`` variable wins over its
-    ``OTEL_EXPORTER_OTLP_*`` one (headers: merged, the logs ones winning per key)."""
-
-    protocol: str = "http/protobuf"
-    """``http/protobuf`` (the specification's default) or ``grpc``; ``http/json`` is refused."""
-    endpoint: str = "http://localhost:4318/v1/logs"
-    """http/protobuf: the full URL; grpc: ``scheme://host:port`` (scheme optional)."""
-    headers: tuple[tuple[str, Secret], ...] = ()
-    """Sent with every export (e.g. an API key): values are Secrets, never shown."""
-    timeout_s: float = 10.0
-    """Longest one export may take (the variables are in milliseconds)."""
-    insecure: bool = False
-    """grpc, endpoint without a scheme: plaintext instead of TLS."""
-    compression: str = "none"
-    """``gzip`` or ``none``."""
-    service_name: str = "auditgate"
-    """``service.name`` of the resource (``OTEL_SERVICE_NAME``)."""
-    resource: tuple[tuple[str, str], ...] = ()
-    """Other resource attributes (``OTEL_RESOURCE_ATTRIBUTES``)."""
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> OtlpSettings:
-        env = Env(environ)
-
-        def pick(suffix: str) -> tuple[str, str | None]:
-            name = "OTEL_EXPORTER_OTLP_LOGS_" + suffix
-            if env.optional(name) is not None:
-                return name, env.optional(name)
-            return "OTEL_EXPORTER_OTLP_" + suffix, env.optional("OTEL_EXPORTER_OTLP_" + suffix)
-
-        protocol_name, protocol = pick("PROTOCOL")
-        protocol = (protocol or "http/protobuf").lower()
-        if protocol not in OTLP_PROTOCOLS:
-            raise ConfigError(
-                f"{protocol_name}={protocol!r}: expected one of {', '.join(OTLP_PROTOCOLS)}"
-            )
-        timeout_name, timeout = pick("TIMEOUT")
-        compression_name, compression = pick("COMPRESSION")
-        compression = (compression or "none").lower()
-        if compression not in ("gzip", "none"):
-            raise ConfigError(f"{compression_name}={compression!r}: expected gzip or none")
-        resource = parse_pairs("OTEL_RESOURCE_ATTRIBUTES", env.optional("OTEL_RESOURCE_ATTRIBUTES"))
-        service = env.optional("OTEL_SERVICE_NAME") or dict(resource).get("service.name")
-        headers: dict[str, str] = {}
-        for name in ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_LOGS_HEADERS"):
-            headers |= {k.lower(): v for k, v in parse_pairs(name, env.optional(name))}
-        return cls(
-            protocol=protocol,
-            endpoint=otlp_endpoint(env, protocol),
-            headers=tuple((k, Secret(v)) for k, v in headers.items()),
-            timeout_s=_millis(timeout_name, timeout),
-            insecure=env.flag(pick("INSECURE")[0], False),
-            compression=compression,
-            service_name=service or "auditgate",
-            resource=tuple((k, v) for k, v in resource if k != "service.name"),
-        )
-
-
-def otlp_endpoint(env: Env, protocol: str) -> str:
-    """The logs endpoint: ``..._LOGS_ENDPOINT`` as it is; else ``..._ENDPOINT`` (plus
-    ``/v1/logs`` for http/protobuf); else the specification's default for the protocol."""
-    logs = env.optional("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")
-    if logs is not None:
-        return logs
-    base = env.optional("OTEL_EXPORTER_OTLP_ENDPOINT")
-    if protocol == "grpc":
-        return base or "http://localhost:4317"
-    if base is None:
-        return "http://localhost:4318/v1/logs"
-    return base.rstrip("/") + "/v1/logs"
-
-
-def parse_pairs(name: str, raw: str | None) -> list[tuple[str, str]]:
-    """``k1=v1,k2=v2`` with percent-encoded values (W3C Baggage, as OTel's headers and resource
-    attributes are written); ConfigError naming ``name`` for an entry without ``=``."""
-    pairs: list[tuple[str, str]] = []
-    for part in (raw or "").split(","):
-        if not part.strip():
-            continue
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            # The entry may hold a secret (a header value): name its position, not its text.
-            raise ConfigError(f"{name}: entry {len(pairs) + 1} is not key=value")
-        pairs.append((key.strip(), urllib.parse.unquote(value.strip())))
-    return pairs
-
-
-def _millis(name: str, raw: str | None) -> float:
-    if raw is None:
-        return 10.0
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r}: expected milliseconds") from None
-    if not 0 < value <= 3_600_000:
-        raise ConfigError(f"{name}={raw!r}: must be between 1 and 3600000 milliseconds")
-    return value / 1000.0
+    return OtlpSettings()
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -288,16 +214,29 @@ class AuditSettings:
     otel_max_payload_bytes: int = 4 << 20
     """``otel`` sink: a record whose JSON is longer is sent as an incomplete marker (Dynamo's
     rule and names: ``DYN_REQUEST_TRACE_OTEL_MAX_PAYLOAD_BYTES`` > ``DYN_AUDIT_...``)."""
-    otlp: OtlpSettings = dataclasses.field(default_factory=lambda: OtlpSettings())  # noqa: PLW0108
+    otlp: OtlpSettings = dataclasses.field(default_factory=_otlp_defaults)
+    output_format: str = "auditgate"
+    """What the stderr, jsonl, jsonl_gz, nats and otel sinks write: ``auditgate`` records, or
+    Dynamo 1.4+'s ``dynamo-request-trace`` rows (``DYN_AUDIT_FORMAT``)."""
     """Where and how the ``otel`` sink exports (the standard ``OTEL_EXPORTER_OTLP_*``)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AuditSettings:
-        env = Env(environ)
-        force = env.flag("DYN_AUDIT_FORCE_LOGGING", False)
-        sinks = env.names("DYN_AUDIT_SINKS", ("stderr",), SINK_NAMES)
+        from auditgate.config_dynamo import (
+            DYNAMO_NAMES,
+            file_sinks,
+            first_int,
+            output_format,
+            request_trace_switches,
+        )
+        from auditgate.config_otlp import OtlpSettings
+
+        env = Env(environ, DYNAMO_NAMES)
+        traced, payloads = request_trace_switches(env)
+        force = env.flag("DYN_AUDIT_FORCE_LOGGING", False) or payloads
+        sinks = file_sinks(env, env.names("DYN_AUDIT_SINKS", ("stderr",), (*SINK_NAMES, "file")))
         postgres_url = env.optional("DYN_AUDIT_POSTGRES_URL")
-        enabled = env.flag("DYN_AUDIT_ENABLED", False) or force
+        enabled = env.flag("DYN_AUDIT_ENABLED", False) or force or traced
         if enabled and "postgres" in sinks and postgres_url is None:
             raise ConfigError("DYN_AUDIT_SINKS lists postgres but DYN_AUDIT_POSTGRES_URL is unset")
         durability = env.text("DYN_AUDIT_DURABILITY", "best_effort").lower()
@@ -344,17 +283,8 @@ class AuditSettings:
                 4 << 20,
             ),
             otlp=OtlpSettings.from_env(environ),
+            output_format=output_format(env),
         )
-
-
-def first_int(env: Env, names: tuple[str, ...], default: int) -> int:
-    """The first of ``names`` that is set (Dynamo's precedence: its new name, then the legacy
-    alias), as an integer >= 1; else ``default``."""
-    for name in names:
-        value = env.integer(name, None, minimum=1)
-        if value is not None:
-            return value
-    return default
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -12,7 +12,9 @@ import pytest
 
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import AuditRecord, Envelope
-from auditgate.config import OtlpSettings, Secret
+from auditgate.config import Secret
+from auditgate.config_otlp import OtlpSettings
+from auditgate.dynamo.envelope import to_trace_rows
 from auditgate.errors import SinkError
 from auditgate.sinks.otel import OtelSink, grpc_target
 from tests.server.test_lifecycle import metric
@@ -257,3 +259,62 @@ def metrics_text(metrics: AuditMetrics) -> str:
     from prometheus_client import generate_latest
 
     return generate_latest(metrics.registry).decode()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_dynamo_format_writes_dynamo_otel_layout(
+    receiver: OtlpReceiver, protocol: str
+) -> None:
+    """DYN_AUDIT_FORMAT=dynamo-request-trace: Dynamo's rows in Dynamo's otel layout, an oversize
+    payload row as Dynamo's marker."""
+    record = make_record(1)
+    big = make_record(2, content="z" * 5000)
+    sink = OtelSink(
+        settings(receiver, protocol),
+        max_payload_bytes=4000,
+        output_format="dynamo-request-trace",
+    )
+    await sink.open()
+    try:
+        await sink.write([Envelope(record), Envelope(big)])
+    finally:
+        await sink.close()
+    got = receiver.wait_for(4)
+    rows = to_trace_rows(record)
+    assert [(g.body, g.attributes) for g in got[:2]] == [
+        (
+            "request_payload",
+            {
+                "schema": "dynamo.request.trace.v1",
+                "event_type": "request_payload",
+                "rid": "req-1",
+                "model": "mock",
+                "endpoint": "openai.chat_completion",
+                "payload_complete": True,
+                "payload": json.dumps(rows[0], separators=(",", ":")),
+            },
+        ),
+        (
+            "request_end",
+            {
+                "schema": "dynamo.request.trace.v1",
+                "event_type": "request_end",
+                "rid": "req-1",
+                "model": "mock",
+                "payload_complete": True,
+                "payload": json.dumps(rows[1], separators=(",", ":")),
+            },
+        ),
+    ]
+    marker = json.loads(got[2].attributes["payload"])
+    assert (
+        got[2].attributes["payload_complete"],
+        sorted(marker["payload"]),
+        marker["payload"]["payload_drop_reason"].startswith(
+            "otel_payload_too_large:max_bytes=4000"
+        ),
+    ) == (
+        False,
+        ["endpoint", "model", "payload_complete", "payload_drop_reason", "request_id"],
+        True,
+    )

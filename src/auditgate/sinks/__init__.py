@@ -72,7 +72,10 @@ def _otel(settings: AuditSettings, metrics: AuditMetrics | None) -> Sink:
     from auditgate.sinks.otel import OtelSink
 
     return OtelSink(
-        settings.otlp, max_payload_bytes=settings.otel_max_payload_bytes, metrics=metrics
+        settings.otlp,
+        max_payload_bytes=settings.otel_max_payload_bytes,
+        metrics=metrics,
+        output_format=settings.output_format,
     )
 
 
@@ -90,7 +93,9 @@ SINK_BUILDERS: Final[dict[str, Builder]] = {
 
 def build_sinks(settings: AuditSettings, metrics: AuditMetrics | None = None) -> list[Sink]:
     """One sink per name in ``settings.sinks``, in that order; nothing is opened yet.
-    ``metrics``: the bus's, for what a sink counts itself (the otel sink's markers).
+    ``metrics``: the bus's, for what a sink counts itself (the otel sink's markers).  With
+    ``DYN_AUDIT_FORMAT=dynamo-request-trace`` the line sinks write Dynamo's rows
+    (:mod:`auditgate.sinks.trace_rows`).
 
     Raises :class:`ConfigError` for an unknown name or a sink whose settings are missing.
     """
@@ -101,4 +106,8 @@ def build_sinks(settings: AuditSettings, metrics: AuditMetrics | None = None) ->
             known = ", ".join(SINK_BUILDERS)
             raise ConfigError(f"DYN_AUDIT_SINKS: unknown sink {name!r}; expected some of {known}")
         sinks.append(builder(settings, metrics))
+    if settings.output_format == "dynamo-request-trace":
+        from auditgate.sinks.trace_rows import trace_rows
+
+        return [trace_rows(sink) for sink in sinks]
     return sinks

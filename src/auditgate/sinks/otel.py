@@ -33,9 +33,9 @@ from auditgate.audit.bus import RateLimitedLog
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import Envelope
 from auditgate.audit.sink import BatchPolicy
-from auditgate.config import OtlpSettings
+from auditgate.config_otlp import OtlpSettings
 from auditgate.errors import ConfigError, SinkError
-from auditgate.sinks.otel_logs import log_record
+from auditgate.sinks.otel_logs import dynamo_log_records, log_record
 
 if TYPE_CHECKING:
     from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
@@ -66,8 +66,12 @@ class OtelSink:
         metrics: AuditMetrics | None = None,
         max_records: int = 512,
         max_request_bytes: int = MAX_REQUEST_BYTES,
+        output_format: str = "auditgate",
     ) -> None:
+        """``output_format``: ``auditgate`` (one LogRecord per record) or
+        ``dynamo-request-trace`` (Dynamo's own layout, one LogRecord per row)."""
         self.settings = settings
+        self.output_format = output_format
         self.max_payload_bytes = max_payload_bytes
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
@@ -121,16 +125,21 @@ class OtelSink:
         chunks: list[list[tuple[str, LogRecord, str | None]]] = []
         size = self.max_request_bytes
         for envelope in batch:
-            if envelope.request_id in self._sent:
-                continue
-            record, reason = log_record(envelope, self.max_payload_bytes)
-            cost = len(record.body.string_value) + 1024
-            if not chunks or size + cost > self.max_request_bytes:
-                chunks.append([])
-                size = 0
-            chunks[-1].append((envelope.request_id, record, reason))
-            size += cost
+            for key, record, reason in self._log_records(envelope):
+                if key in self._sent:
+                    continue
+                cost = record.ByteSize()
+                if not chunks or size + cost > self.max_request_bytes:
+                    chunks.append([])
+                    size = 0
+                chunks[-1].append((key, record, reason))
+                size += cost
         return chunks
+
+    def _log_records(self, envelope: Envelope) -> list[tuple[str, LogRecord, str | None]]:
+        if self.output_format == "dynamo-request-trace":
+            return dynamo_log_records(envelope, self.max_payload_bytes)
+        return [(envelope.request_id, *log_record(envelope, self.max_payload_bytes))]
 
     def _request(self, records: list[LogRecord]) -> ExportLogsServiceRequest:
         from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (

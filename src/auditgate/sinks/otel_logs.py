@@ -28,6 +28,9 @@ Dynamo's max-payload rule (``request_trace/otel_sink.rs``): a record whose JSON 
 ``response`` and ``http_request_headers`` (and, if still too long, without ``metadata`` too),
 ``complete: false``, and ``auditgate.payload_drop_reason`` =
 ``otel_payload_too_large:max_bytes=<N>:actual_bytes=<M>``, Dynamo's wording.
+
+With ``DYN_AUDIT_FORMAT=dynamo-request-trace`` the sink writes Dynamo's own layout instead
+(:func:`dynamo_log_records`), so a pipeline built for Dynamo's otel sink reads it unchanged.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ if TYPE_CHECKING:
     from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 EVENT_NAME: Final = "auditgate.audit.record"
+_BODIES: Final = ("request", "response", "http_request_headers")
 TOO_LARGE: Final = "otel_payload_too_large"
 _OPERATIONS: Final = {
     "chat.completions": "chat",
@@ -89,6 +93,56 @@ def log_record(envelope: Envelope, max_payload_bytes: int) -> tuple[LogRecord, s
         ),
         reason,
     )
+
+
+def dynamo_log_records(
+    envelope: Envelope, max_payload_bytes: int
+) -> list[tuple[str, LogRecord, str | None]]:
+    """``DYN_AUDIT_FORMAT=dynamo-request-trace``: the record's ``dynamo.request.trace.v1`` rows
+    as Dynamo's own otel sink writes them (``request_trace/otel_sink.rs``): body = the event
+    type, the row in the ``payload`` attribute beside ``schema``, ``event_type``, ``rid``,
+    ``model``, ``endpoint``, ``payload_complete`` and ``payload_drop_reason``; a payload row over
+    ``max_payload_bytes`` replaced by Dynamo's marker.  (key, LogRecord, drop reason) per row."""
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+
+    from auditgate.dynamo.envelope import to_trace_rows
+
+    out = []
+    for row in to_trace_rows(envelope.record):
+        body, reason = msgspec.json.encode(row), None
+        payload = row.get("payload")
+        if len(body) > max_payload_bytes and payload is not None:
+            reason = f"{TOO_LARGE}:max_bytes={max_payload_bytes}:actual_bytes={len(body)}"
+            small = {k: v for k, v in payload.items() if k not in _BODIES}
+            small |= {"payload_complete": False, "payload_drop_reason": reason}
+            body = msgspec.json.encode({**row, "payload": small})
+        event = row["event_type"]
+        attributes: dict[str, Any] = {
+            "schema": row["schema"],
+            "event_type": event,
+            "rid": envelope.record.request_id,
+            "model": envelope.record.model,
+        }
+        if payload is not None:
+            attributes["endpoint"] = payload["endpoint"]
+            attributes["payload_complete"] = reason is None and bool(payload["payload_complete"])
+            drop = reason or payload.get("payload_drop_reason")
+            if drop:
+                attributes["payload_drop_reason"] = drop
+        else:
+            attributes["payload_complete"] = True
+        attributes["payload"] = body.decode()
+        log_record = LogRecord(
+            time_unix_nano=row["event_time_unix_ms"] * 1_000_000,
+            observed_time_unix_nano=time.time_ns(),
+            severity_number=9,  # type: ignore[arg-type]
+            severity_text="INFO",
+            body=AnyValue(string_value=event),
+            attributes=[_kv(k, v) for k, v in attributes.items()],
+        )
+        out.append((f"{envelope.record.request_id}:{event}", log_record, reason))
+    return out
 
 
 def marker(record: AuditRecord, max_payload_bytes: int) -> tuple[AuditRecord, bytes]:
