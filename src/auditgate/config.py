@@ -181,6 +181,10 @@ class AuditSettings:
     """Uncompressed bytes after which a ``jsonl_gz`` segment is closed."""
     jsonl_gz_roll_lines: int | None = None
     """Lines after which a ``jsonl_gz`` segment is closed (unset: no line limit)."""
+    jsonl_gz_max_bytes: int | None = None
+    """Retention: bytes the finished ``jsonl_gz`` segments may take (``..._FILE_MAX_BYTES``)."""
+    jsonl_gz_max_age_s: float | None = None
+    """Retention: age after which a finished segment is deleted (``..._FILE_MAX_AGE_SECS``)."""
     sqlite_path: str = "./auditgate.db"
     """SQLite sink and default store."""
     postgres_url: Secret | None = None
@@ -226,6 +230,7 @@ class AuditSettings:
             DYNAMO_NAMES,
             file_sinks,
             first_int,
+            max_age,
             output_format,
             request_trace_switches,
         )
@@ -282,6 +287,8 @@ class AuditSettings:
                 ("DYN_REQUEST_TRACE_OTEL_MAX_PAYLOAD_BYTES", "DYN_AUDIT_OTEL_MAX_PAYLOAD_BYTES"),
                 4 << 20,
             ),
+            jsonl_gz_max_bytes=env.integer("DYN_REQUEST_TRACE_FILE_MAX_BYTES", None, minimum=1),
+            jsonl_gz_max_age_s=max_age(env),
             otlp=OtlpSettings.from_env(environ),
             output_format=output_format(env),
         )

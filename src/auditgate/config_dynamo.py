@@ -91,3 +91,9 @@ def first_int(env: Env, names: tuple[str, ...], default: int) -> int:
         if value is not None:
             return value
     return default
+
+
+def max_age(env: Env) -> float | None:
+    """``DYN_REQUEST_TRACE_FILE_MAX_AGE_SECS``: jsonl_gz retention by age, in seconds."""
+    value = env.integer("DYN_REQUEST_TRACE_FILE_MAX_AGE_SECS", None, minimum=1)
+    return None if value is None else float(value)

@@ -45,6 +45,8 @@ def _jsonl_gz(settings: AuditSettings, metrics: AuditMetrics | None) -> Sink:
         flush_interval_ms=settings.jsonl_flush_interval_ms,
         roll_bytes=settings.jsonl_gz_roll_bytes,
         roll_lines=settings.jsonl_gz_roll_lines,
+        max_bytes=settings.jsonl_gz_max_bytes,
+        max_age_s=settings.jsonl_gz_max_age_s,
     )
 
 

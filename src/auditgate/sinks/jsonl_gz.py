@@ -17,15 +17,26 @@ next write starts a new segment.
 Rolling: after a batch, the segment is finished (fsynced and closed) once it holds at least
 ``roll_bytes`` uncompressed bytes or ``roll_lines`` lines.  A batch is never split across
 segments, so a segment can exceed either limit by at most one batch.
+
+Retention (Dynamo's ``DYN_REQUEST_TRACE_FILE_MAX_BYTES`` / ``..._FILE_MAX_AGE_SECS``; off by
+default): at start and after each roll, finished segments of the prefix are deleted, oldest
+first, while all of them together take more than ``max_bytes`` on disk, and any whose last
+write is older than ``max_age_s``.  Each deletion is logged.  A segment is never deleted while a
+writer has it open — this one's, or another process's with the same prefix (``--workers N``):
+writers hold a shared ``flock`` on their open segment, and a segment is deleted only under an
+exclusive one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import os
 import re
 import threading
+import time
 import zlib
 from collections.abc import Sequence
 
@@ -80,6 +91,8 @@ class JsonlGzSink:
         roll_bytes: int = 256 << 20,
         roll_lines: int | None = None,
         compresslevel: int = 6,
+        max_bytes: int | None = None,
+        max_age_s: float | None = None,
     ) -> None:
         if roll_bytes <= 0:
             raise ConfigError(f"roll_bytes={roll_bytes}: must be > 0")
@@ -97,6 +110,10 @@ class JsonlGzSink:
         """Lines after which a segment is finished (``None``: no line limit)."""
         self.compresslevel = compresslevel
         """zlib compression level of each member."""
+        self.max_bytes = max_bytes
+        """Retention: most bytes the finished segments may take on disk (``None``: no bound)."""
+        self.max_age_s = max_age_s
+        """Retention: finished segments last written longer ago are deleted (``None``: never)."""
         self.batching = batch_policy(buffer_bytes, flush_interval_ms)
         """How the bus groups records for this sink."""
         self.segment: str | None = None
@@ -158,6 +175,7 @@ class JsonlGzSink:
         with self._lock:
             self._number = segments[-1][0] if segments else 0
             self._ready = True
+            self._prune()
 
     def _compress(self, lines: list[bytes]) -> tuple[bytes, int]:
         compressor = zlib.compressobj(self.compresslevel, zlib.DEFLATED, 31)
@@ -205,6 +223,8 @@ class JsonlGzSink:
             except OSError as exc:
                 raise SinkError(f"jsonl_gz sink: cannot create {path!r}: {exc}") from exc
             break
+        # Held while the segment is open: retention never deletes a segment being written.
+        fcntl.flock(fd, fcntl.LOCK_SH)
         self._fd, self.segment, self._number = fd, path, number
         self._size = self._bytes = self._lines = 0
         self._unnamed = True
@@ -237,6 +257,53 @@ class JsonlGzSink:
         finally:
             os.close(fd)
         self.segment = None
+        self._prune()
+
+    def _prune(self) -> None:
+        """Delete finished segments past the retention bounds, oldest first (under the lock)."""
+        if self.max_bytes is None and self.max_age_s is None:
+            return
+        now = time.time()
+        found = []
+        for _, path in existing_segments(self.prefix):
+            with contextlib.suppress(FileNotFoundError):
+                stat = os.stat(path)
+                found.append((path, stat.st_size, stat.st_mtime))
+        total = sum(size for _, size, _ in found)
+        for path, size, mtime in found:
+            too_old = self.max_age_s is not None and now - mtime > self.max_age_s
+            too_big = self.max_bytes is not None and total > self.max_bytes
+            if not (too_old or too_big) or path == self.segment:
+                continue
+            if self._delete(path):
+                total -= size
+                log.info(
+                    "jsonl_gz sink: retention removed %s (%d bytes, %s)",
+                    path,
+                    size,
+                    "older than max age" if too_old else "over max bytes",
+                )
+
+    @staticmethod
+    def _delete(path: str) -> bool:
+        """Delete ``path`` unless a writer has it open; True if deleted."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        try:
+            os.unlink(path)
+            return True
+        except OSError as exc:
+            log.warning("jsonl_gz sink: retention could not remove %s: %s", path, exc)
+            return False
+        finally:
+            os.close(fd)
 
     def _close_sync(self) -> None:
         with self._lock:
