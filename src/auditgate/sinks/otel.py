@@ -262,10 +262,14 @@ class _Grpc:
         from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
 
         target, secure = grpc_target(self.settings.endpoint, insecure=self.settings.insecure)
+        # gRPC's own reconnect backoff grows to 2 minutes while a receiver is down; cap it at
+        # the bus's retry backoff so records flow again within seconds of it coming back.
+        options = [("grpc.min_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 5000)]
         if secure:
-            self._channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials())
+            credentials = grpc.ssl_channel_credentials()
+            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
         else:
-            self._channel = grpc.aio.insecure_channel(target)
+            self._channel = grpc.aio.insecure_channel(target, options=options)
         stub = logs_service_pb2_grpc.LogsServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._export = stub.Export
 
