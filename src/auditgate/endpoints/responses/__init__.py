@@ -1,17 +1,36 @@
 """OpenAI's Responses API (``POST /v1/responses`` and the stored responses), pure parts.
 
-- :mod:`.protocol` / :mod:`.items`: parse and validate a request body.
+- :mod:`.protocol` / :mod:`.items`: parse and validate a request body;
+- :mod:`.translate`: a request (after its stored conversation) -> a chat completion request,
+  a ``chat.completion`` -> the ``response`` object;
+- :mod:`.events` / :mod:`.sse`: chat completion chunks -> the typed stream events -> SSE bytes;
+- :mod:`.history`: stored turns -> the conversation to continue and the ``input_items`` list;
+- :mod:`.objects`: the ``response`` object, its ids and usage.
 
 Nothing here does I/O; the transports and the pipeline call these.
 """
 
+from auditgate.endpoints.responses.events import Event, ResponseStreamWriter
+from auditgate.endpoints.responses.history import context_items, input_items, page
 from auditgate.endpoints.responses.items import Item, parse_items
+from auditgate.endpoints.responses.objects import response_id
 from auditgate.endpoints.responses.protocol import ResponsesRequest, parse_body, validate_responses
+from auditgate.endpoints.responses.sse import encode_events
+from auditgate.endpoints.responses.translate import to_chat_body, to_response
 
 __all__ = [
+    "Event",
     "Item",
+    "ResponseStreamWriter",
     "ResponsesRequest",
+    "context_items",
+    "encode_events",
+    "input_items",
+    "page",
     "parse_body",
     "parse_items",
+    "response_id",
+    "to_chat_body",
+    "to_response",
     "validate_responses",
 ]
