@@ -4,12 +4,14 @@
 - :mod:`.translate`: a request (after its stored conversation) -> a chat completion request,
   a ``chat.completion`` -> the ``response`` object;
 - :mod:`.events` / :mod:`.sse`: chat completion chunks -> the typed stream events -> SSE bytes;
+- :mod:`.aggregate`: an upstream's own Responses stream -> the final ``response`` (passthrough);
 - :mod:`.history`: stored turns -> the conversation to continue and the ``input_items`` list;
 - :mod:`.objects`: the ``response`` object, its ids and usage.
 
 Nothing here does I/O; the transports and the pipeline call these.
 """
 
+from auditgate.endpoints.responses.aggregate import ResponsesStreamAggregator
 from auditgate.endpoints.responses.events import Event, ResponseStreamWriter
 from auditgate.endpoints.responses.history import context_items, input_items, page
 from auditgate.endpoints.responses.items import Item, parse_items
@@ -23,6 +25,7 @@ __all__ = [
     "Item",
     "ResponseStreamWriter",
     "ResponsesRequest",
+    "ResponsesStreamAggregator",
     "context_items",
     "encode_events",
     "input_items",
