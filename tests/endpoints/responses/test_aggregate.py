@@ -166,8 +166,8 @@ def test_error_event_fails_the_partial() -> None:
 
 
 def test_nothing_seen_and_odd_events() -> None:
-    """No lifecycle event: no object.  Events missing required fields are skipped and counted;
-    unknown types are ignored."""
+    """Without a lifecycle event there is no object, and events missing required fields are
+    skipped and counted while unknown types are ignored."""
     assert aggregate([]) is None
     events, final = stream()
     aggregator = ResponsesStreamAggregator()

@@ -264,7 +264,8 @@ def test_incomplete_statuses() -> None:
 )
 def test_failure_mid_stream(status_code: int, code: str) -> None:
     """An engine error mid-stream closes the open item incomplete and ends with
-    ``response.failed``, ``error`` set, which the SDK accepts."""
+    ``response.failed``, ``error`` set, which the SDK accepts; its output is the translation of
+    what was streamed before the error."""
     stream = chunks(CASES["reasoning then text"])
     writer = ResponseStreamWriter(REQUEST, request_id="R", created_at=100)
     events = writer.feed(stream[:5])
@@ -289,6 +290,11 @@ def test_failure_mid_stream(status_code: int, code: str) -> None:
         ("message", "incomplete"),
     ]
     assert final["output"][1]["content"][0]["text"] == "Ok"
+    aggregated = StreamAggregator()
+    aggregated.feed_all(stream[:5])
+    partial = aggregated.finish()
+    assert partial is not None
+    assert translated(partial)["output"] == final["output"]
 
 
 def test_cancel_keeps_what_was_streamed() -> None:
