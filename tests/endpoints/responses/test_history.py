@@ -199,3 +199,21 @@ def test_bad_page_parameters(kwargs: dict[str, Any], expected: dict[str, Any]) -
         "type": "invalid_request_error",
         "code": "invalid_value",
     }
+
+
+def test_items_of_other_types_are_listed_as_they_came() -> None:
+    """An item type the gateway does not take itself (stored from a passthrough upstream) is
+    listed as it came, with an id when it had none."""
+    body = {
+        "model": "m",
+        "input": [{"type": "web_search_call", "status": "completed", "action": {"type": "search"}}],
+    }
+    response = {"id": "resp_r7", "output": []}
+    assert input_items([(body, response)]) == [
+        {
+            "type": "web_search_call",
+            "status": "completed",
+            "action": {"type": "search"},
+            "id": "item_r7_in0",
+        }
+    ]

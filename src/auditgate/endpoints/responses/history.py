@@ -18,7 +18,9 @@ message content a list of parts (a string becomes one ``input_text``, or for the
 ``output_text``, part); ``status`` ``completed`` unless the item says otherwise; an
 ``input_image``'s ``detail`` ``auto`` unless given; and an ``id`` for every item, the client's
 when it gave one, else ``<prefix>_<request_id>_in<k>`` for input item ``k`` of the turn (prefix
-``msg``, ``fc``, ``fco`` or ``rs``), so ids are stable and can be paged ``after``.
+``msg``, ``fc``, ``fco`` or ``rs``), so ids are stable and can be paged ``after``.  Items of a
+type the gateway does not take itself (stored from a passthrough upstream) are listed as they
+came, with an ``item_…`` id when they had none.
 """
 
 from __future__ import annotations
@@ -153,12 +155,15 @@ def _listed(item: dict[str, Any], kind: str, item_id: str) -> dict[str, Any]:
             "output": output,
             "status": status,
         }
-    listed: dict[str, Any] = {"id": item_id, "type": kind, "summary": item.get("summary") or []}
-    for key in ("content", "encrypted_content"):
-        if item.get(key) is not None:
-            listed[key] = item[key]
-    listed["status"] = status
-    return listed
+    if kind == "reasoning":
+        listed: dict[str, Any] = {"id": item_id, "type": kind, "summary": item.get("summary") or []}
+        for key in ("content", "encrypted_content"):
+            if item.get(key) is not None:
+                listed[key] = item[key]
+        listed["status"] = status
+        return listed
+    # A type the gateway does not take itself (an upstream's, in passthrough): as it came.
+    return {**item, "id": item_id, "type": kind}
 
 
 def _parts(content: Any, text_type: str) -> list[dict[str, Any]]:
