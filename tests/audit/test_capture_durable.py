@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import pytest
 
@@ -16,7 +17,7 @@ from auditgate.audit.spool import SpoolError
 from auditgate.config import AuditSettings
 
 
-def broken(record: AuditRecord) -> AuditRecord:
+def broken(record: AuditRecord, credentials: Sequence[str]) -> AuditRecord:
     raise RuntimeError("detector blew up")
 
 

@@ -9,14 +9,24 @@ from pathlib import Path
 import pytest
 
 from auditgate.audit.processors import RedactProcessor
-from auditgate.audit.redact import Detector, Redactor, builtin, load_patterns, luhn
+from auditgate.audit.redact import (
+    GATEWAY_KEY,
+    Detector,
+    Redactor,
+    builtin,
+    load_patterns,
+    luhn,
+    with_gateway_keys,
+)
 from auditgate.audit.redact import _card as _card_check
 from auditgate.audit.redact import _ipv4 as _ipv4_check
 from auditgate.audit.redact import _ipv6 as _ipv6_check
+from auditgate.auth.keys import generate_key
 from auditgate.errors import ConfigError
 from tests.store.records import make_record
 
 ALL = ("email", "api_key", "card", "ip")
+GW_KEY = "ag-" + "Zq9_-" * 8 + "abc"  # the shape of auditgate's own keys: "ag-" + 43 characters
 
 
 def redact(text: str, names: tuple[str, ...] = ALL) -> tuple[str, dict[str, int]]:
@@ -37,6 +47,8 @@ def _count(counts: Counter[str]) -> None:
         ("Authorization: Bearer abc.DEF-123_xyz", "Authorization: [REDACTED:api_key]", "api_key"),
         ("aws AKIAABCDEFGHIJKLMNOP", "aws [REDACTED:api_key]", "api_key"),
         ("gh ghp_" + "a" * 36, "gh [REDACTED:api_key]", "api_key"),
+        (f"use {GW_KEY}, thanks", "use [REDACTED:api_key], thanks", "api_key"),
+        (f"x-auth={GW_KEY}-suffix", "x-auth=[REDACTED:api_key]-suffix", "api_key"),
         ("card 4111 1111 1111 1111.", "card [REDACTED:card].", "card"),
         ("card 5500-0000-0000-0004", "card [REDACTED:card]", "card"),
         ("from 192.168.1.20:80", "from [REDACTED:ip]:80", "ip"),
@@ -57,6 +69,7 @@ def test_detects(text: str, expected: str, kind: str) -> None:
         "at 12:30:45 on std::vector and a::b::c",
         "version 1.2.3.4.5 and 300.1.1.1",
         "task-abcdefghijklmnopqrstuvwxyz and the bearer of news",
+        "ag-grid-community and tag-" + "x" * 43 + " and ag-" + "y" * 42,
         "no secrets here @ all",
     ],
 )
@@ -201,7 +214,8 @@ _REFERENCE = (
         r"(?i:\bbearer)\s+[A-Za-z0-9._~+/=-]{8,}|\bsk-[A-Za-z0-9_-]{16,}"
         r"|\bgh[opusr]_[A-Za-z0-9]{30,}|\bgithub_pat_[A-Za-z0-9_]{30,}|\bAKIA[0-9A-Z]{16}\b"
         r"|\bAIza[0-9A-Za-z_-]{35}|\bxox[abprs]-[A-Za-z0-9-]{10,}|\bhf_[A-Za-z0-9]{30,}"
-        r"|\bglpat-[A-Za-z0-9_-]{20,}|\bgsk_[A-Za-z0-9]{40,}|\bnvapi-[A-Za-z0-9_-]{30,}",
+        r"|\bglpat-[A-Za-z0-9_-]{20,}|\bgsk_[A-Za-z0-9]{40,}|\bnvapi-[A-Za-z0-9_-]{30,}"
+        r"|(?<![A-Za-z0-9])ag-[A-Za-z0-9_-]{43}",
         None,
     ),
     ("card", r"[2-6](?<![\d-][2-6])(?:[ -]?\d){12,18}(?!\d)", "card"),
@@ -226,6 +240,7 @@ _CORPUS = (
     "thirteen digits 4222222222222 alone",
     "spaced 4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1",
     "x@y.org",
+    f"gateway {GW_KEY} tag-{GW_KEY[3:]} _{GW_KEY}x AG-{GW_KEY[3:]} ag-{GW_KEY[4:]}",
 )
 
 
@@ -254,3 +269,59 @@ def test_processor_matches_plain_patterns_over_a_record() -> None:
     assert isinstance(out.request, dict)
     slow = _slow()
     assert [slow.text(t) for t in _CORPUS] == [m["content"] for m in out.request["messages"]]
+
+
+def test_every_generated_key_has_the_gateway_shape() -> None:
+    """Keys ``auditgate keys add`` makes are redacted by shape alone."""
+    keys = [generate_key() for _ in range(200)]
+    out = Redactor((GATEWAY_KEY,), lambda kind: None).text(" ".join(keys))
+    assert out == " ".join(["[REDACTED:api_key]"] * 200)
+
+
+def test_gateway_keys_join_any_redaction() -> None:
+    """Any chosen detector brings the gateway-key detector along (once); none brings none."""
+    email = builtin(("email",))
+    assert (
+        with_gateway_keys(email),
+        with_gateway_keys(builtin(ALL)),
+        with_gateway_keys(()),
+    ) == (
+        (*email, GATEWAY_KEY),
+        builtin(ALL),
+        (),
+    )
+
+
+def test_narrow_redacts_the_request_key_first() -> None:
+    """The request's own key of any shape is one ``api_key`` replacement wherever it occurs,
+    before detectors that would match inside it; absent, it changes nothing."""
+    key = "team-key-sk-" + "x" * 20
+    counts: Counter[str] = Counter()
+    redactor = Redactor(builtin(("email",)), lambda kind: counts.update([kind]))
+    text = f"mine is {key} and a@b.io; {key}!"
+    narrowed = redactor.narrow(text, (key,))
+    assert narrowed is not None
+    assert (narrowed.text(text), dict(counts), redactor.narrow("clean", (key,))) == (
+        "mine is [REDACTED:api_key] and [REDACTED:email]; [REDACTED:api_key]!",
+        {"api_key": 2, "email": 1},
+        None,
+    )
+
+
+def test_processor_redacts_header_values() -> None:
+    """Captured header values go through the detectors and the request's own key; with
+    ``bodies=False`` the messages are left as sent."""
+    key = "hand-made-key-0001"
+    record = make_record(5)
+    record.request = {"messages": [{"role": "user", "content": f"{GW_KEY} {key}"}]}
+    record.http_request_headers = {"x-auth": GW_KEY, "x-other": f"k={key}", "x-team": "blue"}
+    request = record.request
+    out = RedactProcessor(Redactor((GATEWAY_KEY,), _count_nothing), bodies=False)(record, (key,))
+    assert (out.http_request_headers, out.request is request) == (
+        {"x-auth": "[REDACTED:api_key]", "x-other": "k=[REDACTED:api_key]", "x-team": "blue"},
+        True,
+    )
+
+
+def _count_nothing(kind: str) -> None:
+    pass

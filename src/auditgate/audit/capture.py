@@ -23,7 +23,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any, Final
 
 from auditgate.audit.aggregate import StreamAggregator
@@ -106,8 +106,9 @@ class Auditor:
         self._sample = settings.sample_rate
         self._records = {m: metrics.records.labels(m) for m in ("full", "usage_only", "checkpoint")}
         self._processing = metrics.processing_seconds
-        self._pending: list[tuple[AuditRecord, asyncio.Future[None] | None]] = []
-        """Records waiting for the processors' next batch, with their durable commits."""
+        self._pending: list[tuple[AuditRecord, asyncio.Future[None] | None, Sequence[str]]] = []
+        """Records waiting for the processors' next batch, with their durable commits and
+        their requests' credentials."""
 
     @property
     def enabled(self) -> bool:
@@ -139,8 +140,12 @@ class Auditor:
         metadata: dict[str, str] | None = None,
         client_request_id: str | None = None,
         headers: dict[str, str] | None = None,
+        credentials: Sequence[str] = (),
     ) -> AuditCapture | None:
-        """Start capturing one request; None when it yields no record."""
+        """Start capturing one request; None when it yields no record.
+
+        ``credentials``: the API key the request authenticated with; never stored, only handed
+        to the processors, which redact it wherever the record repeats it."""
         mode = self.mode_for(request_id, store)
         if mode is None:
             return None
@@ -157,14 +162,18 @@ class Auditor:
             metadata=metadata or {},
             client_request_id=client_request_id,
             headers=headers,
+            credentials=credentials,
         )
 
-    def publish(self, record: AuditRecord) -> Awaitable[None] | None:
+    def publish(
+        self, record: AuditRecord, credentials: Sequence[str] = ()
+    ) -> Awaitable[None] | None:
         """Stamp ``writer``/``seq``, run the processors and hand the record to the bus; never
         blocks or raises.
 
         Returns the bus's commit: ``None`` in best effort; in durable mode an awaitable that
         completes once the record is in the spool (and raises if it could not get there).
+        ``credentials``: see :meth:`open`.
 
         With processors (redaction, integrity), the record is queued and the queue is processed
         at the end of the current event-loop iteration, as one batch in publish order: under
@@ -178,12 +187,12 @@ class Auditor:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (a synchronous caller): nothing to batch with
-            return self._publish_now(record)
+            return self._publish_now(record, credentials=credentials)
         commit: asyncio.Future[None] | None = None
         if self.settings.durability == "durable":
             commit = loop.create_future()
             commit.add_done_callback(_retrieved)
-        self._pending.append((record, commit))
+        self._pending.append((record, commit, credentials))
         if len(self._pending) == 1:
             loop.call_soon(self._process)
         return commit
@@ -197,14 +206,14 @@ class Auditor:
         pending, self._pending = self._pending, []
         started = time.perf_counter()
         failures: list[Exception | None] = []
-        for record, _ in pending:
+        for record, _, credentials in pending:
             try:
-                self.processors.prepare(record)
+                self.processors.prepare(record, credentials)
             except Exception as exc:  # noqa: BLE001 - counted and logged by _drop below
                 failures.append(exc)
             else:
                 failures.append(None)
-        for (record, commit), failure in zip(pending, failures, strict=True):
+        for (record, commit, _), failure in zip(pending, failures, strict=True):
             if failure is None:
                 done = self._publish_now(record, prepared=True)
             else:
@@ -221,7 +230,7 @@ class Auditor:
         record.seq = next(self._seq)  # taken even when the record is dropped: a visible gap
 
     def _publish_now(
-        self, record: AuditRecord, *, prepared: bool = False
+        self, record: AuditRecord, *, prepared: bool = False, credentials: Sequence[str] = ()
     ) -> Awaitable[None] | None:
         """Stamp, process and publish one record now (``prepared``: redaction already ran)."""
         self._stamp(record)
@@ -229,7 +238,7 @@ class Auditor:
         if processors:
             try:
                 if not prepared:
-                    processors.prepare(record)
+                    processors.prepare(record, credentials)
                 envelope = processors.seal(record)
             except Exception as exc:  # noqa: BLE001 - never raise, never publish unprocessed
                 return self._drop(record, exc)
@@ -293,6 +302,7 @@ class AuditCapture:
         "_body",
         "_client_request_id",
         "_created_at",
+        "_credentials",
         "_endpoint",
         "_engine_response_id",
         "_error",
@@ -327,6 +337,7 @@ class AuditCapture:
         metadata: dict[str, str],
         client_request_id: str | None,
         headers: dict[str, str] | None,
+        credentials: Sequence[str] = (),
     ) -> None:
         self._auditor = auditor
         self.mode = mode
@@ -340,6 +351,7 @@ class AuditCapture:
         self._metadata = metadata
         self._client_request_id = client_request_id
         self._headers = headers
+        self._credentials = credentials
         self._created_at = time.time_ns() // 1_000_000
         self._started = time.perf_counter()
         self._first_at: float | None = None
@@ -455,7 +467,7 @@ class AuditCapture:
             record.engine_response_id = self._engine_response_id
         if self._headers:
             record.http_request_headers = self._headers
-        return self._auditor.publish(record)
+        return self._auditor.publish(record, self._credentials)
 
 
 def _failed(error: Exception) -> asyncio.Future[None]:

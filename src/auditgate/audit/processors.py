@@ -32,12 +32,19 @@ from auditgate.audit.integrity import (
 )
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import AuditRecord, Envelope, Integrity
-from auditgate.audit.redact import Redactor, builtin, load_patterns
+from auditgate.audit.redact import (
+    GATEWAY_KEY,
+    Redactor,
+    builtin,
+    load_patterns,
+    with_gateway_keys,
+)
 from auditgate.config import AuditSettings
 
-Processor = Callable[[AuditRecord], AuditRecord]
-"""Takes a record, changes it in place or not, and returns it (the same object); runs before
-``writer``/``seq`` are stamped (see :meth:`Processors.prepare`)."""
+Processor = Callable[[AuditRecord, Sequence[str]], AuditRecord]
+"""Takes a record and its request's credentials (the API key it authenticated with, to be
+redacted wherever it occurs; never stored), changes the record in place or not, and returns it
+(the same object); runs before ``writer``/``seq`` are stamped (see :meth:`Processors.prepare`)."""
 
 # Message fields whose text is the conversation (everything else is structure: roles, ids...).
 _TEXT_FIELDS: Final = ("content", "reasoning_content", "refusal")
@@ -46,16 +53,25 @@ _TEXT_FIELDS: Final = ("content", "reasoning_content", "refusal")
 class RedactProcessor:
     """Redacts message contents (strings and ``text`` parts), tool-call and function-call
     arguments, reasoning and refusals, in the request's ``messages`` and the response's
-    ``choices[].message``.  Copy-on-write: what nothing matched is not copied; a changed
+    ``choices[].message`` (``bodies``), and the values of captured request headers
+    (``headers``); the request's own credentials (the API key it authenticated with) wherever
+    they occur in those.  Copy-on-write: what nothing matched is not copied; a changed
     message is a new dict, so the client's own objects are never mutated."""
 
-    def __init__(self, redactor: Redactor) -> None:
+    def __init__(self, redactor: Redactor, *, bodies: bool = True, headers: bool = True) -> None:
         self.redactor = redactor
+        self.bodies = bodies
+        self.headers = headers
 
-    def __call__(self, record: AuditRecord) -> AuditRecord:
+    def __call__(self, record: AuditRecord, credentials: Sequence[str] = ()) -> AuditRecord:
         request, response = record.request, record.response
-        messages = request.get("messages") if isinstance(request, dict) else None
-        choices = response.get("choices") if isinstance(response, dict) else None
+        messages = choices = None
+        if self.bodies:
+            messages = request.get("messages") if isinstance(request, dict) else None
+            choices = response.get("choices") if isinstance(response, dict) else None
+        headers = record.http_request_headers if self.headers else None
+        if not isinstance(headers, dict):
+            headers = None
         # Most records hold nothing to redact: look for hints once over all their texts, and
         # walk the record again (detector by detector) only with the detectors that may match.
         texts: list[str] = []
@@ -66,7 +82,9 @@ class RedactProcessor:
             for choice in choices:
                 if isinstance(choice, dict):
                     _texts(choice.get("message"), texts)
-        redactor = self.redactor.narrow("\n".join(texts))
+        if headers is not None:
+            texts.extend(headers.values())
+        redactor = self.redactor.narrow("\n".join(texts), credentials)
         if redactor is None:
             return record
         walk = _Walk(redactor)
@@ -78,6 +96,10 @@ class RedactProcessor:
             changed = _list_of(choices, walk.choice)
             if changed is not None:
                 record.response = {**response, "choices": changed}
+        if headers is not None:
+            redacted = {name: redactor.text(value) for name, value in headers.items()}
+            if redacted != headers:
+                record.http_request_headers = redacted
         return record
 
 
@@ -315,11 +337,12 @@ class Processors:
     def __bool__(self) -> bool:
         return bool(self.processors) or self.chain is not None
 
-    def prepare(self, record: AuditRecord) -> None:
+    def prepare(self, record: AuditRecord, credentials: Sequence[str] = ()) -> None:
         """Run the processors that do not depend on ``writer``/``seq`` (redaction), which
-        change ``record`` in place; :meth:`seal` follows once it is stamped."""
+        change ``record`` in place; :meth:`seal` follows once it is stamped.  ``credentials``:
+        the request's own API key, redacted wherever it occurs (see :data:`Processor`)."""
         for processor in self.processors:
-            processor(record)
+            processor(record, credentials)
 
     def seal(self, record: AuditRecord) -> Envelope:
         """Chain the stamped, prepared ``record`` (integrity on) and wrap it for the bus; the
@@ -345,21 +368,30 @@ class Processors:
     @classmethod
     def build(cls, settings: AuditSettings, metrics: AuditMetrics, *, engine: str) -> Processors:
         """The chain the settings ask for: redaction (built-in detectors, then the patterns
-        file), then the integrity chain.  Raises ConfigError for a bad patterns file."""
+        file, then the gateway's own keys), then the integrity chain.  Raises ConfigError for
+        a bad patterns file.
+
+        Captured headers are redacted with the same detectors as bodies; with no detector
+        chosen, still for the gateway's own keys (:data:`GATEWAY_KEY` and the request's key),
+        since header capture promises never to store a credential, whatever a header's name.
+        """
         processors: list[Processor] = []
         detectors = builtin(settings.redact)
         if settings.redact_patterns_file:
             detectors += load_patterns(settings.redact_patterns_file)
+        counters: dict[str, Any] = {}
+
+        def count(kind: str) -> None:
+            counter = counters.get(kind)
+            if counter is None:
+                counter = counters[kind] = metrics.redactions.labels(kind)
+            counter.inc()
+
         if detectors:
-            counters: dict[str, Any] = {}
-
-            def count(kind: str) -> None:
-                counter = counters.get(kind)
-                if counter is None:
-                    counter = counters[kind] = metrics.redactions.labels(kind)
-                counter.inc()
-
-            processors.append(RedactProcessor(Redactor(detectors, count)))
+            redactor = Redactor(with_gateway_keys(detectors), count)
+            processors.append(RedactProcessor(redactor, headers=bool(settings.header_capture)))
+        elif settings.header_capture:
+            processors.append(RedactProcessor(Redactor((GATEWAY_KEY,), count), bodies=False))
         chain: IntegrityChain | None = None
         if settings.integrity:
             key = settings.integrity_key

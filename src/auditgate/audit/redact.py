@@ -3,9 +3,10 @@
 Built-in detectors (``DYN_AUDIT_REDACT``, DESIGN §2):
 
 - ``email``: e-mail addresses;
-- ``api_key``: ``Bearer`` tokens and provider API keys (OpenAI/Anthropic ``sk-…``, GitHub
+- ``api_key``: ``Bearer`` tokens, provider API keys (OpenAI/Anthropic ``sk-…``, GitHub
   ``ghp_…``/``github_pat_…``, AWS ``AKIA…``, Google ``AIza…``, Slack ``xox?-…``, Hugging Face
-  ``hf_…``, GitLab ``glpat-…``, Groq ``gsk_…``, NVIDIA ``nvapi-…``);
+  ``hf_…``, GitLab ``glpat-…``, Groq ``gsk_…``, NVIDIA ``nvapi-…``) and the gateway's own keys
+  (:data:`GATEWAY_KEY`, also on whenever any detector is);
 - ``card``: 13 to 19 digit card numbers (spaces or dashes allowed between digits) that start like
   a card of the major networks (2-6) and pass the Luhn check — so timestamps and ids rarely match;
 - ``ip``: IPv4 and IPv6 addresses (IPv6 candidates are checked with :mod:`ipaddress`).
@@ -15,6 +16,14 @@ line, ``KIND`` a lower-case name (``[a-z][a-z0-9_]*``), then whitespace, then a 
 expression (the rest of the line); blank lines and lines starting with ``#`` are ignored.
 
 Every match is replaced by ``[REDACTED:<kind>]``.
+
+The gateway's own keys.  The gateway holds only hashes of its keys, so it cannot search a text
+for "any configured key".  Two things find them instead: their shape (:data:`GATEWAY_KEY`:
+``ag-`` and 43 URL-safe characters, as ``auditgate keys add`` makes every key), and the exact
+key the request authenticated with, which the transport hands to :meth:`Redactor.narrow` (see
+``keys``) so that a key of any shape — one hashed by hand into an old keys file — is found
+wherever the client repeats its own key.  A hand-made key of *another* tenant that a client
+pastes is beyond both; ``auditgate keys add`` never makes one.
 
 Speed (this runs on every record, and most texts hold nothing to redact): a built-in detector
 carries *hints*, strings one of which occurs in every text it matches.  :meth:`Redactor.narrow`
@@ -115,6 +124,18 @@ def _card_gate(folded: bytes) -> bool:
 # re then skips ahead to candidate characters instead of trying every position, and a lookbehind
 # right after the first character rejects a start inside a run at once.  Digits are ASCII
 # ([0-9], not \d): the Luhn and octet checks read ASCII digits, and hints and gates are ASCII.
+GATEWAY_KEY: Final = Detector(
+    "api_key",
+    # auditgate.auth.keys.generate_key: "ag-" + secrets.token_urlsafe(32), 43 characters.  No
+    # look-ahead: a key glued to the text after it is still a key.  The look-behind keeps words
+    # ending in "ag" ("tag-", "drag-") out; 43 characters of the alphabet after "ag-" are rare
+    # in prose and code (a hyphenated name that long is redacted, a key stored never is).
+    re.compile(r"a(?<![A-Za-z0-9]a)g-[A-Za-z0-9_-]{43}"),
+    ("-",),
+    gates=(re.compile(rb"-(?<=ag-)[a-z0-9_-]{43}").search,),
+)
+"""The gateway's own API keys, by shape (``api_key`` kind)."""
+
 BUILTIN: Final[dict[str, tuple[Detector, ...]]] = {
     "email": (
         Detector(
@@ -158,6 +179,7 @@ BUILTIN: Final[dict[str, tuple[Detector, ...]]] = {
             # pattern that starts with a literal is about as cheap on texts with capital A's.
             ("A",),
         ),
+        GATEWAY_KEY,
     ),
     "card": (
         Detector(
@@ -199,6 +221,14 @@ BUILTIN: Final[dict[str, tuple[Detector, ...]]] = {
 def builtin(names: Iterable[str]) -> tuple[Detector, ...]:
     """The built-in detectors for these names (see :data:`BUILTIN`)."""
     return tuple(d for name in names for d in BUILTIN[name])
+
+
+def with_gateway_keys(detectors: Sequence[Detector]) -> tuple[Detector, ...]:
+    """``detectors`` plus :data:`GATEWAY_KEY` when they hold any detector but not it: once
+    redaction is on at all, the gateway's own credentials are never stored."""
+    if not detectors or GATEWAY_KEY in detectors:
+        return tuple(detectors)
+    return (*detectors, GATEWAY_KEY)
 
 
 def load_patterns(path: str) -> tuple[Detector, ...]:
@@ -299,13 +329,18 @@ class Redactor:
                         mask &= ~bit
         return mask | self._always
 
-    def narrow(self, text: str) -> Redactor | None:
+    def narrow(self, text: str, keys: Sequence[str] = ()) -> Redactor | None:
         """A redactor with only the detectors that may match in ``text``, all of a record's
         texts joined by newlines: those without hints, and those whose hints occur in ``text``
         and whose pattern matches in it.  It makes the same replacements as this one in each
-        of the joined texts; None when there is none (a clean record, checked once)."""
+        of the joined texts; None when there is none (a clean record, checked once).
+
+        ``keys``: exact strings (the API key the request authenticated with) replaced as
+        ``api_key`` wherever they occur, before any detector runs — so a key is one
+        replacement, whatever a detector would find inside it."""
+        exact = [key for key in keys if key and key in text] if keys else None
         mask = self._candidates(text)
-        if not mask:
+        if not mask and not exact:
             return None
         for index, detector in enumerate(self._detectors):
             # A hinted (built-in) pattern that matches nowhere in ``text`` matches in no part of
@@ -316,6 +351,10 @@ class Redactor:
             hinted = detector.hints and not detector.gates
             if mask >> index & 1 and hinted and detector.pattern.search(text) is None:
                 mask &= ~(1 << index)
+        if exact:  # rare (a client quoting its own key): built for this record only
+            found = [Detector("api_key", re.compile(re.escape(key))) for key in exact]
+            kept = [d for i, d in enumerate(self._detectors) if mask >> i & 1]
+            return Redactor(found + kept, self._count)
         if not mask:
             return None
         narrowed = self._narrowed.get(mask)

@@ -45,6 +45,20 @@ def generate_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
+def bearer_token(authorization: str) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` value; None for any other value."""
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def presented_key(authorization: str | None) -> tuple[str, ...]:
+    """The bearer key of an authenticated request's ``Authorization`` value, as the
+    credentials that redaction removes from its record (empty when there is none)."""
+    token = bearer_token(authorization) if authorization is not None else None
+    return (token,) if token is not None else ()
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -79,10 +93,10 @@ class KeyRing:
                 "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
                 code="missing_api_key",
             )
-        scheme, _, token = authorization.decode("latin-1").partition(" ")
+        token = bearer_token(authorization.decode("latin-1"))
         principal = None
-        if scheme.lower() == "bearer" and token.strip():
-            principal = self._by_hash.get(hash_key(token.strip()))
+        if token is not None:
+            principal = self._by_hash.get(hash_key(token))
         if principal is None:
             raise AuthenticationError("Incorrect API key provided.", code="invalid_api_key")
         return principal

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from auditgate.auth.keys import Principal
+from auditgate.auth.keys import Principal, presented_key
 from auditgate.errors import APIError, InvalidRequestError
 from auditgate.grpc.tensors import (
     InferCall,
@@ -269,6 +269,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                     code="invalid_value",
                 ) from None
         metadata = _metadata(context)
+        authorization = _authorization(metadata)
         return infer, ChatCall(
             body=infer.body,
             params=params,
@@ -278,7 +279,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             tenant=principal.tenant if principal is not None else None,
             client_request_id=client_request_id,
             headers=self.capture_headers({"headers": metadata}) if self.capture_headers else None,
-            authorization=_authorization(metadata),
+            authorization=authorization,
+            credentials=presented_key(authorization) if principal is not None else (),
         )
 
     async def _authenticate(self, context: Context) -> Principal | None:

@@ -40,6 +40,9 @@ class ChatCall:
     """Request headers captured into the record (already filtered and redacted)."""
     authorization: str | None = dataclasses.field(default=None, repr=False)
     """The client's credential, only for upstream key passthrough."""
+    credentials: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+    """The gateway API key the request authenticated with: never stored, redacted wherever
+    the record would repeat it."""
 
     @property
     def response_id(self) -> str:
@@ -84,6 +87,7 @@ class ChatPipeline:
             metadata=call.params.metadata,
             client_request_id=call.client_request_id,
             headers=call.headers,
+            credentials=call.credentials,
         )
 
     async def complete(self, call: ChatCall) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Final
 
+from auditgate.auth.keys import presented_key
 from auditgate.errors import APIError
 from auditgate.pipeline.chat import ChatCall, ChatPipeline, bad_stream_request
 from auditgate.pipeline.request import (
@@ -80,6 +81,7 @@ class ChatHandler:
             principal = scope.get("auditgate.principal")
             if principal is not None:
                 call.tenant = principal.tenant
+                call.credentials = presented_key(call.authorization)
             if call.params.stream:
                 status = await self._stream(call, receive, send, rid_header)
             else:
