@@ -1,5 +1,6 @@
 """API keys, tenants and roles."""
 
-from auditgate.auth.keys import KeyRing, Principal, generate_key, hash_key
+from auditgate.auth.hashing import KeyHash
+from auditgate.auth.keys import KeyRing, Principal, generate_key
 
-__all__ = ["KeyRing", "Principal", "generate_key", "hash_key"]
+__all__ = ["KeyHash", "KeyRing", "Principal", "generate_key"]

@@ -1,17 +1,27 @@
-"""API keys: stored as SHA-256 hashes in a JSON file, each bound to a tenant and a role.
+"""API keys: stored as salted hashes in a JSON file, each bound to a tenant and a role.
 
 File format (``AUDITGATE_API_KEYS_FILE``)::
 
-    {"keys": [{"name": "ci", "tenant": "acme", "role": "user", "sha256": "<hex of sha256(key)>"}]}
+    {"keys": [{"name": "ci", "tenant": "acme", "role": "user", "prefix": "ag-…", "scrypt": {…}}]}
 
+(entry format: :mod:`auditgate.auth.hashing`; entries of old files, ``"sha256"``, still verify).
 A key is shown once, when ``auditgate keys add`` creates it; the file never holds it in plain
 text.  ``role`` is ``user`` (sees and changes only its tenant's stored completions) or ``admin``
-(sees all).  Keys are long random tokens, so an unsalted SHA-256 is enough to make a leaked file
-useless; a slow hash would only slow every request.
+(sees all).
+
+Verification runs on every request, and a salted scrypt hash costs tens of milliseconds, so
+:class:`KeyRing` pays it once per distinct key and process: a key that verified is remembered
+under a keyed BLAKE2b digest of it (a per-process random key, so memory holds neither the key
+nor a digest that means anything outside this process), and later requests cost that digest
+and a dict lookup (about a microsecond).  The scrypt itself runs in a worker thread, so the
+event loop never waits for it; concurrent first requests with one key share one computation.
+A key whose first characters match no entry is refused without any hashing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import dataclasses
 import hashlib
 import json
@@ -21,10 +31,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from auditgate.auth.hashing import GENERATED, KEY_PREFIX, PREFIX_LEN, KeyHash, legacy_digest
 from auditgate.errors import AuthenticationError, ConfigError
 
 Role = Literal["user", "admin"]
-KEY_PREFIX: Final = "ag-"
+_REFUSED_MAX: Final = 1024
+"""Wrong keys remembered, so a client retrying a mistyped key does not pay scrypt each time."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -38,6 +50,17 @@ class Principal:
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Entry:
+    """One configured key: its principal and how the file stores it."""
+
+    principal: Principal
+    hashed: KeyHash | str = dataclasses.field(repr=False)
+    """The salted hash, or an old entry's SHA-256 hex digest."""
+    prefix: str | None = None
+    """The key's first characters (salted entries only)."""
 
 
 def generate_key() -> str:
@@ -59,34 +82,35 @@ def presented_key(authorization: str | None) -> tuple[str, ...]:
     return (token,) if token is not None else ()
 
 
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
 class KeyRing:
-    """The configured keys, looked up by hash."""
+    """The configured keys (see the module docstring for how a key is verified)."""
 
-    def __init__(self, entries: Iterable[tuple[str, Principal]]) -> None:
-        self._by_hash = dict(entries)
+    def __init__(self, entries: Iterable[Entry]) -> None:
+        self._legacy: dict[str, Principal] = {}
+        self._salted: dict[str, list[Entry]] = {}
+        count = 0
+        for entry in entries:
+            count += 1
+            if isinstance(entry.hashed, str):
+                self._legacy[entry.hashed] = entry.principal
+            elif entry.prefix is not None:
+                self._salted.setdefault(entry.prefix, []).append(entry)
+        self._count = count
+        self._secret = secrets.token_bytes(32)
+        self._verified: dict[bytes, Principal] = {}
+        """Keys that verified, by keyed digest: at most one per entry, so bounded."""
+        self._refused: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self._pending: dict[bytes, asyncio.Future[Principal | None]] = {}
 
     def __len__(self) -> int:
-        return len(self._by_hash)
+        return self._count
 
     @classmethod
     def load(cls, path: str) -> KeyRing:
         """Read a keys file; any problem is a ConfigError naming the file."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"AUDITGATE_API_KEYS_FILE: {path} does not exist") from None
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"AUDITGATE_API_KEYS_FILE: cannot read {path}: {exc}") from None
-        entries = []
-        for i, item in enumerate(_key_list(data, path)):
-            entries.append(_entry(item, f"{path}: keys[{i}]"))
-        return cls(entries)
+        return cls(_entry(item, f"{path}: keys[{i}]") for i, item in enumerate(read(path)))
 
-    def authenticate(self, authorization: bytes | None) -> Principal:
+    async def authenticate(self, authorization: bytes | None) -> Principal:
         """The principal of ``Authorization: Bearer <key>``; 401 for anything else."""
         if authorization is None:
             raise AuthenticationError(
@@ -96,26 +120,136 @@ class KeyRing:
         token = bearer_token(authorization.decode("latin-1"))
         principal = None
         if token is not None:
-            principal = self._by_hash.get(hash_key(token))
+            tag = hashlib.blake2b(token.encode(), key=self._secret).digest()
+            principal = self._verified.get(tag)
+            if principal is None and tag not in self._refused:
+                principal = await self._verify(tag, token)
         if principal is None:
             raise AuthenticationError("Incorrect API key provided.", code="invalid_api_key")
         return principal
 
+    async def _verify(self, tag: bytes, token: str) -> Principal | None:
+        """Look ``token`` up the slow way once, remembering the outcome under ``tag``."""
+        principal = self._legacy.get(legacy_digest(token))
+        if principal is None:
+            candidates = self._salted.get(token[:PREFIX_LEN])
+            if not candidates:
+                return None  # no entry starts like it: nothing to hash, nothing to remember
+            pending = self._pending.get(tag)
+            if pending is None:
+                pending = asyncio.ensure_future(asyncio.to_thread(_match, token, candidates))
+                self._pending[tag] = pending
+                pending.add_done_callback(lambda _: self._pending.pop(tag, None))
+            # Shielded: one caller going away must not cancel the others' shared answer.
+            principal = await asyncio.shield(pending)
+        if principal is None:
+            self._refused[tag] = None
+            if len(self._refused) > _REFUSED_MAX:
+                self._refused.popitem(last=False)
+        else:
+            self._verified[tag] = principal
+        return principal
+
+
+def _match(token: str, candidates: list[Entry]) -> Principal | None:
+    for entry in candidates:
+        if isinstance(entry.hashed, KeyHash) and entry.hashed.matches(token):
+            return entry.principal
+    return None
+
 
 def add_key(path: str, *, name: str, tenant: str, role: Role) -> str:
-    """Create a key, append its hash to the file (created if missing), return the key."""
+    """Create a key, append its salted hash to the file (created if missing), return the key."""
     file = Path(path)
     data: dict[str, Any] = {"keys": []}
     if file.exists():
         data = json.loads(file.read_text())
         _key_list(data, path)
     key = generate_key()
-    data["keys"].append({"name": name, "tenant": tenant, "role": role, "sha256": hash_key(key)})
+    data["keys"].append(salted_entry(key, {"name": name, "tenant": tenant, "role": role}))
+    write(path, data)
+    return key
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Upgrade:
+    """What :func:`upgrade_keys` did, by entry name (never by key)."""
+
+    upgraded: list[str]
+    """Old entries rewritten with a salted hash."""
+    refused: list[str]
+    """Old entries whose key was given but is not one ``auditgate keys add`` made: left as
+    they are, since their prefix in clear would give away the start of a hand-chosen key."""
+    unknown: int
+    """Keys given that match no old entry (already upgraded, or not in this file)."""
+    remaining: list[str]
+    """Old entries still in the file afterwards."""
+
+
+def upgrade_keys(path: str, keys: Iterable[str]) -> Upgrade:
+    """Rewrite the old (unsalted SHA-256) entries of the keys file whose keys are given with
+    salted hashes, keeping their name, tenant and role: the keys themselves stay valid."""
+    data = _load(path)
+    items = data["keys"]
+    old = {
+        item["sha256"].lower(): index
+        for index, item in enumerate(items)
+        if isinstance(item, dict) and isinstance(item.get("sha256"), str)
+    }
+    upgraded: list[str] = []
+    refused: list[str] = []
+    unknown = 0
+    for key in keys:
+        index = old.pop(legacy_digest(key), None)
+        if index is None:
+            unknown += 1
+        elif GENERATED.fullmatch(key) is None:
+            refused.append(_name(items[index]))
+        else:
+            upgraded.append(_name(items[index]))
+            items[index] = salted_entry(key, items[index])
+    if upgraded:
+        write(path, data)
+    remaining = [_name(item) for item in items if isinstance(item, dict) and "sha256" in item]
+    return Upgrade(upgraded, refused, unknown, remaining)
+
+
+def _name(item: dict[str, Any]) -> str:
+    return str(item.get("name") or item.get("tenant"))
+
+
+def salted_entry(key: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """A keys-file entry for ``key``: ``fields`` (name, tenant, role…) without any old hash,
+    plus the key's prefix and a fresh salted hash."""
+    kept = {k: v for k, v in fields.items() if k not in ("sha256", "prefix", "scrypt")}
+    return {**kept, "prefix": key[:PREFIX_LEN], "scrypt": KeyHash.new(key).to_json()}
+
+
+def read(path: str) -> list[Any]:
+    """The ``keys`` list of a keys file; ConfigError if it cannot be read or is not one."""
+    keys: list[Any] = _load(path)["keys"]
+    return keys
+
+
+def _load(path: str) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"AUDITGATE_API_KEYS_FILE: {path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"AUDITGATE_API_KEYS_FILE: cannot read {path}: {exc}") from None
+    _key_list(data, path)
+    loaded: dict[str, Any] = data
+    return loaded
+
+
+def write(path: str, data: dict[str, Any]) -> None:
+    """Replace the keys file atomically with ``data``, readable by its owner only."""
+    file = Path(path)
     tmp = file.with_name(file.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.chmod(tmp, 0o600)
     tmp.replace(file)
-    return key
 
 
 def _key_list(data: Any, path: str) -> list[Any]:
@@ -125,15 +259,24 @@ def _key_list(data: Any, path: str) -> list[Any]:
     return keys
 
 
-def _entry(item: Any, where: str) -> tuple[str, Principal]:
+def _entry(item: Any, where: str) -> Entry:
     if not isinstance(item, dict):
         raise ConfigError(f"{where}: expected an object")
-    digest, tenant, role = item.get("sha256"), item.get("tenant"), item.get("role", "user")
-    if not isinstance(digest, str) or len(digest) != 64:
-        raise ConfigError(f"{where}: 'sha256' must be the 64-hex-digit SHA-256 of the key")
+    tenant, role = item.get("tenant"), item.get("role", "user")
     if not isinstance(tenant, str) or not tenant:
         raise ConfigError(f"{where}: 'tenant' must be a non-empty string")
     if role not in ("user", "admin"):
         raise ConfigError(f"{where}: 'role' must be 'user' or 'admin'")
-    name = item.get("name") or tenant
-    return digest.lower(), Principal(name=str(name), tenant=tenant, role=role)
+    principal = Principal(name=str(item.get("name") or tenant), tenant=tenant, role=role)
+    if "scrypt" in item:
+        prefix = item.get("prefix")
+        if not isinstance(prefix, str) or len(prefix) != PREFIX_LEN:
+            raise ConfigError(f"{where}: 'prefix' must be the key's first {PREFIX_LEN} characters")
+        return Entry(principal, KeyHash.from_json(item["scrypt"], where), prefix)
+    digest = item.get("sha256")
+    if not isinstance(digest, str) or len(digest) != 64:
+        raise ConfigError(
+            f"{where}: expected 'prefix' and 'scrypt' (auditgate keys add), or an old "
+            "entry's 'sha256' (the 64-hex-digit SHA-256 of the key)"
+        )
+    return Entry(principal, digest.lower())

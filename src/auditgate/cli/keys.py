@@ -1,4 +1,4 @@
-"""``auditgate keys add``: create an API key bound to a tenant and a role."""
+"""``auditgate keys``: create API keys, and upgrade old keys files to salted hashes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from auditgate.auth.keys import add_key
+from auditgate.auth.keys import add_key, upgrade_keys
 from auditgate.errors import ConfigError
 
 
@@ -19,6 +19,12 @@ def register(sub: Any) -> None:
     add.add_argument("--role", choices=("user", "admin"), default="user")
     add.add_argument("--name", help="a label for the key (default: the tenant)")
     add.set_defaults(func=run_add)
+    upgrade = keys.add_parser(
+        "upgrade",
+        help="rehash old (unsalted SHA-256) entries whose keys are given on stdin, one a line",
+    )
+    upgrade.add_argument("--file", required=True, help="keys file (AUDITGATE_API_KEYS_FILE)")
+    upgrade.set_defaults(func=run_upgrade)
 
 
 def run_add(args: argparse.Namespace) -> int:
@@ -34,3 +40,26 @@ def run_add(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def run_upgrade(args: argparse.Namespace) -> int:
+    """Exit 0 when every key given was upgraded, 1 when some were not, 2 on an error."""
+    keys = [line.strip() for line in sys.stdin if line.strip()]
+    try:
+        done = upgrade_keys(args.file, keys)
+    except (ConfigError, OSError, ValueError) as exc:
+        print(f"auditgate keys: {exc}", file=sys.stderr)
+        return 2
+    names = ", ".join(done.upgraded) or "none"
+    print(f"auditgate keys: upgraded {len(done.upgraded)} old entries: {names}", file=sys.stderr)
+    if done.refused:
+        print(
+            "auditgate keys: not upgraded, keys `auditgate keys add` did not make (replace "
+            f"them: keys add a new one, hand it out, delete the entry): {', '.join(done.refused)}",
+            file=sys.stderr,
+        )
+    if done.unknown:
+        print(f"auditgate keys: {done.unknown} key(s) match no old entry", file=sys.stderr)
+    if done.remaining:
+        print(f"auditgate keys: old entries left: {', '.join(done.remaining)}", file=sys.stderr)
+    return 1 if done.refused or done.unknown else 0

@@ -293,7 +293,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                 auth = value
                 break
         try:
-            return keys.authenticate(auth)
+            return await keys.authenticate(auth)
         except APIError as exc:
             await context.abort(status_code_for(exc), exc.message)
 

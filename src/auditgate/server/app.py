@@ -369,7 +369,7 @@ class GatewayApp:
             keys = self.gateway.keys
             if keys is not None and scope["path"] != "/health":
                 try:
-                    scope[PRINCIPAL] = keys.authenticate(header(scope, b"authorization"))
+                    scope[PRINCIPAL] = await keys.authenticate(header(scope, b"authorization"))
                 except APIError as exc:
                     await send_error(send, exc)
                     return

@@ -1,0 +1,107 @@
+"""Key verification: salted hashes, each distinct key hashed once per process, old entries."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from auditgate.auth import hashing
+from auditgate.auth.hashing import KeyHash
+from auditgate.auth.keys import KeyRing, add_key, generate_key
+from auditgate.errors import AuthenticationError, ConfigError
+
+
+async def outcome(ring: KeyRing, key: str) -> str:
+    """The tenant a key authenticates as, or the error code it gets."""
+    try:
+        return (await ring.authenticate(f"Bearer {key}".encode())).tenant
+    except AuthenticationError as exc:
+        return str(exc.code)
+
+
+async def test_each_distinct_key_pays_scrypt_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Concurrent and repeated requests with one key run one scrypt; a wrong key that starts
+    like an entry runs one however often it is retried; one that starts like none, or an old
+    entry's key, runs none."""
+    path = str(tmp_path / "keys.json")
+    key = add_key(path, name="a", tenant="a", role="user")
+    data = json.loads(Path(path).read_text())
+    digest = hashlib.sha256(b"old-key").hexdigest()
+    data["keys"].append({"tenant": "old", "sha256": digest})
+    Path(path).write_text(json.dumps(data))
+    ring = KeyRing.load(path)
+    calls: list[int] = []
+    real = hashing._scrypt
+
+    def counted(key: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+        calls.append(n)
+        return real(key, salt, n, r, p)
+
+    monkeypatch.setattr(hashing, "_scrypt", counted)
+    steps = [await asyncio.gather(*(outcome(ring, key) for _ in range(5)))]
+    steps.append([await outcome(ring, key) for _ in range(3)])
+    steps.append([len(calls)])
+    wrong = key[:-3] + ("xyz" if key[-3:] != "xyz" else "abc")
+    steps.append([await outcome(ring, k) for k in (wrong, wrong, generate_key(), "old-key")])
+    steps.append([len(calls)])
+    assert steps == [
+        ["a"] * 5,
+        ["a"] * 3,
+        [1],
+        ["invalid_api_key", "invalid_api_key", "invalid_api_key", "old"],
+        [2],
+    ]
+
+
+def test_hashes_of_one_key_differ_and_both_verify() -> None:
+    """Two hashes of the same key have their own salts and digests; each verifies only it."""
+    key = generate_key()
+    one, two = KeyHash.new(key), KeyHash.new(key)
+    assert (one.salt != two.salt, one.digest != two.digest) == (True, True)
+    assert [one.matches(key), two.matches(key), one.matches(key + "x")] == [True, True, False]
+
+
+def test_reprs_hold_no_hash() -> None:
+    """A hash's repr shows its salt and cost, never its digest."""
+    made = KeyHash.new(generate_key())
+    assert repr(made) == f"KeyHash(salt={made.salt!r}, n=16384, r=8, p=1)"
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"tenant": "a"}, r"expected 'prefix' and 'scrypt' \(auditgate keys add\), or an old"),
+        ({"tenant": "a", "prefix": "ag-", "scrypt": {}}, r"'prefix' must be the key's first 11"),
+        ({"tenant": "a", "prefix": "ag-12345678", "scrypt": []}, r"'scrypt' must be \{"),
+        (
+            {"tenant": "a", "prefix": "ag-12345678", "scrypt": {"n": 1000, "r": 8, "p": 1}},
+            "n a power of two",
+        ),
+        (
+            {"tenant": "a", "prefix": "ag-12345678", "scrypt": {"n": 1 << 20, "r": 8, "p": 1}},
+            "needs over 64 MiB",
+        ),
+        (
+            {
+                "tenant": "a",
+                "prefix": "ag-12345678",
+                "scrypt": {"n": 16384, "r": 8, "p": 1, "salt": "zz", "hash": "00"},
+            },
+            "'salt' and 'hash' in hex",
+        ),
+    ],
+)
+def test_bad_entries_are_config_errors(
+    tmp_path: Path, entry: dict[str, object], message: str
+) -> None:
+    """A malformed entry stops startup with a message naming the file and the entry."""
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"keys": [entry]}))
+    with pytest.raises(ConfigError, match=rf"keys.json: keys\[0\]: .*{message}"):
+        KeyRing.load(str(path))
