@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import queue
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -457,6 +459,33 @@ def test_api_keys_guard_inference_and_name_the_tenant(workdir: str) -> None:
         [record] = g.records(1)
     assert caught.value.status() == "StatusCode.UNAUTHENTICATED"
     assert record.tenant == "team-a"
+
+
+def test_the_calls_own_key_is_redacted_from_its_record(workdir: str) -> None:
+    """With redaction on, the key a call authenticated with (here hand-made, in an old-format
+    entry, so found only by the exact match) is redacted from the prompt and from metadata."""
+    path = f"{workdir}/keys.json"
+    key = "team-a-hand-made-0042"
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    Path(path).write_text(json.dumps({"keys": [{"tenant": "team-a", "sha256": digest}]}))
+    env = {
+        "AUDITGATE_API_KEYS_FILE": path,
+        "DYN_AUDIT_REDACT": "email",
+        "DYN_AUDIT_HTTP_HEADER_CAPTURE_LIST": "x-auth",
+    }
+    with grpc_gateway(**env) as (g, client):
+        client.infer(
+            "mock",
+            [text_input(f"my key is {key}")],
+            parameters={"store": True},
+            headers={"authorization": f"Bearer {key}", "x-auth": key},
+        )
+        [record] = g.records(1)
+    assert isinstance(record.request, dict)
+    assert (record.request["messages"], record.http_request_headers) == (
+        [{"role": "user", "content": "my key is [REDACTED:api_key]"}],
+        {"x-auth": "[REDACTED:api_key]"},
+    )
 
 
 @pytest.mark.parametrize(
