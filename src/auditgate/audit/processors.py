@@ -70,7 +70,7 @@ class RedactProcessor:
             messages = request.get("messages") if isinstance(request, dict) else None
             choices = response.get("choices") if isinstance(response, dict) else None
         headers = record.http_request_headers if self.headers else None
-        if not isinstance(headers, dict):
+        if headers is not None and not isinstance(headers, dict):  # UNSET: none captured
             headers = None
         # Most records hold nothing to redact: look for hints once over all their texts, and
         # walk the record again (detector by detector) only with the detectors that may match.
