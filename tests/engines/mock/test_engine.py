@@ -11,12 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from auditgate.audit.aggregate import StreamAggregator
-from auditgate.engines.base import EngineRequest
 from auditgate.engines.mock import SYSTEM_FINGERPRINT, MockEngine, count_tokens, split_tokens
 from auditgate.errors import InvalidRequestError, NotFoundError
+from tests.engines.mock.common import aggregate, batches, request, streamed
 
-MESSAGES = [{"role": "user", "content": "What is 10 + 10?"}]
 WEATHER = {
     "type": "function",
     "function": {
@@ -43,31 +41,11 @@ WEATHER = {
     },
 }
 CLOCK = {"type": "function", "function": {"name": "clock", "parameters": {"type": "object"}}}
-
-
-def request(**body: Any) -> EngineRequest:
-    """An engine request for model ``mock`` with ``MESSAGES`` unless overridden."""
-    return EngineRequest({"model": "mock", "messages": MESSAGES, **body}, "req-1", "chatcmpl-req-1")
-
-
-async def batches(engine: MockEngine, req: EngineRequest) -> list[list[dict[str, Any]]]:
-    """Every batch ``engine.stream`` yields for ``req``."""
-    return [batch async for batch in engine.stream(req)]
-
-
-async def streamed(engine: MockEngine, req: EngineRequest) -> list[dict[str, Any]]:
-    """Every chunk ``engine.stream`` yields for ``req``, flattened."""
-    return [chunk for batch in await batches(engine, req) for chunk in batch]
-
-
-def aggregate(chunks: list[dict[str, Any]]) -> dict[str, Any]:
-    """The StreamAggregator's completion for ``chunks``."""
-    aggregator = StreamAggregator()
-    for chunk in chunks:
-        aggregator.feed(chunk)
-    result = aggregator.finish()
-    assert result is not None
-    return result
+CLOCK2 = {"type": "function", "function": {"name": "clock2"}}
+WEATHER_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {"name": "weather", "schema": WEATHER["function"]["parameters"], "strict": True},  # type: ignore[index]
+}
 
 
 def schema_errors(value: Any, schema: dict[str, Any], path: str = "$") -> list[str]:
@@ -185,21 +163,23 @@ async def test_stop_cuts_before_the_first_stop_string(as_list: bool) -> None:
 
 
 async def test_tool_call_arguments_fit_the_schema() -> None:
-    """With tools, the first tool is called with JSON arguments valid against its schema."""
+    """With tools, each call names an offered tool and has JSON arguments valid against its
+    schema; the first call is to the first tool."""
     engine = MockEngine()
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, CLOCK)}  # type: ignore[index]
     for seed in range(25):
         completion = await engine.complete(request(tools=[WEATHER, CLOCK], seed=seed))
         choice = completion["choices"][0]
-        (call,) = choice["message"]["tool_calls"]
-        arguments = json.loads(call["function"]["arguments"])
-        params = WEATHER["function"]["parameters"]  # type: ignore[index]
+        calls = choice["message"]["tool_calls"]
         assert (
             choice["finish_reason"],
             choice["message"]["content"],
-            call["function"]["name"],
-            call["type"],
-            schema_errors(arguments, params),
-        ) == ("tool_calls", None, "get_weather", "function", [])
+            ["get_weather", "clock"][: len(calls)],
+            [c["type"] for c in calls],
+            [schema_errors(json.loads(c["function"]["arguments"]), schemas[c["function"]["name"]])
+             for c in calls],
+        ) == ("tool_calls", None, [c["function"]["name"] for c in calls],
+              ["function"] * len(calls), [[]] * len(calls))  # fmt: skip
 
 
 async def test_tool_choice() -> None:
@@ -265,6 +245,12 @@ CASES: dict[str, dict[str, Any]] = {
     "tools-cut": {"tools": [WEATHER], "max_tokens": 6},
     "reasoning-tools": {"tools": [CLOCK, WEATHER], "reasoning_effort": "medium"},
     "reasoning-cut-tools": {"tools": [WEATHER], "reasoning_effort": "high", "max_tokens": 2},
+    "parallel-tools": {"tools": [CLOCK, WEATHER, CLOCK2], "n": 3},
+    "parallel-tools-cut": {"tools": [CLOCK, WEATHER], "n": 3, "max_tokens": 4},
+    "logprobs": {"logprobs": True, "top_logprobs": 3, "n": 2, "reasoning_effort": "low"},
+    "json-object": {"response_format": {"type": "json_object"}},
+    "json-schema-cut": {"response_format": WEATHER_FORMAT, "max_tokens": 7, "logprobs": True},
+    "service-tier": {"service_tier": "auto"},
 }
 
 
@@ -292,6 +278,11 @@ KNOBS = st.fixed_dictionaries(
         "reasoning_effort": st.sampled_from(["none", "minimal", "low", "high"]),
         "tools": st.sampled_from([[WEATHER], [CLOCK, WEATHER]]),
         "tool_choice": st.sampled_from(["auto", "none", "required"]),
+        "parallel_tool_calls": st.booleans(),
+        "logprobs": st.just(True),
+        "top_logprobs": st.integers(0, 20),
+        "response_format": st.sampled_from([{"type": "json_object"}, WEATHER_FORMAT]),
+        "service_tier": st.sampled_from(["auto", "flex", "priority"]),
     },
 )
 
@@ -300,6 +291,8 @@ KNOBS = st.fixed_dictionaries(
 @given(KNOBS)
 async def test_stream_equals_non_stream_for_any_knobs(knobs: dict[str, Any]) -> None:
     """For any mix of knobs, the aggregate of the stream equals the non-stream response."""
+    if "top_logprobs" in knobs and "logprobs" not in knobs:
+        knobs["logprobs"] = True  # top_logprobs alone is a 400
     engine = MockEngine()
     req = request(**knobs, stream_options={"include_usage": True})
     expected = await engine.complete(req)
@@ -323,7 +316,7 @@ async def test_stream_shape() -> None:
         return {**top, "choices": [choice], "usage": None}
 
     assert [
-        chunk({"role": "assistant", "content": ""}),
+        chunk({"role": "assistant", "content": "", "refusal": None}),
         chunk({"content": first}),
         chunk({"content": second}),
         chunk({}, "length"),
@@ -336,7 +329,8 @@ async def test_tool_stream_opens_like_openai() -> None:
     chunks = await streamed(MockEngine(), request(tools=[CLOCK]))
     call_id = chunks[0]["choices"][0]["delta"]["tool_calls"][0]["id"]
     assert [
-        {"role": "assistant", "content": None, "tool_calls": [{"index": 0, "id": call_id,
+        {"role": "assistant", "content": None, "refusal": None,
+         "tool_calls": [{"index": 0, "id": call_id,
          "type": "function", "function": {"name": "clock", "arguments": ""}}]},
         {"tool_calls": [{"index": 0, "function": {"arguments": "{"}}]},
         {"tool_calls": [{"index": 0, "function": {"arguments": "}"}}]},
