@@ -168,9 +168,13 @@ def test_messages_list_pages_in_both_orders(gw: TestGateway) -> None:
         "role": "user",
         "content": "and 10 + 11?",
         "content_parts": messages[3]["content"],
+        "refusal": None,
     }
     assert (ids, ids[::-1]) == ([m.id for m in asc], [m.id for m in desc])
-    assert ({"id": ids[0], "content_parts": None, **MESSAGES[0]}, expected_last) == (
+    assert (
+        {"id": ids[0], "content_parts": None, "refusal": None, **MESSAGES[0]},
+        expected_last,
+    ) == (
         dump(asc[0]),
         dump(asc[3]),
     )

@@ -36,6 +36,8 @@ from auditgate.server.params import (
 from auditgate.store.queries import CursorNotFound, Filter, Store, Stored
 
 # Request parameters OpenAI echoes on a stored completion (null when the request left them out).
+# Not ``service_tier``: that is the tier that served the response, so the stored copy shows the
+# response's own (null when it had none), never the request's wish.
 _ECHOED: Final = (
     "tool_choice",
     "tools",
@@ -45,7 +47,6 @@ _ECHOED: Final = (
     "presence_penalty",
     "frequency_penalty",
     "response_format",
-    "service_tier",
 )
 
 
@@ -58,11 +59,15 @@ def tenant_scope(principal: Principal | None) -> str | None:
 
 def completion_object(stored: Stored) -> dict[str, Any]:
     """The stored completion OpenAI returns: the response the client saw, plus what the store
-    adds (current ``metadata``, ``request_id``, echoed request parameters, ``usage``)."""
+    adds (current ``metadata``, ``request_id``, echoed request parameters, ``usage``), and the
+    fields the specification requires that a response from an upstream (or an older mock) may
+    lack: ``service_tier`` and every message's ``refusal``, ``null``."""
     record = stored.record
     out: dict[str, Any] = dict(record["response"])
     out["id"] = stored.response_id
     out.setdefault("object", "chat.completion")
+    out.setdefault("service_tier", None)
+    out["choices"] = [_with_refusal(choice) for choice in out.get("choices") or ()]
     request = record.get("request")
     request = request if isinstance(request, dict) else {}
     out["metadata"] = record.get("metadata") or {}
@@ -75,11 +80,21 @@ def completion_object(stored: Stored) -> dict[str, Any]:
     return out
 
 
+def _with_refusal(choice: Any) -> Any:
+    """``choice`` with ``message.refusal`` (``null`` when absent); copies, never edits a record."""
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict) or "refusal" in message:
+        return choice
+    return {**choice, "message": {**message, "refusal": None}}
+
+
 def store_message(response_id: str, index: int, message: Any) -> dict[str, Any]:
     """One request message as OpenAI lists it: id ``<id>-<index>``; array content is given as
-    ``content_parts`` with its text joined in ``content``."""
+    ``content_parts`` with its text joined in ``content``; ``refusal`` (which the specification
+    requires) ``null`` unless the message has one."""
     out: dict[str, Any] = dict(message) if isinstance(message, dict) else {"content": message}
     out["id"] = f"{response_id}-{index}"
+    out.setdefault("refusal", None)
     content = out.get("content")
     if isinstance(content, list):
         out["content_parts"] = content
@@ -177,10 +192,11 @@ class CompletionsAPI:
 
 
 def _list_body(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    # The specification types first_id / last_id as required strings: "" on an empty page.
     return {
         "object": "list",
         "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
+        "first_id": data[0]["id"] if data else "",
+        "last_id": data[-1]["id"] if data else "",
         "has_more": has_more,
     }
