@@ -1,0 +1,115 @@
+"""OpenAI's published OpenAPI specification (pinned in ``openapi/``) as JSON-Schema validators.
+
+The pinned file is ``openapi/openai-openapi.json``: the operations auditgate implements, reduced
+from github.com/openai/openai-openapi by ``openapi/extract.py`` (source commit in
+``info.x-source``, MIT licence in ``openapi/LICENSE``).  Loading it makes two adjustments, both
+here so that the pinned file stays the published text:
+
+- ``nullable: true`` (an OpenAPI 3.0 keyword that the 3.1 document still uses in places, e.g. a
+  stream chunk's ``usage`` and ``logprobs``) becomes ``anyOf [..., {"type": "null"}]``, which is
+  what it means; JSON Schema 2020-12 validators ignore ``nullable``.
+- The stored-completion messages list: its item schema is ``ChatCompletionResponseMessage``,
+  whose ``role`` allows only ``assistant``, while the same schema's documented example lists a
+  ``user`` message, and the endpoint lists the request's messages, of every role.  We follow
+  OpenAI's documented example: there the role may be any request role.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+from pathlib import Path
+from typing import Any, Final
+
+import jsonschema
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+SPEC_FILE: Final = Path(__file__).with_name("openapi") / "openai-openapi.json"
+_URI: Final = "urn:openai-openapi"
+_NAMED: Final = frozenset({"properties", "patternProperties", "$defs", "definitions"})
+REQUEST_ROLES: Final = ["developer", "system", "user", "assistant", "tool", "function"]
+
+
+def denullable(value: Any, *, names: bool = False) -> Any:
+    """``value`` with every ``nullable: true`` schema turned into ``anyOf [schema, null]``."""
+    if isinstance(value, list):
+        return [denullable(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if names:  # a map of property names to schemas: the keys are names, not keywords
+        return {k: denullable(v) for k, v in value.items()}
+    out = {k: denullable(v, names=k in _NAMED) for k, v in value.items() if k != "nullable"}
+    if value.get("nullable") is True:
+        return {"anyOf": [out, {"type": "null"}]}
+    return out
+
+
+@functools.cache
+def spec() -> dict[str, Any]:
+    """The pinned specification, adjusted as the module docstring says (a fresh copy is not
+    made per call: treat it as read-only)."""
+    doc = denullable(json.loads(SPEC_FILE.read_text(encoding="utf-8")))
+    schemas = doc["components"]["schemas"]
+    # The documented example of ChatCompletionMessageList shows a "user" message; the item
+    # schema (ChatCompletionResponseMessage) allows only "assistant".  Follow the example.
+    listed = copy.deepcopy(schemas["ChatCompletionResponseMessage"])
+    listed["properties"]["role"]["enum"] = REQUEST_ROLES
+    schemas["ChatCompletionStoredMessage"] = listed
+    item = schemas["ChatCompletionMessageList"]["properties"]["data"]["items"]
+    item["allOf"][0] = {"$ref": "#/components/schemas/ChatCompletionStoredMessage"}
+    return doc  # type: ignore[no-any-return]
+
+
+@functools.cache
+def _registry() -> Registry:
+    return Registry().with_resource(_URI, Resource(contents=spec(), specification=DRAFT202012))
+
+
+def response_schema(
+    operation_id: str, status: str = "200", media_type: str = "application/json"
+) -> dict[str, Any]:
+    """The schema the specification gives an operation's response."""
+    for item in spec()["paths"].values():
+        for operation in item.values():
+            if isinstance(operation, dict) and operation.get("operationId") == operation_id:
+                response = operation["responses"][status]
+                schema: dict[str, Any] = response["content"][media_type]["schema"]
+                return schema
+    raise KeyError(operation_id)
+
+
+def errors(instance: Any, schema: dict[str, Any]) -> list[str]:
+    """Where ``instance`` violates ``schema`` (whose ``$ref``s point into the specification),
+    as ``path: message`` lines; empty when it conforms."""
+    rooted = _rooted(schema)
+    validator = jsonschema.Draft202012Validator(
+        rooted,
+        registry=_registry(),
+        format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER,
+    )
+    found = validator.iter_errors(instance)
+    return sorted(f"{e.json_path}: {e.message[:300]}" for e in found)
+
+
+def response_errors(
+    operation_id: str,
+    body: Any,
+    status: str = "200",
+    media_type: str = "application/json",
+) -> list[str]:
+    """Where a response body violates what the specification says ``operation_id`` returns."""
+    return errors(body, response_schema(operation_id, status, media_type))
+
+
+def error_body_errors(body: Any) -> list[str]:
+    """Where an error body violates the specification's ``ErrorResponse``."""
+    return errors(body, {"$ref": "#/components/schemas/ErrorResponse"})
+
+
+def _rooted(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with its local ``$ref``s made to point into the registered specification."""
+    text = json.dumps(schema).replace('"#/components/', f'"{_URI}#/components/')
+    rooted: dict[str, Any] = json.loads(text)
+    return rooted
