@@ -12,6 +12,10 @@ here so that the pinned file stays the published text:
   whose ``role`` allows only ``assistant``, while the same schema's documented example lists a
   ``user`` message, and the endpoint lists the request's messages, of every role.  We follow
   OpenAI's documented example: there the role may be any request role.
+- A ``discriminator`` without a ``mapping`` (a message's ``tool_calls`` items, ``type``): by
+  OpenAPI's rule its values would be the options' schema names, while each option's own
+  ``type`` enum says ``function`` / ``custom`` — the values OpenAI sends.  The mapping is made
+  from those enums, so checkers that apply discriminators (schemathesis) read it as meant.
 """
 
 from __future__ import annotations
@@ -46,11 +50,40 @@ def denullable(value: Any, *, names: bool = False) -> Any:
     return out
 
 
+def map_discriminators(doc: dict[str, Any]) -> None:
+    """Give every discriminator without a mapping the one its options' single-value enums
+    imply (in place); one whose options do not all have such an enum is left alone."""
+    schemas = doc["components"]["schemas"]
+    pending: list[Any] = [doc]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, list):
+            pending.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        pending.extend(node.values())
+        discriminator = node.get("discriminator")
+        options = node.get("oneOf") or node.get("anyOf")
+        if not isinstance(discriminator, dict) or "mapping" in discriminator or not options:
+            continue
+        mapping = {}
+        for option in options:
+            ref = option.get("$ref", "")
+            target = schemas.get(ref.rsplit("/", 1)[-1], {})
+            values = target.get("properties", {}).get(discriminator["propertyName"], {})
+            if len(values.get("enum", ())) == 1:
+                mapping[values["enum"][0]] = ref
+        if len(mapping) == len(options):
+            discriminator["mapping"] = mapping
+
+
 @functools.cache
 def spec() -> dict[str, Any]:
     """The pinned specification, adjusted as the module docstring says (a fresh copy is not
     made per call: treat it as read-only)."""
     doc = denullable(json.loads(SPEC_FILE.read_text(encoding="utf-8")))
+    map_discriminators(doc)
     schemas = doc["components"]["schemas"]
     # The documented example of ChatCompletionMessageList shows a "user" message; the item
     # schema (ChatCompletionResponseMessage) allows only "assistant".  Follow the example.

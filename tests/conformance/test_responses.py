@@ -10,6 +10,7 @@ stream error events too.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -126,7 +127,10 @@ def test_stored_completions_conform(stored: TestGateway) -> None:
     stored.records(len(ids) + 1)
     http = httpx.Client(base_url=stored.base_url, timeout=10)
     page = http.get("/chat/completions", params={"limit": 100}).json()
+    deadline = time.monotonic() + 10
     while len(page["data"]) < len(ids) + 1:  # the store sink lags the memory sink
+        assert time.monotonic() < deadline, "the store did not catch up"
+        time.sleep(0.01)
         page = http.get("/chat/completions", params={"limit": 100}).json()
     bodies = {
         "list": ("listChatCompletions", page),

@@ -4,6 +4,7 @@ outputs, logprobs, parallel tool calls, the service tier, and 400s for forbidden
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -135,8 +136,10 @@ def test_service_tier_the_client_got_is_the_stored_one(gw: TestGateway, stream: 
         completion = api.chat.completions.create(**kwargs)
         got, response_id = {completion.service_tier}, completion.id
     gw.records(1)
+    deadline = time.monotonic() + 10
     while not api.chat.completions.list().data:  # the store sink lags the memory sink
-        pass
+        assert time.monotonic() < deadline, "the store did not catch up"
+        time.sleep(0.01)
     assert ({"default"}, "default") == (
         got,
         api.chat.completions.retrieve(response_id).service_tier,
