@@ -83,6 +83,24 @@ async def test_duplicate_batch_is_stored_once(nats_url: str, nats_names: tuple[s
     assert [e.request_id for e in batch] == [msg_id for _, msg_id in messages]
 
 
+async def test_url_listing_several_servers_uses_one_that_is_up(
+    nats_url: str, nats_names: tuple[str, str]
+) -> None:
+    """A comma list of servers (a cluster's nodes), the first one down, still connects."""
+    from tests.support.gateway import free_port
+
+    stream, subject = nats_names
+    records = [make_record(i) for i in range(3)]
+    sink = NatsSink(f"nats://127.0.0.1:{free_port()},{nats_url}", subject, stream)
+    await sink.open()
+    try:
+        await sink.write(envelopes(records))
+    finally:
+        await sink.close()
+    stored = await read_stream(nats_url, stream, subject)
+    assert [(Envelope(r).json, r.request_id) for r in records] == stored
+
+
 async def test_open_creates_the_stream(nats_url: str, nats_names: tuple[str, str]) -> None:
     """A missing stream is created capturing exactly the subject, on file storage, with a window."""
     stream, subject = nats_names

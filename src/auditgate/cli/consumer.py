@@ -26,7 +26,7 @@ from auditgate.audit.record import AuditRecord, Envelope, decode_record
 from auditgate.audit.sink import Sink
 from auditgate.dynamo import Converted, DynamoReader, InputFormat
 from auditgate.errors import UNDECODABLE, ConfigError
-from auditgate.sinks.nats import ensure_stream, redact_url
+from auditgate.sinks.nats import ensure_stream, redact_url, servers
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -221,7 +221,7 @@ class Consumer:
         # the caller's loop can log and notice a stop request.
         client: Client = await asyncio.wait_for(
             nats.connect(
-                self.options.nats_url,
+                servers(self.options.nats_url),
                 name=f"auditgate-consume-{self.options.durable}",
                 connect_timeout=2,
                 max_reconnect_attempts=-1,

@@ -126,8 +126,10 @@ async def read_nats(verifier: Verifier, url: str, stream: str) -> None:
     import nats.js.api
     import nats.js.errors
 
+    from auditgate.sinks.nats import servers
+
     try:
-        nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0)
+        nc = await nats.connect(servers(url), connect_timeout=5, max_reconnect_attempts=0)
     except (OSError, nats.errors.Error) as exc:
         raise SourceError(f"cannot connect to NATS at {url}: {exc}") from exc
     try:

@@ -183,7 +183,7 @@ class NatsSink:
             # the timeout is what makes an unreachable server an error here.
             return await asyncio.wait_for(
                 nats.connect(
-                    self.url,
+                    servers(self.url),
                     name="auditgate-sink",
                     connect_timeout=self.connect_timeout_s,
                     allow_reconnect=True,
@@ -259,6 +259,13 @@ def subject_matches(pattern: str, subject: str) -> bool:
         if i >= len(have) or (token != "*" and token != have[i]):
             return False
     return len(want) == len(have)
+
+
+def servers(url: str) -> list[str]:
+    """The servers of a comma list URL, as ``nats.connect`` takes several: nats-py parses a
+    string as one server, so ``nats://a:4222,nats://b:4222`` must be split (a cluster's nodes;
+    the client also learns the others from the one it reaches)."""
+    return [part.strip() for part in url.split(",") if part.strip()]
 
 
 def validate_url(url: str) -> None:
