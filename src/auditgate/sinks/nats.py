@@ -133,9 +133,14 @@ class NatsSink:
                 f"no acknowledgement for {len(batch)} record(s) within {self.ack_timeout_s}s"
             ) from None
         except nats.js.errors.NoStreamResponseError:
-            # The stream vanished (deleted, or a server that lost its store): create it again.
+            # No stream leader answered: one is being elected (a cluster node was lost), or the
+            # stream vanished (deleted, a server that lost its store). Check it again, which
+            # creates it only if it is missing.
             self._stream_ready = False
-            raise SinkError(f"no stream answers on {self.subject!r}; will re-create it") from None
+            raise SinkError(
+                f"no stream answers on {self.subject!r} (leader election, or the stream is "
+                "gone); will check the stream again"
+            ) from None
         except (nats.errors.Error, OSError) as exc:
             raise SinkError(f"publish failed: {_describe(exc)}") from exc
         finally:
