@@ -16,7 +16,13 @@ from tests.support.gateway import serve_until_exit
         (["--grpc-port", "70000"], {}, "AUDITGATE_GRPC_PORT=70000: must be 1-65535"),
         ([], {"DYN_AUDIT_ENABLED": "maybe"}, "DYN_AUDIT_ENABLED='maybe'"),
         ([], {"DYN_AUDIT_ENABLED": "1", "DYN_AUDIT_CAPACITY": "0"}, "DYN_AUDIT_CAPACITY=0"),
-        ([], {"DYN_AUDIT_SINKS": "stderr,s3"}, "DYN_AUDIT_SINKS: unknown name 's3'"),
+        ([], {"DYN_AUDIT_SINKS": "stderr,kafka"}, "DYN_AUDIT_SINKS: unknown name 'kafka'"),
+        (
+            [],
+            {"DYN_AUDIT_ENABLED": "1", "DYN_AUDIT_SINKS": "s3"},
+            "DYN_AUDIT_SINKS lists s3 but DYN_AUDIT_S3_BUCKET is unset",
+        ),
+        ([], {"DYN_AUDIT_S3_FORMAT": "csv"}, "DYN_AUDIT_S3_FORMAT='csv': expected parquet"),
         ([], {"AUDITGATE_LOG_LEVEL": "loud"}, "AUDITGATE_LOG_LEVEL='loud'"),
     ],
 )

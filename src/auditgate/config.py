@@ -18,8 +18,9 @@ from auditgate.errors import ConfigError
 if TYPE_CHECKING:
     # Their own modules (the otel sink's and Dynamo 1.4+'s settings), read by from_env.
     from auditgate.config_otlp import OtlpSettings
+    from auditgate.config_s3 import S3Settings
 
-SINK_NAMES: Final = ("stderr", "jsonl", "jsonl_gz", "sqlite", "postgres", "nats", "otel")
+SINK_NAMES: Final = ("stderr", "jsonl", "jsonl_gz", "sqlite", "postgres", "nats", "otel", "s3")
 REDACTORS: Final = ("email", "api_key", "card", "ip")
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
@@ -155,6 +156,12 @@ def _otlp_defaults() -> OtlpSettings:
     return OtlpSettings()
 
 
+def _s3_defaults() -> S3Settings:
+    from auditgate.config_s3 import S3Settings
+
+    return S3Settings()
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class AuditSettings:
     """The ``DYN_AUDIT_*`` settings (DESIGN §2)."""
@@ -223,6 +230,8 @@ class AuditSettings:
     """What the stderr, jsonl, jsonl_gz, nats and otel sinks write: ``auditgate`` records, or
     Dynamo 1.4+'s ``dynamo-request-trace`` rows (``DYN_AUDIT_FORMAT``)."""
     """Where and how the ``otel`` sink exports (the standard ``OTEL_EXPORTER_OTLP_*``)."""
+    s3: S3Settings = dataclasses.field(default_factory=_s3_defaults)
+    """Where and how the ``s3`` lake sink writes (``DYN_AUDIT_S3_*``)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AuditSettings:
@@ -235,6 +244,7 @@ class AuditSettings:
             request_trace_switches,
         )
         from auditgate.config_otlp import OtlpSettings
+        from auditgate.config_s3 import S3Settings
 
         env = Env(environ, DYNAMO_NAMES)
         traced, payloads = request_trace_switches(env)
@@ -244,6 +254,9 @@ class AuditSettings:
         enabled = env.flag("DYN_AUDIT_ENABLED", False) or force or traced
         if enabled and "postgres" in sinks and postgres_url is None:
             raise ConfigError("DYN_AUDIT_SINKS lists postgres but DYN_AUDIT_POSTGRES_URL is unset")
+        s3 = S3Settings.from_env(environ)
+        if enabled and "s3" in sinks and s3.bucket is None:
+            raise ConfigError("DYN_AUDIT_SINKS lists s3 but DYN_AUDIT_S3_BUCKET is unset")
         durability = env.text("DYN_AUDIT_DURABILITY", "best_effort").lower()
         if durability not in ("best_effort", "durable"):
             raise ConfigError(
@@ -290,6 +303,7 @@ class AuditSettings:
             jsonl_gz_max_bytes=env.integer("DYN_REQUEST_TRACE_FILE_MAX_BYTES", None, minimum=1),
             jsonl_gz_max_age_s=max_age(env),
             otlp=OtlpSettings.from_env(environ),
+            s3=s3,
             output_format=output_format(env),
         )
 

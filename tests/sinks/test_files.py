@@ -567,11 +567,14 @@ def test_registry_builds_file_sinks_from_settings(tmp_path: Path) -> None:
 
 
 def test_registry_rejects_unknown_names_and_missing_postgres_url() -> None:
-    """A name with no sink, or postgres without a URL, is a ConfigError at build time."""
-    with pytest.raises(ConfigError, match="unknown sink 's3'"):
-        build_sinks(AuditSettings(sinks=("stderr", "s3")))
+    """A name with no sink, postgres without a URL or s3 without a bucket, is a ConfigError at
+    build time."""
+    with pytest.raises(ConfigError, match="unknown sink 'kafka'"):
+        build_sinks(AuditSettings(sinks=("stderr", "kafka")))
     with pytest.raises(ConfigError, match="DYN_AUDIT_POSTGRES_URL is unset"):
         build_sinks(AuditSettings(sinks=("postgres",)))
+    with pytest.raises(ConfigError, match="DYN_AUDIT_S3_BUCKET is unset"):
+        build_sinks(AuditSettings(sinks=("s3",)))
 
 
 def test_sinks_package_exports() -> None:

@@ -28,11 +28,12 @@ import hashlib
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import IO, Any, Final
 
 import msgspec
 
+from auditgate.audit.verify import SourceError
 from auditgate.errors import ConfigError, ServiceUnavailableError
 from auditgate.store.queries import Filter, open_store
 from auditgate.store.schema import record_dict_from_row
@@ -50,7 +51,8 @@ def add_store_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--store",
         default=os.environ.get("AUDITGATE_STORE_URL"),
-        help="sqlite:///PATH, a file path, or postgresql://... (default: $AUDITGATE_STORE_URL)",
+        help="sqlite:///PATH, a file path, postgresql://..., or (export) an s3://bucket/prefix "
+        "lake (default: $AUDITGATE_STORE_URL)",
     )
     p.add_argument("--since", type=parse_time, help="from this time: ISO 8601 or Unix ms")
     p.add_argument("--until", type=parse_time, help="before this time: ISO 8601 or Unix ms")
@@ -118,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         url = store_url(args, "export")
         with _output(args.output) as out:
             written, skipped = asyncio.run(export(url, where, args.format, out, args.dedupe))
-    except (ConfigError, ServiceUnavailableError, OSError) as exc:
+    except (ConfigError, ServiceUnavailableError, SourceError, OSError) as exc:
         print(f"auditgate export: {exc}", file=sys.stderr)
         return 2
     print(f"auditgate export: {written} line(s) written, {skipped} skipped", file=sys.stderr)
@@ -138,14 +140,12 @@ def parse_pairs(items: list[str]) -> dict[str, str]:
 
 async def export(url: str, where: Filter, fmt: str, out: IO[str], dedupe: bool) -> tuple[int, int]:
     """Write every matching record as a ``fmt`` line to ``out``; ``(written, skipped)``."""
-    store = open_store(url, must_exist=True)
-    await store.open()
     progress = _Progress(sys.stderr)
     seen: set[bytes] = set()
     written = skipped = 0
-    try:
-        async for row in store.scan(where):
-            line = to_line(record_dict_from_row(row), fmt)
+    async with _records(url, where) as records:
+        async for record in records:
+            line = to_line(record, fmt)
             if line is not None and dedupe:
                 digest = hashlib.blake2b(_canonical.encode(prompt_of(line, fmt)), digest_size=16)
                 if digest.digest() in seen:
@@ -158,10 +158,26 @@ async def export(url: str, where: Filter, fmt: str, out: IO[str], dedupe: bool) 
                 out.write(_encoder.encode(line).decode() + "\n")
                 written += 1
             progress.update(written, skipped)
-    finally:
-        progress.done(written, skipped)
-        await store.close()
+    progress.done(written, skipped)
     return written, skipped
+
+
+@contextlib.asynccontextmanager
+async def _records(url: str, where: Filter) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+    """The records ``where`` selects at ``url`` (a store, or an ``s3://`` lake), in
+    ``(created_at, request_id)`` order."""
+    if url.startswith("s3://"):
+        from auditgate.store.lake import LakeReader
+
+        async with LakeReader(url) as reader:
+            yield reader.records(where)
+        return
+    store = open_store(url, must_exist=True)
+    await store.open()
+    try:
+        yield (record_dict_from_row(row) async for row in store.scan(where))
+    finally:
+        await store.close()
 
 
 def to_line(record: dict[str, Any], fmt: str) -> dict[str, Any] | None:

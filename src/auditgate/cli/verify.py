@@ -7,7 +7,8 @@ SOURCE is one of
   ``jsonl_gz:///prefix`` — every ``<prefix>.NNNNNN.jsonl.gz`` in number order;
 - a SQLite store (``sqlite:///path.db`` or a ``.db`` / ``.sqlite`` path);
 - a PostgreSQL store (``postgresql://...``);
-- a NATS JetStream stream (``nats://host:port`` with ``--stream``, default ``DYNAMO_AUDIT``).
+- a NATS JetStream stream (``nats://host:port`` with ``--stream``, default ``DYNAMO_AUDIT``);
+- an ``s3`` sink's lake (``s3://bucket/prefix``; server and credentials as the sink's).
 
 Stores hold rows the stored-completions API deleted (a tombstone), so the chain stays complete.
 In a store, every column computed from the record (token counts, response id, SQLite's metadata
@@ -46,7 +47,7 @@ from auditgate.audit.verify import Report, SourceError, Verifier, WriterReport
 from auditgate.errors import UNDECODABLE, ConfigError
 from auditgate.store.trail import read_postgres, read_sqlite
 
-FORMATS: Final = ("jsonl", "jsonl_gz", "sqlite", "postgres", "nats")
+FORMATS: Final = ("jsonl", "jsonl_gz", "sqlite", "postgres", "nats", "s3")
 _SEGMENT: Final = re.compile(r"\.(\d+)\.jsonl\.gz$")
 
 
@@ -62,6 +63,8 @@ def detect(source: str) -> tuple[str, str]:
             return "sqlite", rest[1:] if rest.startswith("/") else rest
         if scheme in ("jsonl", "jsonl_gz"):
             return scheme, rest
+        if scheme == "s3":
+            return "s3", source
         raise ConfigError(f"unknown source scheme {scheme!r}; expected one of {FORMATS}")
     if source.endswith((".db", ".sqlite", ".sqlite3")):
         return "sqlite", source
@@ -118,6 +121,16 @@ def read_jsonl_gz(verifier: Verifier, prefix: str) -> None:
         except (OSError, EOFError, zlib.error) as exc:
             # A torn last member: what came before it was verified; the damage is reported.
             verifier.add(f"{path}:end", f"unreadable gzip data: {exc}")
+
+
+async def read_lake(verifier: Verifier, url: str) -> None:
+    """Every entry of every object of the lake at ``url``; a copy of a record in a second
+    object (a replayed batch) is a ``duplicate`` warning."""
+    from auditgate.store.lake import LakeReader
+
+    async with LakeReader(url) as reader:
+        async for location, entry in reader.entries():
+            verifier.add(location, entry)
 
 
 async def read_nats(verifier: Verifier, url: str, stream: str) -> None:
@@ -186,6 +199,8 @@ def verify(
         read_sqlite(verifier, location)
     elif kind == "postgres":
         asyncio.run(read_postgres(verifier, location))
+    elif kind == "s3":
+        asyncio.run(read_lake(verifier, location))
     else:
         asyncio.run(read_nats(verifier, location, stream))
     return verifier.report()
@@ -245,7 +260,8 @@ def register(sub: Any) -> None:
         description="Exit 0 only when every writer's chain is intact.",
     )
     p.add_argument(
-        "source", help="jsonl file, jsonl_gz prefix, sqlite:///db, postgresql://, nats://"
+        "source",
+        help="jsonl file, jsonl_gz prefix, sqlite:///db, postgresql://, nats://, s3://bucket/prefix",
     )
     p.add_argument("--format", choices=FORMATS, help="source format (default: from SOURCE)")
     p.add_argument("--stream", default="DYNAMO_AUDIT", help="JetStream stream (nats sources)")

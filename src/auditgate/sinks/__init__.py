@@ -2,7 +2,8 @@
 
 Each backend lives in its own module and imports its client library (``asyncpg``, ``nats``)
 inside that module, so :func:`build_sinks` imports a backend only when its name is configured:
-a gateway that writes files never loads a database driver (nor ``opentelemetry-proto``).  The
+a gateway that writes files never loads a database driver (nor ``opentelemetry-proto``,
+``aiobotocore`` or ``pyarrow``).  The
 three file/stream sinks use only the standard library and are re-exported here.
 """
 
@@ -81,6 +82,12 @@ def _otel(settings: AuditSettings, metrics: AuditMetrics | None) -> Sink:
     )
 
 
+def _s3(settings: AuditSettings, metrics: AuditMetrics | None) -> Sink:
+    from auditgate.sinks.s3 import S3Sink
+
+    return S3Sink(settings.s3)
+
+
 SINK_BUILDERS: Final[dict[str, Builder]] = {
     "stderr": _stderr,
     "jsonl": _jsonl,
@@ -89,6 +96,7 @@ SINK_BUILDERS: Final[dict[str, Builder]] = {
     "postgres": _postgres,
     "nats": _nats,
     "otel": _otel,
+    "s3": _s3,
 }
 """Sink name (as in ``DYN_AUDIT_SINKS``) -> builder; a builder imports its backend when called."""
 
