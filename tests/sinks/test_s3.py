@@ -180,3 +180,28 @@ async def test_an_unreachable_server_is_not_a_startup_error(tmp_path: Path) -> N
         await sink.close()
     assert "EndpointConnectionError" in str(caught.value)
     assert SECRET_KEY not in str(caught.value) + repr(sink)
+
+
+async def test_a_retry_uploads_only_the_objects_not_yet_stored(server: MotoS3, bucket: str) -> None:
+    """A batch whose second object failed is written again without re-uploading the first."""
+    uploads: list[str] = []
+
+    class Flaky(S3Sink):
+        async def _upload(self, client: Any, key: str, body: bytes, records: int) -> None:
+            uploads.append(key)
+            if len(uploads) == 2:
+                raise OSError("connection reset by peer")
+            await super()._upload(client, key, body, records)
+
+    base = make_record(0).created_at
+    batch = [Envelope(make_record(i, created_at=base + i * HOUR_MS)) for i in range(2)]
+    sink = Flaky(settings(server, bucket))
+    await sink.open()
+    try:
+        with pytest.raises(SinkError, match="connection reset by peer"):
+            await sink.write(batch)
+        await sink.write(batch)
+    finally:
+        await sink.close()
+    first, second = sorted(server.objects(bucket))
+    assert uploads == [first, second, second]

@@ -106,8 +106,10 @@ class S3Sink:
         """How the bus groups records: up to ``batch_interval_ms`` (and the bytes' worth)."""
         self._stack = contextlib.AsyncExitStack()
         self._client: S3Client | None = None
+        self._batch: Sequence[Envelope] | None = None
+        """The batch being written: the bus retries a failed batch with the same list."""
         self._stored: set[str] = set()
-        """Keys of the current batch already stored (a retry of the batch skips them)."""
+        """Keys of that batch already stored (its retry skips them)."""
 
     def __repr__(self) -> str:
         endpoint = redact_endpoint(self.settings.endpoint_url or "aws")
@@ -148,6 +150,8 @@ class S3Sink:
         client = self._client
         if client is None:
             raise SinkError("s3 sink used before open()")
+        if batch is not self._batch:
+            self._batch, self._stored = batch, set()
         encoded(batch)  # JSON lines encoded here, on the loop (their cache is shared)
         for chunk in self.objects(batch):
             key = lake.object_key(self.settings.prefix, self.settings.format, chunk[0].record)
@@ -159,7 +163,7 @@ class S3Sink:
             except client_errors() as exc:
                 raise SinkError(f"upload of {key} ({len(chunk)} records): {describe(exc)}") from exc
             self._stored.add(key)
-        self._stored.clear()
+        self._batch, self._stored = None, set()
 
     async def close(self) -> None:
         """Close the client (every write has already been stored)."""
