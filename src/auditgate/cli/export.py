@@ -143,23 +143,30 @@ async def export(url: str, where: Filter, fmt: str, out: IO[str], dedupe: bool) 
     progress = _Progress(sys.stderr)
     seen: set[bytes] = set()
     written = skipped = 0
-    async with _records(url, where) as records:
-        async for record in records:
-            line = to_line(record, fmt)
-            if line is not None and dedupe:
-                digest = hashlib.blake2b(_canonical.encode(prompt_of(line, fmt)), digest_size=16)
-                if digest.digest() in seen:
+    try:
+        async with _records(url, where) as records:
+            async for record in records:
+                line = to_line(record, fmt)
+                if line is not None and dedupe and not first_prompt(line, fmt, seen):
                     line = None
+                if line is None:
+                    skipped += 1
                 else:
-                    seen.add(digest.digest())
-            if line is None:
-                skipped += 1
-            else:
-                out.write(_encoder.encode(line).decode() + "\n")
-                written += 1
-            progress.update(written, skipped)
-    progress.done(written, skipped)
+                    out.write(_encoder.encode(line).decode() + "\n")
+                    written += 1
+                progress.update(written, skipped)
+    finally:
+        progress.done(written, skipped)
     return written, skipped
+
+
+def first_prompt(line: dict[str, Any], fmt: str, seen: set[bytes]) -> bool:
+    """Whether ``line``'s prompt is not in ``seen`` (which then holds it): ``--dedupe``."""
+    digest = hashlib.blake2b(_canonical.encode(prompt_of(line, fmt)), digest_size=16).digest()
+    if digest in seen:
+        return False
+    seen.add(digest)
+    return True
 
 
 @contextlib.asynccontextmanager
