@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 import pytest
 
@@ -361,3 +363,41 @@ async def test_failed_start_closes_the_sinks_already_opened() -> None:
     with pytest.raises(ConfigError, match="no such place"):
         await bus.start()
     assert (first.closed, broken.closed) == (True, False)
+
+
+class Body(dict[str, Any]):
+    """A request body a weak reference can follow (a plain dict cannot be referenced weakly)."""
+
+
+class ForgetfulSink(MemorySink):
+    """Stores request ids only, so whatever still holds a written record is the bus."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.ids: list[str] = []
+
+    async def write(self, batch: Sequence[Envelope]) -> None:
+        await self.block.wait()
+        self.ids.extend(e.request_id for e in batch)
+
+
+def full_envelope(seq: int, body: dict[str, Any]) -> Envelope:
+    """A ``full`` record whose request body is ``body``."""
+    record = envelope(seq).record
+    record.mode = "full"
+    record.request = body
+    return Envelope(record)
+
+
+async def test_a_written_batch_is_not_kept_by_an_idle_worker(harness: Harness) -> None:
+    """Once its batch is written, a worker waiting for more holds none of its records."""
+    sink = ForgetfulSink("forgetful")
+    bus = await harness.start(sink)
+    body = Body(messages=[{"role": "user", "content": "x" * 1000}])
+    alive = weakref.ref(body)
+    bus.publish(full_envelope(0, body))
+    del body
+
+    assert await bus.flush(timeout=2.0)
+    await asyncio.sleep(0.01)  # the worker is back waiting for records
+    assert (sink.ids, alive()) == (["req-000000"], None)

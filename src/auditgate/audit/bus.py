@@ -238,8 +238,12 @@ class AuditBus:
             if policy.linger_s:
                 await self._linger(lane)
             count = min(len(lane.queue), policy.max_records)
-            lane.inflight = batch = [lane.queue.popleft() for _ in range(count)]
-            await write_until_stored(lane.sink, batch, self.backoff, self.metrics, self._drop_log)
+            # No local name for the batch: this frame waits for the next records, and a name
+            # would keep the last batch (up to max_records bodies of up to 8 MiB) alive.
+            lane.inflight = [lane.queue.popleft() for _ in range(count)]
+            await write_until_stored(
+                lane.sink, lane.inflight, self.backoff, self.metrics, self._drop_log
+            )
             lane.inflight = ()
 
 

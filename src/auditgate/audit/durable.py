@@ -291,52 +291,54 @@ class DurableBus:
     # -- readers -----------------------------------------------------------------------------
 
     async def _run(self, reader: _Reader) -> None:
-        max_records = reader.policy.max_records
         try:
-            while True:
-                if reader.live and reader.memory:
-                    if reader.policy.linger_s and not self._drained:
-                        await self._linger(reader)
-                        if not (reader.live and reader.memory):
-                            continue  # fell behind while lingering: read the spool instead
-                    count = min(len(reader.memory), max_records)
-                    items = [reader.memory.popleft() for _ in range(count)]
-                    batch = [envelope for envelope, _, _ in items]
-                    end, oldest, replayed = items[-1][1], items[0][2], 0
-                elif not reader.live:
-                    frames, end = await asyncio.to_thread(
-                        self.spool.read, reader.position, max_records
-                    )
-                    if not frames:
-                        reader.position = end
-                        if end >= self._end and not reader.memory:
-                            reader.live = True
-                            await self._save(reader)
-                        continue
-                    batch = self._decode(reader, frames)
-                    oldest = frames[0].appended_ms
-                    replayed = sum(1 for f in frames if f.start.segment < self._live_segment)
-                else:
-                    reader.oldest_ms = None
-                    if await self._idle(reader):
-                        return
-                    continue
-                reader.oldest_ms = oldest
-                if batch:
-                    await write_until_stored(
-                        reader.sink, batch, self.backoff, self.metrics, self._log
-                    )
-                reader.backlog -= len(batch)
-                moved_segment = end.segment != reader.position.segment
-                reader.position = end
-                if replayed:
-                    self.metrics.spool_replayed.labels(reader.name).inc(replayed)
-                if moved_segment or time.monotonic() - reader.saved_at >= CURSOR_SAVE_INTERVAL_S:
-                    await self._save(reader)
+            while await self._step(reader):
+                pass
         finally:
             if reader.save_timer is not None:
                 reader.save_timer.cancel()
                 reader.save_timer = None
+
+    async def _step(self, reader: _Reader) -> bool:
+        """Deliver one batch (from memory or from the spool), or wait; False: stop.
+
+        One batch per call, so nothing of a stored batch outlives it: a loop's locals kept an
+        idle reader's last batch (up to ``max_records`` bodies of up to 8 MiB) alive."""
+        max_records = reader.policy.max_records
+        if reader.live and reader.memory:
+            if reader.policy.linger_s and not self._drained:
+                await self._linger(reader)
+                if not (reader.live and reader.memory):
+                    return True  # fell behind while lingering: read the spool instead
+            count = min(len(reader.memory), max_records)
+            items = [reader.memory.popleft() for _ in range(count)]
+            batch = [envelope for envelope, _, _ in items]
+            end, oldest, replayed = items[-1][1], items[0][2], 0
+        elif not reader.live:
+            frames, end = await asyncio.to_thread(self.spool.read, reader.position, max_records)
+            if not frames:
+                reader.position = end
+                if end >= self._end and not reader.memory:
+                    reader.live = True
+                    await self._save(reader)
+                return True
+            batch = self._decode(reader, frames)
+            oldest = frames[0].appended_ms
+            replayed = sum(1 for f in frames if f.start.segment < self._live_segment)
+        else:
+            reader.oldest_ms = None
+            return not await self._idle(reader)
+        reader.oldest_ms = oldest
+        if batch:
+            await write_until_stored(reader.sink, batch, self.backoff, self.metrics, self._log)
+        reader.backlog -= len(batch)
+        moved_segment = end.segment != reader.position.segment
+        reader.position = end
+        if replayed:
+            self.metrics.spool_replayed.labels(reader.name).inc(replayed)
+        if moved_segment or time.monotonic() - reader.saved_at >= CURSOR_SAVE_INTERVAL_S:
+            await self._save(reader)
+        return True
 
     async def _idle(self, reader: _Reader) -> bool:
         """Caught up: save an unsaved cursor once its throttle interval lapsed (a timer wakes the
