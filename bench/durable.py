@@ -299,8 +299,9 @@ def main() -> None:
         "--variant",
         action="append",
         default=[],
-        metavar="NAME=SRC",
-        help="also run durable with PYTHONPATH=SRC (a copy of src/ to compare; repeatable)",
+        metavar="[MODE:]NAME=SRC",
+        help="also run MODE (durable unless best_effort: is given) with PYTHONPATH=SRC (a copy "
+        "of src/ to compare; repeatable)",
     )
     p.add_argument(
         "--simultaneous",
@@ -325,7 +326,7 @@ def main() -> None:
     a.runs = runs
     variants = [tuple(v.split("=", 1)) for v in a.variant]
     arms: list[tuple[str, str | None]] = [("best_effort", None), ("durable", None)]
-    arms += [(f"durable:{name}", source) for name, source in variants]
+    arms += [(name if ":" in name else f"durable:{name}", source) for name, source in variants]
     if a.multiprocess_metrics:
         arms += [("best_effort" + MPM, None), ("durable" + MPM, None)]
     if a.profile is not None:
