@@ -16,6 +16,16 @@ from tests.support.gateway import serve_until_exit
         (["--grpc-port", "70000"], {}, "AUDITGATE_GRPC_PORT=70000: must be 1-65535"),
         ([], {"DYN_AUDIT_ENABLED": "maybe"}, "DYN_AUDIT_ENABLED='maybe'"),
         ([], {"DYN_AUDIT_ENABLED": "1", "DYN_AUDIT_CAPACITY": "0"}, "DYN_AUDIT_CAPACITY=0"),
+        (
+            [],
+            {"DYN_AUDIT_ENABLED": "1", "DYN_AUDIT_CAPACITY_BYTES": "0"},
+            "DYN_AUDIT_CAPACITY_BYTES=0: must be >= 1",
+        ),
+        (
+            [],
+            {"DYN_AUDIT_ENABLED": "1", "DYN_AUDIT_CAPACITY_BYTES": "32MiB"},
+            "DYN_AUDIT_CAPACITY_BYTES='32MiB': expected an integer",
+        ),
         ([], {"DYN_AUDIT_SINKS": "stderr,kafka"}, "DYN_AUDIT_SINKS: unknown name 'kafka'"),
         (
             [],

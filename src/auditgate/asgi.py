@@ -100,7 +100,9 @@ class AuditMiddleware:
                 from auditgate.sinks import build_sinks
 
                 sinks = build_sinks(audit, metrics)
-            self.bus = AuditBus(sinks, capacity=audit.capacity, metrics=metrics)
+            self.bus = AuditBus(
+                sinks, capacity=audit.capacity, capacity_bytes=audit.capacity_bytes, metrics=metrics
+            )
         self.auditor = Auditor(audit, self.bus, metrics, engine=engine)
         self.header_capture = HeaderCapture.build(audit.header_capture)
         self.max_body_bytes = self.settings.gateway.max_body_bytes

@@ -24,6 +24,8 @@ SINK_NAMES: Final = ("stderr", "jsonl", "jsonl_gz", "sqlite", "postgres", "nats"
 REDACTORS: Final = ("email", "api_key", "card", "ip")
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
+DEFAULT_CAPACITY_BYTES: Final = 256 << 20
+"""Default ``DYN_AUDIT_CAPACITY_BYTES``: the JSON bytes each sink's in-memory queue may hold."""
 
 
 class Secret:
@@ -172,6 +174,8 @@ class AuditSettings:
     """Sink names, in the order given."""
     capacity: int = 1024
     """Bound of each sink's in-memory queue, in records."""
+    capacity_bytes: int = DEFAULT_CAPACITY_BYTES
+    """Bound of each sink's in-memory queue, in bytes of the records' JSON."""
     force_logging: bool = False
     """Full records for every chat request, whatever ``store`` says."""
     usage_records: bool = True
@@ -268,6 +272,9 @@ class AuditSettings:
             enabled=enabled,
             sinks=sinks,
             capacity=env.req_int("DYN_AUDIT_CAPACITY", 1024, minimum=1),
+            capacity_bytes=env.req_int(
+                "DYN_AUDIT_CAPACITY_BYTES", DEFAULT_CAPACITY_BYTES, minimum=1
+            ),
             force_logging=force,
             usage_records=env.flag("DYN_AUDIT_USAGE_RECORDS", True),
             sample_rate=env.number("DYN_AUDIT_SAMPLE_RATE", 1.0, low=0.0, high=1.0),

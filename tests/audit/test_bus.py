@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+import msgspec
 import pytest
 
 from auditgate.audit.bus import AuditBus, Backoff
@@ -72,8 +74,16 @@ class Harness:
         self.metrics = AuditMetrics()
         self.open_buses: list[AuditBus] = []
 
-    async def start(self, *sinks: Sink, capacity: int = 64) -> AuditBus:
-        bus = AuditBus(sinks, capacity=capacity, metrics=self.metrics, backoff=FAST)
+    async def start(
+        self, *sinks: Sink, capacity: int = 64, capacity_bytes: int = 1 << 20
+    ) -> AuditBus:
+        bus = AuditBus(
+            sinks,
+            capacity=capacity,
+            capacity_bytes=capacity_bytes,
+            metrics=self.metrics,
+            backoff=FAST,
+        )
         await bus.start()
         self.open_buses.append(bus)
         return bus
@@ -401,3 +411,106 @@ async def test_a_written_batch_is_not_kept_by_an_idle_worker(harness: Harness) -
     assert await bus.flush(timeout=2.0)
     await asyncio.sleep(0.01)  # the worker is back waiting for records
     assert (sink.ids, alive()) == (["req-000000"], None)
+
+
+def sized(seqs: range, content: int) -> list[Envelope]:
+    """``full`` records whose JSON is of one length (``seqs`` of one digit count)."""
+    return [
+        full_envelope(i, {"messages": [{"role": "user", "content": "x" * content}]}) for i in seqs
+    ]
+
+
+async def test_a_lane_full_in_bytes_drops_and_counts_queue_full_bytes(harness: Harness) -> None:
+    """With a blocked sink, records past the byte bound are dropped as ``queue_full_bytes``,
+    the queue's bytes are reported, and written + dropped == published once it is unblocked."""
+    sink = MemorySink("blocked")
+    sink.block.clear()
+    envelopes = sized(range(10, 40), 1000)
+    size = len(envelopes[0].json)
+    assert {size} == {len(e.json) for e in envelopes}
+    bus = await harness.start(sink, capacity=1000, capacity_bytes=10 * size)
+    for e in envelopes:
+        bus.publish(e)
+
+    held = harness.value("audit_queue_bytes", sink="blocked")
+    dropped = harness.value("audit_dropped_total", sink="blocked", reason="queue_full_bytes")
+    assert (10.0 * size, 20.0) == (held, dropped)
+    sink.block.set()
+    assert await bus.flush(timeout=2.0)
+    assert [e.record for e in envelopes[:10]] == sink.records
+    assert (counts(written=10), 0.0) == (
+        harness.accounting("blocked"),
+        harness.value("audit_queue_bytes", sink="blocked"),
+    )
+
+
+async def test_a_record_larger_than_the_byte_bound_goes_through_alone(harness: Harness) -> None:
+    """An empty lane takes a record larger than the byte bound (it is never refused outright);
+    the next one, published while it is held, is dropped."""
+    sink = MemorySink("blocked")
+    sink.block.clear()
+    large, small = sized(range(10, 12), 5000)
+    bus = await harness.start(sink, capacity=1000, capacity_bytes=1000)
+    bus.publish(large)
+    bus.publish(small)
+
+    sink.block.set()
+    assert await bus.flush(timeout=2.0)
+    dropped = harness.value("audit_dropped_total", sink="blocked", reason="queue_full_bytes")
+    assert ([large.record], 1.0) == (sink.records, dropped)
+
+
+async def test_linger_ends_once_a_quarter_of_the_byte_bound_is_queued(harness: Harness) -> None:
+    """A lingering worker writes as soon as a quarter of the byte bound is queued, rather than
+    let large records fill the lane and drop while the sink is healthy."""
+    sink = RecordingSink("files", batching=BatchPolicy(max_records=100, linger_s=3.0))
+    first, second = sized(range(10, 12), 1000)
+    bus = await harness.start(sink, capacity=1000, capacity_bytes=8 * len(first.json))
+    bus.publish(first)
+    await asyncio.sleep(0.02)  # the worker is lingering now
+    bus.publish(second)
+
+    assert await wait_until(lambda: len(sink.records) == 2, timeout=1.0)
+    assert sink.stored_batches == [2]
+
+
+async def test_a_record_that_cannot_be_encoded_is_dropped_and_counted(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record with a value JSON cannot hold is dropped for every sink, counted and logged at
+    publish, and the records after it are delivered (a sink used to retry it for ever)."""
+    first, second = MemorySink("first"), MemorySink("second")
+    bus = await harness.start(first, second)
+    bad = full_envelope(10, {"messages": [{"role": "user", "content": object()}]})
+    good = envelope(11)
+    bus.publish(bad)
+    bus.publish(good)
+
+    assert await bus.flush(timeout=2.0)
+    dropped = [
+        harness.value("audit_dropped_total", sink=name, reason="unencodable")
+        for name in ("first", "second")
+    ]
+    assert ([good.record], [good.record], [1.0, 1.0]) == (first.records, second.records, dropped)
+    assert "record req-000010 cannot be encoded" in caplog.text
+
+
+async def test_a_record_with_a_lone_surrogate_is_sized_and_delivered(harness: Harness) -> None:
+    """A lone surrogate (legal in a client's JSON; the database sinks store it) has no UTF-8
+    encoding: the record is sized by its escaped JSON and delivered, not dropped."""
+    sink = ForgetfulSink("forgetful")
+    bus = await harness.start(sink)
+    content = "\ud800 " + "x" * 100
+    record = full_envelope(10, {"messages": [{"role": "user", "content": content}]})
+    sink.block.clear()
+    bus.publish(record)
+
+    held = harness.value("audit_queue_bytes", sink="forgetful")
+    sink.block.set()
+    assert await bus.flush(timeout=2.0)
+    escaped = json.dumps(msgspec.to_builtins(record.record), ensure_ascii=True)
+    assert (["req-000010"], float(len(escaped)), 0.0) == (
+        sink.ids,
+        held,
+        harness.value("audit_dropped_total", sink="forgetful", reason="unencodable"),
+    )

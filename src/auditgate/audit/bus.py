@@ -6,6 +6,11 @@ one worker task that writes batches.  Contracts:
 - :meth:`AuditBus.publish` is synchronous and O(number of sinks); it never awaits and never
   raises.  A full lane drops the record *for that sink only*, counts it in
   ``audit_dropped_total{reason="queue_full"}`` and logs (rate-limited).
+- A lane is full at ``capacity`` records, or when the record would take the JSON bytes it
+  holds (queued and in flight) over ``capacity_bytes``: then the drop's reason is
+  ``queue_full_bytes``.  A lane that holds nothing takes any record, so one record larger than
+  the bound still goes through, alone.  The JSON is encoded at publish (once, shared by every
+  sink, which would encode it anyway); its length is the record's size.
 - A failed write is retried with capped exponential backoff; the batch is kept while new
   records queue behind it (and drop, counted, once the lane is full).
 - :meth:`AuditBus.close` drains every lane within a deadline, then counts and reports what it
@@ -20,15 +25,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
+import msgspec
+
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import Envelope
 from auditgate.audit.sink import BatchPolicy, Sink
+from auditgate.config import DEFAULT_CAPACITY_BYTES
 
 log = logging.getLogger("auditgate.audit")
 
@@ -87,17 +96,28 @@ class RecordBus(Protocol):
 class _Lane:
     """One sink's queue and worker state."""
 
-    def __init__(self, sink: Sink, capacity: int, policy: BatchPolicy) -> None:
+    def __init__(self, sink: Sink, capacity: int, capacity_bytes: int, policy: BatchPolicy) -> None:
         self.sink = sink
         self.name = sink.name
         self.capacity = capacity
+        self.capacity_bytes = capacity_bytes
         self.policy = policy
         self.queue: deque[Envelope] = deque()
+        self.sizes: deque[int] = deque()
+        """JSON bytes of each record in ``queue``, in the same order."""
+        self.bytes = 0
+        """JSON bytes of the records queued and in flight."""
+        self.wake_bytes = max(1, capacity_bytes // 4)
+        """``bytes`` at which ``publish`` wakes a lingering worker (as ``wake_at`` in records)."""
         self.wakeup = asyncio.Event()
         self.inflight: Sequence[Envelope] = ()
         self.task: asyncio.Task[None] | None = None
         self.wake_at = 1
         """Queue length at which ``publish`` wakes the worker (1, or a batch while lingering)."""
+
+    def held_bytes(self) -> float:
+        """``bytes``, for the ``audit_queue_bytes`` gauge."""
+        return float(self.bytes)
 
 
 class AuditBus:
@@ -109,13 +129,14 @@ class AuditBus:
         *,
         capacity: int,
         metrics: AuditMetrics,
+        capacity_bytes: int = DEFAULT_CAPACITY_BYTES,
         backoff: Backoff = Backoff(),
     ) -> None:
-        if capacity <= 0:
-            raise ValueError("capacity must be > 0")
+        if capacity <= 0 or capacity_bytes <= 0:
+            raise ValueError("capacity and capacity_bytes must be > 0")
         self.metrics = metrics
         self.backoff = backoff
-        self._lanes = [_Lane(s, capacity, policy_of(s)) for s in sinks]
+        self._lanes = [_Lane(s, capacity, capacity_bytes, policy_of(s)) for s in sinks]
         self._closing = asyncio.Event()
         self._drop_log = RateLimitedLog()
         self._started = False
@@ -123,8 +144,12 @@ class AuditBus:
         self._queue_full = {
             lane.name: metrics.dropped.labels(lane.name, "queue_full") for lane in self._lanes
         }
+        self._queue_full_bytes = {
+            lane.name: metrics.dropped.labels(lane.name, "queue_full_bytes") for lane in self._lanes
+        }
         for lane in self._lanes:
             metrics.watch(metrics.queue_depth.labels(lane.name), lane.queue.__len__)
+            metrics.watch(metrics.queue_bytes.labels(lane.name), lane.held_bytes)
             metrics.written.labels(lane.name)
             metrics.sink_errors.labels(lane.name)
 
@@ -156,6 +181,13 @@ class AuditBus:
 
     def publish(self, envelope: Envelope) -> None:
         """Queue one record for every sink; never blocks, never raises."""
+        try:
+            size = len(envelope.json)  # encoded once here, for every sink
+        except Exception:  # noqa: BLE001 - publish never raises; see _escaped_size
+            escaped = self._escaped_size(envelope)
+            if escaped is None:
+                return
+            size = escaped
         for lane in self._lanes:
             if self._closing.is_set():
                 self.metrics.dropped.labels(lane.name, "shutdown").inc()
@@ -175,9 +207,41 @@ class AuditBus:
                     envelope.request_id,
                 )
                 continue
+            if lane.bytes + size > lane.capacity_bytes and lane.bytes:
+                self._drop_bytes(lane, envelope, size)
+                continue
             lane.queue.append(envelope)
-            if len(lane.queue) >= lane.wake_at and not lane.wakeup.is_set():
+            lane.sizes.append(size)
+            lane.bytes += size
+            if (
+                len(lane.queue) >= lane.wake_at or lane.bytes >= lane.wake_bytes
+            ) and not lane.wakeup.is_set():
                 lane.wakeup.set()
+
+    def _escaped_size(self, envelope: Envelope) -> int | None:
+        """The size of a record UTF-8 cannot encode: its JSON with ``\\uXXXX`` escapes.  A lone
+        surrogate is legal in a Python string and in a client's JSON, and the database sinks
+        store it losslessly.  None when the record is not JSON at all: then it is dropped for
+        every sink (a sink would fail on it for ever), counted and logged."""
+        try:
+            return len(json.dumps(msgspec.to_builtins(envelope.record), ensure_ascii=True))
+        except Exception as exc:  # noqa: BLE001 - publish never raises; counted and logged
+            for lane in self._lanes:
+                self.metrics.dropped.labels(lane.name, "unencodable").inc()
+            log.error("audit: record %s cannot be encoded, dropped: %s", envelope.request_id, exc)
+            return None
+
+    def _drop_bytes(self, lane: _Lane, envelope: Envelope, size: int) -> None:
+        self._queue_full_bytes[lane.name].inc()
+        self._drop_log.warning(
+            lane.name + ":bytes",
+            "audit sink %s: queue full (%d of %d bytes), record %s of %d bytes dropped",
+            lane.name,
+            lane.bytes,
+            lane.capacity_bytes,
+            envelope.request_id,
+            size,
+        )
 
     def pending(self) -> int:
         """Records queued or being written, over all sinks."""
@@ -198,7 +262,9 @@ class AuditBus:
         for lane in self._lanes:
             lost = len(lane.queue) + len(lane.inflight)
             lane.queue.clear()
+            lane.sizes.clear()
             lane.inflight = ()
+            lane.bytes = 0
             if lost:
                 self.metrics.dropped.labels(lane.name, "shutdown").inc(lost)
                 log.error(
@@ -222,7 +288,7 @@ class AuditBus:
         # A quarter of the capacity, not all of it: records keep arriving while the batch is
         # written, and a thread-offloaded write may wait milliseconds for the GIL under load.
         target = min(lane.policy.max_records, max(1, lane.capacity // 4))
-        if len(lane.queue) >= target or self._closing.is_set():
+        if len(lane.queue) >= target or lane.bytes >= lane.wake_bytes or self._closing.is_set():
             return
         await wait_for_batch(lane, target, lane.policy.linger_s)
 
@@ -241,9 +307,11 @@ class AuditBus:
             # No local name for the batch: this frame waits for the next records, and a name
             # would keep the last batch (up to max_records bodies of up to 8 MiB) alive.
             lane.inflight = [lane.queue.popleft() for _ in range(count)]
+            size = sum([lane.sizes.popleft() for _ in range(count)])
             await write_until_stored(
                 lane.sink, lane.inflight, self.backoff, self.metrics, self._drop_log
             )
+            lane.bytes -= size
             lane.inflight = ()
 
 

@@ -4,9 +4,12 @@
 that resolves once the record is on disk (fdatasync'd); the pipeline releases the end of the
 response only after it resolves.  Each sink then gets the records from its own reader:
 
-- a reader that is caught up takes records straight from memory as they commit (bounded by
-  ``DYN_AUDIT_CAPACITY``); a reader that falls behind (sink down, or records replayed at start)
-  reads the spool from its cursor instead — nothing is ever dropped for a slow sink;
+- a reader that is caught up takes records straight from memory as they commit; its in-memory
+  tail (records not yet stored, the batch being written included) is bounded by
+  ``DYN_AUDIT_CAPACITY`` records and ``DYN_AUDIT_CAPACITY_BYTES`` bytes of JSON.  A commit that
+  would go past either makes the reader fall behind: it drops its tail and reads the spool from
+  its cursor instead, about 1 MiB at a time, as after a restart — nothing is ever dropped for a
+  slow sink, and a sink that is down holds no more than the bound in memory;
 - a batch is written with the sink's own :class:`~auditgate.audit.sink.BatchPolicy` (size, and
   ``linger_s`` while caught up, as in best effort), retried with capped exponential backoff until
   it is stored; the sink's cursor is then saved — at once when the batch passed a segment (whose
@@ -48,6 +51,7 @@ from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import AuditRecord, Envelope, Mode, decode_record
 from auditgate.audit.sink import Sink, Syncable
 from auditgate.audit.spool import Spool, SpoolError
+from auditgate.config import DEFAULT_CAPACITY_BYTES
 from auditgate.errors import UNDECODABLE, ConfigError
 
 log = logging.getLogger("auditgate.audit")
@@ -74,6 +78,10 @@ class _Reader:
         self.live = False
         """Caught up: new commits go to ``memory`` instead of being read back from disk."""
         self.memory: deque[tuple[Envelope, Position, int]] = deque()
+        self.tail_bytes = 0
+        """JSON bytes of the records in ``memory``."""
+        self.taken_bytes = 0
+        """JSON bytes of the batch being written, when it came from ``memory``."""
         self.wakeup = asyncio.Event()
         self.oldest_ms: int | None = None
         """Append time of the oldest record not yet stored (None when caught up)."""
@@ -92,6 +100,10 @@ class _Reader:
     def depth(self) -> float:
         return float(self.backlog)
 
+    def held_bytes(self) -> float:
+        """JSON bytes this reader holds in memory (its tail and the batch taken from it)."""
+        return float(self.tail_bytes + self.taken_bytes)
+
     def age(self) -> float:
         """Seconds since the oldest record the sink has not stored was spooled."""
         if self.oldest_ms is None:
@@ -109,12 +121,14 @@ class DurableBus:
         spool: Spool,
         capacity: int,
         metrics: AuditMetrics,
+        capacity_bytes: int = DEFAULT_CAPACITY_BYTES,
         backoff: Backoff | None = None,
     ) -> None:
-        if capacity <= 0:
-            raise ValueError("capacity must be > 0")
+        if capacity <= 0 or capacity_bytes <= 0:
+            raise ValueError("capacity and capacity_bytes must be > 0")
         self.spool = spool
         self.capacity = capacity
+        self.capacity_bytes = capacity_bytes
         self.metrics = metrics
         self.backoff = backoff or Backoff()
         self._sinks = list(sinks)
@@ -131,6 +145,8 @@ class DurableBus:
         self.last_recovered: AuditRecord | None = None
         """The newest record the spool held at :meth:`start` (None: none, or unreadable): if
         its process died without a final checkpoint, its chain ends there."""
+        self._wake_bytes = max(1, capacity_bytes // 2)
+        """Tail bytes at which a lingering reader writes (half the bound, like ``capacity``)."""
         self._spool_full = metrics.dropped.labels("spool", "spool_full")
         self._spool_error = metrics.dropped.labels("spool", "spool_error")
         metrics.watch(metrics.spool_bytes, lambda: spool.bytes)
@@ -163,6 +179,7 @@ class DurableBus:
             self._readers.append(reader)
             m = self.metrics
             m.watch(m.queue_depth.labels(sink.name), reader.depth)
+            m.watch(m.queue_bytes.labels(sink.name), reader.held_bytes)
             m.watch(m.spool_oldest.labels(sink.name), reader.age)
             m.spool_replayed.labels(sink.name)
             m.written.labels(sink.name)
@@ -276,17 +293,31 @@ class DurableBus:
             return
         self._end = placed[-1][1]
         self.metrics.spool_commits.inc()
+        size = -1  # the group's JSON bytes, summed once if a reader keeps it in memory
         for reader in self._readers:
             reader.backlog += len(placed)
             if reader.live:
-                if len(reader.memory) + len(placed) <= self.capacity:
-                    reader.memory.extend((e, p, appended_ms) for e, p in placed)
-                    if len(reader.memory) < reader.wake_at:
-                        continue  # lingering for a fuller batch: no wake-up per commit
-                else:  # too far behind to keep in memory: read it back from the spool
-                    reader.live = False
-                    reader.memory.clear()
+                if size < 0:
+                    size = sum([len(envelope.json) for envelope, _ in placed])
+                if not self._keep(reader, placed, appended_ms, size):
+                    continue  # lingering for a fuller batch: no wake-up per commit
             reader.wakeup.set()
+
+    def _keep(
+        self, reader: _Reader, placed: list[tuple[Envelope, Position]], appended_ms: int, size: int
+    ) -> bool:
+        """Add a committed group of ``size`` JSON bytes to a live reader's tail, or make the
+        reader fall behind (drop its tail, read the spool) when the group would take it past
+        the capacity in records or bytes.  False: the reader lingers and needs no wake-up."""
+        held = reader.tail_bytes + reader.taken_bytes + size
+        if len(reader.memory) + len(placed) > self.capacity or held > self.capacity_bytes:
+            reader.live = False
+            reader.memory.clear()
+            reader.tail_bytes = 0
+            return True
+        reader.memory.extend((e, p, appended_ms) for e, p in placed)
+        reader.tail_bytes += size
+        return len(reader.memory) >= reader.wake_at or reader.tail_bytes >= self._wake_bytes
 
     # -- readers -----------------------------------------------------------------------------
 
@@ -314,6 +345,8 @@ class DurableBus:
             items = [reader.memory.popleft() for _ in range(count)]
             batch = [envelope for envelope, _, _ in items]
             end, oldest, replayed = items[-1][1], items[0][2], 0
+            reader.taken_bytes = sum([len(envelope.json) for envelope in batch])
+            reader.tail_bytes -= reader.taken_bytes
         elif not reader.live:
             frames, end = await asyncio.to_thread(self.spool.read, reader.position, max_records)
             if not frames:
@@ -331,6 +364,7 @@ class DurableBus:
         reader.oldest_ms = oldest
         if batch:
             await write_until_stored(reader.sink, batch, self.backoff, self.metrics, self._log)
+        reader.taken_bytes = 0
         reader.backlog -= len(batch)
         moved_segment = end.segment != reader.position.segment
         reader.position = end
@@ -364,9 +398,10 @@ class DurableBus:
 
     async def _linger(self, reader: _Reader) -> None:
         """Wait up to the sink's ``linger_s`` for a full batch (as the best-effort bus does); a
-        full batch, half the capacity in memory, falling behind or close ends it early."""
+        full batch, half the capacity (records or bytes) in memory, falling behind or close
+        ends it early."""
         target = min(reader.policy.max_records, max(1, self.capacity // 2))
-        if len(reader.memory) >= target:
+        if len(reader.memory) >= target or reader.tail_bytes >= self._wake_bytes:
             return
         await wait_for_batch(reader, target, reader.policy.linger_s)
 

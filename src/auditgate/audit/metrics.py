@@ -110,6 +110,14 @@ class AuditMetrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.queue_bytes = Gauge(
+            PREFIX + "audit_queue_bytes",
+            "JSON bytes of the records a sink's in-memory queue holds (in durable mode, its "
+            "in-memory tail of the spool).",
+            ["sink"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.write_seconds = Histogram(
             PREFIX + "audit_sink_write_seconds",
             "Time one batch write took.",

@@ -135,10 +135,19 @@ class Gateway:
                     audit.spool_dir, max_bytes=audit.spool_max_bytes // workers, slots=workers
                 )
                 self.bus = self._spooled = DurableBus(
-                    sinks, spool=spool, capacity=audit.capacity, metrics=self.audit_metrics
+                    sinks,
+                    spool=spool,
+                    capacity=audit.capacity,
+                    capacity_bytes=audit.capacity_bytes,
+                    metrics=self.audit_metrics,
                 )
             else:
-                self.bus = AuditBus(sinks, capacity=audit.capacity, metrics=self.audit_metrics)
+                self.bus = AuditBus(
+                    sinks,
+                    capacity=audit.capacity,
+                    capacity_bytes=audit.capacity_bytes,
+                    metrics=self.audit_metrics,
+                )
         self.auditor = Auditor(
             audit,
             self.bus,
@@ -200,9 +209,10 @@ class Gateway:
         audit = self.settings.audit
         if self.bus is not None:
             log.info(
-                "audit on: sinks=%s capacity=%d durability=%s writer=%s",
+                "audit on: sinks=%s capacity=%d records / %d bytes durability=%s writer=%s",
                 ",".join(self.bus.sink_names),
                 audit.capacity,
+                audit.capacity_bytes,
                 audit.durability,
                 self.auditor.writer,
             )

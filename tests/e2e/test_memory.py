@@ -1,0 +1,150 @@
+"""Memory with a sink down, through a real gateway: bounded in bytes, whatever the record size.
+
+``DYN_AUDIT_CAPACITY_BYTES`` bounds the JSON bytes each sink keeps in memory.  A queued record
+also has its decoded form (about as large as its JSON for text bodies), so the gateway's
+resident memory may grow by up to twice the bound over its idle size; :data:`MARGIN` is room
+for the requests in flight (one 1 MiB body is held three times while it is handled) and the
+allocator's slack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import asyncpg
+from openai import OpenAI
+
+from tests.server.test_lifecycle import metric
+from tests.support.gateway import Gateway, start_gateway
+from tests.support.postgres import PgCluster, pg_cluster
+
+BOUND = 32 << 20
+"""``DYN_AUDIT_CAPACITY_BYTES`` of these tests."""
+MARGIN = 32 << 20
+"""Resident memory allowed over the idle size beyond twice the bound."""
+RECORDS = 150
+"""1 MiB records sent while the sink is down: about five bounds' worth."""
+CONTENT = "x" * (1 << 20)
+
+
+def rss(gateway: Gateway) -> int:
+    """The gateway process's resident memory in bytes (``VmRSS``)."""
+    status = Path(f"/proc/{gateway.process.pid}/status").read_text()
+    [line] = [line for line in status.splitlines() if line.startswith("VmRSS:")]
+    return int(line.split()[1]) * 1024
+
+
+def send(gateway: Gateway, count: int, content: str) -> tuple[list[str], int]:
+    """``count`` stored chat completions through the SDK, one at a time; their request ids and
+    the largest resident memory seen after each."""
+    client = OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0, timeout=60)
+    ids: list[str] = []
+    peak = 0
+    for i in range(count):
+        completion = client.chat.completions.create(
+            model="mock", store=True, messages=[{"role": "user", "content": f"{i} {content}"}]
+        )
+        ids.append(completion.id.removeprefix("chatcmpl-"))
+        peak = max(peak, rss(gateway))
+    return ids, peak
+
+
+def stored_ids(dsn: str) -> list[str]:
+    async def read() -> list[str]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return [r[0] for r in await conn.fetch("SELECT request_id FROM completions")]
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())
+
+
+def settled(gateway: Gateway, published: int, timeout: float = 120.0) -> str:
+    """The metrics once the postgres sink's queue is empty and every published record is
+    written or dropped."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = gateway.metrics()
+        written = metric(text, "auditgate_audit_written_total", sink="postgres")
+        dropped = metric(
+            text, "auditgate_audit_dropped_total", sink="postgres", reason="queue_full_bytes"
+        )
+        if metric(text, "auditgate_audit_queue_depth", sink="postgres") == 0 and (
+            written + dropped == published
+        ):
+            return text
+        assert time.monotonic() < deadline, text
+        time.sleep(0.2)
+
+
+def down_gateway(
+    cluster: PgCluster, tmp_path: Path, durability: str
+) -> tuple[Gateway, list[str], int]:
+    """A gateway whose postgres sink's server is down, the ids of two small records it was
+    warmed up with, and its resident memory then."""
+    cluster.stop("immediate")
+    env = {
+        "DYN_AUDIT_ENABLED": "1",
+        "DYN_AUDIT_SINKS": "postgres",
+        "DYN_AUDIT_POSTGRES_URL": cluster.dsn,
+        "DYN_AUDIT_DURABILITY": durability,
+        "DYN_AUDIT_SPOOL_DIR": str(tmp_path / "spool"),
+        "DYN_AUDIT_CAPACITY_BYTES": str(BOUND),
+    }
+    gateway = start_gateway(env, log_dir=tmp_path)
+    warm, _ = send(gateway, 2, "warm up")  # lazy imports and first-request allocations
+    return gateway, warm, rss(gateway)
+
+
+def test_best_effort_with_the_sink_down_drops_past_the_byte_bound(tmp_path: Path) -> None:
+    """Best effort: 150 records of 1 MiB behind a PostgreSQL that is down keep the gateway within
+    the bound, the records past it are counted as ``queue_full_bytes`` and logged, and what was
+    kept is stored once the server is back."""
+    with pg_cluster() as cluster:
+        gateway, warm, idle = down_gateway(cluster, tmp_path, "best_effort")
+        try:
+            ids, peak = send(gateway, RECORDS, CONTENT)
+            held = metric(gateway.metrics(), "auditgate_audit_queue_bytes", sink="postgres")
+            assert (peak - idle <= 2 * BOUND + MARGIN, 0 < held <= BOUND) == (True, True), (
+                peak - idle,
+                held,
+            )
+
+            cluster.start()
+            text = settled(gateway, RECORDS + 2)
+            written = metric(text, "auditgate_audit_written_total", sink="postgres")
+            dropped = metric(
+                text, "auditgate_audit_dropped_total", sink="postgres", reason="queue_full_bytes"
+            )
+            stored = stored_ids(cluster.dsn)
+            assert (len(stored), dropped) == (written, RECORDS + 2 - written)
+            assert 0 < written < RECORDS and set(stored) <= set(warm + ids)
+            assert "audit sink postgres: queue full (" in gateway.log()
+        finally:
+            assert gateway.stop() == 0
+
+
+def test_durable_with_the_sink_down_reads_the_spool_and_loses_nothing(tmp_path: Path) -> None:
+    """Durable: 150 records of 1 MiB behind a PostgreSQL that is down keep the gateway within
+    the bound (the reader reads them back from the spool), and every one is stored once the
+    server is back."""
+    with pg_cluster() as cluster:
+        gateway, warm, idle = down_gateway(cluster, tmp_path, "durable")
+        try:
+            ids, peak = send(gateway, RECORDS, CONTENT)
+            held = metric(gateway.metrics(), "auditgate_audit_queue_bytes", sink="postgres")
+            assert (peak - idle <= 2 * BOUND + MARGIN, held <= BOUND) == (True, True), (
+                peak - idle,
+                held,
+            )
+
+            cluster.start()
+            text = settled(gateway, RECORDS + 2)
+            stored = stored_ids(cluster.dsn)
+            assert sorted(warm + ids) == sorted(stored)
+            assert metric(text, "auditgate_audit_written_total", sink="postgres") == RECORDS + 2
+        finally:
+            assert gateway.stop() == 0
