@@ -37,6 +37,7 @@ from auditgate.config import GatewaySettings, Settings
 from auditgate.engines.base import Engine
 from auditgate.errors import APIError, ConfigError, InvalidRequestError, NotFoundError
 from auditgate.pipeline.chat import ChatPipeline
+from auditgate.server.allocator import tune_allocator
 from auditgate.server.asgi import (
     ASGIApp,
     BodyDeadlines,
@@ -295,10 +296,11 @@ def app_from_env() -> ASGIApp:
     """uvicorn factory: settings from the environment (``serve`` writes its flags there).
 
     It runs once in every serving process, which it also tunes for serving (see
-    :func:`tune_garbage_collector`); an app built with :func:`create_app` leaves its host's
-    process alone.  A :class:`ConfigError` while building (an unreadable keys file, a bad store
-    URL) becomes an app that fails its startup with that one line, so ``serve`` exits 3 — with
-    ``--workers N`` too, where a factory that raised made uvicorn restart the workers forever."""
+    :func:`tune_garbage_collector` and :func:`~auditgate.server.allocator.tune_allocator`); an
+    app built with :func:`create_app` leaves its host's process alone.  A :class:`ConfigError`
+    while building (an unreadable keys file, a bad store URL) becomes an app that fails its
+    startup with that one line, so ``serve`` exits 3 — with ``--workers N`` too, where a
+    factory that raised made uvicorn restart the workers forever."""
     try:
         settings = Settings.from_env()
         configure_logging(settings.gateway.log_level)
@@ -307,6 +309,7 @@ def app_from_env() -> ASGIApp:
         configure_logging("info")
         return RefusedApp(exc)
     tune_garbage_collector()
+    tune_allocator()
     return app
 
 
