@@ -514,3 +514,20 @@ async def test_a_record_with_a_lone_surrogate_is_sized_and_delivered(harness: Ha
         held,
         harness.value("audit_dropped_total", sink="forgetful", reason="unencodable"),
     )
+
+
+async def test_batches_never_exceed_max_bytes(harness: Harness) -> None:
+    """A queue of large records is written in batches of at most ``max_bytes`` of JSON; a record
+    larger than that is a batch by itself."""
+    envelopes = sized(range(10, 17), 1000)
+    size = len(envelopes[0].json)
+    [large] = sized(range(17, 18), 10 * size)
+    sink = RecordingSink("db", batching=BatchPolicy(max_records=100, max_bytes=3 * size))
+    sink.block.clear()
+    bus = await harness.start(sink, capacity=100, capacity_bytes=100 * size)
+    for e in [*envelopes, large]:
+        bus.publish(e)
+    sink.block.set()
+
+    assert await bus.flush(timeout=2.0)
+    assert sink.stored_batches == [3, 3, 1, 1]

@@ -167,3 +167,21 @@ async def test_a_lingering_reader_writes_once_half_the_byte_bound_is_in_memory(
     written = (list(h.sink.ids), list(h.sink.batches))  # before close() writes what is left
     await h.bus.close(2.0)
     assert written == (["req-000010", "req-000011"], [2])
+
+
+async def test_batches_taken_from_memory_never_exceed_max_bytes(tmp_path: Path) -> None:
+    """Records that waited in memory behind a slow write go out in batches of at most the sink's
+    ``max_bytes`` of JSON."""
+    size = len(envelope(10, body(2000)).json)
+    policy = BatchPolicy(max_records=100, max_bytes=3 * size)
+    h = Harness(tmp_path / "spool", capacity=1000, capacity_bytes=100 * size, batching=policy)
+    h.sink.block.clear()
+    await h.bus.start()
+    await h.publish(range(10, 11), 2000)
+    await asyncio.sleep(0.02)  # the reader took it and waits in write()
+    await h.publish(range(11, 17), 2000)
+    h.sink.block.set()
+
+    assert await h.bus.flush(5.0)
+    await h.bus.close(2.0)
+    assert ([f"req-{i:06d}" for i in range(10, 17)], [1, 3, 3]) == (h.sink.ids, h.sink.batches)

@@ -29,7 +29,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
 import msgspec
@@ -107,8 +107,9 @@ class _Lane:
         """JSON bytes of each record in ``queue``, in the same order."""
         self.bytes = 0
         """JSON bytes of the records queued and in flight."""
-        self.wake_bytes = max(1, capacity_bytes // 4)
-        """``bytes`` at which ``publish`` wakes a lingering worker (as ``wake_at`` in records)."""
+        self.wake_bytes = max(1, min(capacity_bytes // 4, policy.max_bytes))
+        """``bytes`` at which ``publish`` wakes a lingering worker (as ``wake_at`` in records):
+        a full batch, or a quarter of the bound."""
         self.wakeup = asyncio.Event()
         self.inflight: Sequence[Envelope] = ()
         self.task: asyncio.Task[None] | None = None
@@ -303,16 +304,30 @@ class AuditBus:
                 continue
             if policy.linger_s:
                 await self._linger(lane)
-            count = min(len(lane.queue), policy.max_records)
+            count, size = batch_of(lane.sizes, policy)
             # No local name for the batch: this frame waits for the next records, and a name
             # would keep the last batch (up to max_records bodies of up to 8 MiB) alive.
             lane.inflight = [lane.queue.popleft() for _ in range(count)]
-            size = sum([lane.sizes.popleft() for _ in range(count)])
+            for _ in range(count):
+                lane.sizes.popleft()
             await write_until_stored(
                 lane.sink, lane.inflight, self.backoff, self.metrics, self._drop_log
             )
             lane.bytes -= size
             lane.inflight = ()
+
+
+def batch_of(sizes: Iterable[int], policy: BatchPolicy) -> tuple[int, int]:
+    """How many of the records whose JSON sizes are ``sizes`` (in queue order) make the next
+    batch — at most ``policy.max_records`` and ``policy.max_bytes``, at least one — and their
+    bytes."""
+    count = total = 0
+    for size in sizes:
+        if count == policy.max_records or (count and total + size > policy.max_bytes):
+            break
+        count += 1
+        total += size
+    return count, total
 
 
 def policy_of(sink: Sink) -> BatchPolicy:

@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Sequence
 from auditgate.audit.bus import (
     Backoff,
     RateLimitedLog,
+    batch_of,
     describe_error,
     drained,
     finish_tasks,
@@ -82,6 +83,8 @@ class _Reader:
         """JSON bytes of the records in ``memory``."""
         self.taken_bytes = 0
         """JSON bytes of the batch being written, when it came from ``memory``."""
+        self.wake_bytes = 1
+        """Tail bytes at which a lingering reader writes: a full batch, or half the bound."""
         self.wakeup = asyncio.Event()
         self.oldest_ms: int | None = None
         """Append time of the oldest record not yet stored (None when caught up)."""
@@ -145,8 +148,6 @@ class DurableBus:
         self.last_recovered: AuditRecord | None = None
         """The newest record the spool held at :meth:`start` (None: none, or unreadable): if
         its process died without a final checkpoint, its chain ends there."""
-        self._wake_bytes = max(1, capacity_bytes // 2)
-        """Tail bytes at which a lingering reader writes (half the bound, like ``capacity``)."""
         self._spool_full = metrics.dropped.labels("spool", "spool_full")
         self._spool_error = metrics.dropped.labels("spool", "spool_error")
         metrics.watch(metrics.spool_bytes, lambda: spool.bytes)
@@ -176,6 +177,7 @@ class DurableBus:
         self.last_recovered = _last_record(recovery.last)
         for sink in self._sinks:
             reader = _Reader(sink, recovery.cursors[sink.name], recovery.backlog[sink.name])
+            reader.wake_bytes = max(1, min(self.capacity_bytes // 2, reader.policy.max_bytes))
             self._readers.append(reader)
             m = self.metrics
             m.watch(m.queue_depth.labels(sink.name), reader.depth)
@@ -317,7 +319,7 @@ class DurableBus:
             return True
         reader.memory.extend((e, p, appended_ms) for e, p in placed)
         reader.tail_bytes += size
-        return len(reader.memory) >= reader.wake_at or reader.tail_bytes >= self._wake_bytes
+        return len(reader.memory) >= reader.wake_at or reader.tail_bytes >= reader.wake_bytes
 
     # -- readers -----------------------------------------------------------------------------
 
@@ -341,11 +343,11 @@ class DurableBus:
                 await self._linger(reader)
                 if not (reader.live and reader.memory):
                     return True  # fell behind while lingering: read the spool instead
-            count = min(len(reader.memory), max_records)
+            sizes = (len(envelope.json) for envelope, _, _ in reader.memory)
+            count, reader.taken_bytes = batch_of(sizes, reader.policy)
             items = [reader.memory.popleft() for _ in range(count)]
             batch = [envelope for envelope, _, _ in items]
             end, oldest, replayed = items[-1][1], items[0][2], 0
-            reader.taken_bytes = sum([len(envelope.json) for envelope in batch])
             reader.tail_bytes -= reader.taken_bytes
         elif not reader.live:
             frames, end = await asyncio.to_thread(self.spool.read, reader.position, max_records)
@@ -401,7 +403,7 @@ class DurableBus:
         full batch, half the capacity (records or bytes) in memory, falling behind or close
         ends it early."""
         target = min(reader.policy.max_records, max(1, self.capacity // 2))
-        if len(reader.memory) >= target or reader.tail_bytes >= self._wake_bytes:
+        if len(reader.memory) >= target or reader.tail_bytes >= reader.wake_bytes:
             return
         await wait_for_batch(reader, target, reader.policy.linger_s)
 

@@ -30,6 +30,10 @@ class BatchPolicy:
 
     max_records: int = 512
     """Most records in one batch."""
+    max_bytes: int = 8 << 20
+    """Most JSON bytes in one batch (a batch holds at least one record, however large).  A
+    sink's encodings of a batch (SQL rows, a COPY buffer, joined lines) are as large again as
+    the batch: this bounds them when large records queued up behind an outage."""
     linger_s: float = 0.0
     """After the first record, wait this long for more before writing (file sinks batch)."""
 
