@@ -11,10 +11,12 @@ times slower.  So ``serve`` runs :class:`BoundedHttpToolsProtocol`:
 - once the bytes of a head that is not complete yet pass ``AUDITGATE_MAX_HEADER_BYTES``, the
   client gets a 431 in OpenAI's error shape and the connection is closed;
 - a head not complete ``AUDITGATE_HEADER_TIMEOUT`` seconds after the connection opened or the
-  head's first bytes came gets a 408 (a connection that sent nothing is just closed).
+  head's first bytes came gets a 408 (a connection that sent nothing is just closed);
+- what the parser refuses gets OpenAI's error JSON (:func:`~auditgate.server.http_errors.
+  parse_error`), not uvicorn's plain-text ``400 Invalid HTTP request received.``.
 
-Both are read from uvicorn's state after each received chunk: a request has begun (uvicorn made
-its scope) and its head is not complete (no request cycle for that scope yet).  A chunk that
+The head bounds are read from uvicorn's state after each received chunk: a request has begun
+(uvicorn made its scope) and its head is not complete (no request cycle for it yet).  A chunk that
 completes its head is not counted, so a body sent right behind its headers is never taken for
 them (bytes of a previous request's body in the same chunk as the next head, from a pipelining
 client, are counted: the limit is far above any real head).  A head that arrives whole in one
@@ -29,12 +31,13 @@ import asyncio
 import logging
 from typing import Any, Final
 
+import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from auditgate.errors import APIError, HeaderFieldsTooLargeError, RequestTimeoutError
-from auditgate.server.asgi import encode_json
 from auditgate.server.deadlines import Deadlines
+from auditgate.server.http_errors import error_response, parse_error
 
 log = logging.getLogger("auditgate.server")
 
@@ -88,7 +91,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         self._received = True
-        super().data_received(data)
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._refuse(parse_error(exc, self.parser.get_method()))
+            return
+        except httptools.HttpParserUpgrade:
+            self._unsupported_upgrade_warning()  # serve runs with ws="none"
         scope, cycle = self.scope, self.cycle
         if scope is None or (cycle is not None and cycle.scope is scope):
             if scope is not None and self._waiting:  # its head is complete
@@ -106,8 +116,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                     f"The request line and headers are larger than the {self.max_head_bytes}-"
                     "byte limit of this gateway.",
                     code="request_header_fields_too_large",
-                ),
-                b"431 Request Header Fields Too Large",
+                )
             )
 
     def _wait_for_head(self) -> None:
@@ -124,26 +133,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             "seconds.",
             code="request_timeout",
         )
-        self._refuse(error, b"408 Request Timeout")
+        self._refuse(error)
 
-    def _refuse(self, error: APIError, status: bytes) -> None:
-        """Answer ``error`` and close: no request cycle exists for this head."""
+    def _refuse(self, error: APIError) -> None:
+        """Answer ``error`` in OpenAI's shape and close: no request cycle exists for it."""
         if self._waiting:
             self._heads.stop(self)
             self._waiting = False
         self._counted = None
         if self.transport.is_closing():
             return
-        body = encode_json(error.to_dict())
         log.warning(
-            "request head from %s: %s, connection closed",
+            "request from %s: %d %s, connection closed",
             self.client[0] if self.client else "?",
-            status.decode(),
+            error.status_code,
+            error.message,
         )
-        self.transport.write(
-            b"HTTP/1.1 %s\r\ncontent-type: application/json\r\nconnection: close\r\n"
-            b"content-length: %d\r\n\r\n%s" % (status, len(body), body)
-        )
+        self.transport.write(error_response(error, self.server_state.default_headers))
         self.transport.close()
 
 
