@@ -115,3 +115,37 @@ def test_every_worker_answers_malformed_requests_in_openai_shape(tmp_path: Path)
         for _ in range(6):  # new connections: the kernel spreads them over the workers
             _, _, body = parse(exchange(gw.port, request))
             assert body == error(f"Invalid HTTP request: {reason}.", "invalid_http_request")
+
+
+def test_an_error_waits_for_the_response_before_it(tmp_path: Path) -> None:
+    """A malformed request sent while a stream is still going out is answered after that
+    stream's last byte (HTTP/1.1 answers in order), never inside it; then the connection
+    closes."""
+    request = json.dumps(
+        {
+            "model": "mock",
+            "messages": [{"role": "user", "content": "count"}],
+            "stream": True,
+            "max_tokens": 12,
+        }
+    ).encode()
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+    with (
+        running_gateway({"AUDITGATE_MOCK_ITL_MS": "50"}, log_dir=tmp_path) as gw,
+        socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock,
+    ):
+        sock.sendall(head + b"content-length: %d\r\n\r\n%s" % (len(request), request))
+        data = sock.recv(65536)
+        assert data.startswith(b"HTTP/1.1 200 OK\r\n")  # the stream has begun
+        sock.sendall(MALFORMED["bad method"][0])
+        while part := sock.recv(65536):
+            data += part
+    stream, end, rest = data.partition(b"data: [DONE]\n\n\r\n0\r\n\r\n")
+    assert end, data  # the stream is whole: [DONE], then the end of its chunked body
+    assert b"HTTP/1.1 400" not in stream
+    status, headers, body = parse(rest)
+    assert (status, headers | ERROR_HEADERS, body) == (
+        "HTTP/1.1 400 Bad Request",
+        headers,
+        error(f"Invalid HTTP request: {MALFORMED['bad method'][1]}.", "invalid_http_request"),
+    )

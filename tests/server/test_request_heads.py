@@ -4,7 +4,9 @@ protocol buffers a head of any size and waits for it for ever, so ``serve`` boun
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -72,6 +74,162 @@ def test_a_head_over_the_limit_gets_a_431_and_the_connection_closed(
     else:
         head = b"GET /v1/models?" + b"q" * (4 << 20)
     assert_refused(exchange(gw, head))
+
+
+OK = (
+    b"HTTP/1.1 200 OK\r\ncontent-length: 15\r\ncontent-type: application/json\r\n"
+    b'connection: close\r\n\r\n{"status":"ok"}'
+)
+"""``GET /health``'s whole response to a request with ``connection: close``."""
+REFUSED_BODY = (
+    b'{"error":{"message":"The request line and headers are larger than the %d-byte limit of '
+    b'this gateway.","type":"invalid_request_error","param":null,'
+    b'"code":"request_header_fields_too_large"}}' % LIMIT
+)
+REFUSED = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(REFUSED_BODY), REFUSED_BODY)
+)
+"""The whole 431."""
+METHOD_NOT_ALLOWED = (
+    b"HTTP/1.1 405 Method Not Allowed\r\nallow: GET,HEAD\r\ncontent-length: 98\r\n"
+    b'content-type: application/json\r\n\r\n{"error":{"message":"Method Not Allowed",'
+    b'"type":"invalid_request_error","param":null,"code":null}}'
+)
+"""``POST /health``'s whole response (its ``allow`` sorted): the request before the measured
+one, where there is."""
+
+
+def head_of(size: int) -> bytes:
+    """A ``GET /health`` whose head (request line, headers, blank line) is ``size`` bytes."""
+    start = b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-pad: "
+    return start + b"p" * (size - len(start) - 4) + b"\r\n\r\n"
+
+
+def send_in_reads(gw: Gateway, parts: list[bytes]) -> bytes:
+    """Send ``parts`` with pauses between them (so the server reads them apart); what the
+    server sends until it closes."""
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        for part in parts:
+            sock.sendall(part)
+            time.sleep(0.05)
+        data = b""
+        while part := sock.recv(65536):
+            data += part
+        return data
+
+
+BEFORE = {
+    "nothing": b"",
+    "empty lines, not counted": b"\r\n" * 8,
+    "a request with a body that looks like a head": (
+        b"POST /health HTTP/1.1\r\nhost: x\r\ncontent-length: 24\r\n\r\n"
+        b"x\r\n\r\nGET / HTTP/1.1\r\nx: "
+    ),
+    "a request with a chunked body holding blank lines": (
+        b"POST /health HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"6\r\nab\r\n\r\n\r\n4;x=y\r\n\r\n\r\n\r\n0\r\nx-trailer: t\r\n\r\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("before", list(BEFORE))
+@pytest.mark.parametrize("reads", ["one read", "pieces", "blank line split"])
+@pytest.mark.parametrize("over", [0, 1])
+def test_the_head_limit_is_exact(gw: Gateway, before: str, reads: str, over: int) -> None:
+    """A head of exactly the limit is served and one a byte longer refused, however it
+    arrives: alone or pipelined behind another request (its body framed by length or chunked,
+    blank lines in it), in one read or many, its blank line split between two reads."""
+    first, head = BEFORE[before], head_of(LIMIT + over)
+    if reads == "one read":
+        parts = [first + head]
+    elif reads == "pieces":
+        parts = [first + head[:5000], head[5000:10000], head[10000:]]
+    else:
+        parts = [first + head[:-2], head[-2:]]
+    answer = re.sub(  # the methods' order changes from one process to the next
+        rb"allow: ([A-Z, ]+)\r\n",
+        lambda m: b"allow: %s\r\n" % b",".join(sorted(m[1].split(b", "))),
+        send_in_reads(gw, parts),
+    )
+    expected = REFUSED if over else OK
+    if first.startswith(b"POST"):
+        expected = METHOD_NOT_ALLOWED + expected
+    assert answer == expected
+
+
+@pytest.mark.parametrize(("size", "expected"), [(LIMIT, OK), (LIMIT + 1, REFUSED)])
+def test_a_later_head_on_a_connection_has_the_same_limit(
+    gw: Gateway, size: int, expected: bytes
+) -> None:
+    """The second head on a kept-alive connection is measured from its own first byte."""
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        first = b""
+        while not first.endswith(b'{"status":"ok"}'):
+            first += sock.recv(65536)
+        sock.sendall(head_of(size))
+        data = b""
+        while part := sock.recv(65536):
+            data += part
+    assert data == expected
+
+
+def read_response(sock: socket.socket, ending: bytes) -> bytes:
+    """Read until what came ends with ``ending`` (the server keeps the connection)."""
+    data = b""
+    while not data.endswith(ending):
+        data += sock.recv(65536)
+    return data
+
+
+@pytest.mark.parametrize(("size", "expected"), [(LIMIT, OK), (LIMIT + 1, REFUSED)])
+def test_a_body_answered_before_it_ended_still_delimits_the_next_head(
+    gw: Gateway, size: int, expected: bytes
+) -> None:
+    """A chunked body the gateway answered (405) before it came whole: the rest of it is read
+    as body, blank lines and all, and the next head measured from its own first byte."""
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /health HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"6\r\nab\r\n\r\n\r\n"
+        )
+        assert read_response(sock, b"null}}").startswith(b"HTTP/1.1 405 ")
+        sock.sendall(b"4;x=y\r\n\r\n\r\n\r\n0\r\nx-trailer: t\r\n\r\n" + head_of(size))
+        data = b""
+        while part := sock.recv(65536):
+            data += part
+    assert data == expected
+
+
+def test_a_request_behind_an_upgrade_request_is_answered(gw: Gateway) -> None:
+    """The gateway speaks only HTTP/1.1: after an ``Upgrade`` request it reads on, so a request
+    sent right behind one (in the same packet) is answered too."""
+    upgrade = b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n"
+    answer = send_in_reads(gw, [upgrade + head_of(100)])
+    assert answer == OK.replace(b"connection: close\r\n", b"") + OK
+
+
+def test_empty_lines_do_not_keep_a_connection_open(gw: Gateway) -> None:
+    """After a request, a client that sends only empty lines (which a server skips before a
+    request line) gets the 408 of a head that does not come."""
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=1) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        read_response(sock, b'{"status":"ok"}')
+        data, deadline = b"", time.monotonic() + HEAD_TIMEOUT_S + 5
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):  # once closed, sendall fails: read what came
+                sock.sendall(b"\r\n")
+            try:
+                part = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except ConnectionResetError:  # an empty line sent after the close: what came is in
+                break
+            if not part:
+                break
+            data += part
+    assert data.startswith(b"HTTP/1.1 408 ")
 
 
 def test_the_gateway_serves_on_after_refusing_heads(gw: Gateway) -> None:

@@ -18,7 +18,7 @@ from typing import Final
 import httptools
 
 from auditgate.errors import APIError, InvalidRequestError
-from auditgate.server.asgi import CLOSE, JSON_TYPE, encode_json
+from auditgate.server.asgi import CLOSE, JSON_TYPE, Receive, Scope, Send, encode_json
 
 log = logging.getLogger("auditgate.server")
 
@@ -70,3 +70,18 @@ def error_response(error: APIError, default_headers: list[tuple[bytes, bytes]]) 
     lines += [b"%s: %s\r\n" % pair for pair in (JSON_TYPE, CLOSE)]
     lines.append(b"content-length: %d\r\n\r\n%s" % (len(body), body))
     return b"".join(lines)
+
+
+class ErrorApp:
+    """An ASGI app whose answer to any request is ``error``, ending the connection: what a
+    request the protocol refused runs in place of the gateway when it has to wait its turn."""
+
+    def __init__(self, error: APIError) -> None:
+        self.error = error
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = encode_json(self.error.to_dict())
+        headers = [JSON_TYPE, (b"content-length", b"%d" % len(body)), CLOSE]
+        start = {"type": "http.response.start", "status": self.error.status_code}
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

@@ -1,4 +1,4 @@
-"""uvicorn's httptools protocol with bounds on a request's head: its size and its time.
+"""uvicorn's httptools protocol with bounds on a request's head, answering in OpenAI's shape.
 
 httptools, and uvicorn on top of it, accept a request line and headers of any size and buffer
 them until the blank line that ends them: one client sending a header that never ends grew the
@@ -8,21 +8,29 @@ for ever (its keep-alive timer runs only between requests), so a few thousand of
 the process's file descriptors.  uvicorn's h11 protocol bounds the size but parses several
 times slower.  So ``serve`` runs :class:`BoundedHttpToolsProtocol`:
 
-- once the bytes of a head that is not complete yet pass ``AUDITGATE_MAX_HEADER_BYTES``, the
-  client gets a 431 in OpenAI's error shape and the connection is closed;
+- a request whose head is longer than ``AUDITGATE_MAX_HEADER_BYTES`` gets a 431 in OpenAI's
+  error shape and the connection is closed; a head of exactly the limit is served.  The head
+  is the request line, the header lines and the blank line that ends them, every CRLF
+  included; the empty lines a client may send before a request line (RFC 9112 §2.2) are
+  skipped, not counted;
 - a head not complete ``AUDITGATE_HEADER_TIMEOUT`` seconds after the connection opened or the
   head's first bytes came gets a 408 (a connection that sent nothing is just closed);
 - what the parser refuses gets OpenAI's error JSON (:func:`~auditgate.server.http_errors.
-  parse_error`), not uvicorn's plain-text ``400 Invalid HTTP request received.``.
+  parse_error`), not uvicorn's plain-text ``400 Invalid HTTP request received.``;
+- an error is answered in order: after the responses still owed to the requests before it on
+  the connection (HTTP/1.1 has no other way to say which request an answer is for), never in
+  the middle of one.
 
-The head bounds are read from uvicorn's state after each received chunk: a request has begun
-(uvicorn made its scope) and its head is not complete (no request cycle for it yet).  A chunk that
-completes its head is not counted, so a body sent right behind its headers is never taken for
-them (bytes of a previous request's body in the same chunk as the next head, from a pipelining
-client, are counted: the limit is far above any real head).  A head that arrives whole in one
-chunk, the usual case, costs one check and no timer.  This reads ``HttpToolsProtocol``'s own
-attributes (``scope``, ``cycle``, ``loop``, ``client``, ``transport``): written against uvicorn
-0.55; the tests in ``tests/server/test_request_heads.py`` fail if a release changes them.
+Where each head ends is found before the parser sees it, so no request over the limit ever
+starts: just past the first blank line after its first byte.  Where a head begins follows from
+the request before it (:mod:`auditgate.server.framing`): the protocol feeds the parser up to
+each point where that request may have ended, and asks it (uvicorn's request cycle) whether
+it did.  The usual read, one head and perhaps its body, is fed whole after a count of its
+blank lines, and starts no timer.  This
+reads ``HttpToolsProtocol``'s own attributes (``scope``, ``cycle``, ``headers``, ``pipeline``,
+``parser``, ``loop``, ``client``, ``transport``, ``server_state``): written against uvicorn
+0.55 and httptools 0.9; the tests in ``tests/server/test_request_heads.py`` and
+``test_http_errors.py`` fail if a release changes them.
 """
 
 from __future__ import annotations
@@ -37,7 +45,15 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from auditgate.errors import APIError, HeaderFieldsTooLargeError, RequestTimeoutError
 from auditgate.server.deadlines import Deadlines
-from auditgate.server.http_errors import error_response, parse_error
+from auditgate.server.framing import (
+    BLANK_LINE,
+    EMPTY_LINE_BYTES,
+    blank_line_end,
+    content_length,
+    last3,
+    piece,
+)
+from auditgate.server.http_errors import ErrorApp, error_response, parse_error
 
 log = logging.getLogger("auditgate.server")
 
@@ -45,6 +61,16 @@ DEFAULT_MAX_HEAD_BYTES: Final = 64 << 10
 """``AUDITGATE_MAX_HEADER_BYTES`` by default (Node.js: 16 KiB; nginx: 4 × 8 KiB buffers)."""
 DEFAULT_HEAD_TIMEOUT_S: Final = 30.0
 """``AUDITGATE_HEADER_TIMEOUT`` by default."""
+
+# What the next bytes on a connection are (BoundedHttpToolsProtocol._mode).
+_HEAD: Final = 0
+"""A request head, begun (``_head`` bytes so far) or not; empty lines before it are skipped."""
+_LENGTH: Final = 1
+"""The next ``_left`` bytes of a request's ``Content-Length`` body."""
+_CHUNKED: Final = 2
+"""A chunked request body."""
+_IGNORE: Final = 3
+"""Nothing: the connection ends once the answers owed on it are out."""
 
 
 class GatewayConfig(uvicorn.Config):
@@ -65,7 +91,8 @@ class GatewayConfig(uvicorn.Config):
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """``HttpToolsProtocol`` that refuses a request head over ``config.max_head_bytes`` or
-    slower than ``config.head_timeout_s``."""
+    slower than ``config.head_timeout_s``, and answers every error it finds in OpenAI's
+    shape."""
 
     def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
@@ -74,11 +101,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._heads = _heads(timeout_s)
         self._waiting = False
         """Whether this connection's head deadline runs."""
-        self._counted: object = None
-        """The scope of the request whose head :attr:`_head_bytes` counts."""
-        self._head_bytes = 0
         self._received = False
         """Whether any byte came on this connection (a silent one is closed without a 408)."""
+        self._mode = _HEAD
+        self._head = 0
+        """Bytes of the head begun and not complete yet (0: none begun)."""
+        self._left = 0
+        """Bytes of a ``Content-Length`` body still to come."""
+        self._tail = b""
+        """The last (up to 3) bytes of an incomplete head or chunked body: a blank line may
+        begin in one read and end in the next."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -92,32 +124,213 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         self._received = True
         self._unset_keepalive_if_required()
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._refuse(parse_error(exc, self.parser.get_method()))
-            return
-        except httptools.HttpParserUpgrade:
-            self._unsupported_upgrade_warning()  # serve runs with ws="none"
-        scope, cycle = self.scope, self.cycle
-        if scope is None or (cycle is not None and cycle.scope is scope):
-            if scope is not None and self._waiting:  # its head is complete
+        mode = self._mode
+        if mode == _LENGTH:
+            left = self._left - len(data)
+            if left >= 0:  # more of a body, and no more than it
+                self._left = left
+                if not left:
+                    self._mode = _HEAD
+                try:
+                    self.parser.feed_data(data)
+                except httptools.HttpParserError as exc:
+                    self._refuse(parse_error(exc, self.parser.get_method()))
+                return
+        elif (
+            mode == _HEAD
+            and not self._head
+            and len(data) <= self.max_head_bytes
+            and data[0] not in EMPTY_LINE_BYTES
+            and data.count(BLANK_LINE) == 1
+        ):
+            # The usual read: one head, then perhaps its body.  Every head in it fits (the
+            # read does); one blank line means one whole head, and neither another one nor
+            # the end of a chunked body (which is a blank line) after it.
+            before = self.cycle
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade as exc:  # it stopped at the head's end
+                self._head_done()
+                self._walk(data, int(exc.args[0]))  # and reads on from there
+                return
+            except httptools.HttpParserError as exc:
+                self._refuse(parse_error(exc, self.parser.get_method()))
+                return
+            if self._waiting:
                 self._heads.stop(self)
                 self._waiting = False
+            cycle = self.cycle
+            if cycle is before:
+                self._head_missing(data)
+            elif self.scope is not cycle.scope:  # another request began after its body
+                self._begun(data, data.find(BLANK_LINE) + 4 + len(cycle.body))
+            elif cycle.more_body:
+                self._expect_body(data, len(cycle.body))
             return
-        if scope is not self._counted:
-            self._counted, self._head_bytes = scope, 0
-            if not self._waiting:  # a later request's head came in part
+        self._walk(data, 0)
+
+    def _begun(self, data: bytes, pos: int) -> None:
+        """A request head began at ``pos`` (or after empty lines there) and goes on past
+        ``data``, which is no longer than the limit: count its bytes, and start its clock."""
+        while data[pos] in EMPTY_LINE_BYTES:
+            pos += 1
+        self._head, self._tail = len(data) - pos, last3(b"", data, pos)
+        if not self._waiting:
+            self._wait_for_head()
+
+    def _expect_body(self, data: bytes, received: int) -> None:
+        """The one request in ``data`` (a head, then the first ``received`` bytes of its body)
+        has more body to come."""
+        length = content_length(self.headers)
+        if length is None:  # chunked: a blank line may begin in the body's last bytes here
+            self._mode, self._tail = _CHUNKED, last3(b"", data, data.find(BLANK_LINE) + 4)
+        else:
+            self._mode, self._left = _LENGTH, length - received
+
+    def _head_missing(self, data: bytes) -> None:
+        """The parser took ``data`` without making a request of it: it ignores what follows
+        a connection's last request, and HTTP/2's preface goes on past its first blank line."""
+        before = self.cycle
+        if before is not None and not before.keep_alive:
+            self._mode = _IGNORE
+        else:
+            self._head, self._tail = len(data), last3(b"", data, 0)
+
+    def _walk(self, data: bytes, pos: int) -> None:
+        """Read ``data`` from ``pos`` piece by piece, whatever it holds."""
+        size = len(data)
+        while 0 <= pos < size:
+            mode = self._mode
+            if mode == _HEAD:
+                pos = self._read_head(data, pos)
+            elif mode == _LENGTH:
+                pos = self._read_length(data, pos)
+            elif mode == _CHUNKED:
+                pos = self._read_chunked(data, pos)
+            else:
+                return
+
+    def _read_head(self, data: bytes, pos: int) -> int:
+        """At ``pos`` a request head begins or goes on: refuse it if it ends past the limit,
+        else give it to the parser.  The position to go on from, or -1 after an answer."""
+        size = len(data)
+        if not self._head:
+            cycle = self.cycle
+            if cycle is not None and not cycle.keep_alive:
+                # The connection's last request (Connection: close, HTTP/1.0): the parser ignores
+                # what follows it and uvicorn closes the connection after the response.
+                self._mode = _IGNORE
+                return size
+            while pos < size and data[pos] in EMPTY_LINE_BYTES:
+                pos += 1
+            if pos == size:  # only empty lines: a head is still owed, and its clock runs
+                if not self._waiting:
+                    self._wait_for_head()
+                return size
+        room = self.max_head_bytes - self._head
+        end = blank_line_end(self._tail, data, pos, pos + room)
+        if end < 0:  # the head goes on in a later read, if the limit leaves room for it
+            if size - pos > room:
+                self._refuse(self._too_large())
+                return -1
+            self._head += size - pos
+            self._tail = last3(self._tail, data, pos)
+            if not self._waiting:
                 self._wait_for_head()
-        self._head_bytes += len(data)
-        if self._head_bytes > self.max_head_bytes:
-            self._refuse(
-                HeaderFieldsTooLargeError(
-                    f"The request line and headers are larger than the {self.max_head_bytes}-"
-                    "byte limit of this gateway.",
-                    code="request_header_fields_too_large",
-                )
-            )
+            return size if self._feed(piece(data, pos, size)) >= 0 else -1
+        if self._feed(piece(data, pos, end)) < 0:
+            return -1
+        cycle = self.cycle
+        if cycle is None or cycle.scope is not self.scope:
+            # The parser wants more: only HTTP/2's preface, "PRI * HTTP/2.0" and a blank line,
+            # goes on (to "SM" and another), and is refused there.
+            self._head += end - pos
+            self._tail = data[end - 3 : end]
+            return end
+        self._head, self._tail = 0, b""
+        self._head_done()
+        return end
+
+    def _head_done(self) -> None:
+        """The parser has read a whole head: stop its clock, and learn whether the request's
+        body follows, and how it is framed."""
+        if self._waiting:
+            self._heads.stop(self)
+            self._waiting = False
+        # (llhttp ends an Upgrade request at its head, as if it had no body: it hands the
+        # connection over.  This gateway speaks only HTTP/1.1 and reads the next request.)
+        if self.cycle.more_body:
+            length = content_length(self.headers)
+            if length is None:
+                self._mode = _CHUNKED
+            else:
+                self._mode, self._left = _LENGTH, length
+
+    def _read_length(self, data: bytes, pos: int) -> int:
+        """The body's next ``_left`` bytes, or as many of them as this read has."""
+        end = min(len(data), pos + self._left)
+        if self._feed(piece(data, pos, end)) < 0:
+            return -1
+        self._left -= end - pos
+        if not self._left:
+            self._mode = _HEAD
+        return end
+
+    def _read_chunked(self, data: bytes, pos: int) -> int:
+        """A chunked body can end only just past a blank line (its last chunk's, or its
+        trailers'): feed the parser up to the next one and see whether it did."""
+        size = len(data)
+        end = blank_line_end(self._tail, data, pos, size)
+        if end < 0:
+            self._tail = last3(self._tail, data, pos)
+            return size if self._feed(piece(data, pos, size)) >= 0 else -1
+        self._tail = b""
+        if self._feed(piece(data, pos, end)) < 0:
+            return -1
+        cycle = self.cycle
+        if not cycle.more_body:
+            self._mode = _HEAD
+        elif cycle.response_complete:
+            return self._probe(data, end)
+        return end
+
+    def _probe(self, data: bytes, pos: int) -> int:
+        """Whether a chunked body ended at ``pos`` when uvicorn no longer says (it stops
+        following a body once the app has answered): feed byte by byte.  The parser skips empty
+        lines between requests; the first other byte begins a new request (a new scope) or is
+        more of the body."""
+        scope, size = self.scope, len(data)
+        while pos < size:
+            byte = data[pos]
+            if self._feed(data[pos : pos + 1]) < 0:
+                return -1
+            pos += 1
+            if self.scope is not scope:
+                self._mode, self._head, self._tail = _HEAD, 1, data[pos - 1 : pos]
+                return pos
+            if byte not in EMPTY_LINE_BYTES:
+                return pos
+        self._tail = last3(b"", data, max(0, size - 3))
+        return size
+
+    def _feed(self, piece: bytes | memoryview) -> int:
+        """Give the parser ``piece``; how many of its bytes it took (all, but where it stops
+        after an ``Upgrade`` request's head), or -1 if it refused them (they are answered)."""
+        try:
+            self.parser.feed_data(piece)
+        except httptools.HttpParserUpgrade as exc:
+            return int(exc.args[0])
+        except httptools.HttpParserError as exc:
+            self._refuse(parse_error(exc, self.parser.get_method()))
+            return -1
+        return len(piece)
+
+    def _too_large(self) -> APIError:
+        return HeaderFieldsTooLargeError(
+            f"The request line and headers are larger than the {self.max_head_bytes}-byte "
+            "limit of this gateway.",
+            code="request_header_fields_too_large",
+        )
 
     def _wait_for_head(self) -> None:
         self._waiting = True
@@ -136,11 +349,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._refuse(error)
 
     def _refuse(self, error: APIError) -> None:
-        """Answer ``error`` in OpenAI's shape and close: no request cycle exists for it."""
+        """Answer ``error`` in OpenAI's shape and close the connection, reading no more of it;
+        if an answer to an earlier request is still owed, after that one."""
+        cycle = self.cycle
+        # Where the error is: in the body of the last request whose head was read, or in a
+        # new request's head.
+        own_body = cycle is not None and cycle.scope is self.scope and cycle.more_body
+        self._mode = _IGNORE
         if self._waiting:
             self._heads.stop(self)
             self._waiting = False
-        self._counted = None
         if self.transport.is_closing():
             return
         log.warning(
@@ -149,8 +367,25 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             error.status_code,
             error.message,
         )
-        self.transport.write(error_response(error, self.server_state.default_headers))
-        self.transport.close()
+        if cycle is not None and not cycle.response_complete:
+            if not own_body:  # answered once the response before it is out
+                cycle.on_response = lambda: self._answer(error)
+                return
+            if self.pipeline and self.pipeline[0][0] is cycle:  # it waits its turn: answer then
+                self.pipeline[0] = (cycle, ErrorApp(error))  # type: ignore[assignment]
+                return
+            if cycle.response_started:  # its answer is going out already: close after it
+                cycle.keep_alive = False
+                return
+        elif own_body:  # a body that was answered already: nobody waits for this answer
+            self.transport.close()
+            return
+        self._answer(error)
+
+    def _answer(self, error: APIError) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(error_response(error, self.server_state.default_headers))
+            self.transport.close()
 
 
 _HEAD_DEADLINES: dict[float, Deadlines[BoundedHttpToolsProtocol]] = {}
