@@ -11,7 +11,10 @@ from typing import Any
 
 import pytest
 
+from auditgate.engines.base import EngineRequest
+from auditgate.engines.mock import MockEngine
 from tests.support.gateway import Gateway, running_gateway
+from tests.support.server import gateway
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +45,7 @@ def parse(response: bytes) -> tuple[str, dict[str, str], Any]:
     return status, headers, json.loads(body)
 
 
-def error(message: str, code: str, kind: str = "invalid_request_error") -> dict[str, Any]:
+def error(message: str, code: str | None, kind: str = "invalid_request_error") -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
@@ -148,4 +151,33 @@ def test_an_error_waits_for_the_response_before_it(tmp_path: Path) -> None:
         "HTTP/1.1 400 Bad Request",
         headers,
         error(f"Invalid HTTP request: {MALFORMED['bad method'][1]}.", "invalid_http_request"),
+    )
+
+
+SERVER_ERROR = error("The server had an error while processing your request.", None, "server_error")
+
+
+class BrokenEngine(MockEngine):
+    """An engine that breaks its contract (only API errors escape it): a bug."""
+
+    async def complete(self, request: EngineRequest) -> dict[str, Any]:
+        raise RuntimeError("a bug in the engine")
+
+
+def test_an_app_that_fails_before_answering_gets_a_500_in_openai_shape() -> None:
+    """When the gateway fails before it starts a response (here a broken engine), the client
+    gets uvicorn's last-resort 500 in OpenAI's shape, not ``Internal Server Error`` in plain
+    text; the protocol is ``serve``'s, the server in-process to plug the broken engine in."""
+    body = json.dumps({"model": "mock", "messages": [{"role": "user", "content": "hi"}]})
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n%s" % (len(body), body.encode())
+    )
+    protocol = "auditgate.server.protocol:BoundedHttpToolsProtocol"
+    with gateway(engine=BrokenEngine(), http=protocol) as gw:
+        status, headers, answer = parse(exchange(gw.server.port, request))
+    assert (status, headers | ERROR_HEADERS, answer) == (
+        "HTTP/1.1 500 Internal Server Error",
+        headers,
+        SERVER_ERROR,
     )

@@ -27,14 +27,14 @@ from auditgate.sinks import build_sinks
 class ServerThread:
     """A uvicorn server for one app, started on 127.0.0.1 and a free port."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, *, http: str = "httptools") -> None:
         self.app = app
         config = uvicorn.Config(
             app,
             host="127.0.0.1",
             port=0,
             loop="asyncio",
-            http="httptools",
+            http=http,
             lifespan="on",
             access_log=False,
             log_config=None,
@@ -115,16 +115,18 @@ def gateway(
     engine: Engine | None = None,
     sinks: Sequence[Sink] | None = None,
     configured_sinks: bool = False,
+    http: str = "httptools",
 ) -> Iterator[TestGateway]:
     """A running in-process gateway; records go to a MemorySink, plus ``sinks``, plus (with
-    ``configured_sinks``) the sinks ``DYN_AUDIT_SINKS`` names."""
+    ``configured_sinks``) the sinks ``DYN_AUDIT_SINKS`` names.  ``http``: uvicorn's protocol
+    (``serve``'s is ``auditgate.server.protocol:BoundedHttpToolsProtocol``)."""
     memory = MemorySink()
     settings = Settings.from_env(dict(env if env is not None else audit_env()))
     extra = list(sinks or [])
     if configured_sinks:
         extra.extend(build_sinks(settings.audit))
     app = create_app(settings, engine=engine, sinks=[memory, *extra])
-    server = ServerThread(app)
+    server = ServerThread(app, http=http)
     server.start()
     try:
         yield TestGateway(server, app, memory)

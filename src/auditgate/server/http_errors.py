@@ -6,29 +6,23 @@ header, a bad method or request target, HTTP/2's preface) and ``500 Internal Ser
 when an app fails before it starts a response.  The gateway answers every error in OpenAI's
 shape, ``{"error": {"message", "type", "param", "code"}}`` with a JSON content type, so a client
 needs one error path; :class:`~auditgate.server.protocol.BoundedHttpToolsProtocol` answers these
-with what this module builds.
+with what this module builds.  (The Starlette routes have a last resort of their own,
+:class:`~auditgate.server.guard.ErrorGuard`, which answers the same 500.)
 """
 
 from __future__ import annotations
 
 import http
 import logging
-from typing import Final
 
 import httptools
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from auditgate.errors import APIError, InvalidRequestError
 from auditgate.server.asgi import CLOSE, JSON_TYPE, Receive, Scope, Send, encode_json
+from auditgate.server.guard import INTERNAL_ERROR
 
 log = logging.getLogger("auditgate.server")
-
-INTERNAL_ERROR: Final = "The server had an error while processing your request."
-"""The message of a 500: what failed is in the gateway's log, not in the answer."""
-
-
-def internal_error() -> APIError:
-    """The error a client gets when the gateway itself failed (500 ``server_error``)."""
-    return APIError(INTERNAL_ERROR)
 
 
 class HTTPVersionNotSupportedError(InvalidRequestError):
@@ -56,7 +50,7 @@ def parse_error(exc: httptools.HttpParserError, method: bytes | None) -> APIErro
                 code="invalid_http_request",
             )
         log.error("HTTP parser callback failed", exc_info=cause or exc)
-        return internal_error()
+        return INTERNAL_ERROR
     reason = str(exc).rstrip(".") or "malformed request"
     return InvalidRequestError(f"Invalid HTTP request: {reason}.", code="invalid_http_request")
 
@@ -85,3 +79,13 @@ class ErrorApp:
         start = {"type": "http.response.start", "status": self.error.status_code}
         await send({**start, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+class JsonErrorCycle(RequestResponseCycle):
+    """uvicorn's request cycle, whose last-resort answer, when the app raised or returned
+    before it started a response, is a 500 in OpenAI's shape, not ``Internal Server Error`` in
+    plain text (uvicorn has logged the cause).  The protocol makes each of its cycles one (a
+    cycle's class is uvicorn's to choose)."""
+
+    async def send_500_response(self) -> None:
+        await ErrorApp(INTERNAL_ERROR)(self.scope, self.receive, self.send)  # type: ignore[arg-type]
