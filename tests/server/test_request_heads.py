@@ -11,6 +11,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -208,6 +209,40 @@ def test_a_request_behind_an_upgrade_request_is_answered(gw: Gateway) -> None:
     upgrade = b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n"
     answer = send_in_reads(gw, [upgrade + head_of(100)])
     assert answer == OK.replace(b"connection: close\r\n", b"") + OK
+
+
+def chat_over_socket(gw: Gateway, head: bytes, body: list[bytes], apart: bool) -> Any:
+    """POST ``body`` (its pieces) behind ``head`` on a new connection, in one write or with the
+    body apart; the JSON answer."""
+    parts = [head + b"".join(body)] if not apart else [head, *body]
+    response = send_in_reads(gw, parts)
+    status, _, answer = response.partition(b"\r\n")
+    assert status == b"HTTP/1.1 200 OK", response
+    return json.loads(answer.partition(b"\r\n\r\n")[2])
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+@pytest.mark.parametrize("apart", [False, True])
+def test_an_upgrade_request_keeps_its_body(gw: Gateway, framing: str, apart: bool) -> None:
+    """A POST that asks for an ``Upgrade`` to HTTP/2 (what ``curl --http2`` sends to an
+    http:// URL) is served as HTTP/1.1, with its body: the same completion as without it."""
+    payload = json.dumps(
+        {"model": "mock", "messages": [{"role": "user", "content": "hi"}], "seed": 7}
+    ).encode()
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+    upgrade = (
+        b"connection: Upgrade, HTTP2-Settings, close\r\nupgrade: h2c\r\n"
+        b"http2-settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+    )
+    if framing == "content-length":
+        head += b"content-length: %d\r\n" % len(payload)
+        body = [payload[:20], payload[20:]]
+    else:
+        head += b"transfer-encoding: chunked\r\n"
+        body = [b"%x\r\n%s\r\n" % (len(payload), payload), b"0\r\n\r\n"]
+    plain = chat_over_socket(gw, head + b"connection: close\r\n\r\n", body, apart)
+    upgraded = chat_over_socket(gw, head + upgrade + b"\r\n", body, apart)
+    assert upgraded["choices"] == plain["choices"]
 
 
 def test_empty_lines_do_not_keep_a_connection_open(gw: Gateway) -> None:

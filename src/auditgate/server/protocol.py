@@ -19,7 +19,9 @@ times slower.  So ``serve`` runs :class:`BoundedHttpToolsProtocol`:
   parse_error`), not uvicorn's plain-text ``400 Invalid HTTP request received.``;
 - an error is answered in order: after the responses still owed to the requests before it on
   the connection (HTTP/1.1 has no other way to say which request an answer is for), never in
-  the middle of one.
+  the middle of one;
+- an ``Upgrade`` request is served as the HTTP/1.1 request it also is, body included
+  (:mod:`auditgate.server.upgrade`), and the connection read on after it.
 
 Where each head ends is found before the parser sees it, so no request over the limit ever
 starts: just past the first blank line after its first byte.  Where a head begins follows from
@@ -56,6 +58,7 @@ from auditgate.server.framing import (
     piece,
 )
 from auditgate.server.http_errors import ErrorApp, JsonErrorCycle, error_response, parse_error
+from auditgate.server.upgrade import UpgradeBody, declared_body
 
 log = logging.getLogger("auditgate.server")
 
@@ -125,6 +128,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._tail = b""
         """The last (up to 3) bytes of an incomplete head or chunked body: a blank line may
         begin in one read and end in the next."""
+        self._upgraded = False
+        """The parser stopped after the head it just read: an ``Upgrade`` request's."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -164,6 +169,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserUpgrade as exc:  # it stopped at the head's end
+                self._upgraded = True
                 self._head_done()
                 self._walk(data, int(exc.args[0]))  # and reads on from there
                 return
@@ -272,8 +278,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._waiting:
             self._heads.stop(self)
             self._waiting = False
-        # (llhttp ends an Upgrade request at its head, as if it had no body: it hands the
-        # connection over.  This gateway speaks only HTTP/1.1 and reads the next request.)
+        if self._upgraded:  # a body it declared is read all the same (server/upgrade.py)
+            self._upgraded = False
+            framing = declared_body(self.headers)
+            if framing is not None:
+                UpgradeBody(self, framing)
         if self.cycle.more_body:
             length = content_length(self.headers)
             if length is None:
@@ -334,6 +343,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(piece)
         except httptools.HttpParserUpgrade as exc:
+            self._upgraded = True
             return int(exc.args[0])
         except httptools.HttpParserError as exc:
             self._refuse(parse_error(exc, self.parser.get_method()))
