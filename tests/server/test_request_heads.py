@@ -322,10 +322,15 @@ def test_a_connection_that_sends_nothing_is_closed_after_the_head_timeout(gw: Ga
     assert HEAD_TIMEOUT_S <= elapsed < HEAD_TIMEOUT_S + 5
 
 
+@pytest.mark.parametrize(
+    "partial",
+    [b"POST /v1/chat/comp", b"PRI * HTTP/2.0\r\n\r\n"],
+    ids=["half a request line", "HTTP/2's preface up to its first blank line"],
+)
 @pytest.mark.parametrize("earlier", [False, True])
-def test_a_head_that_stops_coming_gets_a_408(gw: Gateway, earlier: bool) -> None:
-    """Half a request line, first on the connection or after a complete request on it: a 408
-    in OpenAI's error shape, then the connection is closed."""
+def test_a_head_that_stops_coming_gets_a_408(gw: Gateway, earlier: bool, partial: bytes) -> None:
+    """Part of a head, first on the connection or after a complete request on it: a 408 in
+    OpenAI's error shape, then the connection is closed."""
     with socket.create_connection(("127.0.0.1", gw.port), timeout=15) as sock:
         if earlier:
             sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -333,7 +338,7 @@ def test_a_head_that_stops_coming_gets_a_408(gw: Gateway, earlier: bool) -> None
             while not first.endswith(b'{"status":"ok"}'):  # head and body: two writes
                 first += sock.recv(65536)
             assert first.startswith(b"HTTP/1.1 200 OK")
-        sock.sendall(b"POST /v1/chat/comp")
+        sock.sendall(partial)
         data, elapsed = wait_for_close(sock)
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408 ")

@@ -215,7 +215,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if before is not None and not before.keep_alive:
             self._mode = _IGNORE
         else:
-            self._head, self._tail = len(data), last3(b"", data, 0)
+            self._begun(data, 0)
 
     def _walk(self, data: bytes, pos: int) -> None:
         """Read ``data`` from ``pos`` piece by piece, whatever it holds."""
@@ -267,6 +267,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # goes on (to "SM" and another), and is refused there.
             self._head += end - pos
             self._tail = data[end - 3 : end]
+            if not self._waiting:
+                self._wait_for_head()
             return end
         self._head, self._tail = 0, b""
         self._head_done()
