@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -128,3 +130,38 @@ async def test_sync_makes_committed_batches_durable_without_a_flush_per_commit(
         assert synced == [str(tmp_path / "a.db-wal"), str(tmp_path / "a.db")]
     finally:
         await sink.close()
+
+
+def _count_in_another_process(path: str) -> int:
+    """Rows as another process sees them, through a connection that it then closes (as
+    ``auditgate export``, the console or a test would)."""
+    code = (
+        "import sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1])\n"
+        "print(db.execute('SELECT count(*) FROM completions').fetchone()[0])\n"
+        "db.close()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, path], capture_output=True, text=True, check=True, timeout=30
+    )
+    return int(out.stdout)
+
+
+async def test_a_sync_keeps_the_connections_locks(tmp_path: Path) -> None:
+    """``sync`` (durable mode's fsync before the spool forgets records) must not close a file
+    descriptor of the database: POSIX drops every lock a process holds on a file when it
+    closes any descriptor of it, so another process closing its connection took the sink for
+    gone, checkpointed and deleted the WAL the sink was still writing to, and later batches
+    vanished (seen as an answered record missing after a durable restart)."""
+    path = str(tmp_path / "audit.db")
+    records = [make_record(i) for i in range(15)]
+    sink = SqliteSink(path)
+    await sink.open()
+    try:
+        for start in (0, 5, 10):
+            await sink.write([Envelope(record) for record in records[start : start + 5]])
+            await sink.sync()
+            assert _count_in_another_process(path) == start + 5
+    finally:
+        await sink.close()
+    assert records == read_sqlite(path)

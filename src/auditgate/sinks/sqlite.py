@@ -7,7 +7,10 @@ is one ``BEGIN IMMEDIATE`` transaction of ``INSERT ... ON CONFLICT DO NOTHING`` 
 
 In durable mode the spool calls :meth:`SqliteSink.sync` before it forgets records (every
 ~0.2 s), so a power loss cannot lose what the spool no longer holds, without an ``fsync`` per
-commit.
+commit.  It syncs through descriptors opened once and closed only after the connection: POSIX
+drops every lock a process holds on a file when the process closes *any* descriptor of it, and
+SQLite's locks are what tell other processes the database is in use (a reader that closed its
+connection then took itself for the last one and deleted the WAL this sink was writing to).
 
 Failures: ``open()`` raises :class:`ConfigError` when the file cannot be created or opened (a bad
 path, a directory, no permission) or its schema cannot be migrated; once open, a failing write
@@ -16,13 +19,13 @@ path, a directory, no permission) or its schema cannot be migrated; once open, a
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Sequence
 
 from auditgate.audit.record import AuditRecord, Envelope
 from auditgate.audit.sink import BatchPolicy
 from auditgate.errors import ConfigError, SinkError
-from auditgate.sinks.jsonl import fsync_path
 from auditgate.store import sqlite as store
 from auditgate.store.schema import row_from_record
 
@@ -45,6 +48,9 @@ class SqliteSink:
         self._thread = store.SqliteThread(
             "auditgate-sqlite", lambda: SinkError("sqlite sink is not open")
         )
+        self._sync_fds: dict[str, int] = {}
+        """Descriptors :meth:`sync` fsyncs through, by path: never closed while the connection
+        is open (closing one would drop the connection's locks)."""
 
     def __repr__(self) -> str:
         return f"SqliteSink(path={self.path!r})"
@@ -67,16 +73,26 @@ class SqliteSink:
         await self._thread.call(self._sync_files)
 
     async def close(self) -> None:
-        """Close the connection and stop the thread."""
-        await self._thread.close()
+        """Close the connection and stop the thread, then the sync descriptors."""
+        try:
+            await self._thread.close()
+        finally:
+            fds, self._sync_fds = self._sync_fds, {}
+            for fd in fds.values():
+                os.close(fd)
 
     def _sync_files(self) -> None:
         # On the connection's thread: no write of ours is half done.  Commits are in the WAL;
         # what a checkpoint moved to the database file SQLite synced when the checkpoint ended,
         # and syncing the file again costs nothing when it is clean.
+        # The WAL is not deleted while this connection is open (its locks say it is in use),
+        # so a descriptor opened once stays the WAL's.
         for path in (self.path + "-wal", self.path):
             try:
-                fsync_path(path)
+                fd = self._sync_fds.get(path)
+                if fd is None:
+                    fd = self._sync_fds[path] = os.open(path, os.O_RDONLY)
+                os.fsync(fd)
             except FileNotFoundError:
                 continue  # no WAL yet: nothing committed since the last checkpoint reset it
             except OSError as exc:
