@@ -341,6 +341,9 @@ class GatewaySettings:
     """Total time allowed for one upstream request."""
     upstream_connect_timeout_s: float = 10.0
     """Time allowed to connect to an upstream."""
+    passthrough_url: str | None = None
+    """Where paths the gateway does not serve are proxied (openai engine): unset means the
+    upstream URL without its final ``/v1``; ``off`` answers them 404 as the mock engine does."""
     api_keys_file: str | None = None
     """API keys file; unset means open mode."""
     store_url: str | None = None
@@ -391,6 +394,7 @@ class GatewaySettings:
             upstream_connect_timeout_s=env.number(
                 "AUDITGATE_UPSTREAM_CONNECT_TIMEOUT", 10.0, low=0.001, high=3600
             ),
+            passthrough_url=env.optional("AUDITGATE_PASSTHROUGH_URL"),
             api_keys_file=env.optional("AUDITGATE_API_KEYS_FILE"),
             store_url=env.optional("AUDITGATE_STORE_URL"),
             grpc_port=grpc,

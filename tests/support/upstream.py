@@ -17,6 +17,17 @@ test may change at any time (plain attribute assignment, also across threads):
 - :meth:`Behaviour.stream_error` — ``after`` chunks, then an in-stream ``{"error": …}`` event;
 - :meth:`Behaviour.garbage` — a 200 whose body is the given bytes.
 
+Routes for pass-through tests, under any path prefix (the path's last segment chooses), any
+method; the behaviours ``reset``, ``http_error`` and a ``delay_s`` apply to them too:
+
+- ``…/echo[?status=N]`` — a JSON :class:`Echo` of the request as received (its body only counted
+  and hashed, so a huge upload is never held), with status N (default 200), the response header
+  ``X-Upstream-Echo: yes``, a cookie, and hop-by-hop headers a proxy must drop (``Keep-Alive``,
+  ``X-Upstream-Hop``, which ``Connection`` names);
+- ``…/bytes?n=N[&chunk=C][&delay_ms=D][&framing=chunked]`` — N bytes of :func:`pattern`, C at a
+  time (default 65 536), D ms apart, with ``Content-Length`` (or chunked), honouring the client's
+  flow control (written no faster than read).
+
 Every request is recorded (:attr:`FakeUpstream.received`, the last 10 000) with its headers, so
 tests can assert what credentials went upstream.  :attr:`FakeUpstream.aborted` counts responses
 the client walked away from mid-way.  Run ``python -m tests.support.upstream --port N`` for a
@@ -31,8 +42,10 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import http
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, Literal, cast
@@ -147,11 +160,60 @@ class ReceivedRequest:
     headers: dict[str, str]
     """Headers, names lower-cased (a repeated header keeps its last value)."""
     body: bytes
-    """The raw body."""
+    """The raw body (empty for the pass-through routes, which only count and hash it)."""
+    body_size: int = 0
+    """Bytes of body received."""
+    body_sha256: str = ""
+    """SHA-256 of the body (hex), pass-through routes only."""
 
     def json(self) -> Any:
         """The body, decoded."""
         return msgspec.json.decode(self.body)
+
+
+PASSTHROUGH_ROUTES = frozenset({"echo", "bytes"})
+"""Last path segments of the pass-through test routes."""
+_BLOCK = bytes(range(256)) * 257
+"""256 periods of :func:`pattern` plus one, so any 64 KiB slice of it starts anywhere."""
+MAX_CHUNK = 1 << 16
+"""Largest ``chunk`` of the ``bytes`` route."""
+
+
+class Echo(msgspec.Struct, frozen=True):
+    """What the ``echo`` route answers: the request as the fake received it."""
+
+    method: str
+    path: str
+    """Path and query, as sent."""
+    headers: list[tuple[str, str]]
+    """Every header, names lower-cased, in order (repeated ones repeated)."""
+    body_bytes: int
+    body_sha256: str
+
+
+def pattern(offset: int, size: int) -> bytes:
+    """``size`` bytes of the ``bytes`` route's body from ``offset``: byte ``i`` is ``i % 256``."""
+    out = []
+    while size > 0:
+        part = min(size, MAX_CHUNK)
+        start = offset % 256
+        out.append(_BLOCK[start : start + part])
+        offset, size = offset + part, size - part
+    return b"".join(out)
+
+
+def pattern_sha256(size: int) -> str:
+    """SHA-256 (hex) of the first ``size`` bytes of :func:`pattern`."""
+    digest = hashlib.sha256()
+    for offset in range(0, size, MAX_CHUNK):
+        digest.update(pattern(offset, min(MAX_CHUNK, size - offset)))
+    return digest.hexdigest()
+
+
+def passthrough_route(path: str) -> str | None:
+    """The pass-through test route a request path (with its query) names, if any."""
+    name = path.split("?", maxsplit=1)[0].rsplit("/", 1)[-1]
+    return name if name in PASSTHROUGH_ROUTES else None
 
 
 def _text(chunks: int) -> list[str]:
@@ -245,8 +307,14 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._url = b""
         self._headers: dict[str, str] = {}
+        self._header_list: list[tuple[str, str]] = []
         self._body: list[bytes] = []
+        self._digest: Any = None
+        """A pass-through route's body hash (its body is not kept)."""
+        self._body_size = 0
         self._task: asyncio.Task[None] | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
         self.responding = False
 
     # asyncio.Protocol
@@ -261,7 +329,14 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError:
             self.close()
 
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self._writable.set()  # a writer waiting to drain sees the connection closed
         self._server._connections.discard(self)
         if self.responding:
             self._server.aborted += 1
@@ -274,10 +349,20 @@ class _Connection(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        pair = (name.decode("latin-1").lower(), value.decode("latin-1"))
+        self._headers[pair[0]] = pair[1]
+        self._header_list.append(pair)
+
+    def on_headers_complete(self) -> None:
+        if passthrough_route(self._url.decode("latin-1")) is not None:
+            self._digest = hashlib.sha256()
 
     def on_body(self, body: bytes) -> None:
-        self._body.append(body)
+        self._body_size += len(body)
+        if self._digest is not None:
+            self._digest.update(body)
+        else:
+            self._body.append(body)
 
     def on_message_complete(self) -> None:
         request = ReceivedRequest(
@@ -285,11 +370,20 @@ class _Connection(asyncio.Protocol):
             self._url.decode("latin-1"),
             self._headers,
             b"".join(self._body),
+            self._body_size,
+            self._digest.hexdigest() if self._digest is not None else "",
         )
-        self._url, self._headers, self._body = b"", {}, []
+        header_list = self._header_list
+        self._url, self._headers, self._header_list, self._body = b"", {}, [], []
+        self._digest, self._body_size = None, 0
         keep_alive = bool(self._parser.should_keep_alive())
         self._server.received.append(request)
         behaviour = self._server.behaviour
+        if request.body_sha256:
+            self._task = asyncio.get_running_loop().create_task(
+                self._respond_route(request, header_list, behaviour, keep_alive)
+            )
+            return
         if behaviour.delay_s or behaviour.chunk_delay_s or behaviour.done_delay_s:
             self._task = asyncio.get_running_loop().create_task(
                 self._respond_later(request, behaviour, keep_alive)
@@ -309,6 +403,67 @@ class _Connection(asyncio.Protocol):
     @property
     def open(self) -> bool:
         return self._transport is not None and not self._transport.is_closing()
+
+    async def drain(self) -> None:
+        """Wait until the client has read enough of what was written (flow control)."""
+        await self._writable.wait()
+
+    async def _respond_route(
+        self,
+        request: ReceivedRequest,
+        headers: list[tuple[str, str]],
+        behaviour: Behaviour,
+        keep_alive: bool,
+    ) -> None:
+        self.responding = True
+        try:
+            await asyncio.sleep(behaviour.delay_s)
+            if behaviour.kind in ("reset", "http_error"):
+                self._server._respond_now(self, request, behaviour, keep_alive)
+            elif passthrough_route(request.path) == "echo":
+                self._echo(request, headers, keep_alive)
+            else:
+                await self._bytes(request, keep_alive)
+        finally:
+            self.responding = False
+            self._task = None
+
+    def _echo(
+        self, request: ReceivedRequest, headers: list[tuple[str, str]], keep_alive: bool
+    ) -> None:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query)
+        status = int(query.get("status", ["200"])[0])
+        echo = Echo(request.method, request.path, headers, request.body_size, request.body_sha256)
+        payload = msgspec.json.encode(echo)
+        extra = (
+            "X-Upstream-Echo: yes\r\nSet-Cookie: upstream-session=s3cr3t; Path=/\r\n"
+            "Keep-Alive: timeout=5\r\nX-Upstream-Hop: dropped\r\n"
+        )
+        connection = "close, X-Upstream-Hop" if not keep_alive else "X-Upstream-Hop"
+        head = _head(status, "application/json", len(payload), True).removesuffix(b"\r\n")
+        self.write(head + f"{extra}Connection: {connection}\r\n\r\n".encode() + payload)
+        if not keep_alive:
+            self.close()
+
+    async def _bytes(self, request: ReceivedRequest, keep_alive: bool) -> None:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.path).query)
+        size = int(query["n"][0])
+        chunk = min(int(query.get("chunk", [str(MAX_CHUNK)])[0]), MAX_CHUNK)
+        delay_s = int(query.get("delay_ms", ["0"])[0]) / 1000
+        chunked = query.get("framing", [""])[0] == "chunked"
+        self.write(_head(200, "application/octet-stream", None if chunked else size, keep_alive))
+        for offset in range(0, size, chunk):
+            if delay_s and offset:
+                await asyncio.sleep(delay_s)
+            await self.drain()
+            if not self.open:
+                return
+            data = pattern(offset, min(chunk, size - offset))
+            self.write(_chunked(data) if chunked else data)
+        if chunked:
+            self.write(_LAST_CHUNK)
+        if not keep_alive:
+            self.close()
 
     async def _respond_later(
         self, request: ReceivedRequest, behaviour: Behaviour, keep_alive: bool

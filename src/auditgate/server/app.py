@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from auditgate.audit.bus import AuditBus, RecordBus
 from auditgate.audit.capture import Auditor
@@ -51,7 +51,8 @@ from auditgate.server.chat import ENDPOINT, ChatHandler
 from auditgate.server.completions import CompletionsAPI
 from auditgate.server.guard import ErrorGuard
 from auditgate.server.headers import HeaderCapture
-from auditgate.server.metrics import HttpMetrics
+from auditgate.server.metrics import HttpMetrics, PassThroughMetrics
+from auditgate.server.passthrough import PassThrough
 from auditgate.store.queries import Store, open_store
 
 if TYPE_CHECKING:
@@ -167,10 +168,14 @@ class Gateway:
         url = store_url_of(settings)
         self.store: Store | None = open_store(url) if url else None
         self.grpc: GrpcFrontend | None = None
+        self.passthrough = PassThrough.build(settings.gateway, PassThroughMetrics(self.registry))
+        """Where the requests no route serves go (None: they are 404s)."""
 
     async def start(self) -> None:
-        """Start the engine and the audit bus (opening every sink)."""
+        """Start the engine, the pass-through and the audit bus (opening every sink)."""
         await self.engine.start()
+        if self.passthrough is not None:
+            await self.passthrough.start()
         if self.bus is not None:
             await self.bus.start()
             if self.auditor.processors.chain is not None:
@@ -229,7 +234,11 @@ class Gateway:
                         # Running calls get the drain deadline, then are cancelled (and recorded).
                         await self.grpc.stop(self.settings.gateway.drain_timeout_s)
                 finally:
-                    await self.engine.close()
+                    try:
+                        await self.engine.close()
+                    finally:
+                        if self.passthrough is not None:
+                            await self.passthrough.close()
             finally:
                 if self.store is not None:
                     await self.store.close()
@@ -376,6 +385,10 @@ class GatewayApp:
             deadlines=gateway.body_deadlines,
         )
         self.router = self._router()
+        self._routes = self.router.routes
+        self.passthrough: ASGIApp | None = (
+            ErrorGuard(gateway.passthrough) if gateway.passthrough is not None else None
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -389,10 +402,18 @@ class GatewayApp:
             if scope["path"] == ENDPOINT and scope["method"] == "POST":
                 await self.chat(scope, receive, send)
                 return
+            if self.passthrough is not None and not self._serves(scope):
+                await self.passthrough(scope, receive, send)
+                return
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
         await self.router(scope, receive, send)
+
+    def _serves(self, scope: Scope) -> bool:
+        """Whether a route of the gateway serves this path *and* method; anything else (an
+        unknown path, or a method a known path does not take) is passed through."""
+        return any(route.matches(scope)[0] is Match.FULL for route in self._routes)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         """The ASGI lifespan protocol: start the gateway, serve until shutdown, stop it.
@@ -423,7 +444,7 @@ class GatewayApp:
                 mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
         await send({"type": "lifespan.shutdown.complete"})
 
-    def _router(self) -> ASGIApp:
+    def _router(self) -> Starlette:
         app = Starlette(
             routes=[
                 Route("/health", self._health, methods=["GET"]),

@@ -41,3 +41,30 @@ class HttpMetrics:
             child = self._children[key] = self.requests.labels(endpoint, str(status))
         child.inc()
         self.duration.observe(seconds)
+
+
+class PassThroughMetrics:
+    """Requests proxied to the upstream untouched, by path label, method and status.
+
+    Labels are bounded: the caller passes a path *label* (see
+    :func:`~auditgate.server.passthrough.path_label`), never a raw path, and a method outside
+    HTTP's usual ones counts as ``OTHER``.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            PREFIX + "passthrough_requests_total",
+            "Requests passed through to the upstream (not audited), by path label, method and "
+            "status (499: the client went away).",
+            ["path", "method", "status"],
+            registry=registry,
+        )
+        self._children: dict[tuple[str, str, int], Counter] = {}
+
+    def observe(self, path: str, method: str, status: int) -> None:
+        """Count one finished pass-through request."""
+        key = (path, method, status)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.requests.labels(path, method, str(status))
+        child.inc()
