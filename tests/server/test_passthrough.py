@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import re
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -263,6 +264,40 @@ def test_client_disconnect_aborts_the_upstream_request(
     assert (upstream.aborted, upstream.open_connections) == (1, 0)
 
 
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_an_upstream_cut_mid_response_cuts_the_client(
+    g: TestGateway, upstream: FakeUpstream, framing: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The upstream closing mid-body closes the client's connection before the body's end, so
+    the client sees a broken response, never a short one that looks whole; counted as 502."""
+    url = g.url + f"/bytes?n={1 << 20}&cut={1 << 19}&framing={framing}"
+    received = bytearray()
+    with pytest.raises(httpx.RemoteProtocolError), httpx.stream("GET", url, timeout=10) as response:
+        for part in response.iter_raw():
+            received += part
+    assert (response.status_code, bytes(received)) == (200, pattern(0, 1 << 19))
+    assert counted(g) == {'{method="GET",path="/bytes",status="502"}': "1.0"}
+    assert "pass-through GET '/bytes' cut mid-response" in caplog.text
+
+
+def test_a_client_leaving_mid_upload_aborts_the_upstream_request(
+    g: TestGateway, upstream: FakeUpstream
+) -> None:
+    """A client that sends part of its body and leaves: the upstream's connection is closed,
+    and the request counted as 499."""
+    with socket.create_connection(("127.0.0.1", g.server.port)) as sock:
+        sock.sendall(b"PUT /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n")
+        sock.sendall(b"x" * (1 << 20))
+        deadline = time.monotonic() + 5
+        while upstream.accepted < 2 and time.monotonic() < deadline:  # the models fetch, then us
+            time.sleep(0.01)
+    deadline = time.monotonic() + 10
+    while (upstream.open_connections or not counted(g)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (upstream.open_connections, passed(upstream)) == (0, [])
+    assert counted(g) == {'{method="PUT",path="/echo",status="499"}': "1.0"}
+
+
 def test_keys_apply_to_passthrough(upstream: FakeUpstream, workdir: str) -> None:
     """With API keys, an unauthenticated call is a 401 and nothing is forwarded; an
     authenticated one is forwarded without the gateway key, with the upstream key instead."""
@@ -299,16 +334,19 @@ def test_requests_are_counted_per_path_label(g: TestGateway, upstream: FakeUpstr
     httpx.post(g.url + "/v1/audio/transcriptions/echo", content=b"x", timeout=10)
     httpx.post(g.url + "/v1/audio/echo", content=b"x", timeout=10)
     httpx.get(g.url + "/nothing-here", timeout=10)
-    metrics = httpx.get(g.url + "/metrics", timeout=10).text
-    counted = dict(
-        re.findall(r"^auditgate_passthrough_requests_total(\{[^}]*\}) (\S+)$", metrics, re.M)
-    )
-    assert counted == {
+    assert counted(g) == {
         '{method="GET",path="/echo",status="200"}': "1.0",
         '{method="GET",path="/echo",status="201"}': "1.0",
         '{method="POST",path="/v1/audio/*",status="200"}': "2.0",
         '{method="GET",path="/nothing-here",status="404"}': "1.0",
     }
+
+
+def counted(g: TestGateway) -> dict[str, str]:
+    """``auditgate_passthrough_requests_total``: value by label set."""
+    metrics = httpx.get(g.url + "/metrics", timeout=10).text
+    pattern = r"^auditgate_passthrough_requests_total(\{[^}]*\}) (\S+)$"
+    return dict(re.findall(pattern, metrics, re.M))
 
 
 def raw_request(

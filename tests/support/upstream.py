@@ -24,9 +24,10 @@ method; the behaviours ``reset``, ``http_error`` and a ``delay_s`` apply to them
   and hashed, so a huge upload is never held), with status N (default 200), the response header
   ``X-Upstream-Echo: yes``, a cookie, and hop-by-hop headers a proxy must drop (``Keep-Alive``,
   ``X-Upstream-Hop``, which ``Connection`` names);
-- ``…/bytes?n=N[&chunk=C][&delay_ms=D][&framing=chunked]`` — N bytes of :func:`pattern`, C at a
-  time (default 65 536), D ms apart, with ``Content-Length`` (or chunked), honouring the client's
-  flow control (written no faster than read).
+- ``…/bytes?n=N[&chunk=C][&delay_ms=D][&framing=chunked][&cut=K]`` — N bytes of
+  :func:`pattern`, C at a time (default 65 536), D ms apart, with ``Content-Length`` (or
+  chunked), honouring the client's flow control (written no faster than read); with ``cut``, the
+  connection is closed once K bytes (rounded up to a chunk) are sent.
 
 Every request is recorded (:attr:`FakeUpstream.received`, the last 10 000) with its headers, so
 tests can assert what credentials went upstream.  :attr:`FakeUpstream.aborted` counts responses
@@ -451,12 +452,16 @@ class _Connection(asyncio.Protocol):
         chunk = min(int(query.get("chunk", [str(MAX_CHUNK)])[0]), MAX_CHUNK)
         delay_s = int(query.get("delay_ms", ["0"])[0]) / 1000
         chunked = query.get("framing", [""])[0] == "chunked"
+        cut = int(query.get("cut", [str(size)])[0])
         self.write(_head(200, "application/octet-stream", None if chunked else size, keep_alive))
         for offset in range(0, size, chunk):
             if delay_s and offset:
                 await asyncio.sleep(delay_s)
             await self.drain()
             if not self.open:
+                return
+            if offset >= cut:
+                self.close()
                 return
             data = pattern(offset, min(chunk, size - offset))
             self.write(_chunked(data) if chunked else data)

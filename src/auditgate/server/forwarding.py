@@ -118,7 +118,7 @@ def path_label(path: str) -> str:
     there is more: ``/tokenize``, ``/v1/audio/*``, ``/v1/models/*``, ``/prefix/*``."""
     segments = path.split("/")[1:]
     depth = 2 if segments and _VERSION.fullmatch(segments[0]) else 1
-    head = [s if _SEGMENT.fullmatch(s) else "*" for s in segments[:depth]]
+    head = [s if not s or _SEGMENT.fullmatch(s) else "*" for s in segments[:depth]]
     return "/" + "/".join(head) + ("/*" if len(segments) > depth else "")
 
 
