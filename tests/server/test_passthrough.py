@@ -194,6 +194,13 @@ def test_dot_segments_are_refused(g: TestGateway, upstream: FakeUpstream) -> Non
     assert passed(upstream) == []
 
 
+def test_a_target_that_is_not_a_path_is_refused(g: TestGateway, upstream: FakeUpstream) -> None:
+    """``OPTIONS *`` names no path under the upstream's root: a 400, not forwarded."""
+    status, _, body = raw_request(g.server.port, "OPTIONS", "*", [], b"")
+    assert (status, msgspec.json.decode(body)["error"]["code"]) == (400, "invalid_path")
+    assert passed(upstream) == []
+
+
 def test_mock_engine_answers_404() -> None:
     """Without an upstream there is nothing to pass through to: OpenAI's 404 error."""
     with gateway(audit_env()) as g:
@@ -278,6 +285,20 @@ def test_an_upstream_cut_mid_response_cuts_the_client(
     assert (response.status_code, bytes(received)) == (200, pattern(0, 1 << 19))
     assert counted(g) == {'{method="GET",path="/bytes",status="502"}': "1.0"}
     assert "pass-through GET '/bytes' cut mid-response" in caplog.text
+
+
+def test_a_client_leaving_before_the_answer_aborts_the_upstream_request(
+    g: TestGateway, upstream: FakeUpstream
+) -> None:
+    """A client that gives up while the upstream is still thinking closes its connection."""
+    upstream.behaviour = Behaviour.slow(30.0)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.get(g.url + "/echo", timeout=0.5)
+    deadline = time.monotonic() + 5
+    while (upstream.aborted, upstream.open_connections) != (1, 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (upstream.aborted, upstream.open_connections) == (1, 0)
+    assert counted(g) == {'{method="GET",path="/echo",status="499"}': "1.0"}
 
 
 def test_a_client_leaving_mid_upload_aborts_the_upstream_request(

@@ -87,13 +87,18 @@ class Target:
     def url(self, scope: Scope) -> URL:
         """The upstream URL of a request: the root, the path and the query exactly as the client
         sent them (not re-encoded).  A path with a ``.`` or ``..`` segment is a 400: resolved
-        by the upstream or a proxy before it, it could leave the root's prefix."""
+        by the upstream or a proxy before it, it could leave the root's prefix; so is a request
+        target that is not a path (``OPTIONS *``)."""
         path: str = scope["path"]
         if "/." in path and any(part in (".", "..") for part in path.split("/")):
             raise InvalidRequestError(
                 "A path with '.' or '..' segments cannot be passed through.", code="invalid_path"
             )
         raw = scope.get("raw_path") or path.encode()
+        if not raw.startswith(b"/"):  # OPTIONS *, or an absolute URL: never another host
+            raise InvalidRequestError(
+                "Only a path starting with '/' can be passed through.", code="invalid_path"
+            )
         query = scope.get("query_string") or b""
         target = self.root + raw.decode("latin-1")
         if query:

@@ -30,21 +30,19 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 from collections.abc import AsyncIterator
 from typing import Final
 
 import aiohttp
 from yarl import URL
 
+from auditgate.audit.bus import RateLimitedLog
 from auditgate.config import GatewaySettings, Secret
 from auditgate.engines.upstream import incomplete, unreachable
 from auditgate.errors import APIError, InvalidRequestError, UpstreamError
 from auditgate.server.asgi import ClientGone, Receive, Scope, Send, header, send_error
 from auditgate.server.forwarding import PathLabels, Target, hop_by_hop, method_label
 from auditgate.server.metrics import PassThroughMetrics
-
-log = logging.getLogger("auditgate")
 
 _NOT_FORWARDED: Final = frozenset({b"host", b"expect", b"authorization"})
 """Request headers the gateway itself answers or replaces (besides the hop-by-hop ones)."""
@@ -112,6 +110,7 @@ class PassThrough:
         self.target = target
         self.metrics = metrics
         self._labels = PathLabels()
+        self._log = RateLimitedLog()
         self._key_passthrough = key_passthrough
         self._authorization = (
             None if key_passthrough or api_key is None else f"Bearer {api_key.reveal()}"
@@ -177,10 +176,11 @@ class PassThrough:
         """Proxy one request; returns the status to count."""
         url = self.target.url(scope)
         client = _Client(receive, has_body=_has_body(scope))
-        response = await self._request(scope, url, client)
         watcher = asyncio.ensure_future(client.watch())
+        response: aiohttp.ClientResponse | None = None
         finished = False
         try:
+            response = await self._request(scope, url, client)
             await send(
                 {
                     "type": "http.response.start",
@@ -205,9 +205,10 @@ class PassThrough:
         finally:
             client.active = False
             watcher.cancel()
-            if finished:
+            # Without a response, aiohttp has closed the connection of the failed request.
+            if response is not None and finished:
                 response.release()
-            else:
+            elif response is not None:
                 response.close()  # aborts the upstream's work
         return response.status
 
@@ -288,8 +289,12 @@ class PassThrough:
     def _log_cut(self, scope: Scope, failure: UpstreamError) -> None:
         # The status is sent: closing the connection without the body's end is all that can
         # tell the client (uvicorn logs that the response was not completed).
-        log.warning(
-            "pass-through %s %r cut mid-response: %s", scope["method"], scope["path"], failure
+        self._log.warning(
+            f"passthrough-{failure.code}",
+            "pass-through %s %r cut mid-response: %s",
+            scope["method"],
+            scope["path"],
+            failure,
         )
 
 
