@@ -79,6 +79,15 @@ def test_dot_segments_are_refused(path: str) -> None:
         target.url({"path": decoded, "raw_path": path.encode(), "query_string": b""})
 
 
+@pytest.mark.parametrize("raw", [b"*", b"http://elsewhere/x", b"@elsewhere/x"])
+def test_a_target_that_is_not_a_path_is_refused(raw: bytes) -> None:
+    """Whatever the server hands over, the URL keeps the upstream's host."""
+    target = Target.of(settings(engine="openai", upstream_url="http://h:1/v1"))
+    assert target is not None
+    with pytest.raises(InvalidRequestError):
+        target.url({"path": raw.decode(), "raw_path": raw, "query_string": b""})
+
+
 def test_dotted_names_are_not_dot_segments() -> None:
     """``/.well-known`` or ``/a/..b`` are ordinary names."""
     target = Target.of(settings(engine="openai", upstream_url="http://h:1/v1"))

@@ -194,10 +194,12 @@ def test_dot_segments_are_refused(g: TestGateway, upstream: FakeUpstream) -> Non
     assert passed(upstream) == []
 
 
-def test_a_target_that_is_not_a_path_is_refused(g: TestGateway, upstream: FakeUpstream) -> None:
-    """``OPTIONS *`` names no path under the upstream's root: a 400, not forwarded."""
+def test_a_target_that_is_not_a_path_is_not_forwarded(
+    g: TestGateway, upstream: FakeUpstream
+) -> None:
+    """``OPTIONS *`` names no path under the upstream's root: the gateway's own 404."""
     status, _, body = raw_request(g.server.port, "OPTIONS", "*", [], b"")
-    assert (status, msgspec.json.decode(body)["error"]["code"]) == (400, "invalid_path")
+    assert (status, msgspec.json.decode(body)["error"]["type"]) == (404, "invalid_request_error")
     assert passed(upstream) == []
 
 

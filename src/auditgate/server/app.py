@@ -2,7 +2,8 @@
 
 All state lives on the :class:`Gateway` built here; importing this module has no side effects.
 ``POST /v1/chat/completions`` is dispatched straight to the raw-ASGI chat handler; every other
-route goes through Starlette.
+route goes through Starlette, whose last route, in front of an upstream, passes whatever no other
+route serves through to it (:mod:`auditgate.server.passthrough`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Match, Route
+from starlette.routing import Route
 
 from auditgate.audit.bus import AuditBus, RecordBus
 from auditgate.audit.capture import Auditor
@@ -385,10 +386,6 @@ class GatewayApp:
             deadlines=gateway.body_deadlines,
         )
         self.router = self._router()
-        self._routes = self.router.routes
-        self.passthrough: ASGIApp | None = (
-            ErrorGuard(gateway.passthrough) if gateway.passthrough is not None else None
-        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -402,18 +399,10 @@ class GatewayApp:
             if scope["path"] == ENDPOINT and scope["method"] == "POST":
                 await self.chat(scope, receive, send)
                 return
-            if self.passthrough is not None and not self._serves(scope):
-                await self.passthrough(scope, receive, send)
-                return
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
         await self.router(scope, receive, send)
-
-    def _serves(self, scope: Scope) -> bool:
-        """Whether a route of the gateway serves this path *and* method; anything else (an
-        unknown path, or a method a known path does not take) is passed through."""
-        return any(route.matches(scope)[0] is Match.FULL for route in self._routes)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         """The ASGI lifespan protocol: start the gateway, serve until shutdown, stop it.
@@ -444,7 +433,7 @@ class GatewayApp:
                 mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
         await send({"type": "lifespan.shutdown.complete"})
 
-    def _router(self) -> Starlette:
+    def _router(self) -> ASGIApp:
         app = Starlette(
             routes=[
                 Route("/health", self._health, methods=["GET"]),
@@ -469,6 +458,11 @@ class GatewayApp:
             # is logged and answered with OpenAI's 500 JSON.
             middleware=[Middleware(ErrorGuard)],
         )
+        if self.gateway.passthrough is not None:
+            # Last, and after every route above (so no route added there is shadowed): the
+            # router takes the first route matching path *and* method, so this one gets every
+            # unknown path and every method a known path does not take.
+            app.router.routes.append(Route("/{path:path}", self.gateway.passthrough))
         return app
 
     async def _health(self, request: Request) -> Response:
