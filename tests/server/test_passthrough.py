@@ -80,6 +80,15 @@ def test_method_path_query_and_body_reach_the_upstream(
     assert (seen.method, seen.path, seen.body_bytes, seen.body_sha256) == expected
 
 
+def test_head_gets_the_head_alone(g: TestGateway, upstream: FakeUpstream) -> None:
+    """A HEAD request's answer has the upstream's headers, ``Content-Length`` too, no body."""
+    got = httpx.get(g.url + "/echo", timeout=10)
+    head = httpx.head(g.url + "/echo", timeout=10)
+    length = str(len(got.content) + 1)  # the method's name is one letter longer
+    assert (head.status_code, head.headers["content-length"], head.content) == (200, length, b"")
+    assert passed(upstream) == ["GET /vllm/echo", "HEAD /vllm/echo"]
+
+
 def test_paths_at_the_root_and_unserved_methods_of_served_paths(
     g: TestGateway, upstream: FakeUpstream
 ) -> None:

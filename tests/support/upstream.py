@@ -442,7 +442,8 @@ class _Connection(asyncio.Protocol):
         )
         connection = "close, X-Upstream-Hop" if not keep_alive else "X-Upstream-Hop"
         head = _head(status, "application/json", len(payload), True).removesuffix(b"\r\n")
-        self.write(head + f"{extra}Connection: {connection}\r\n\r\n".encode() + payload)
+        body = b"" if request.method == "HEAD" else payload  # HEAD: the head of the GET
+        self.write(head + f"{extra}Connection: {connection}\r\n\r\n".encode() + body)
         if not keep_alive:
             self.close()
 
