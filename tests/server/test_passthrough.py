@@ -330,6 +330,27 @@ def test_a_client_leaving_mid_upload_aborts_the_upstream_request(
     assert counted(g) == {'{method="PUT",path="/echo",status="499"}': "1.0"}
 
 
+def test_a_stalled_upload_is_a_408_and_frees_the_upstream(upstream: FakeUpstream) -> None:
+    """A client whose body stops coming for ``AUDITGATE_BODY_TIMEOUT`` gets a 408 and its
+    connection closed; the upstream's connection is closed too."""
+    with gateway(upstream_env(upstream, AUDITGATE_BODY_TIMEOUT="1")) as g:
+        with socket.create_connection(("127.0.0.1", g.server.port), timeout=10) as sock:
+            sock.sendall(b"PUT /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc")
+            started = time.monotonic()
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+            waited = time.monotonic() - started
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 ") and 0.9 < waited < 5
+        assert msgspec.json.decode(body)["error"]["code"] == "request_timeout"
+        deadline = time.monotonic() + 10
+        while upstream.open_connections and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (upstream.open_connections, passed(upstream)) == (0, [])
+        assert counted(g) == {'{method="PUT",path="/echo",status="408"}': "1.0"}
+
+
 def test_keys_apply_to_passthrough(upstream: FakeUpstream, workdir: str) -> None:
     """With API keys, an unauthenticated call is a 401 and nothing is forwarded; an
     authenticated one is forwarded without the gateway key, with the upstream key instead."""

@@ -21,7 +21,7 @@ never audited:
   exchange, bodies included, as for chat) 504 ``upstream_timeout``; after the head the client's
   connection is closed without the end of the body, so a cut response never looks whole;
 - the client going away (also mid-upload) closes the upstream connection, which aborts the
-  upstream's work;
+  upstream's work; so does a client whose body stalls for ``AUDITGATE_BODY_TIMEOUT`` (a 408);
 - every request is counted in ``auditgate_passthrough_requests_total{path,method,status}``
   (bounded labels; 499: client gone; 502/504: the upstream failed, also after the head).
 """
@@ -39,7 +39,7 @@ from yarl import URL
 from auditgate.audit.bus import RateLimitedLog
 from auditgate.config import GatewaySettings, Secret
 from auditgate.engines.upstream import incomplete, unreachable
-from auditgate.errors import APIError, InvalidRequestError, UpstreamError
+from auditgate.errors import APIError, InvalidRequestError, RequestTimeoutError, UpstreamError
 from auditgate.server.asgi import ClientGone, Receive, Scope, Send, header, send_error
 from auditgate.server.forwarding import PathLabels, Target, hop_by_hop, method_label
 from auditgate.server.metrics import PassThroughMetrics
@@ -56,21 +56,33 @@ class _Client:
     """The client side of one pass-through: streams its request body, then watches for its
     disconnect, which cancels the proxying task while ``active``."""
 
-    __slots__ = ("_receive", "active", "body_read", "gone", "task")
+    __slots__ = ("_idle_s", "_receive", "active", "body_read", "gone", "stalled", "task")
 
-    def __init__(self, receive: Receive, *, has_body: bool) -> None:
+    def __init__(self, receive: Receive, *, has_body: bool, idle_s: float) -> None:
         self._receive = receive
+        self._idle_s = idle_s
         self.active = True
         self.gone = False
+        self.stalled = False
         self.task = asyncio.current_task()
         self.body_read = asyncio.Event()
         if not has_body:
             self.body_read.set()
 
     async def body(self) -> AsyncIterator[bytes]:
-        """The request body, one ASGI message at a time (aiohttp writes each as it comes)."""
+        """The request body, one ASGI message at a time (aiohttp writes each as it comes).
+
+        A client that sends nothing for ``idle_s`` (``AUDITGATE_BODY_TIMEOUT``) is dropped: it
+        would hold an upstream connection until the upstream timeout.  A slow client that keeps
+        sending is not: a body streamed has no size from which to set a total deadline."""
         while True:
-            message = await self._receive()
+            try:
+                async with asyncio.timeout(self._idle_s):
+                    message = await self._receive()
+            except TimeoutError:
+                # Not a TimeoutError out of here: aiohttp would take it for the upstream's.
+                self.stalled = True
+                raise ClientGone from None
             if message["type"] == "http.disconnect":
                 self.gone = True
                 raise ClientGone
@@ -80,6 +92,14 @@ class _Client:
             if not message.get("more_body", False):
                 break
         self.body_read.set()
+
+    def failure(self) -> APIError | ClientGone | None:
+        """What to raise when the upload failed because of the client, if it did."""
+        if self.stalled:
+            return RequestTimeoutError(
+                f"The request body stalled for {self._idle_s:g} seconds.", code="request_timeout"
+            )
+        return ClientGone() if self.gone else None
 
     async def watch(self) -> None:
         """Once the body is read, wait for ``http.disconnect`` and cancel the task."""
@@ -105,9 +125,11 @@ class PassThrough:
         key_passthrough: bool = False,
         timeout_s: float = 600.0,
         connect_timeout_s: float = 10.0,
+        body_idle_s: float = 60.0,
         max_connections: int = 256,
     ) -> None:
         self.target = target
+        self._body_idle_s = body_idle_s
         self.metrics = metrics
         self._labels = PathLabels()
         self._log = RateLimitedLog()
@@ -133,6 +155,7 @@ class PassThrough:
             key_passthrough=settings.upstream_key_passthrough,
             timeout_s=settings.upstream_timeout_s,
             connect_timeout_s=settings.upstream_connect_timeout_s,
+            body_idle_s=settings.body_timeout_s,
         )
 
     def __repr__(self) -> str:
@@ -175,7 +198,7 @@ class PassThrough:
     async def _forward(self, scope: Scope, receive: Receive, send: Send) -> int:
         """Proxy one request; returns the status to count."""
         url = self.target.url(scope)
-        client = _Client(receive, has_body=_has_body(scope))
+        client = _Client(receive, has_body=_has_body(scope), idle_s=self._body_idle_s)
         watcher = asyncio.ensure_future(client.watch())
         response: aiohttp.ClientResponse | None = None
         finished = False
@@ -190,8 +213,9 @@ class PassThrough:
             )
             failure = await self._relay(response, send)
             if failure is not None:
-                if client.gone:  # the upload broke because the client left
-                    return 499
+                cause = client.failure()  # the upload broke because of the client
+                if cause is not None:
+                    return cause.status_code if isinstance(cause, APIError) else 499
                 self._log_cut(scope, failure)
                 return failure.status_code
             client.active = False
@@ -239,8 +263,9 @@ class PassThrough:
         except TimeoutError as exc:  # before aiohttp.ClientError: its timeouts are both
             raise self._timed_out() from exc
         except aiohttp.ClientError as exc:
-            if client.gone:
-                raise ClientGone from exc  # the upload broke because the client left
+            cause = client.failure()  # the upload broke because of the client
+            if cause is not None:
+                raise cause from exc
             raise unreachable(upstream, exc) from exc
         except ValueError as exc:
             # aiohttp refuses control characters in header values; the gateway's HTTP server
