@@ -23,8 +23,8 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Sequence
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Final, Protocol
 
 from auditgate.audit.aggregate import StreamAggregator
 from auditgate.audit.bus import RecordBus
@@ -74,6 +74,16 @@ def _forward(source: Awaitable[None] | None, target: asyncio.Future[None]) -> No
             target.set_result(None)
 
     future.add_done_callback(copy)
+
+
+class Aggregator(Protocol):
+    """Builds the final object a stream of chunks amounts to (one per stored stream)."""
+
+    def feed(self, chunk: dict[str, Any]) -> None: ...
+
+    def feed_all(self, chunks: Iterable[dict[str, Any]]) -> None: ...
+
+    def finish(self) -> dict[str, Any] | None: ...
 
 
 def new_writer_id() -> str:
@@ -141,11 +151,13 @@ class Auditor:
         client_request_id: str | None = None,
         headers: dict[str, str] | None = None,
         credentials: Sequence[str] = (),
+        aggregator: Callable[[], Aggregator] = StreamAggregator,
     ) -> AuditCapture | None:
         """Start capturing one request; None when it yields no record.
 
         ``credentials``: the API key the request authenticated with; never stored, only handed
-        to the processors, which redact it wherever the record repeats it."""
+        to the processors, which redact it wherever the record repeats it.  ``aggregator``:
+        makes the endpoint's stream aggregator (chat's by default)."""
         mode = self.mode_for(request_id, store)
         if mode is None:
             return None
@@ -163,6 +175,7 @@ class Auditor:
             client_request_id=client_request_id,
             headers=headers,
             credentials=credentials,
+            aggregator=aggregator,
         )
 
     def publish(
@@ -315,6 +328,7 @@ class AuditCapture:
         "_started",
         "_status",
         "_streaming",
+        "_summary",
         "_tenant",
         "_transport",
         "_usage",
@@ -338,6 +352,7 @@ class AuditCapture:
         client_request_id: str | None,
         headers: dict[str, str] | None,
         credentials: Sequence[str] = (),
+        aggregator: Callable[[], Aggregator] = StreamAggregator,
     ) -> None:
         self._auditor = auditor
         self.mode = mode
@@ -355,8 +370,9 @@ class AuditCapture:
         self._created_at = time.time_ns() // 1_000_000
         self._started = time.perf_counter()
         self._first_at: float | None = None
-        self._aggregator = StreamAggregator() if streaming and mode == "full" else None
+        self._aggregator = aggregator() if streaming and mode == "full" else None
         self._response: dict[str, Any] | None = None
+        self._summary: dict[str, Any] | None = None
         self._usage: dict[str, Any] | None = None
         self._engine_response_id: str | None = None
         self._status: Status = "completed"
@@ -396,6 +412,15 @@ class AuditCapture:
             self._usage = usage
         if self.mode == "full":
             self._response = completion
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        """A response summary that holds no client content (embeddings: how many vectors, how
+        long), kept as the record's ``response`` in every mode, ``usage_only`` included."""
+        self._first_at = time.perf_counter()
+        usage = summary.get("usage")
+        if isinstance(usage, dict):
+            self._usage = usage
+        self._summary = summary
 
     def fail(self, error: APIError) -> None:
         """The request ended in an error the client was told about."""
@@ -443,7 +468,8 @@ class AuditCapture:
             transport=self._transport,
             engine=self._auditor.engine,
             status=self._status,
-            complete=self._status == "completed" and (response is not None or self.mode != "full"),
+            complete=self._status == "completed"
+            and (response is not None or self._summary is not None or self.mode != "full"),
             created_at=self._created_at,
             completed_at=self._created_at + int((now - self._started) * 1000),
             # Microseconds are all the clock gives meaningfully; 0.18 reads better than
@@ -459,6 +485,8 @@ class AuditCapture:
             record.request = self._body
             if response is not None:
                 record.response = response
+        if self._summary is not None:
+            record.response = self._summary
         if self._error is not None:
             record.error = self._error
         if self._client_request_id is not None:

@@ -1,4 +1,5 @@
-"""The Engine protocol: what produces chat completions behind the gateway.
+"""The Engine protocol: what produces chat completions (and legacy text completions and
+embeddings) behind the gateway.
 
 An engine receives the request body (the client's JSON, possibly adjusted by the pipeline — for
 streams, ``stream_options.include_usage`` is always set so usage can be audited) and returns
@@ -8,7 +9,9 @@ OpenAI ``chat.completion`` / ``chat.completion.chunk`` dicts.  Contracts:
 - ``stream`` yields *batches*: lists of ``chat.completion.chunk`` dicts that were available at the
   same moment.  The transport writes one batch with one socket write, so an engine that has
   several chunks ready (a fast mock, a network read holding several SSE events) should yield them
-  together; an engine that produces tokens over time yields each as it comes.  Every chunk carries
+  together; an engine that produces tokens over time yields each as it comes.
+- ``complete_text`` / ``stream_text`` do the same for legacy completions (``text_completion``
+  objects and chunks, same batching); ``embed`` returns an embeddings ``list``.  Every chunk carries
   ``id``, ``object``, ``created``, ``model`` and ``choices`` (possibly empty, on the final usage
   chunk).
 - Failures are raised as :class:`~auditgate.errors.APIError` subclasses: ``NotFoundError`` for an
@@ -56,3 +59,15 @@ class Engine(Protocol):
     async def complete(self, request: EngineRequest) -> dict[str, Any]: ...
 
     def stream(self, request: EngineRequest) -> AsyncIterator[list[dict[str, Any]]]: ...
+
+    async def complete_text(self, request: EngineRequest) -> dict[str, Any]:
+        """A legacy ``text_completion`` (``POST /v1/completions``), as :meth:`complete`."""
+        ...
+
+    def stream_text(self, request: EngineRequest) -> AsyncIterator[list[dict[str, Any]]]:
+        """Batches of legacy ``text_completion`` chunks, as :meth:`stream`."""
+        ...
+
+    async def embed(self, request: EngineRequest) -> dict[str, Any]:
+        """An embeddings ``list`` (``POST /v1/embeddings``); errors as :meth:`complete`."""
+        ...

@@ -1,7 +1,8 @@
 """The ``openai`` engine: any OpenAI-compatible upstream over pooled keep-alive HTTP.
 
 One :class:`aiohttp.ClientSession` per engine (created in :meth:`OpenAIEngine.start`) sends
-``POST {base}/chat/completions`` with the body as the pipeline made it.  The upstream is chosen by
+``POST {base}/chat/completions`` (legacy completions: ``{base}/completions``, embeddings:
+``{base}/embeddings``) with the body as the pipeline made it.  The upstream is chosen by
 the request's ``model``: the routing table first, then the default URL; a model neither knows is
 404 ``model_not_found``.
 
@@ -35,11 +36,13 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
+from operator import attrgetter
 from typing import Any, Final
 
 import aiohttp
 import msgspec
+from yarl import URL
 
 from auditgate.config import Secret
 from auditgate.engines.base import EngineRequest
@@ -72,6 +75,9 @@ _DONE: Final = b"[DONE]"
 _KEEPALIVE_S: Final = 4.0
 # After [DONE], how long a background task waits for the end of the body to keep the connection.
 _DRAIN_S: Final = 5.0
+
+_CHAT_URL: Final[Callable[[Upstream], URL]] = attrgetter("chat_url")
+_COMPLETIONS_URL: Final[Callable[[Upstream], URL]] = attrgetter("completions_url")
 
 _decode_object = msgspec.json.Decoder(dict[str, Any]).decode
 _encode = msgspec.json.encode
@@ -164,7 +170,31 @@ class OpenAIEngine:
     async def complete(self, request: EngineRequest) -> dict[str, Any]:
         """One ``chat.completion`` from the request's upstream."""
         upstream = self._route(request)
-        response = await self._post(upstream, request, self._json_headers)
+        return await self._fetch(upstream, upstream.chat_url, request, "choices")
+
+    async def complete_text(self, request: EngineRequest) -> dict[str, Any]:
+        """One legacy ``text_completion`` from the upstream's ``/completions``."""
+        upstream = self._route(request)
+        return await self._fetch(upstream, upstream.completions_url, request, "choices")
+
+    async def embed(self, request: EngineRequest) -> dict[str, Any]:
+        """An embeddings ``list`` from the upstream's ``/embeddings``."""
+        upstream = self._route(request)
+        return await self._fetch(upstream, upstream.embeddings_url, request, "data")
+
+    def stream(self, request: EngineRequest) -> AsyncGenerator[list[dict[str, Any]], None]:
+        """The upstream's ``chat.completion.chunk`` batches (see :meth:`_relay`)."""
+        return self._relay(request, _CHAT_URL)
+
+    def stream_text(self, request: EngineRequest) -> AsyncGenerator[list[dict[str, Any]], None]:
+        """The upstream's legacy ``text_completion`` chunk batches (see :meth:`_relay`)."""
+        return self._relay(request, _COMPLETIONS_URL)
+
+    async def _fetch(
+        self, upstream: Upstream, url: URL, request: EngineRequest, key: str
+    ) -> dict[str, Any]:
+        """The JSON object ``url`` answers; one without ``key`` but with ``error`` is a 502."""
+        response = await self._post(upstream, url, request, self._json_headers)
         try:
             if not 200 <= response.status < 300:
                 raise await self._error_from(upstream, response, request)
@@ -180,21 +210,23 @@ class OpenAIEngine:
             completion = _decode_object(body)
         except UNDECODABLE as exc:
             raise invalid(upstream, "a response that is not a JSON object") from exc
-        if "error" in completion and "choices" not in completion:
+        if "error" in completion and key not in completion:
             message = self._scrub(message_of(completion["error"]), request)
             raise UpstreamError(
                 f"upstream {upstream.label} error: {message}", code="upstream_error"
             )
         return completion
 
-    async def stream(self, request: EngineRequest) -> AsyncGenerator[list[dict[str, Any]], None]:
+    async def _relay(
+        self, request: EngineRequest, url_of: Callable[[Upstream], URL]
+    ) -> AsyncGenerator[list[dict[str, Any]], None]:
         """The upstream's chunks, one batch per network read; ends at ``[DONE]``.
 
         Closing the generator early (``aclose()``, or cancellation while it waits) closes the
         upstream connection, which aborts the upstream's generation.
         """
         upstream = self._route(request)
-        response = await self._post(upstream, request, self._sse_headers)
+        response = await self._post(upstream, url_of(upstream), request, self._sse_headers)
         done = False
         try:
             if not 200 <= response.status < 300:
@@ -253,7 +285,7 @@ class OpenAIEngine:
         )
 
     async def _post(
-        self, upstream: Upstream, request: EngineRequest, base_headers: dict[str, str]
+        self, upstream: Upstream, url: URL, request: EngineRequest, base_headers: dict[str, str]
     ) -> aiohttp.ClientResponse:
         session = self._session
         if session is None:
@@ -263,7 +295,7 @@ class OpenAIEngine:
             headers["Authorization"] = request.authorization
         send = functools.partial(
             session.post,
-            upstream.chat_url,
+            url,
             data=_encode(request.body),
             headers=headers,
             allow_redirects=False,

@@ -48,6 +48,10 @@ class Upstream:
 
     chat_url: URL
     """``{base}/chat/completions``."""
+    completions_url: URL
+    """``{base}/completions`` (legacy text completions)."""
+    embeddings_url: URL
+    """``{base}/embeddings``."""
     models_url: URL
     """``{base}/models``."""
     label: str
@@ -65,6 +69,8 @@ def parse_upstream(base: str) -> Upstream:
         raise ConfigError(f"upstream URL for {url.host}: credentials in the URL are not allowed")
     return Upstream(
         chat_url=URL(f"{url}/chat/completions"),
+        completions_url=URL(f"{url}/completions"),
+        embeddings_url=URL(f"{url}/embeddings"),
         models_url=URL(f"{url}/models"),
         label=f"{url.host}:{url.port}",
     )

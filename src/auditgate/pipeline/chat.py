@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
-from auditgate.audit.capture import AuditCapture, Auditor
+from auditgate.audit.aggregate import StreamAggregator
+from auditgate.audit.capture import Aggregator, AuditCapture, Auditor
 from auditgate.audit.durable import DurableBus
 from auditgate.audit.spool import SpoolError
 from auditgate.engines.base import Engine, EngineRequest
@@ -22,13 +23,33 @@ from auditgate.pipeline.request import ChatParams
 Chunk = dict[str, Any]
 
 
+class CallParams(Protocol):
+    """The validated fields of a request that the pipeline and the transports read
+    (:class:`ChatParams` for chat; legacy completions and embeddings have their own)."""
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def stream(self) -> bool | None: ...
+
+    @property
+    def store(self) -> bool | None: ...
+
+    @property
+    def n(self) -> int | None: ...
+
+    @property
+    def metadata(self) -> dict[str, str] | None: ...
+
+
 @dataclasses.dataclass(slots=True, kw_only=True)
 class ChatCall:
     """One validated chat completion request, whatever transport brought it."""
 
     body: dict[str, Any]
     """The request body as received; never mutated."""
-    params: ChatParams
+    params: CallParams
     """The validated fields of ``body``."""
     request_id: str
     """Gateway-generated UUIDv7."""
@@ -43,10 +64,12 @@ class ChatCall:
     credentials: tuple[str, ...] = dataclasses.field(default=(), repr=False)
     """The gateway API key the request authenticated with: never stored, redacted wherever
     the record would repeat it."""
+    id_prefix: str = "chatcmpl-"
+    """What the client's response id is made of, with the request id (legacy: ``cmpl-``)."""
 
     @property
     def response_id(self) -> str:
-        return "chatcmpl-" + self.request_id
+        return self.id_prefix + self.request_id
 
 
 class ChatPipeline:
@@ -57,7 +80,13 @@ class ChatPipeline:
     full, and a successful response ends only once its record is durable — ``complete`` returns
     after the commit, a stream's transport awaits :meth:`ChatStream.committed` before ``[DONE]``;
     a commit that fails becomes a 503 ``audit_spool_unavailable`` instead of the success.
+
+    Another endpoint with chat's shape (choices, chunks, usage) runs through a subclass that
+    names its aggregator and its engine methods (:meth:`produce`, :meth:`produce_stream`).
     """
+
+    aggregator: ClassVar[type[Aggregator]] = StreamAggregator
+    """Makes the aggregator of a stored stream."""
 
     def __init__(self, engine: Engine, auditor: Auditor) -> None:
         self.engine = engine
@@ -88,7 +117,16 @@ class ChatPipeline:
             client_request_id=call.client_request_id,
             headers=call.headers,
             credentials=call.credentials,
+            aggregator=self.aggregator,
         )
+
+    def produce(self, request: EngineRequest) -> Awaitable[dict[str, Any]]:
+        """The engine's whole response."""
+        return self.engine.complete(request)
+
+    def produce_stream(self, request: EngineRequest) -> AsyncIterator[list[dict[str, Any]]]:
+        """The engine's stream, in batches."""
+        return self.engine.stream(request)
 
     async def complete(self, call: ChatCall) -> dict[str, Any]:
         """A non-stream ``chat.completion``; raises :class:`APIError` on failure."""
@@ -96,7 +134,7 @@ class ChatPipeline:
         request = EngineRequest(call.body, call.request_id, call.response_id, call.authorization)
         commit = None
         try:
-            completion = await self.engine.complete(request)
+            completion = await self.produce(request)
             if capture is not None:
                 capture.engine_response_id(completion.get("id"))
             completion["id"] = call.response_id
@@ -131,7 +169,7 @@ class ChatPipeline:
             # asked, no more.
             body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
         request = EngineRequest(body, call.request_id, call.response_id, call.authorization)
-        batches = self.engine.stream(request)
+        batches = self.produce_stream(request)
         try:
             first = await anext(batches, None)
         except APIError as exc:

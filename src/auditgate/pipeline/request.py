@@ -97,7 +97,7 @@ def validate_chat(body: dict[str, Any]) -> ChatParams:
     try:
         params = msgspec.convert(body, ChatParams)
     except msgspec.ValidationError as exc:
-        raise _validation_error(str(exc)) from None
+        raise validation_error(str(exc)) from None
     if not params.messages:
         raise InvalidRequestError(
             "'messages' must contain at least one message.", param="messages", code="invalid_value"
@@ -206,7 +206,8 @@ def new_request_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def _validation_error(text: str) -> InvalidRequestError:
+def validation_error(text: str) -> InvalidRequestError:
+    """The 400 for a msgspec validation message, naming the parameter it is about."""
     # msgspec says e.g. "Expected `int`, got `str` - at `$.n`" or
     # "Object missing required field `messages`".
     param = None

@@ -52,6 +52,7 @@ from auditgate.server.chat import ENDPOINT, ChatHandler
 from auditgate.server.completions import CompletionsAPI
 from auditgate.server.guard import ErrorGuard
 from auditgate.server.headers import HeaderCapture
+from auditgate.server.legacy import CompletionsHandler, EmbeddingsHandler
 from auditgate.server.metrics import HttpMetrics, PassThroughMetrics
 from auditgate.server.passthrough import PassThrough
 from auditgate.store.queries import Store, open_store
@@ -379,6 +380,11 @@ class GatewayApp:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.chat = ChatHandler(gateway)
+        self.posts: dict[str, ChatHandler] = {
+            handler.path: handler
+            for handler in (CompletionsHandler(gateway), EmbeddingsHandler(gateway))
+        }
+        """The other raw-ASGI ``POST`` routes, by path."""
         self.completions = CompletionsAPI(
             gateway.store,
             principal_of,
@@ -396,9 +402,15 @@ class GatewayApp:
                 except APIError as exc:
                     await send_error(send, exc)
                     return
-            if scope["path"] == ENDPOINT and scope["method"] == "POST":
-                await self.chat(scope, receive, send)
-                return
+            if scope["method"] == "POST":
+                path = scope["path"]
+                if path == ENDPOINT:
+                    await self.chat(scope, receive, send)
+                    return
+                handler = self.posts.get(path)
+                if handler is not None:
+                    await handler(scope, receive, send)
+                    return
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return

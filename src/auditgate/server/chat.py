@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from auditgate.auth.keys import presented_key
 from auditgate.errors import APIError
-from auditgate.pipeline.chat import ChatCall, ChatPipeline, bad_stream_request
+from auditgate.pipeline.chat import CallParams, ChatCall, ChatPipeline, bad_stream_request
 from auditgate.pipeline.request import (
     new_request_id,
     parse_body,
@@ -62,11 +62,22 @@ class _Watch:
 
 
 class ChatHandler:
-    """Serves chat completions for one gateway."""
+    """Serves chat completions for one gateway.
 
-    def __init__(self, gateway: Gateway) -> None:
+    Endpoints of the same shape (legacy completions, embeddings) subclass it: they name their
+    path, record endpoint and id prefix, validate their own body, and bring their pipeline.
+    """
+
+    path: ClassVar[str] = ENDPOINT
+    """The route, and the ``endpoint`` label of the HTTP metrics."""
+    endpoint: ClassVar[str] = "chat.completions"
+    """The record's ``endpoint``."""
+    id_prefix: ClassVar[str] = "chatcmpl-"
+    """The client's response id is this and the request id."""
+
+    def __init__(self, gateway: Gateway, pipeline: ChatPipeline | None = None) -> None:
         self.gateway = gateway
-        self.pipeline: ChatPipeline = gateway.pipeline
+        self.pipeline: ChatPipeline = pipeline if pipeline is not None else gateway.pipeline
         self.limit = gateway.settings.gateway.max_body_bytes
         self.capture_headers = gateway.header_capture
 
@@ -92,15 +103,12 @@ class ChatHandler:
         except ClientGone:
             status = 499
         finally:
-            metrics.observe(ENDPOINT, status, time.perf_counter() - started)
+            metrics.observe(self.path, status, time.perf_counter() - started)
 
     async def _parse(self, scope: Scope, receive: Receive, request_id: str) -> ChatCall:
         raw = await read_body(scope, receive, self.limit, self.gateway.body_deadlines)
         body = parse_body(raw)
-        params = validate_chat(body)
-        error = bad_stream_request(params)
-        if error is not None:
-            raise error
+        params = self.validate(body)
         client_id = header(scope, b"x-request-id")
         client_request_id = None
         if client_id is not None:
@@ -113,7 +121,17 @@ class ChatHandler:
             client_request_id=client_request_id,
             headers=self.capture_headers(scope) if self.capture_headers else None,
             authorization=auth.decode("latin-1") if auth is not None else None,
+            endpoint=self.endpoint,
+            id_prefix=self.id_prefix,
         )
+
+    def validate(self, body: dict[str, Any]) -> CallParams:
+        """The validated fields of ``body``; raises :class:`InvalidRequestError` (400)."""
+        params = validate_chat(body)
+        error = bad_stream_request(params)
+        if error is not None:
+            raise error
+        return params
 
     async def _complete(
         self, call: ChatCall, receive: Receive, send: Send, headers: list[tuple[bytes, bytes]]

@@ -14,6 +14,15 @@ from typing import Any, Final
 from auditgate.engines.base import EngineRequest
 from auditgate.engines.mock.choices import Choice, Options, generate, message_of
 from auditgate.engines.mock.chunks import chunks
+from auditgate.engines.mock.embeddings import embeddings
+from auditgate.engines.mock.legacy import (
+    DEFAULT_MAX_TOKENS,
+    MAX_LOGPROBS,
+    TextPlan,
+    text_chunks,
+    text_completion,
+    text_plan,
+)
 from auditgate.engines.mock.structured import json_format
 from auditgate.engines.mock.text import prompt_tokens
 from auditgate.engines.mock.tools import tool_plan
@@ -31,6 +40,8 @@ _REASONING: Final = {
     "xhigh": (24, 64),
     "max": (32, 96),
 }
+_TEXT_RANGED: Final = ("temperature", "top_p", "frequency_penalty", "presence_penalty")
+"""The chat limits that hold for legacy completions too."""
 _SERVED_TIER: Final = {"auto": "default", "fast": "priority"}
 """The tier OpenAI reports for a requested one (``auto`` runs as the project's default)."""
 
@@ -116,7 +127,63 @@ class MockEngine:
             yield out[start:end]
             start = end
 
-    def _plan(self, body: dict[str, Any]) -> _Plan:
+    async def complete_text(self, request: EngineRequest) -> dict[str, Any]:
+        """The non-stream ``text_completion`` (legacy completions, see :mod:`.legacy`)."""
+        plan = self._text_plan(request.body)
+        return text_completion(plan, request.response_id, SYSTEM_FINGERPRINT)
+
+    async def stream_text(self, request: EngineRequest) -> AsyncIterator[list[dict[str, Any]]]:
+        """Batches of ``text_completion`` chunks, paced as :meth:`stream`."""
+        plan = self._text_plan(request.body)
+        out, ends = text_chunks(plan, request.response_id, SYSTEM_FINGERPRINT)
+        if not (self._ttft_s or self._itl_s):
+            yield out
+            return
+        start = 0
+        for number, end in enumerate(ends):
+            await asyncio.sleep(self._itl_s if number else self._ttft_s)
+            yield out[start:end]
+            start = end
+
+    async def embed(self, request: EngineRequest) -> dict[str, Any]:
+        """Deterministic embeddings (see :mod:`.embeddings`)."""
+        return embeddings(request.body, self._model_of(request.body))
+
+    def _text_plan(self, body: dict[str, Any]) -> TextPlan:
+        model = self._model_of(body)
+        ranged = {k: body[k] for k in _TEXT_RANGED if body.get(k) is not None}
+        if ranged:
+            validate_request(ranged)
+        top = body.get("logprobs")
+        if top is not None and (type(top) is not int or not 0 <= top <= MAX_LOGPROBS):
+            raise InvalidRequestError(
+                f"Invalid 'logprobs': expected an integer between 0 and {MAX_LOGPROBS}, "
+                f"got {top!r}.",
+                param="logprobs",
+                code="invalid_value",
+            )
+        budget = body.get("max_tokens")
+        if budget is None:
+            budget = DEFAULT_MAX_TOKENS
+        elif type(budget) is not int or budget < 0:
+            raise InvalidRequestError(
+                f"Invalid 'max_tokens': expected a non-negative integer, got {budget!r}.",
+                param="max_tokens",
+                code="invalid_value",
+            )
+        if body.get("echo") is not None and type(body["echo"]) is not bool:
+            raise InvalidRequestError("Invalid 'echo': expected a boolean.", param="echo")
+        suffix = body.get("suffix")
+        if suffix is not None and not isinstance(suffix, str):
+            raise InvalidRequestError("Invalid 'suffix': expected a string.", param="suffix")
+        options = Options(
+            budget=budget, stops=_stops(body.get("stop")), tools=None, reasoning=None,
+            top_logprobs=top,
+        )  # fmt: skip
+        n = _integer(body, "n", 128) or 1
+        return text_plan(body, model, options, n, int(time.time()))
+
+    def _model_of(self, body: dict[str, Any]) -> str:
         model = body.get("model")
         if not isinstance(model, str):
             raise InvalidRequestError("you must provide a model parameter", param="model")
@@ -126,6 +193,10 @@ class MockEngine:
                 param="model",
                 code="model_not_found",
             )
+        return model
+
+    def _plan(self, body: dict[str, Any]) -> _Plan:
+        model = self._model_of(body)
         messages = body.get("messages")
         if not isinstance(messages, list):
             raise InvalidRequestError("'messages' must be an array", param="messages")
