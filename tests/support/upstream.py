@@ -1,6 +1,7 @@
 """A fake OpenAI-compatible upstream: a small, fast HTTP/1.1 server for tests and benchmarks.
 
-It serves ``POST …/chat/completions`` (JSON or SSE with chunked transfer, keep-alive) and
+It serves ``POST …/chat/completions`` (JSON or SSE with chunked transfer, keep-alive), the
+legacy ``POST …/completions`` and ``POST …/embeddings`` (:mod:`tests.support.upstream_legacy`) and
 ``GET …/models`` on 127.0.0.1, inside the caller's event loop (``async with FakeUpstream() as
 upstream``) or in a thread with its own loop (``with upstream_in_thread() as upstream`` — for sync
 tests and subprocess gateways).  What it does is chosen by :attr:`FakeUpstream.behaviour`, which a
@@ -53,6 +54,8 @@ from typing import Any, Literal, cast
 
 import httptools
 import msgspec
+
+from tests.support import upstream_legacy
 
 CREATED = 1_700_000_000
 """``created`` of every completion and chunk."""
@@ -272,10 +275,12 @@ def stream_chunks(body: dict[str, Any], chunks: int = 4) -> list[dict[str, Any]]
 
 
 @functools.lru_cache(maxsize=256)
-def _sse_events(raw_body: bytes, chunks: int) -> tuple[bytes, ...]:
-    """Encoded ``data:`` events for one request body (cached: benchmarks repeat bodies)."""
+def _sse_events(raw_body: bytes, chunks: int, legacy: bool = False) -> tuple[bytes, ...]:
+    """Encoded ``data:`` events for one request body (cached: benchmarks repeat bodies);
+    ``legacy``: of a ``…/completions`` request."""
     body = msgspec.json.decode(raw_body)
-    encoded = [b"data: " + msgspec.json.encode(c) + b"\n\n" for c in stream_chunks(body, chunks)]
+    produce = upstream_legacy.text_stream_chunks if legacy else stream_chunks
+    encoded = [b"data: " + msgspec.json.encode(c) + b"\n\n" for c in produce(body, chunks)]
     return (*encoded, b"data: [DONE]\n\n")
 
 
@@ -579,7 +584,8 @@ class FakeUpstream:
                 conn, 200, msgspec.json.encode({"object": "list", "data": data}), keep_alive
             )
             return
-        if not request.path.split("?")[0].endswith("/chat/completions") or request.method != "POST":
+        route = _route(request)
+        if route is None:
             error = {
                 "message": f"no route {request.method} {request.path}",
                 "type": "invalid_request_error",
@@ -594,6 +600,10 @@ class FakeUpstream:
             error = {"message": "body is not a JSON object", "type": "invalid_request_error"}
             self._send_json(conn, 400, msgspec.json.encode({"error": error}), keep_alive)
             return
+        if route == "embeddings":
+            payload = msgspec.json.encode(upstream_legacy.embeddings(body))
+            self._send_json(conn, 200, payload, keep_alive)
+            return
         streaming = body.get("stream") is True
         if behaviour.kind == "garbage":
             default = "text/event-stream" if streaming else "application/json"
@@ -603,7 +613,8 @@ class FakeUpstream:
                 conn.close()
             return
         if not streaming:
-            payload = msgspec.json.encode(completion(body, behaviour.chunks))
+            answer = upstream_legacy.text_completion if route == "completions" else completion
+            payload = msgspec.json.encode(answer(body, behaviour.chunks))
             if behaviour.kind == "drop":
                 conn.write(_head(200, "application/json", len(payload), keep_alive))
                 conn.write(payload[: len(payload) // 2])
@@ -654,7 +665,7 @@ class FakeUpstream:
             conn.close()
 
     def _events(self, request: ReceivedRequest, behaviour: Behaviour) -> list[bytes]:
-        events = list(_sse_events(request.body, behaviour.chunks))
+        events = list(_sse_events(request.body, behaviour.chunks, _route(request) == "completions"))
         if behaviour.kind == "drop":
             return events[: behaviour.after]
         if behaviour.kind == "stream_error":
@@ -666,6 +677,21 @@ class FakeUpstream:
         conn.write(_head(status, "application/json", len(payload), keep_alive) + payload)
         if not keep_alive:
             conn.close()
+
+
+def _route(request: ReceivedRequest) -> str | None:
+    """``chat``, ``completions`` or ``embeddings`` for a POST to one of them; else ``None``."""
+    if request.method != "POST":
+        return None
+    path = request.path.split("?")[0]
+    for suffix, route in (
+        ("/chat/completions", "chat"),
+        ("/completions", "completions"),
+        ("/embeddings", "embeddings"),
+    ):
+        if path.endswith(suffix):
+            return route
+    return None
 
 
 @contextlib.contextmanager

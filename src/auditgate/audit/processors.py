@@ -39,6 +39,7 @@ from auditgate.audit.redact import (
     load_patterns,
     with_gateway_keys,
 )
+from auditgate.audit.redact_text import redact_plain, texts_of
 from auditgate.config import AuditSettings
 
 Processor = Callable[[AuditRecord, Sequence[str]], AuditRecord]
@@ -46,6 +47,8 @@ Processor = Callable[[AuditRecord, Sequence[str]], AuditRecord]
 redacted wherever it occurs; never stored), changes the record in place or not, and returns it
 (the same object); runs before ``writer``/``seq`` are stamped (see :meth:`Processors.prepare`)."""
 
+_PLAIN_ENDPOINTS: Final = frozenset({"completions", "embeddings"})
+"""Endpoints whose texts are plain fields, not messages (:mod:`auditgate.audit.redact_text`)."""
 # Message fields whose text is the conversation (everything else is structure: roles, ids...).
 _TEXT_FIELDS: Final = ("content", "reasoning_content", "refusal")
 
@@ -53,7 +56,8 @@ _TEXT_FIELDS: Final = ("content", "reasoning_content", "refusal")
 class RedactProcessor:
     """Redacts message contents (strings and ``text`` parts), tool-call and function-call
     arguments, reasoning and refusals, in the request's ``messages`` and the response's
-    ``choices[].message`` (``bodies``), and the values of captured request headers
+    ``choices[].message`` (``bodies``; for legacy completions and embeddings their plain text
+    fields, see :mod:`auditgate.audit.redact_text`), and the values of captured request headers
     (``headers``); the request's own credentials (the API key it authenticated with) wherever
     they occur in those.  Copy-on-write: what nothing matched is not copied; a changed
     message is a new dict, so the client's own objects are never mutated."""
@@ -84,9 +88,14 @@ class RedactProcessor:
                     _texts(choice.get("message"), texts)
         if headers is not None:
             texts.extend(headers.values())
+        plain = self.bodies and record.endpoint in _PLAIN_ENDPOINTS
+        if plain:
+            texts_of(request, response, texts)
         redactor = self.redactor.narrow("\n".join(texts), credentials)
         if redactor is None:
             return record
+        if plain:
+            redact_plain(record, redactor)
         walk = _Walk(redactor)
         if isinstance(request, dict):
             changed = _list_of(messages, walk.message)
