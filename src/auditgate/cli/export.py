@@ -8,6 +8,13 @@ Formats (one JSON object a line):
 - ``eval`` — ``{"input": request messages, "reference": assistant message}``.
 - ``raw`` — the audit record as stored (every mode, not only ``full``).
 
+Legacy completions (``endpoint: "completions"``) export as prompt/completion pairs: ``finetune``
+``{"prompt", "completion"}`` (OpenAI's legacy fine-tuning format), ``eval`` ``{"input",
+"reference"}``; one line per prompt of the request (its first choice), the echoed prompt taken
+off the completion; token-id prompts have no text and are skipped.  Embeddings records hold no
+completion: they count in ``stats`` and in ``raw``, never in ``finetune`` or ``eval``.  A store
+holding chat and legacy completions mixes the two formats; ``--endpoint`` picks one.
+
 ``finetune`` and ``eval`` read stored completions only (``mode='full'`` with a response) and skip
 records without an assistant message.  Completions deleted through the API (tombstones the store
 keeps for the audit trail) are left out unless ``--include-deleted`` is given — the same rule,
@@ -39,6 +46,7 @@ from auditgate.store.queries import Filter, open_store
 from auditgate.store.schema import record_dict_from_row
 
 FORMATS: Final = ("finetune", "eval", "raw")
+ENDPOINTS: Final = ("chat.completions", "responses", "completions", "embeddings")
 _ASSISTANT_FIELDS: Final = ("role", "content", "refusal", "tool_calls", "function_call")
 _encoder: Final = msgspec.json.Encoder()
 # Prompts compare by content, whatever their keys' order (PostgreSQL's JSONB reorders keys).
@@ -99,6 +107,7 @@ def register(sub: Any) -> None:
         help="only records with this metadata pair (repeatable; all must match)",
     )
     p.add_argument("--tenant", help="only this tenant")
+    p.add_argument("--endpoint", choices=ENDPOINTS, help="only records of this endpoint")
     p.add_argument("--status", choices=("completed", "cancelled", "error"), help="only this status")
     p.add_argument("--dedupe", action="store_true", help="keep the first of identical prompts")
     p.add_argument("-o", "--output", help="output file (default: stdout)")
@@ -114,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
             since_ms=args.since,
             until_ms=args.until,
             status=args.status,
+            endpoint=args.endpoint,
             stored_only=args.format != "raw",
             live_only=not args.include_deleted,
         )
@@ -146,12 +156,12 @@ async def export(url: str, where: Filter, fmt: str, out: IO[str], dedupe: bool) 
     try:
         async with _records(url, where) as records:
             async for record in records:
-                line = to_line(record, fmt)
-                if line is not None and dedupe and not first_prompt(line, fmt, seen):
-                    line = None
-                if line is None:
+                lines = to_lines(record, fmt)
+                if dedupe:
+                    lines = [line for line in lines if first_prompt(line, fmt, seen)]
+                if not lines:
                     skipped += 1
-                else:
+                for line in lines:
                     out.write(_encoder.encode(line).decode() + "\n")
                     written += 1
                 progress.update(written, skipped)
@@ -185,6 +195,54 @@ async def _records(url: str, where: Filter) -> AsyncIterator[AsyncIterator[dict[
         yield (record_dict_from_row(row) async for row in store.scan(where))
     finally:
         await store.close()
+
+
+def to_lines(record: dict[str, Any], fmt: str) -> list[dict[str, Any]]:
+    """The ``fmt`` lines of one record: one for a chat record with an assistant message,
+    one per text prompt for a legacy completion, none for embeddings (see the module doc)."""
+    if fmt == "raw":
+        return [record]
+    endpoint = record.get("endpoint")
+    if endpoint == "embeddings":
+        return []
+    if endpoint == "completions":
+        return [_pair(prompt, completion, fmt) for prompt, completion in text_pairs(record)]
+    line = to_line(record, fmt)
+    return [] if line is None else [line]
+
+
+def text_pairs(record: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(prompt, completion)`` of every text prompt of a legacy completion record: its first
+    choice (choice ``i * n`` answers prompt ``i``), without the echoed prompt."""
+    request, response = record.get("request"), record.get("response")
+    if not isinstance(request, dict) or not isinstance(response, dict):
+        return []
+    prompt = request.get("prompt")
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        return []  # token ids: no text to pair
+    n = request.get("n")
+    if type(n) is not int or n < 1:
+        n = 1
+    texts: dict[int, str] = {}
+    for choice in response.get("choices") or ():
+        if isinstance(choice, dict) and isinstance(choice.get("text"), str):
+            texts[choice.get("index", 0)] = choice["text"]
+    pairs = []
+    for number, text in enumerate(prompts):
+        completion = texts.get(number * n)
+        if completion is None:
+            continue
+        if request.get("echo") is True and completion.startswith(text):
+            completion = completion[len(text) :]
+        pairs.append((text, completion))
+    return pairs
+
+
+def _pair(prompt: str, completion: str, fmt: str) -> dict[str, Any]:
+    if fmt == "eval":
+        return {"input": prompt, "reference": completion}
+    return {"prompt": prompt, "completion": completion}
 
 
 def to_line(record: dict[str, Any], fmt: str) -> dict[str, Any] | None:
@@ -226,6 +284,8 @@ def assistant_message(response: Any) -> dict[str, Any] | None:
 
 def prompt_of(line: dict[str, Any], fmt: str) -> Any:
     """What makes two lines "the same prompt" for ``--dedupe``."""
+    if "prompt" in line and fmt == "finetune":
+        return line["prompt"]  # a legacy completion pair
     if fmt == "finetune":
         return [line["messages"][:-1], line.get("tools")]
     if fmt == "eval":

@@ -7,7 +7,9 @@ completion's tokens were spent all the same: ``--include-deleted`` counts them (
 billing).  Per group: requests, prompt and completion tokens (records without usage add nothing),
 errors (``status: "error"``), and p50/p95 of ``duration_ms`` and ``ttft_ms`` (nearest-rank
 percentiles over the records that have the value; ``null`` when none has).  Days are UTC dates
-of ``created_at``.  A table on a terminal, ``--json`` for machines.
+of ``created_at``.  Every endpoint counts (chat, Responses, legacy completions, embeddings —
+whose ``prompt_tokens`` are the tokens embedded); ``--by endpoint`` groups by it and
+``--endpoint`` keeps one.  A table on a terminal, ``--json`` for machines.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ import math
 import sys
 from typing import Any, Final
 
-from auditgate.cli.export import add_store_options, store_url
+from auditgate.cli.export import ENDPOINTS, add_store_options, store_url
 from auditgate.errors import ConfigError, ServiceUnavailableError
 from auditgate.store.queries import Filter, open_store
 
-GROUPINGS: Final = ("model", "tenant", "day")
+GROUPINGS: Final = ("model", "tenant", "day", "endpoint")
 NO_TENANT: Final = "-"
 """Group key of records without a tenant (open mode)."""
 
@@ -76,6 +78,8 @@ def percentile(values: list[float], p: float) -> float | None:
 def group_key(row: Any, by: str) -> str:
     if by == "model":
         return str(row["model"])
+    if by == "endpoint":
+        return str(row["endpoint"])
     if by == "tenant":
         return str(row["tenant"]) if row["tenant"] is not None else NO_TENANT
     day = datetime.datetime.fromtimestamp(row["created_at"] / 1000, tz=datetime.UTC)
@@ -107,12 +111,14 @@ def register(sub: Any) -> None:
     p = sub.add_parser("stats", help="requests, tokens, errors and latency from the store")
     add_store_options(p)
     p.add_argument("--by", choices=GROUPINGS, default="model", help="grouping (default: model)")
+    p.add_argument("--endpoint", choices=ENDPOINTS, help="only records of this endpoint")
     p.add_argument("--json", action="store_true", help="JSON output (default on a pipe)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     where = Filter(
+        endpoint=args.endpoint,
         since_ms=args.since,
         until_ms=args.until,
         stored_only=False,

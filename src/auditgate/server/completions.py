@@ -133,7 +133,10 @@ class CompletionsAPI:
     async def list(self, request: Request) -> Response:
         store, tenant = self._open(request)
         query = parse_list_query(request.query_params)
-        where = Filter(tenant=tenant, model=query.model, metadata=query.metadata)
+        # Stored legacy completions and embeddings are records too, not chat completions.
+        where = Filter(
+            tenant=tenant, model=query.model, metadata=query.metadata, endpoint="chat.completions"
+        )
         try:
             page = await store.list(where, after=query.after, limit=query.limit, order=query.order)
         except CursorNotFound:

@@ -47,6 +47,8 @@ class Filter:
     """Only rows with ``created_at < until_ms`` (Unix ms)."""
     status: str | None = None
     """Only this status (``completed``, ``cancelled``, ``error``)."""
+    endpoint: str | None = None
+    """Only this record ``endpoint`` (``chat.completions``, ``completions``, ...)."""
     stored_only: bool = True
     """Only what the stored-completions API lists: ``mode='full'`` rows with a response."""
     live_only: bool = True
@@ -159,6 +161,8 @@ class Sql:
             clauses.append(f"model = {self.param(where.model)}")
         if where.status is not None:
             clauses.append(f"status = {self.param(where.status)}")
+        if where.endpoint is not None:
+            clauses.append(f"endpoint = {self.param(where.endpoint)}")
         if where.since_ms is not None:
             clauses.append(f"created_at >= {self.param(where.since_ms)}")
         if where.until_ms is not None:
