@@ -2,11 +2,12 @@
 
 Mount it on vLLM's or SGLang's FastAPI app (vLLM: ``vllm serve MODEL --middleware
 auditgate.asgi.AuditMiddleware``; any Starlette/FastAPI app:
-``app.add_middleware(AuditMiddleware)``) and every ``POST /v1/chat/completions`` yields the
-record the gateway would write: same ``DYN_AUDIT_*`` settings (read from the environment
-unless ``settings`` is given), same record, bus and sinks, same capture code
-(:meth:`Auditor.open` / :class:`AuditCapture`), transport ``http``, endpoint
-``chat.completions``.
+``app.add_middleware(AuditMiddleware)``) and every ``POST /v1/chat/completions`` and ``POST
+/v1/completions`` yields the record the gateway would write: same ``DYN_AUDIT_*`` settings (read
+from the environment unless ``settings`` is given), same record, bus and sinks, same capture
+code (:meth:`Auditor.open` / :class:`AuditCapture`), transport ``http``, endpoint
+``chat.completions`` or ``completions`` (legacy streams aggregated per choice by
+:class:`~auditgate.endpoints.completions.TextCompletionAggregator`).
 
 Contracts:
 
@@ -48,15 +49,17 @@ from typing import Any, Final
 import msgspec
 from prometheus_client import CollectorRegistry
 
+from auditgate.audit.aggregate import StreamAggregator
 from auditgate.audit.bus import AuditBus, RateLimitedLog
-from auditgate.audit.capture import AuditCapture, Auditor
+from auditgate.audit.capture import Aggregator, AuditCapture, Auditor
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import Envelope
 from auditgate.audit.sink import Sink
 from auditgate.config import Settings
+from auditgate.endpoints.completions import TextCompletionAggregator, validate_completion
 from auditgate.engines.sse import SSEDecoder
 from auditgate.errors import UNDECODABLE, APIError
-from auditgate.pipeline.chat import bad_stream_request
+from auditgate.pipeline.chat import CallParams, bad_stream_request
 from auditgate.pipeline.request import (
     new_request_id,
     parse_body,
@@ -70,12 +73,14 @@ __all__ = ["AuditMiddleware"]
 
 log = logging.getLogger("auditgate.asgi")
 ENDPOINT: Final = "/v1/chat/completions"
+COMPLETIONS_ENDPOINT: Final = "/v1/completions"
 _MAX_RESPONSE_BYTES: Final = 64 << 20  # a JSON response larger than this is not decoded
 _decode: Final = msgspec.json.Decoder().decode
 
 
 class AuditMiddleware:
-    """Audits ``POST /v1/chat/completions`` of the wrapped ASGI app (see the module doc)."""
+    """Audits ``POST /v1/chat/completions`` and ``POST /v1/completions`` of the wrapped ASGI
+    app (see the module doc)."""
 
     def __init__(
         self,
@@ -85,12 +90,15 @@ class AuditMiddleware:
         sinks: Sequence[Sink] | None = None,
         engine: str = "asgi",
         path: str = ENDPOINT,
+        completions_path: str = COMPLETIONS_ENDPOINT,
     ) -> None:
         """``settings`` default to the environment; ``sinks`` replace the configured ones;
-        ``engine`` is the records' ``engine`` field (what serves behind this middleware)."""
+        ``engine`` is the records' ``engine`` field (what serves behind this middleware);
+        ``path`` / ``completions_path``: the chat and legacy completions routes."""
         self.app = app
         self.settings = settings if settings is not None else Settings.from_env()
         self.path = path
+        self.completions_path = completions_path
         self.registry = CollectorRegistry()
         self.metrics = metrics = AuditMetrics(self.registry)
         audit = self.settings.audit
@@ -152,7 +160,8 @@ class AuditMiddleware:
         if kind == "lifespan":
             await self.app(scope, receive, self._lifespan_send(send))
             return
-        if kind != "http" or scope["method"] != "POST" or not self._is_chat(scope):
+        endpoint = self._endpoint(scope) if kind == "http" and scope["method"] == "POST" else None
+        if endpoint is None:
             await self.app(scope, receive, send)
             return
         if self._state == "new":
@@ -160,14 +169,19 @@ class AuditMiddleware:
         if not self.auditing:
             await self.app(scope, receive, send)
             return
-        await _Exchange(self, scope).run(receive, send)
+        await _Exchange(self, scope, endpoint).run(receive, send)
 
-    def _is_chat(self, scope: Scope) -> bool:
+    def _endpoint(self, scope: Scope) -> str | None:
+        """``chat.completions`` or ``completions`` for an audited route, else ``None``."""
         path: str = scope["path"]
         root: str = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :]
-        return path == self.path
+        if path == self.path:
+            return "chat.completions"
+        if path == self.completions_path:
+            return "completions"
+        return None
 
     def _lifespan_send(self, send: Send) -> Send:
         async def wrapped(message: Message) -> None:
@@ -240,6 +254,7 @@ class _Exchange:
         "_commit",
         "_decoder",
         "_ended",
+        "_endpoint",
         "_off",
         "_request",
         "_request_size",
@@ -249,9 +264,10 @@ class _Exchange:
         "scope",
     )
 
-    def __init__(self, owner: AuditMiddleware, scope: Scope) -> None:
+    def __init__(self, owner: AuditMiddleware, scope: Scope, endpoint: str) -> None:
         self.owner = owner
         self.scope = scope
+        self._endpoint = endpoint
         self.capture: AuditCapture | None = None
         self._request: list[bytes] = []
         self._request_size = 0
@@ -333,13 +349,19 @@ class _Exchange:
             self._open(raw)
 
     def _open(self, raw: bytes) -> None:
+        aggregator: type[Aggregator] = StreamAggregator
         try:
             body = parse_body(raw)
-            params = validate_chat(body)
+            if self._endpoint == "completions":
+                params: CallParams = validate_completion(body)
+                aggregator = TextCompletionAggregator
+            else:
+                chat = validate_chat(body)
+                if bad_stream_request(chat) is not None:
+                    return
+                params = chat
         except APIError:
             return  # the gateway would answer 400 before capturing; so will the app
-        if bad_stream_request(params) is not None:
-            return
         client_request_id = None
         client_id = header(self.scope, b"x-request-id")
         if client_id is not None:
@@ -354,9 +376,11 @@ class _Exchange:
             model=params.model,
             streaming=params.stream is True,
             store=params.store is True,
+            endpoint=self._endpoint,
             metadata=params.metadata,
             client_request_id=client_request_id,
             headers=owner.header_capture(self.scope) if owner.header_capture else None,
+            aggregator=aggregator,
         )
 
     def _on_send(self, message: Message) -> None:
