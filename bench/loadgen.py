@@ -78,12 +78,12 @@ class Workload:
     """Open loop: requests due per second (None: closed loop, each connection back to back)."""
 
     def body(self) -> bytes:
-        request: dict[str, Any] = {
-            "model": self.model,
-            "messages": [{"role": "user", "content": self.prompt}],
-            "max_tokens": self.max_tokens,
-            "store": True,
-        }
+        request: dict[str, Any] = {"model": self.model}
+        if self.path.endswith("/chat/completions"):
+            request["messages"] = [{"role": "user", "content": self.prompt}]
+        else:  # legacy /v1/completions
+            request["prompt"] = self.prompt
+        request |= {"max_tokens": self.max_tokens, "store": True}
         if self.stream:
             request["stream"] = True
         return json.dumps(request, separators=(",", ":")).encode()

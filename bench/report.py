@@ -62,9 +62,9 @@ def summarize(rows: Sequence[Row]) -> dict[Key, Row]:
             },
         }
     for row in summary.values():
-        off = summary.get(
-            (f"{row['system']} {row['engine']} audit=off", row["stream"], row["concurrency"])
-        )
+        # The same scenario with audit off (same engine and endpoint).
+        off_name = row["scenario"].replace(f"audit={row['audit']}", "audit=off", 1)
+        off = summary.get((off_name, row["stream"], row["concurrency"]))
         ratio = None
         if off is not None and off["rps"] and row["rps"] is not None:
             ratio = row["rps"] / off["rps"]
@@ -200,6 +200,21 @@ def targets(summary: dict[Key, Row], rows: Sequence[Row]) -> list[str]:
                 "(worst of c=1/16/64) "
                 f"| {_fmt(worst, 3)} ms | {_check(None if worst is None else worst <= limit)} |"
             )
+    for engine in ("mock", "openai"):
+        for stream in (False, True):
+            for conc in (16, 64):
+                chat = get(f"auditgate {engine} audit=jsonl", stream, conc)
+                legacy = get(f"auditgate {engine} audit=jsonl /v1/completions", stream, conc)
+                if chat is None or legacy is None:
+                    continue
+                ours, theirs = legacy["server_cpu_ms_per_req"], chat["server_cpu_ms_per_req"]
+                ok = None if ours is None or not theirs else ours <= 1.2 * theirs
+                mode = "stream" if stream else "json"
+                lines.append(
+                    f"| legacy completions CPU/req ≤ 120 % of chat's — {engine}, {mode}, "
+                    f"c={conc}, audit=jsonl | {_fmt(ours, 3)} vs {_fmt(theirs, 3)} ms "
+                    f"| {_check(ok)} |"
+                )
     for peer in ("dynamo-0.7.1", "dynamo-1.6.1"):
         for stream in (False, True):
             for conc in (16, 64):

@@ -38,6 +38,7 @@ from bench.servers import CLIENT_CPUS, PYTHON, ROOT, Context, Running, Scenario,
 BENCH = ROOT / "bench"
 MARKER = "<!-- everything below is written by bench/run.py -->"
 SINKS = ("stderr", "jsonl", "jsonl_gz", "sqlite", "postgres", "nats")
+LEGACY = "/v1/completions"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,20 +58,26 @@ def build_suite(name: str, peers: Sequence[str]) -> Suite:
     quick = ["off", "stderr", "jsonl"]
     mock = servers.auditgate_scenarios(["mock"], quick if name == "quick" else ["off", *SINKS])
     openai = servers.auditgate_scenarios(["openai"], ["off", "jsonl"])
+    # Legacy completions, to compare their CPU per request with chat's (same engine, same sink).
+    legacy = servers.auditgate_scenarios(["mock", "openai"], ["off", "jsonl"], LEGACY)
     peer_scenarios: list[Scenario] = []
     if peers:
         from bench import peers as peer_module
 
         peer_scenarios = peer_module.scenarios(peers)
+    scenarios = mock + openai + legacy + peer_scenarios
     if name == "quick":
-        return Suite(name, mock + openai + peer_scenarios, (1, 16, 64), 2.0, 0.5, 2, 1.0)
-    return Suite(name, mock + openai + peer_scenarios, (1, 16, 64), 5.0, 1.0, 3, 3.0)
+        return Suite(name, scenarios, (1, 16, 64), 2.0, 0.5, 2, 1.0)
+    return Suite(name, scenarios, (1, 16, 64), 5.0, 1.0, 3, 3.0)
 
 
-def loadgen(running: Running, stream: bool, concurrency: int, suite: Suite) -> dict[str, Any]:
-    """One :mod:`bench.loadgen` run on the client CPU; its JSON result."""
+def loadgen(
+    running: Running, stream: bool, concurrency: int, suite: Suite, path: str = servers.CHAT
+) -> dict[str, Any]:
+    """One :mod:`bench.loadgen` run on the client CPU, at ``path``; its JSON result."""
     argv = [
         PYTHON, str(BENCH / "loadgen.py"), "--url", running.url, "--model", running.model,
+        "--path", path,
         "--concurrency", str(concurrency), "--duration", str(suite.duration_s),
         "--warmup", str(suite.warmup_s), "--timeout", "30",
     ]  # fmt: skip
@@ -138,7 +145,7 @@ def run_scenario(
     try:
         for stream in (False, True):
             for conc in suite.concurrency:
-                result = loadgen(running, stream, conc, suite)
+                result = loadgen(running, stream, conc, suite, scenario.path)
                 mode = "stream" if stream else "json  "
                 print(
                     f"    {mode} c={conc:<3} {result['rps']:>9.1f} req/s "

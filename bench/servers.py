@@ -33,6 +33,8 @@ SERVER_CPUS = "0"
 CLIENT_CPUS = "1"
 PG_ADMIN_DSN = os.environ.get("AUDITGATE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 NATS_URL = os.environ.get("AUDITGATE_BENCH_NATS", "nats://127.0.0.1:4222")
+CHAT = "/v1/chat/completions"
+"""The chat completions path: the default load of every scenario."""
 
 
 class StartError(Exception):
@@ -150,10 +152,13 @@ class Scenario:
     starter: Callable[[Scenario, Context], Running]
     env: tuple[tuple[str, str], ...] = ()
     """Extra environment for the server (auditgate: e.g. ``DYN_AUDIT_INTEGRITY=1``)."""
+    path: str = CHAT
+    """The endpoint the load goes to (``/v1/completions``: legacy text completions)."""
 
     @property
     def name(self) -> str:
-        return f"{self.system} {self.engine} audit={self.audit}"
+        name = f"{self.system} {self.engine} audit={self.audit}"
+        return name if self.path == CHAT else f"{name} {self.path}"
 
     def start(self, ctx: Context) -> Running:
         return self.starter(self, ctx)
@@ -259,9 +264,12 @@ def start_auditgate(scenario: Scenario, ctx: Context) -> Running:
     return running
 
 
-def auditgate_scenarios(engines: Sequence[str], sinks: Sequence[str]) -> list[Scenario]:
-    """``auditgate`` with each engine and each audit setting (``off`` or a sink name)."""
-    return [Scenario("auditgate", e, s, start_auditgate) for e in engines for s in sinks]
+def auditgate_scenarios(
+    engines: Sequence[str], sinks: Sequence[str], path: str = CHAT
+) -> list[Scenario]:
+    """``auditgate`` with each engine and each audit setting (``off`` or a sink name), loaded
+    at ``path``."""
+    return [Scenario("auditgate", e, s, start_auditgate, path=path) for e in engines for s in sinks]
 
 
 # --- the fake upstream -------------------------------------------------------------------------

@@ -6,6 +6,8 @@
   with ``"stream": true`` an SSE stream of 16 content chunks (the first carries the role, the last
   ``finish_reason``), a usage chunk when ``stream_options.include_usage`` is true, then
   ``data: [DONE]``; every SSE frame is its own HTTP chunk, all written at once;
+- ``POST /v1/completions`` (legacy): the same answer as a ``text_completion`` (its chunks carry
+  ``text`` where chat's carry a delta);
 - ``GET /v1/models`` and ``GET /health``.
 
 Why raw asyncio + httptools instead of a web framework: every response is precomputed bytes, so
@@ -43,8 +45,21 @@ def _response(status: str, content_type: bytes, body: bytes) -> bytes:
     return head + body
 
 
-def completion_body(model: str) -> bytes:
-    """The non-streamed ``chat.completion`` for ``model``."""
+def completion_body(model: str, legacy: bool = False) -> bytes:
+    """The non-streamed ``chat.completion`` (``legacy``: ``text_completion``) for ``model``."""
+    if legacy:
+        text = "".join(_words())
+        choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": "length"}
+        return _json(
+            {
+                "id": "cmpl-upstream",
+                "object": "text_completion",
+                "created": CREATED,
+                "model": model,
+                "choices": [choice],
+                "usage": _usage(),
+            }
+        )
     return _json(
         {
             "id": "chatcmpl-upstream",
@@ -63,8 +78,10 @@ def completion_body(model: str) -> bytes:
     )
 
 
-def stream_frames(model: str, include_usage: bool) -> list[bytes]:
+def stream_frames(model: str, include_usage: bool, legacy: bool = False) -> list[bytes]:
     """The SSE frames (``data: ...\\n\\n``) of one streamed completion for ``model``."""
+    if legacy:
+        return _legacy_frames(model, include_usage)
     frames = []
     for i, word in enumerate(_words()):
         delta: dict[str, str] = (
@@ -98,13 +115,28 @@ def stream_frames(model: str, include_usage: bool) -> list[bytes]:
     return frames
 
 
-def stream_response(model: str, include_usage: bool) -> bytes:
+def _legacy_frames(model: str, include_usage: bool) -> list[bytes]:
+    """The SSE frames of one streamed legacy ``text_completion``."""
+    head = {"id": "cmpl-upstream", "object": "text_completion", "created": CREATED, "model": model}
+    frames = []
+    for i, word in enumerate(_words()):
+        finish = "length" if i == TOKENS - 1 else None
+        choice = {"text": word, "index": 0, "logprobs": None, "finish_reason": finish}
+        frames.append(b"data: " + _json({**head, "choices": [choice]}) + b"\n\n")
+    if include_usage:
+        frames.append(b"data: " + _json({**head, "choices": [], "usage": _usage()}) + b"\n\n")
+    frames.append(b"data: [DONE]\n\n")
+    return frames
+
+
+def stream_response(model: str, include_usage: bool, legacy: bool = False) -> bytes:
     """The whole HTTP response of a stream: headers, one chunk per frame, the last chunk."""
     head = (
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
         b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
     )
-    chunks = [b"%x\r\n%s\r\n" % (len(f), f) for f in stream_frames(model, include_usage)]
+    frames = stream_frames(model, include_usage, legacy)
+    chunks = [b"%x\r\n%s\r\n" % (len(f), f) for f in frames]
     return head + b"".join(chunks) + b"0\r\n\r\n"
 
 
@@ -121,11 +153,11 @@ def _usage() -> dict[str, int]:
 
 
 class Responses:
-    """Precomputed response bytes, built once per (model, stream, include_usage)."""
+    """Precomputed response bytes, built once per (model, stream, include_usage, legacy)."""
 
     def __init__(self, models: list[str]) -> None:
         self.models = models
-        self._cache: dict[tuple[str, bool, bool], bytes] = {}
+        self._cache: dict[tuple[str, bool, bool, bool], bytes] = {}
         data = [
             {"id": m, "object": "model", "created": CREATED, "owned_by": "bench"} for m in models
         ]
@@ -138,7 +170,8 @@ class Responses:
             "400 Bad Request", b"application/json", b'{"error":{"message":"invalid JSON"}}'
         )
 
-    def chat(self, body: bytes) -> bytes:
+    def chat(self, body: bytes, *, legacy: bool = False) -> bytes:
+        """The answer to a chat request (``legacy``: to a ``/v1/completions`` request)."""
         try:
             request = _decode(body)
         except msgspec.DecodeError:
@@ -147,13 +180,14 @@ class Responses:
         stream = request.get("stream") is True
         options = request.get("stream_options")
         usage = stream and isinstance(options, dict) and options.get("include_usage") is True
-        key = (model, stream, usage)
+        key = (model, stream, usage, legacy)
         response = self._cache.get(key)
         if response is None:
             if stream:
-                response = stream_response(model, usage)
+                response = stream_response(model, usage, legacy)
             else:
-                response = _response("200 OK", b"application/json", completion_body(model))
+                body = completion_body(model, legacy)
+                response = _response("200 OK", b"application/json", body)
             self._cache[key] = response
         return response
 
@@ -197,6 +231,8 @@ class UpstreamProtocol(asyncio.Protocol):
         r = self.responses
         if method == b"POST" and path.endswith(b"/chat/completions"):
             response = r.chat(b"".join(self.body))
+        elif method == b"POST" and path.endswith(b"/completions"):
+            response = r.chat(b"".join(self.body), legacy=True)
         elif method == b"GET" and path.endswith(b"/models"):
             response = r.model_list
         elif method == b"GET" and path == b"/health":
