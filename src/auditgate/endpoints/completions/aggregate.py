@@ -24,6 +24,8 @@ from typing import Any, Final
 __all__ = ["TextCompletionAggregator"]
 
 _TOP_SETTLED: Final = frozenset({"choices", "usage", "object"})
+_PLAIN_CHOICE: Final = frozenset({"text", "index", "logprobs", "finish_reason"})
+"""The keys of a usual stream choice."""
 
 
 class _Choice:
@@ -78,47 +80,75 @@ class _Choice:
 
 
 class TextCompletionAggregator:
-    """Feed every chunk a client received, in order; :meth:`finish` gives the completion."""
+    """Feed every chunk a client received, in order; :meth:`finish` gives the completion.
 
-    __slots__ = ("_choices", "_seen", "_top", "_usage")
+    Chunks are read, never modified; :meth:`finish` may be called at any point (a client gone
+    mid-stream gets the partial completion).
+    """
+
+    __slots__ = ("_choices", "_fed", "_settled", "_top", "_usage")
 
     def __init__(self) -> None:
         self._choices: dict[int, _Choice] = {}
         self._top: dict[str, Any] = {}
+        """Top-level fields other than ``choices``/``usage``: the first non-null of each."""
+        self._settled: set[str] = set(_TOP_SETTLED)
+        """Keys whose value is final (or handled elsewhere)."""
         self._usage: dict[str, Any] | None = None
-        self._seen = False
+        self._fed = False
 
     def feed(self, chunk: dict[str, Any]) -> None:
         """One chunk, as the client received it."""
-        self._seen = True
-        top = self._top
-        for key, value in chunk.items():
-            if key not in _TOP_SETTLED and top.get(key) is None:
-                top[key] = value  # first non-null wins; a null only marks the key present
-        usage = chunk.get("usage")
-        if usage is not None:
-            self._usage = usage
-        choices = chunk.get("choices")
-        if type(choices) is list:
-            for choice in choices:
-                if type(choice) is not dict:
-                    continue
-                index = choice.get("index", 0)
-                if type(index) is not int:
-                    continue
-                state = self._choices.get(index)
-                if state is None:
-                    state = self._choices[index] = _Choice(index)
-                state.feed(choice)
+        self.feed_all((chunk,))
 
     def feed_all(self, chunks: Iterable[dict[str, Any]]) -> None:
-        """Several chunks, in order."""
+        """Chunks in order.  Runs for every chunk of every stored stream: the usual choice
+        (text, no logprobs, nothing else) is handled inline; anything else takes
+        :meth:`_Choice.feed`."""
+        settled, states = self._settled, self._choices
         for chunk in chunks:
-            self.feed(chunk)
+            self._fed = True
+            if not chunk.keys() <= settled:  # top-level fields settle after the first chunk
+                self._feed_top(chunk)
+            choices = chunk.get("choices")
+            if choices:
+                for choice in choices:
+                    if type(choice) is not dict:
+                        continue
+                    index = choice.get("index", 0)
+                    state = states.get(index)
+                    if state is None:
+                        if type(index) is not int:
+                            continue
+                        state = states[index] = _Choice(index)
+                    text = choice.get("text")
+                    if (
+                        choice.keys() <= _PLAIN_CHOICE
+                        and type(text) is str
+                        and choice.get("logprobs") is None
+                    ):
+                        state.text.append(text)
+                        finish_reason = choice.get("finish_reason")
+                        if finish_reason is not None:
+                            state.finish_reason = finish_reason
+                    else:
+                        state.feed(choice)
+            usage = chunk.get("usage")
+            if usage is not None:
+                self._usage = usage
+
+    def _feed_top(self, chunk: dict[str, Any]) -> None:
+        top, settled = self._top, self._settled
+        for key, value in chunk.items():
+            if key not in settled:
+                if top.get(key) is None:
+                    top[key] = value  # first non-null wins; a null only marks the key present
+                if value is not None:
+                    settled.add(key)
 
     def finish(self) -> dict[str, Any] | None:
         """The ``text_completion`` so far; ``None`` when no chunk was fed."""
-        if not self._seen:
+        if not self._fed:
             return None
         top = self._top
         out: dict[str, Any] = {}
