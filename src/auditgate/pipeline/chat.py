@@ -184,10 +184,19 @@ class ChatPipeline:
                 capture.finish()
             await aclose(batches)
             raise
-        single = call.params.n is None or call.params.n == 1
         return ChatStream(
-            first or [], batches, capture, call.response_id, client_usage, single_choice=single
+            first or [],
+            batches,
+            capture,
+            call.response_id,
+            client_usage,
+            single_choice=self.single_choice(call),
         )
+
+    def single_choice(self, call: ChatCall) -> bool:
+        """Whether the answer has one choice (its finish ends the answer, see
+        :meth:`ChatStream.finishes`)."""
+        return call.params.n is None or call.params.n == 1
 
 
 class ChatStream:

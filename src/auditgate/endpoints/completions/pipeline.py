@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Final
 from auditgate.audit.capture import Aggregator
 from auditgate.endpoints.completions.aggregate import TextCompletionAggregator
 from auditgate.engines.base import EngineRequest
-from auditgate.pipeline.chat import ChatPipeline
+from auditgate.pipeline.chat import ChatCall, ChatPipeline
 
 __all__ = ["ENDPOINT", "ID_PREFIX", "CompletionsPipeline"]
 
@@ -38,3 +38,10 @@ class CompletionsPipeline(ChatPipeline):
     def produce_stream(self, request: EngineRequest) -> AsyncIterator[list[dict[str, Any]]]:
         """The engine's ``text_completion`` chunks, in batches."""
         return self.engine.stream_text(request)
+
+    def single_choice(self, call: ChatCall) -> bool:
+        """One choice: ``n`` is 1 and there is one prompt (each prompt gets ``n`` choices)."""
+        prompt = call.body.get("prompt")
+        # A list of strings or of token lists is several prompts; a list of ints is one.
+        several = isinstance(prompt, list) and len(prompt) > 1 and not isinstance(prompt[0], int)
+        return super().single_choice(call) and not several
