@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -279,3 +280,43 @@ def test_stream_forwarded_to_the_upstream(upstream: FakeUpstream) -> None:
     assert chunks == [{**c, "id": rid} for c in upstream_chunks if c["choices"]]
     assert record.response == merged(chunks)
     assert record.usage == upstream_chunks[-1]["usage"]
+
+
+def test_keys_and_tenants_apply(tmp_path: Any) -> None:
+    """With API keys, both endpoints need one, and their records carry the key's tenant; with
+    redaction on, the key a client repeats in its prompt never reaches a record (as for chat);
+    stored legacy completions are not listed as chat completions."""
+    from auditgate.auth.keys import add_key
+
+    path = str(tmp_path / "keys.json")
+    key = add_key(path, name="a", tenant="team-a", role="user")
+    env = audit_env(
+        AUDITGATE_API_KEYS_FILE=path,
+        DYN_AUDIT_REDACT="email",
+        DYN_AUDIT_SINKS="sqlite",
+        DYN_AUDIT_SQLITE_PATH=str(tmp_path / "store.db"),
+    )
+    with gateway(env, configured_sinks=True) as g:
+        anonymous = openai.OpenAI(base_url=g.base_url, api_key="ag-wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            anonymous.completions.create(model="mock", prompt="x")
+        with pytest.raises(openai.AuthenticationError):
+            anonymous.embeddings.create(model="mock", input="x")
+        sdk = openai.OpenAI(base_url=g.base_url, api_key=key, max_retries=0)
+        sdk.completions.create(model="mock", prompt=f"my key is {key}", extra_body=STORE)
+        sdk.embeddings.create(model="mock", input="x", extra_body=STORE)
+        chat = sdk.chat.completions.create(
+            model="mock", messages=[{"role": "user", "content": "hi"}], store=True
+        )
+        records = g.records(3)
+        assert [(r.endpoint, r.tenant) for r in records] == [
+            ("completions", "team-a"),
+            ("embeddings", "team-a"),
+            ("chat.completions", "team-a"),
+        ]
+        assert all(key.encode() not in line for line in g.sink.lines)
+        deadline = time.monotonic() + 10
+        while not (listed := [c.id for c in sdk.chat.completions.list()]):
+            assert time.monotonic() < deadline, "the store did not catch up"
+            time.sleep(0.01)
+        assert listed == [chat.id]  # written after the other two, which are not listed
