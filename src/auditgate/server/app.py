@@ -1,9 +1,10 @@
 """The app factory: builds one gateway (engine, audit bus, pipeline, routes) from settings.
 
 All state lives on the :class:`Gateway` built here; importing this module has no side effects.
-``POST /v1/chat/completions`` is dispatched straight to the raw-ASGI chat handler; every other
-route goes through Starlette, whose last route, in front of an upstream, passes whatever no other
-route serves through to it (:mod:`auditgate.server.passthrough`).
+``POST /v1/chat/completions`` is dispatched straight to the raw-ASGI chat handler (``POST
+/v1/completions`` and ``/v1/embeddings`` to its siblings in :mod:`auditgate.server.legacy`);
+every other route goes through Starlette, whose last route, in front of an upstream, passes
+whatever no other route serves through to it (:mod:`auditgate.server.passthrough`).
 """
 
 from __future__ import annotations
