@@ -27,6 +27,9 @@ from auditgate.store.schema import METADATA_TABLE, TABLE, RowLike, record_dict_f
 Order = Literal["asc", "desc"]
 Dialect = Literal["sqlite", "postgres"]
 
+UNLISTED_ENDPOINTS: Final = ("completions", "embeddings")
+"""Record endpoints that no stored-object API serves (see :meth:`Sql.visible`)."""
+
 SCAN_CHUNK: Final = 500
 """Rows fetched per round trip by :meth:`Store.scan` (memory stays bounded by it)."""
 
@@ -179,8 +182,11 @@ class Sql:
         return clauses
 
     def visible(self, response_id: str, tenant: str | None) -> str:
-        """WHERE clause of the one stored, live record the API may touch."""
+        """WHERE clause of the one stored, live record the API may touch.  Legacy completions
+        and embeddings are stored records too, but no API reads them back (OpenAI has none):
+        their ids are unknown ids here."""
         clauses = self.where(Filter(tenant=tenant))
+        clauses.append(f"endpoint NOT IN ({', '.join(map(repr, UNLISTED_ENDPOINTS))})")
         clauses.append(f"response_id = {self.param(response_id)}")
         return " AND ".join(clauses)
 

@@ -285,7 +285,8 @@ def test_stream_forwarded_to_the_upstream(upstream: FakeUpstream) -> None:
 def test_keys_and_tenants_apply(tmp_path: Any) -> None:
     """With API keys, both endpoints need one, and their records carry the key's tenant; with
     redaction on, the key a client repeats in its prompt never reaches a record (as for chat);
-    stored legacy completions are not listed as chat completions."""
+    stored legacy completions and embeddings are not chat completions: neither listed nor
+    served by id."""
     from auditgate.auth.keys import add_key
 
     path = str(tmp_path / "keys.json")
@@ -320,3 +321,11 @@ def test_keys_and_tenants_apply(tmp_path: Any) -> None:
             assert time.monotonic() < deadline, "the store did not catch up"
             time.sleep(0.01)
         assert listed == [chat.id]  # written after the other two, which are not listed
+        # Nor served by id (the store's response id of an embeddings record is chatcmpl-<id>).
+        legacy, embedded = records[0], records[1]
+        for unlisted in ("cmpl-" + legacy.request_id, "chatcmpl-" + embedded.request_id):
+            with pytest.raises(openai.NotFoundError):
+                sdk.chat.completions.retrieve(unlisted)
+            with pytest.raises(openai.NotFoundError):
+                sdk.chat.completions.delete(unlisted)
+        assert sdk.chat.completions.retrieve(chat.id).id == chat.id
