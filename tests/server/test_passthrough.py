@@ -15,8 +15,11 @@ import httpx
 import msgspec
 import openai
 import pytest
+from starlette.applications import Starlette
 
 from auditgate.auth.keys import add_key
+from auditgate.config import Settings
+from auditgate.server.app import create_app
 from tests.support.gateway import free_port
 from tests.support.server import TestGateway, audit_env, gateway
 from tests.support.upstream import (
@@ -115,6 +118,15 @@ def test_the_gateway_routes_are_not_shadowed(g: TestGateway, upstream: FakeUpstr
     assert (completion.object, statuses) == ("chat.completion", [200, 200, 200, 200])
     assert "this gateway has no store" in stored.json()["error"]["message"]
     assert passed(upstream) == [f"POST {PREFIX}/v1/chat/completions"]
+
+
+def test_the_passthrough_route_is_the_last_one(upstream: FakeUpstream) -> None:
+    """Routes are matched in order: one added after the pass-through would never be reached."""
+    settings = Settings.from_env(upstream_env(upstream))
+    router = create_app(settings, sinks=[]).router
+    assert isinstance(router, Starlette)
+    paths = [getattr(route, "path", None) for route in router.routes]
+    assert (paths[-1], paths.count("/{path:path}")) == ("/{path:path}", 1)
 
 
 def test_request_headers_lose_only_hop_by_hop_ones(g: TestGateway, upstream: FakeUpstream) -> None:
