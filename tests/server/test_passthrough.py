@@ -3,6 +3,7 @@ they are, and its answers come back as they are (tests/support's fake upstream e
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
 import re
@@ -42,12 +43,12 @@ def upstream() -> Iterator[FakeUpstream]:
 
 
 def upstream_env(upstream: FakeUpstream, **extra: str) -> dict[str, str]:
-    return audit_env(
-        AUDITGATE_ENGINE="openai",
-        AUDITGATE_UPSTREAM_URL=f"{upstream.url}{PREFIX}/v1",
-        DYN_AUDIT_FORCE_LOGGING="1",  # were a pass-through audited, it would show
-        **extra,
-    )
+    env = {
+        "AUDITGATE_ENGINE": "openai",
+        "AUDITGATE_UPSTREAM_URL": f"{upstream.url}{PREFIX}/v1",
+        "DYN_AUDIT_FORCE_LOGGING": "1",  # were a pass-through audited, it would show
+    }
+    return audit_env(**(env | extra))
 
 
 @pytest.fixture
@@ -180,12 +181,13 @@ def test_upstream_errors_are_relayed_as_they_are(g: TestGateway, upstream: FakeU
     assert (response.status_code, response.json()) == (404, expected)
 
 
-def test_upstream_cookies_are_not_kept_between_clients(
-    g: TestGateway, upstream: FakeUpstream
-) -> None:
-    """A cookie the upstream set for one client is never sent with another's request."""
-    first = httpx.get(g.url + "/echo", timeout=10)
-    second = httpx.get(g.url + "/echo", timeout=10)  # a new client: no cookie of its own
+def test_upstream_cookies_are_not_kept_between_clients(upstream: FakeUpstream) -> None:
+    """A cookie the upstream set for one client is never sent with another's request (the
+    upstream named by host name: a cookie jar ignores cookies of IP addresses)."""
+    env = upstream_env(upstream, AUDITGATE_UPSTREAM_URL=f"http://localhost:{upstream.port}/v1")
+    with gateway(env) as g:
+        first = httpx.get(g.url + "/echo", timeout=10)
+        second = httpx.get(g.url + "/echo", timeout=10)  # a new client: no cookie of its own
     assert "set-cookie" in first.headers
     assert [name for name, _ in echo(second).headers if name == "cookie"] == []
 
@@ -200,12 +202,25 @@ def test_the_sdk_calls_an_unserved_endpoint(g: TestGateway, upstream: FakeUpstre
     assert g.sink.records == []
 
 
-def test_compressed_bodies_are_relayed_compressed(g: TestGateway, upstream: FakeUpstream) -> None:
-    """Nothing is decompressed on the way: the bytes the client gets are the upstream's."""
+def test_chunked_bodies_arrive_whole(g: TestGateway, upstream: FakeUpstream) -> None:
+    """A chunked upstream answer reaches the client byte for byte (re-chunked by the server)."""
     size = 300_000
     with httpx.stream("GET", g.url + f"/bytes?n={size}&framing=chunked", timeout=10) as response:
         data = b"".join(response.iter_raw())
     assert (response.status_code, len(data), sha256(data)) == (200, size, pattern_sha256(size))
+
+
+def test_compressed_bodies_are_relayed_compressed(g: TestGateway, upstream: FakeUpstream) -> None:
+    """Nothing is decompressed on the way: the client gets the upstream's gzip bytes and
+    ``Content-Encoding``, and decompresses them itself."""
+    with httpx.stream("GET", g.url + "/echo?gzip=1", timeout=10) as response:
+        raw = b"".join(response.iter_raw())
+    seen = msgspec.json.decode(gzip.decompress(raw), type=Echo)
+    assert (response.headers["content-encoding"], response.headers["content-length"]) == (
+        "gzip",
+        str(len(raw)),
+    )
+    assert seen.path == f"{PREFIX}/echo?gzip=1"
 
 
 def test_dot_segments_are_refused(g: TestGateway, upstream: FakeUpstream) -> None:

@@ -21,8 +21,9 @@ test may change at any time (plain attribute assignment, also across threads):
 Routes for pass-through tests, under any path prefix (the path's last segment chooses), any
 method; the behaviours ``reset``, ``http_error`` and a ``delay_s`` apply to them too:
 
-- ``…/echo[?status=N]`` — a JSON :class:`Echo` of the request as received (its body only counted
-  and hashed, so a huge upload is never held), with status N (default 200), the response header
+- ``…/echo[?status=N][&gzip=1]`` — a JSON :class:`Echo` of the request as received (its body
+  only counted and hashed, so a huge upload is never held; gzip-encoded with ``gzip``), with
+  status N (default 200), the response header
   ``X-Upstream-Echo: yes``, a cookie, and hop-by-hop headers a proxy must drop (``Keep-Alive``,
   ``X-Upstream-Hop``, which ``Connection`` names);
 - ``…/bytes?n=N[&chunk=C][&delay_ms=D][&framing=chunked][&cut=K]`` — N bytes of
@@ -44,6 +45,7 @@ import collections
 import contextlib
 import dataclasses
 import functools
+import gzip
 import hashlib
 import http
 import threading
@@ -441,7 +443,10 @@ class _Connection(asyncio.Protocol):
         status = int(query.get("status", ["200"])[0])
         echo = Echo(request.method, request.path, headers, request.body_size, request.body_sha256)
         payload = msgspec.json.encode(echo)
-        extra = (
+        if "gzip" in query:
+            payload = gzip.compress(payload)
+        extra = "Content-Encoding: gzip\r\n" if "gzip" in query else ""
+        extra += (
             "X-Upstream-Echo: yes\r\nSet-Cookie: upstream-session=s3cr3t; Path=/\r\n"
             "Keep-Alive: timeout=5\r\nX-Upstream-Hop: dropped\r\n"
         )
