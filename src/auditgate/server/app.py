@@ -179,6 +179,7 @@ class Gateway:
         await self.engine.start()
         if self.passthrough is not None:
             await self.passthrough.start()
+            log.info("pass-through on: paths no route serves go to %r", self.passthrough)
         if self.bus is not None:
             await self.bus.start()
             if self.auditor.processors.chain is not None:
