@@ -10,8 +10,9 @@ never audited:
   no limit here; memory stays bounded by the socket buffers and aiohttp's read buffer);
 - headers both ways minus the hop-by-hop ones (:func:`~auditgate.server.forwarding.hop_by_hop`);
   ``Host`` is the upstream's; ``Expect`` is not forwarded (the gateway's server already answered
-  it); no header is added — not ``User-Agent``, ``Accept-Encoding`` or ``Content-Type`` — and
-  compressed bodies are relayed compressed;
+  it); no header is added — not ``User-Agent``, ``Accept-Encoding`` or ``Content-Type``; only
+  a body-less ``POST``/``PUT``/``PATCH`` gets ``Content-Length: 0`` — and compressed bodies are
+  relayed compressed;
 - credentials as for chat: the client's ``Authorization`` is forwarded only with
   ``AUDITGATE_UPSTREAM_KEY_PASSTHROUGH``; otherwise ``AUDITGATE_UPSTREAM_API_KEY`` is sent, if
   set.  With API keys configured the caller was authenticated before anything is forwarded;
