@@ -104,11 +104,15 @@ def test_paths_at_the_root_and_unserved_methods_of_served_paths(
 
 
 def test_the_gateway_routes_are_not_shadowed(g: TestGateway, upstream: FakeUpstream) -> None:
-    """/health, /metrics, /v1/models, stored completions and chat stay the gateway's own."""
+    """/health, /metrics, /v1/models, stored completions and the audited endpoints stay the
+    gateway's own: each audited call yields its record, which a pass-through never would."""
     api = openai.OpenAI(base_url=g.base_url, api_key="sk-client", max_retries=0)
     completion = api.chat.completions.create(
         model="fake-model", messages=[{"role": "user", "content": "hi"}]
     )
+    api.completions.create(model="fake-model", prompt="hi")
+    api.embeddings.create(model="fake-model", input="hi")
+    endpoints = sorted(record.endpoint for record in g.records(3))
     statuses = [
         httpx.get(g.url + "/health", timeout=10).status_code,
         httpx.get(g.url + "/metrics", timeout=10).status_code,
@@ -118,7 +122,12 @@ def test_the_gateway_routes_are_not_shadowed(g: TestGateway, upstream: FakeUpstr
     stored = httpx.get(g.base_url + "/chat/completions", timeout=10)  # no store: the gateway's 400
     assert (completion.object, statuses) == ("chat.completion", [200, 200, 200, 200])
     assert "this gateway has no store" in stored.json()["error"]["message"]
-    assert passed(upstream) == [f"POST {PREFIX}/v1/chat/completions"]
+    assert endpoints == ["chat.completions", "completions", "embeddings"]
+    assert passed(upstream) == [
+        f"POST {PREFIX}/v1/chat/completions",
+        f"POST {PREFIX}/v1/completions",
+        f"POST {PREFIX}/v1/embeddings",
+    ]
 
 
 def test_the_passthrough_route_is_the_last_one(upstream: FakeUpstream) -> None:
