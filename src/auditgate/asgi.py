@@ -4,9 +4,11 @@ Mount it on vLLM's or SGLang's FastAPI app (vLLM: ``vllm serve MODEL --middlewar
 auditgate.asgi.AuditMiddleware``; any Starlette/FastAPI app:
 ``app.add_middleware(AuditMiddleware)``) and every ``POST /v1/chat/completions`` and ``POST
 /v1/completions`` yields the record the gateway would write: same ``DYN_AUDIT_*`` settings (read
-from the environment unless ``settings`` is given), same record, bus and sinks, same capture
-code (:meth:`Auditor.open` / :class:`AuditCapture`), transport ``http``, endpoint
-``chat.completions`` or ``completions`` (legacy streams aggregated per choice by
+from the environment unless ``settings`` is given), built by the same composition root
+(:class:`~auditgate.audit.runtime.AuditRuntime`: sinks, best-effort or durable bus, redaction,
+integrity chain and checkpoints), same capture code (:meth:`Auditor.open` /
+:class:`AuditCapture`), transport ``http``, endpoint ``chat.completions`` or ``completions``
+(legacy streams aggregated per choice by
 :class:`~auditgate.endpoints.completions.TextCompletionAggregator`).
 
 Contracts:
@@ -16,7 +18,10 @@ Contracts:
   responses are decoded once complete; ``text/event-stream`` responses are parsed with the
   engines' :class:`~auditgate.engines.sse.SSEDecoder`, every chunk fed to the capture as the
   client receives it.  The record is published before the last byte (``[DONE]`` or the end of
-  the JSON body) is handed on, as the gateway does.
+  the JSON body) is handed on, as the gateway does; in durable mode that last byte waits until
+  the record is in the spool (a commit that fails breaks the response: never an unaudited
+  success).  Unlike the gateway, the middleware cannot refuse a request before the app answers
+  it, so a full spool shows as broken responses, not as 503 ``audit_spool_full``.
 - **Ids.**  The middleware cannot rewrite ids: the record's ``request_id`` is a fresh UUIDv7,
   while the client sees the server's own ``id`` (e.g. vLLM's ``chatcmpl-…``), kept in the
   record's ``response.id``; no ``X-Request-Id`` header is added.  A valid client
@@ -30,13 +35,16 @@ Contracts:
   auth layer inside this middleware).
 - **Failures never reach the app.**  A bug or a parse error while tapping is logged (rate
   limited) and ends that request's record as ``error`` (type ``audit_tap_error``); the client's
-  exchange goes on.  If the sinks cannot be opened at startup, the app keeps serving and the
-  error is logged; every record that would have been stored is then counted as dropped for each
-  sink (``auditgate_audit_dropped_total{reason="sink_unavailable"}``) and logged, rate-limited,
-  so an unaudited answer is never silent.
+  exchange goes on.  If the sinks cannot be opened at startup (best effort), the app keeps
+  serving and the error is logged; every record that would have been stored is then counted as
+  dropped for each sink (``auditgate_audit_dropped_total{reason="sink_unavailable"}``) and
+  logged, rate-limited, so an unaudited answer is never silent.  In durable mode the same
+  failure, or a spool it cannot use, fails the app's startup with one line.
 - **Lifecycle.**  The bus starts when the app reports ``lifespan.startup.complete`` (or on the
   first chat request, for servers without lifespan) and drains when the app reports
-  ``lifespan.shutdown.complete``.  Metrics live on :attr:`AuditMiddleware.registry`.
+  ``lifespan.shutdown.complete`` (sealing the integrity chain with its final checkpoint).
+  :meth:`AuditMiddleware.flush` waits until every record so far is stored.  Metrics live on
+  :attr:`AuditMiddleware.registry`.
 """
 
 from __future__ import annotations
@@ -50,15 +58,15 @@ import msgspec
 from prometheus_client import CollectorRegistry
 
 from auditgate.audit.aggregate import StreamAggregator
-from auditgate.audit.bus import AuditBus, RateLimitedLog
-from auditgate.audit.capture import Aggregator, AuditCapture, Auditor
+from auditgate.audit.bus import RateLimitedLog
+from auditgate.audit.capture import Aggregator, AuditCapture
 from auditgate.audit.metrics import AuditMetrics
-from auditgate.audit.record import Envelope
+from auditgate.audit.runtime import AuditRuntime
 from auditgate.audit.sink import Sink
 from auditgate.config import Settings
 from auditgate.endpoints.completions import TextCompletionAggregator, validate_completion
 from auditgate.engines.sse import SSEDecoder
-from auditgate.errors import UNDECODABLE, APIError
+from auditgate.errors import UNDECODABLE, APIError, ConfigError
 from auditgate.pipeline.chat import CallParams, bad_stream_request
 from auditgate.pipeline.request import (
     new_request_id,
@@ -100,23 +108,15 @@ class AuditMiddleware:
         self.path = path
         self.completions_path = completions_path
         self.registry = CollectorRegistry()
-        self.metrics = metrics = AuditMetrics(self.registry)
+        self.metrics = AuditMetrics(self.registry)
         audit = self.settings.audit
-        self.bus: AuditBus | None = None
-        if audit.enabled:
-            if sinks is None:
-                from auditgate.sinks import build_sinks
-
-                sinks = build_sinks(audit, metrics)
-            self.bus = AuditBus(
-                sinks, capacity=audit.capacity, capacity_bytes=audit.capacity_bytes, metrics=metrics
-            )
-        self.auditor = Auditor(audit, self.bus, metrics, engine=engine)
+        # The same audit core as the gateway's: bus (durable too), processors, integrity.
+        self.runtime = AuditRuntime(audit, self.metrics, engine=engine, sinks=sinks)
+        self.auditor = self.runtime.auditor
         self.header_capture = HeaderCapture.build(audit.header_capture)
         self.max_body_bytes = self.settings.gateway.max_body_bytes
         self.problems = RateLimitedLog()
-        self._state = "new"  # new -> running | failed -> closed
-        """``failed``: the sinks could not be opened; records are captured and counted dropped."""
+        self._state = "new"  # new -> running -> closed
         self._lock = asyncio.Lock()
 
     @property
@@ -126,34 +126,26 @@ class AuditMiddleware:
         return self.auditor.enabled and self._state != "closed"
 
     async def start(self) -> None:
-        """Start the bus (opening the sinks); idempotent.  A failure is logged, not raised."""
+        """Start the audit runtime (opening the sinks); idempotent.  A sink that cannot be
+        opened is logged, not raised: the app goes on serving and every record is counted as
+        dropped.  A spool that cannot be used (durable mode) stops the app's startup."""
         async with self._lock:
-            if self._state != "new" or self.bus is None:
+            if self._state != "new":
                 return
-            try:
-                await self.bus.start()
-            except Exception:  # the app must keep serving: log loudly, count every lost record
-                self._state = "failed"
-                self.auditor.bus = _SinksDown(self.bus.sink_names, self.metrics)
-                log.exception(
-                    "audit: cannot start the sinks; serving WITHOUT audit (records counted in "
-                    'auditgate_audit_dropped_total{reason="sink_unavailable"})'
-                )
-                return
+            await self.runtime.start(keep_serving=True)
             self._state = "running"
-            log.info(
-                "audit on: sinks=%s writer=%s", ",".join(self.bus.sink_names), self.auditor.writer
-            )
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every record accepted so far is in its sinks (see
+        :meth:`~auditgate.audit.runtime.AuditRuntime.flush`)."""
+        return await self.runtime.flush(timeout)
 
     async def close(self) -> None:
-        """Drain the bus within ``AUDITGATE_DRAIN_TIMEOUT`` and report what was lost."""
+        """Seal the chain, drain the bus within ``AUDITGATE_DRAIN_TIMEOUT``, report losses."""
         async with self._lock:
             running, self._state = self._state == "running", "closed"
-        if running and self.bus is not None:
-            report = await self.bus.close(self.settings.gateway.drain_timeout_s)
-            lost = sum(report.values())
-            if lost:
-                log.error("audit: %d record(s) undelivered at shutdown: %s", lost, report)
+        if running:
+            await self.runtime.stop(self.settings.gateway.drain_timeout_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -187,48 +179,15 @@ class AuditMiddleware:
         async def wrapped(message: Message) -> None:
             kind = message["type"]
             if kind == "lifespan.startup.complete":
-                await self.start()
+                try:
+                    await self.start()
+                except ConfigError as exc:  # the operator's to fix: one line, no traceback
+                    message = {"type": "lifespan.startup.failed", "message": f"auditgate: {exc}"}
             elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                 await self.close()
             await send(message)
 
         return wrapped
-
-
-class _SinksDown:
-    """The bus of a middleware whose sinks could not be opened at startup: the app goes on
-    serving, and each record is counted as dropped for every sink
-    (``reason="sink_unavailable"``) and logged, rate-limited.  Nothing is ever pending."""
-
-    def __init__(self, names: tuple[str, ...], metrics: AuditMetrics) -> None:
-        self._names = names
-        self._dropped = [metrics.dropped.labels(name, "sink_unavailable") for name in names]
-        self._log = RateLimitedLog()
-
-    @property
-    def sink_names(self) -> tuple[str, ...]:
-        return self._names
-
-    async def start(self) -> None:
-        """Nothing to open: the sinks already failed to."""
-
-    def publish(self, envelope: Envelope) -> None:
-        for counter in self._dropped:
-            counter.inc()
-        self._log.warning(
-            "sinks-down",
-            "audit: sinks unavailable since startup; record %s dropped",
-            envelope.request_id,
-        )
-
-    def pending(self) -> int:
-        return 0
-
-    async def flush(self, timeout: float | None = None) -> bool:
-        return True
-
-    async def close(self, timeout: float) -> dict[str, int]:
-        return {}
 
 
 class _TapError(APIError):

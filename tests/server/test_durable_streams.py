@@ -31,7 +31,7 @@ def durable_gateway(tmp_path: Path, **extra: str) -> Iterator[TestGateway]:
 
 
 def writer_pid(gw: TestGateway) -> int:
-    process = gw.app.gateway.bus.spool._process  # type: ignore[union-attr]
+    process = gw.app.gateway.audit.bus.spool._process  # type: ignore[union-attr]
     assert process is not None
     return process.pid
 

@@ -35,7 +35,7 @@ from typing import Protocol
 import msgspec
 
 from auditgate.audit.metrics import AuditMetrics
-from auditgate.audit.record import Envelope
+from auditgate.audit.record import AuditRecord, Envelope, Mode
 from auditgate.audit.sink import BatchPolicy, Sink
 from auditgate.config import DEFAULT_CAPACITY_BYTES
 
@@ -74,21 +74,40 @@ class RecordBus(Protocol):
     """What the :class:`~auditgate.audit.capture.Auditor` hands records to.
 
     ``publish`` never blocks and never raises.  It returns ``None`` when there is nothing to
-    wait for (best effort: :class:`AuditBus`), or an awaitable that completes once the record
-    is durable and raises if it could not be made durable (durable mode:
-    :class:`~auditgate.audit.durable.DurableBus`).
+    wait for, or a commit (:mod:`auditgate.audit.commit`): an awaitable that completes once the
+    record is durable and raises :class:`~auditgate.audit.commit.CommitError` if it could not
+    be made durable.  ``durable`` declares which: a durable bus returns a commit for every
+    record it accepts, and a transport releases the end of a response only once it completed.
     """
+
+    durable: bool
+    """``publish`` returns a commit for every record it accepts (the spooled bus)."""
 
     @property
     def sink_names(self) -> tuple[str, ...]: ...
 
+    @property
+    def last_recovered(self) -> AuditRecord | None:
+        """The newest record a previous process left in this bus's storage, found at
+        :meth:`start` (None: none, or nothing is kept across processes)."""
+        ...
+
     async def start(self) -> None: ...
+
+    def admit(self, mode: Mode) -> bool:
+        """Whether a request whose record has ``mode`` may start now; a refusal is counted
+        (the spool is full and the record could not be kept)."""
+        ...
 
     def publish(self, envelope: Envelope) -> Awaitable[None] | None: ...
 
-    def pending(self) -> int: ...
+    def pending(self) -> int:
+        """Records accepted and not yet stored by every sink."""
+        ...
 
-    async def flush(self, timeout: float | None = None) -> bool: ...
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until :meth:`pending` is 0; True if that happened before ``timeout``."""
+        ...
 
     async def close(self, timeout: float) -> dict[str, int]: ...
 
@@ -122,7 +141,10 @@ class _Lane:
 
 
 class AuditBus:
-    """Fans published records out to sinks through bounded lanes."""
+    """Fans published records out to sinks through bounded lanes (best effort)."""
+
+    durable = False
+    """Nothing to wait for: a full lane drops (counted), it never holds a response."""
 
     def __init__(
         self,
@@ -157,6 +179,15 @@ class AuditBus:
     @property
     def sink_names(self) -> tuple[str, ...]:
         return tuple(lane.name for lane in self._lanes)
+
+    @property
+    def last_recovered(self) -> AuditRecord | None:
+        """Nothing survives a process: always None."""
+        return None
+
+    def admit(self, mode: Mode) -> bool:
+        """Every request: a full lane drops the record (counted), it never refuses one."""
+        return True
 
     async def start(self) -> None:
         """Open every sink and start its worker.  A sink whose ``open`` fails aborts startup;

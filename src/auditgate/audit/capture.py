@@ -26,54 +26,17 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final, Protocol
 
+from auditgate.audit import commit as commits
 from auditgate.audit.aggregate import StreamAggregator
 from auditgate.audit.bus import RecordBus
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.processors import Processors
 from auditgate.audit.record import AuditRecord, Envelope, ErrorInfo, Mode, Status
-from auditgate.audit.spool import SpoolError
 from auditgate.config import AuditSettings
-from auditgate.errors import APIError
+from auditgate.errors import APIError, ServiceUnavailableError
 
 _UNIT: Final = float(1 << 64)
 log = logging.getLogger("auditgate.audit")
-
-
-def _log_failure(commit: Awaitable[None] | None) -> None:
-    """Nobody awaits a checkpoint published from ``publish``: log a failed durable commit."""
-    if isinstance(commit, asyncio.Future):
-        commit.add_done_callback(_report)
-
-
-def _report(future: asyncio.Future[None]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.error("audit: checkpoint not made durable: %s", future.exception())
-
-
-def _retrieved(future: asyncio.Future[None]) -> None:
-    """Mark a commit's outcome retrieved: a transport whose client left never awaits it."""
-    if not future.cancelled():
-        future.exception()
-
-
-def _forward(source: Awaitable[None] | None, target: asyncio.Future[None]) -> None:
-    """Complete ``target`` as ``source`` (a bus commit, or None: nothing to wait for) completes."""
-    if source is None:
-        target.set_result(None)
-        return
-    future = asyncio.ensure_future(source)
-
-    def copy(done: asyncio.Future[None]) -> None:
-        if target.done():
-            return
-        if done.cancelled():
-            target.cancel()
-        elif done.exception() is not None:
-            target.set_exception(done.exception())  # type: ignore[arg-type]
-        else:
-            target.set_result(None)
-
-    future.add_done_callback(copy)
 
 
 class Aggregator(Protocol):
@@ -152,15 +115,28 @@ class Auditor:
         headers: dict[str, str] | None = None,
         credentials: Sequence[str] = (),
         aggregator: Callable[[], Aggregator] = StreamAggregator,
+        refuse_unkept: bool = False,
     ) -> AuditCapture | None:
         """Start capturing one request; None when it yields no record.
 
         ``credentials``: the API key the request authenticated with; never stored, only handed
         to the processors, which redact it wherever the record repeats it.  ``aggregator``:
-        makes the endpoint's stream aggregator (chat's by default)."""
+        makes the endpoint's stream aggregator (chat's by default).
+
+        ``refuse_unkept``: for a transport that can still refuse the request (its engine has
+        not run): when the bus cannot keep its record now (the durable spool is full and the
+        record is ``full``), raise a 503 ``audit_spool_full`` instead of answering unaudited."""
         mode = self.mode_for(request_id, store)
         if mode is None:
             return None
+        if refuse_unkept:
+            assert self.bus is not None  # a mode means audit is on
+            if not self.bus.admit(mode):
+                raise ServiceUnavailableError(
+                    "The audit spool is full, so this request, which asks to be stored, cannot "
+                    "be audited right now; retry later.",
+                    code="audit_spool_full",
+                )
         return AuditCapture(
             self,
             mode=mode,
@@ -202,9 +178,8 @@ class Auditor:
         except RuntimeError:  # no loop (a synchronous caller): nothing to batch with
             return self._publish_now(record, credentials=credentials)
         commit: asyncio.Future[None] | None = None
-        if self.settings.durability == "durable":
-            commit = loop.create_future()
-            commit.add_done_callback(_retrieved)
+        if self.bus is not None and self.bus.durable:
+            commit = commits.pending()
         self._pending.append((record, commit, credentials))
         if len(self._pending) == 1:
             loop.call_soon(self._process)
@@ -233,7 +208,7 @@ class Auditor:
                 self._stamp(record)
                 done = self._drop(record, failure)
             if commit is not None:
-                _forward(done, commit)
+                commits.forward(done, commit)
         # The whole batch, publishing included (about 1 us a record of it happens without
         # processors too): one clock read per batch, not per record.
         self._processing.inc(time.perf_counter() - started)
@@ -261,7 +236,7 @@ class Auditor:
         assert self.bus is not None
         commit = self.bus.publish(envelope)
         if processors.checkpoint_due:
-            _log_failure(self.checkpoint("count"))
+            commits.log_failure(self.checkpoint("count"), "checkpoint")
         return commit
 
     def _drop(self, record: AuditRecord, exc: Exception) -> Awaitable[None] | None:
@@ -270,9 +245,15 @@ class Auditor:
         answering unaudited."""
         log.error("audit: processors failed, record %s dropped", record.request_id, exc_info=exc)
         self.metrics.dropped.labels("*", "processor_error").inc()
-        if self.settings.durability == "durable":
-            return _failed(SpoolError(f"audit processors failed: {exc}"))
+        if self.bus is not None and self.bus.durable:
+            return commits.failed(commits.CommitError(f"audit processors failed: {exc}"))
         return None
+
+    def flush(self) -> None:
+        """Publish the records waiting for the processors' next batch now, so that a bus
+        flush after it covers every record accepted so far."""
+        if self._pending:
+            self._process()
 
     def checkpoint(self, reason: str, *, final: bool = False) -> Awaitable[None] | None:
         """Publish an integrity checkpoint now, if integrity is on and one says anything new
@@ -496,15 +477,6 @@ class AuditCapture:
         if self._headers:
             record.http_request_headers = self._headers
         return self._auditor.publish(record, self._credentials)
-
-
-def _failed(error: Exception) -> asyncio.Future[None]:
-    """A commit that never succeeds: awaiting it raises ``error``.  Marked retrieved, so a
-    transport that never awaits it (its client left) leaves no "never retrieved" noise."""
-    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    future.set_exception(error)
-    future.add_done_callback(lambda done: done.exception())
-    return future
 
 
 def _ms(seconds: float) -> float:

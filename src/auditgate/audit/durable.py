@@ -47,6 +47,7 @@ from auditgate.audit.bus import (
     wait_for_batch,
     write_until_stored,
 )
+from auditgate.audit.commit import failed
 from auditgate.audit.frames import Frame, Position
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import AuditRecord, Envelope, Mode, decode_record
@@ -117,6 +118,9 @@ class _Reader:
 class DurableBus:
     """Spools every record durably, then feeds each sink from its own cursor."""
 
+    durable = True
+    """``publish`` returns a commit for every record it accepts."""
+
     def __init__(
         self,
         sinks: Sequence[Sink],
@@ -145,9 +149,7 @@ class DurableBus:
         self._closing = False
         self._drained = False
         self._log = RateLimitedLog()
-        self.last_recovered: AuditRecord | None = None
-        """The newest record the spool held at :meth:`start` (None: none, or unreadable): if
-        its process died without a final checkpoint, its chain ends there."""
+        self._last_recovered: AuditRecord | None = None
         self._spool_full = metrics.dropped.labels("spool", "spool_full")
         self._spool_error = metrics.dropped.labels("spool", "spool_error")
         metrics.watch(metrics.spool_bytes, lambda: spool.bytes)
@@ -155,6 +157,12 @@ class DurableBus:
     @property
     def sink_names(self) -> tuple[str, ...]:
         return tuple(sink.name for sink in self._sinks)
+
+    @property
+    def last_recovered(self) -> AuditRecord | None:
+        """The newest record the spool held at :meth:`start` (None: none, or unreadable): if
+        its process died without a final checkpoint, its chain ends there."""
+        return self._last_recovered
 
     @property
     def full(self) -> bool:
@@ -174,7 +182,7 @@ class DurableBus:
             self.metrics.spool_cut_bytes.inc(cut.removed)
         self._live_segment = recovery.live
         self._end = self.spool.end
-        self.last_recovered = _last_record(recovery.last)
+        self._last_recovered = _last_record(recovery.last)
         for sink in self._sinks:
             reader = _Reader(sink, recovery.cursors[sink.name], recovery.backlog[sink.name])
             reader.wake_bytes = max(1, min(self.capacity_bytes // 2, reader.policy.max_bytes))
@@ -220,7 +228,7 @@ class DurableBus:
         dropped (a ``usage_only`` record while the spool is full), counted and logged."""
         loop = self._loop
         if loop is None or self._closing:
-            return _failed(SpoolError("the audit spool is not running"))
+            return failed(SpoolError("the audit spool is not running"))
         if envelope.record.mode == "usage_only" and self.spool.full:
             self._spool_full.inc()
             self._log.warning("usage-drop", "audit spool full: usage_only record dropped")
@@ -229,7 +237,7 @@ class DurableBus:
         try:
             self.spool.append(envelope)
         except SpoolError as exc:
-            return _failed(exc)
+            return failed(exc)
         self._waiting[id(envelope)] = future
         return future
 
@@ -467,10 +475,3 @@ def _last_record(payload: bytes | None) -> AuditRecord | None:
     except UNDECODABLE as exc:  # checksum fine, content not a record: a bug
         log.error("audit spool: its newest frame is not a record (%s); not sealing its chain", exc)
         return None
-
-
-def _failed(error: BaseException) -> asyncio.Future[None]:
-    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    future.set_exception(error)
-    future.exception()
-    return future

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Final
 
 from auditgate.audit import writer
+from auditgate.audit.commit import CommitError
 from auditgate.audit.frames import HEADER, Frame, Position, parse_frames
-from auditgate.errors import AuditgateError
 
 log = logging.getLogger("auditgate.audit.spool")
 
@@ -38,7 +38,7 @@ OWNER_LOCK: Final = "owner.lock"
 """Locked (``flock``) by the gateway process that owns the spool directory; holds its pid."""
 
 
-class SpoolError(AuditgateError):
+class SpoolError(CommitError):
     """The spool could not make a record durable (disk full, I/O error, closed)."""
 
 

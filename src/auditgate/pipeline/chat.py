@@ -14,10 +14,9 @@ from typing import Any, ClassVar, Protocol
 
 from auditgate.audit.aggregate import StreamAggregator
 from auditgate.audit.capture import Aggregator, AuditCapture, Auditor
-from auditgate.audit.durable import DurableBus
-from auditgate.audit.spool import SpoolError
+from auditgate.audit.commit import committed
 from auditgate.engines.base import Engine, EngineRequest
-from auditgate.errors import APIError, InvalidRequestError, ServiceUnavailableError
+from auditgate.errors import APIError, InvalidRequestError
 from auditgate.pipeline.request import ChatParams
 
 Chunk = dict[str, Any]
@@ -75,11 +74,11 @@ class ChatCall:
 class ChatPipeline:
     """Runs chat completions through an engine with audit capture.
 
-    Durable mode (the auditor's bus is a :class:`DurableBus`): a request whose record would be
-    ``full`` is refused with 503 ``audit_spool_full`` before the engine runs while the spool is
-    full, and a successful response ends only once its record is durable — ``complete`` returns
-    after the commit, a stream's transport awaits :meth:`ChatStream.committed` before ``[DONE]``;
-    a commit that fails becomes a 503 ``audit_spool_unavailable`` instead of the success.
+    When the auditor's bus is durable, a request whose record would be ``full`` is refused with
+    503 ``audit_spool_full`` before the engine runs while the bus cannot keep it (spool full),
+    and a successful response ends only once its record is durable — ``complete`` returns after
+    the commit, a stream's transport awaits :meth:`ChatStream.committed` before ``[DONE]``; a
+    commit that fails becomes a 503 ``audit_spool_unavailable`` instead of the success.
 
     Another endpoint with chat's shape (choices, chunks, usage) runs through a subclass that
     names its aggregator and its engine methods (:meth:`produce`, :meth:`produce_stream`).
@@ -91,19 +90,8 @@ class ChatPipeline:
     def __init__(self, engine: Engine, auditor: Auditor) -> None:
         self.engine = engine
         self.auditor = auditor
-        bus = auditor.bus
-        self._durable = bus if isinstance(bus, DurableBus) else None
 
     def _open(self, call: ChatCall, streaming: bool) -> AuditCapture | None:
-        durable = self._durable
-        if durable is not None and durable.full:
-            mode = self.auditor.mode_for(call.request_id, call.params.store is True)
-            if not durable.admit(mode):
-                raise ServiceUnavailableError(
-                    "The audit spool is full, so this request, which asks to be stored, cannot "
-                    "be audited right now; retry later.",
-                    code="audit_spool_full",
-                )
         return self.auditor.open(
             request_id=call.request_id,
             body=call.body,
@@ -118,6 +106,7 @@ class ChatPipeline:
             headers=call.headers,
             credentials=call.credentials,
             aggregator=self.aggregator,
+            refuse_unkept=True,
         )
 
     def produce(self, request: EngineRequest) -> Awaitable[dict[str, Any]]:
@@ -152,8 +141,7 @@ class ChatPipeline:
         finally:
             if capture is not None:
                 capture.finish()
-        if commit is not None:
-            await durable(commit)
+        await committed(commit)
         return completion
 
     async def stream(self, call: ChatCall) -> ChatStream:
@@ -230,8 +218,7 @@ class ChatStream:
         """Wait until the record is durable: call after the last batch, before the end of the
         stream is sent.  Returns at once in best effort; raises :class:`ServiceUnavailableError`
         when the record could not be made durable."""
-        if self._commit is not None:
-            await durable(self._commit)
+        await committed(self._commit)
 
     def finishes(self, batch: list[Chunk]) -> bool:
         """Whether ``batch`` ends the answer: it holds the finish_reason of the only choice
@@ -318,18 +305,6 @@ class ChatStream:
             capture.engine_response_id(engine_id)
         capture.chunks(out)
         return out
-
-
-async def durable(commit: Awaitable[None]) -> None:
-    """Await a record's durable commit; a failed one becomes a 503 for the client."""
-    try:
-        await commit
-    except SpoolError as exc:
-        raise ServiceUnavailableError(
-            "The audit record of this response could not be written to the audit spool, so the "
-            "response is withheld; retry later.",
-            code="audit_spool_unavailable",
-        ) from exc
 
 
 async def aclose(iterator: AsyncIterator[Any]) -> None:

@@ -9,8 +9,6 @@ whatever no other route serves through to it (:mod:`auditgate.server.passthrough
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import gc
 import logging
 import os
@@ -28,11 +26,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from auditgate.audit.bus import AuditBus, RecordBus
-from auditgate.audit.capture import Auditor
-from auditgate.audit.checkpoints import checkpoint_ticker, seal_until_durable
 from auditgate.audit.metrics import AuditMetrics, exposition, multiprocess
-from auditgate.audit.processors import Processors
+from auditgate.audit.runtime import AuditRuntime
 from auditgate.audit.sink import Sink
 from auditgate.auth.keys import KeyRing, Principal
 from auditgate.config import GatewaySettings, Settings
@@ -59,7 +54,6 @@ from auditgate.server.passthrough import PassThrough
 from auditgate.store.queries import Store, open_store
 
 if TYPE_CHECKING:
-    from auditgate.audit.durable import DurableBus
     from auditgate.grpc import GrpcFrontend
 
 log = logging.getLogger("auditgate")
@@ -107,7 +101,7 @@ def build_engine(settings: GatewaySettings) -> Engine:
 
 
 class Gateway:
-    """One gateway process's state: settings, engine, audit pipeline and metrics."""
+    """One gateway process's state: settings, engine, audit runtime, store, keys and metrics."""
 
     def __init__(
         self,
@@ -121,50 +115,15 @@ class Gateway:
         self.audit_metrics = AuditMetrics(self.registry)
         self.http_metrics = HttpMetrics(self.registry)
         self.engine = engine if engine is not None else build_engine(settings.gateway)
-        audit = settings.audit
-        self.bus: RecordBus | None = None
-        self._spooled: DurableBus | None = None
-        """The bus when durable: its spool may hold a dead predecessor's unsealed chain."""
-        if audit.enabled:
-            if sinks is None:
-                from auditgate.sinks import build_sinks
-
-                sinks = build_sinks(audit, self.audit_metrics)
-            if audit.durability == "durable":
-                from auditgate.audit.durable import DurableBus
-                from auditgate.audit.spool import Spool
-
-                # --workers N: one spool directory each, the disk budget shared.
-                workers = settings.gateway.workers
-                spool = Spool(
-                    audit.spool_dir, max_bytes=audit.spool_max_bytes // workers, slots=workers
-                )
-                self.bus = self._spooled = DurableBus(
-                    sinks,
-                    spool=spool,
-                    capacity=audit.capacity,
-                    capacity_bytes=audit.capacity_bytes,
-                    metrics=self.audit_metrics,
-                )
-            else:
-                self.bus = AuditBus(
-                    sinks,
-                    capacity=audit.capacity,
-                    capacity_bytes=audit.capacity_bytes,
-                    metrics=self.audit_metrics,
-                )
-        self.auditor = Auditor(
-            audit,
-            self.bus,
+        self.audit = AuditRuntime(
+            settings.audit,
             self.audit_metrics,
             engine=self.engine.name,
-            processors=Processors.build(audit, self.audit_metrics, engine=self.engine.name),
+            sinks=sinks,
+            workers=settings.gateway.workers,
         )
-        self._checkpoints: asyncio.Task[None] | None = None
-        self._sealing: asyncio.Task[bool] | None = None
-        """Seals the chain a predecessor left unsealed in the spool (until durable)."""
-        self.pipeline = ChatPipeline(self.engine, self.auditor)
-        self.header_capture = HeaderCapture.build(audit.header_capture)
+        self.pipeline = ChatPipeline(self.engine, self.audit.auditor)
+        self.header_capture = HeaderCapture.build(settings.audit.header_capture)
         self.body_deadlines = BodyDeadlines(settings.gateway.body_timeout_s)
         keys_file = settings.gateway.api_keys_file
         self.keys: KeyRing | None = KeyRing.load(keys_file) if keys_file else None
@@ -175,26 +134,13 @@ class Gateway:
         """Where the requests no route serves go (None: they are 404s)."""
 
     async def start(self) -> None:
-        """Start the engine, the pass-through and the audit bus (opening every sink)."""
+        """Start the engine, the pass-through, the audit runtime (opening every sink), the
+        store and gRPC."""
         await self.engine.start()
         if self.passthrough is not None:
             await self.passthrough.start()
             log.info("pass-through on: paths no route serves go to %r", self.passthrough)
-        if self.bus is not None:
-            await self.bus.start()
-            if self.auditor.processors.chain is not None:
-                self._checkpoints = asyncio.get_running_loop().create_task(
-                    checkpoint_ticker(
-                        self.auditor.checkpoint, self.settings.audit.checkpoint_interval_s
-                    ),
-                    name="audit-checkpoints",
-                )
-                last = self._spooled.last_recovered if self._spooled is not None else None
-                if last is not None:
-                    self._sealing = asyncio.get_running_loop().create_task(
-                        seal_until_durable(self.auditor.seal_predecessor, last),
-                        name="audit-recovery-seal",
-                    )
+        await self.audit.start()
         if self.store is not None:
             await self.store.open()
             log.info("stored completions: %r", self.store)
@@ -216,17 +162,7 @@ class Gateway:
             log.info(
                 "API keys: %d configured; every endpoint but /health needs one", len(self.keys)
             )
-        audit = self.settings.audit
-        if self.bus is not None:
-            log.info(
-                "audit on: sinks=%s capacity=%d records / %d bytes durability=%s writer=%s",
-                ",".join(self.bus.sink_names),
-                audit.capacity,
-                audit.capacity_bytes,
-                audit.durability,
-                self.auditor.writer,
-            )
-        else:
+        if not self.audit.enabled:
             log.info("audit off (set DYN_AUDIT_ENABLED=1 to record chat completions)")
 
     async def stop(self) -> None:
@@ -247,52 +183,7 @@ class Gateway:
                 if self.store is not None:
                     await self.store.close()
         finally:
-            if self.bus is not None:
-                await self._final_checkpoint()
-                report = await self.bus.close(self.settings.gateway.drain_timeout_s)
-                lost = sum(report.values())
-                if lost and self.settings.audit.durability == "durable":
-                    log.warning(
-                        "audit: %d record(s) not yet in their sinks at shutdown, kept in the spool "
-                        "%s for the next start: %s",
-                        lost,
-                        self.settings.audit.spool_dir,
-                        report,
-                    )
-                elif lost:
-                    log.error("audit: %d record(s) undelivered at shutdown: %s", lost, report)
-                else:
-                    log.info("audit: all records delivered at shutdown")
-
-    async def _final_checkpoint(self) -> None:
-        """Stop the interval checkpoints and seal the chain with a final one (integrity on)."""
-        if self._checkpoints is not None:
-            self._checkpoints.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checkpoints
-        await self._stop_sealing()
-        commit = self.auditor.checkpoint("shutdown", final=True)
-        if commit is not None:
-            try:
-                await commit
-            except Exception as exc:  # noqa: BLE001 - shutdown goes on; verify reports it
-                log.error("audit: final checkpoint not made durable: %s", exc)
-
-    async def _stop_sealing(self) -> None:
-        """A predecessor's chain not sealed yet gets one last try (after this writer's final
-        checkpoint, the spool's newest record no longer says where that chain ended)."""
-        if self._sealing is None or self._sealing.done() or self._spooled is None:
-            return
-        self._sealing.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._sealing
-        last = self._spooled.last_recovered
-        assert last is not None  # what the task was sealing
-        seal = seal_until_durable(self.auditor.seal_predecessor, last, retries=0)
-        try:  # a hung disk must not hold the shutdown up
-            await asyncio.wait_for(seal, self.settings.gateway.drain_timeout_s)
-        except TimeoutError:
-            log.error("audit: the chain of writer %s is left unsealed", last.writer)
+            await self.audit.stop(self.settings.gateway.drain_timeout_s)
 
 
 def create_app(

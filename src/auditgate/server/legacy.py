@@ -28,7 +28,9 @@ class CompletionsHandler(ChatHandler):
     id_prefix: ClassVar[str] = completions.ID_PREFIX
 
     def __init__(self, gateway: Gateway) -> None:
-        super().__init__(gateway, completions.CompletionsPipeline(gateway.engine, gateway.auditor))
+        super().__init__(
+            gateway, completions.CompletionsPipeline(gateway.engine, gateway.audit.auditor)
+        )
 
     def validate(self, body: dict[str, Any]) -> CallParams:
         return completions.validate_completion(body)
@@ -42,7 +44,9 @@ class EmbeddingsHandler(ChatHandler):
     id_prefix: ClassVar[str] = "emb-"
 
     def __init__(self, gateway: Gateway) -> None:
-        super().__init__(gateway, embeddings.EmbeddingsPipeline(gateway.engine, gateway.auditor))
+        super().__init__(
+            gateway, embeddings.EmbeddingsPipeline(gateway.engine, gateway.audit.auditor)
+        )
 
     def validate(self, body: dict[str, Any]) -> CallParams:
         return embeddings.validate_embeddings(body)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from auditgate.audit.commit import committed
 from auditgate.endpoints.embeddings.summary import summarize
 from auditgate.engines.base import EngineRequest
 from auditgate.errors import APIError
-from auditgate.pipeline.chat import ChatCall, ChatPipeline, durable
+from auditgate.pipeline.chat import ChatCall, ChatPipeline
 
 __all__ = ["ENDPOINT", "EmbeddingsPipeline"]
 
@@ -46,6 +47,5 @@ class EmbeddingsPipeline(ChatPipeline):
         finally:
             if capture is not None:
                 capture.finish()
-        if commit is not None:
-            await durable(commit)
+        await committed(commit)
         return result
