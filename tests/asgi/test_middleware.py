@@ -88,16 +88,18 @@ def openai_app(engine: MockEngine, **kwargs: Any) -> Starlette:
 class Audited:
     """The app behind the middleware, served on a loopback port, with a memory sink."""
 
-    def __init__(self, server: ServerThread, sink: MemorySink) -> None:
+    def __init__(self, server: ServerThread, middleware: AuditMiddleware, sink: MemorySink) -> None:
         self.server = server
+        self.middleware = middleware
         self.sink = sink
         self.base_url = server.base_url
 
     def records(self, count: int) -> list[AuditRecord]:
+        """Wait for ``count`` records, then flush: exactly ``count`` were accepted."""
         deadline = time.monotonic() + 10
         while len(self.sink.records) < count and time.monotonic() < deadline:
             time.sleep(0.005)
-        time.sleep(0.05)  # let a wrong extra record show up
+        assert self.server.call(self.middleware.flush), "the audit runtime did not drain"
         assert len(self.sink.records) == count, self.sink.records
         return list(self.sink.records)
 
@@ -108,10 +110,11 @@ def audited(app: Any = None, env: dict[str, str] | None = None, **mock: float) -
     sink = MemorySink()
     settings = Settings.from_env(env if env is not None else audit_env())
     inner = app if app is not None else openai_app(MockEngine(("mock",), **mock))
-    server = ServerThread(AuditMiddleware(inner, settings, sinks=[sink], engine="mock"))
+    middleware = AuditMiddleware(inner, settings, sinks=[sink], engine="mock")
+    server = ServerThread(middleware)
     server.start()
     try:
-        yield Audited(server, sink)
+        yield Audited(server, middleware, sink)
     finally:
         server.stop()
 
@@ -153,11 +156,7 @@ def gateway_record(g: TestGateway, body: dict[str, Any]) -> AuditRecord:
     before = len(g.sink.records)
     with contextlib.suppress(openai.APIStatusError):
         exchange(g.base_url, body)
-    deadline = time.monotonic() + 10
-    while len(g.sink.records) <= before and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert len(g.sink.records) == before + 1
-    return g.sink.records[-1]
+    return g.records(before + 1)[-1]
 
 
 USAGE = {"stream_options": {"include_usage": True}}

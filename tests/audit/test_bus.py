@@ -129,6 +129,11 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 2.0) -> boo
     return True
 
 
+def lingering(bus: AuditBus) -> bool:
+    """The first lane's worker waits for a fuller batch (it raised its wake-up threshold)."""
+    return bus._lanes[0].wake_at > 1
+
+
 async def test_publish_never_blocks_and_counts_queue_full(harness: Harness) -> None:
     """With a blocked sink of capacity N, publishing 10*N returns at once and drops 9*N, counted."""
     capacity = 16
@@ -240,7 +245,7 @@ async def test_close_reports_and_counts_undelivered_as_shutdown(harness: Harness
     bus = await harness.start(sink, capacity=100)
     for i in range(10):
         bus.publish(envelope(i))
-    await asyncio.sleep(0.01)  # let the worker take a batch in flight
+    assert await wait_until(lambda: bool(bus._lanes[0].inflight))  # a batch in flight
 
     started = time.monotonic()
     report = await harness.close(bus, 0.2)
@@ -307,7 +312,7 @@ async def test_linger_groups_records_into_one_batch(harness: Harness) -> None:
     sink = RecordingSink("files", batching=BatchPolicy(max_records=100, linger_s=0.1))
     bus = await harness.start(sink)
     bus.publish(envelope(0))
-    await asyncio.sleep(0.02)  # the worker has woken up and is lingering
+    assert await wait_until(lambda: lingering(bus))
     for i in range(1, 10):
         bus.publish(envelope(i))
 
@@ -336,7 +341,7 @@ async def test_linger_ends_once_a_full_batch_is_queued(harness: Harness) -> None
     sink = RecordingSink("files", batching=BatchPolicy(max_records=4, linger_s=3.0))
     bus = await harness.start(sink, capacity=8)
     bus.publish(envelope(0))
-    await asyncio.sleep(0.02)  # the worker is lingering now
+    assert await wait_until(lambda: lingering(bus))
     for i in range(1, 4):
         bus.publish(envelope(i))
 
@@ -350,10 +355,11 @@ async def test_linger_ends_when_the_queue_is_full(harness: Harness) -> None:
     sink = RecordingSink("files", batching=BatchPolicy(max_records=100, linger_s=3.0))
     bus = await harness.start(sink, capacity=4)
     bus.publish(envelope(0))
-    await asyncio.sleep(0.02)  # the worker is lingering now
+    # A quarter of the capacity is one record: the worker writes it without lingering.
+    assert await wait_until(lambda: len(sink.records) == 1, timeout=1.0)
     for i in range(1, 4):
         bus.publish(envelope(i))  # the queue is at capacity
-    await asyncio.sleep(0.2)
+    assert await wait_until(lambda: len(sink.records) == 4, timeout=1.0)
     for i in range(4, 8):
         bus.publish(envelope(i))
 
@@ -409,7 +415,6 @@ async def test_a_written_batch_is_not_kept_by_an_idle_worker(harness: Harness) -
     del body
 
     assert await bus.flush(timeout=2.0)
-    await asyncio.sleep(0.01)  # the worker is back waiting for records
     assert (sink.ids, alive()) == (["req-000000"], None)
 
 
@@ -467,7 +472,7 @@ async def test_linger_ends_once_a_quarter_of_the_byte_bound_is_queued(harness: H
     first, second = sized(range(10, 12), 1000)
     bus = await harness.start(sink, capacity=1000, capacity_bytes=8 * len(first.json))
     bus.publish(first)
-    await asyncio.sleep(0.02)  # the worker is lingering now
+    assert await wait_until(lambda: lingering(bus))
     bus.publish(second)
 
     assert await wait_until(lambda: len(sink.records) == 2, timeout=1.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,14 @@ def body(size: int) -> Body:
     return Body(messages=[{"role": "user", "content": "x" * size}])
 
 
+async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    """Poll ``condition`` until it holds; fails the test after ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.002)
+
+
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     h = Harness(tmp_path / "spool")
@@ -118,7 +126,6 @@ async def test_a_written_batch_is_not_kept_by_an_idle_reader(harness: Harness) -
     await commit
 
     assert await harness.bus.flush(2.0)
-    await asyncio.sleep(0.01)  # the reader is back waiting for commits
     assert (harness.sink.ids, alive()) == (["req-000000"], None)
 
 
@@ -158,7 +165,7 @@ async def test_a_lingering_reader_writes_once_half_the_byte_bound_is_in_memory(
     h = Harness(tmp_path / "spool", capacity=1000, capacity_bytes=4 * size, batching=policy)
     await h.bus.start()
     await h.publish(range(10, 11), 2000)
-    await asyncio.sleep(0.02)  # the reader took the record and is lingering
+    await until(lambda: h.bus._readers[0].wake_at > 1)  # the reader took it and lingers
     await h.publish(range(11, 12), 2000)
 
     deadline = asyncio.get_running_loop().time() + 1.0
@@ -178,7 +185,7 @@ async def test_batches_taken_from_memory_never_exceed_max_bytes(tmp_path: Path) 
     h.sink.block.clear()
     await h.bus.start()
     await h.publish(range(10, 11), 2000)
-    await asyncio.sleep(0.02)  # the reader took it and waits in write()
+    await until(lambda: h.bus._readers[0].taken_bytes > 0)  # the reader waits in write()
     await h.publish(range(11, 17), 2000)
     h.sink.block.set()
 

@@ -99,13 +99,21 @@ class TestGateway:
         self.base_url = server.base_url
 
     def records(self, count: int, timeout: float = 10.0) -> list[AuditRecord]:
-        """Wait until the sink holds ``count`` records; return them (fails if more arrive)."""
+        """Wait until the sink holds ``count`` records, then flush the audit runtime (every
+        record accepted so far is then in the sink) and return them: "exactly ``count``"
+        — zero included — is proven by the flush, not hoped for after a sleep."""
         deadline = time.monotonic() + timeout
         while len(self.sink.records) < count and time.monotonic() < deadline:
             time.sleep(0.005)
-        time.sleep(0.05)  # let a wrong extra record show up, so "exactly N" means it
+        assert self.flush(timeout), "the audit runtime did not drain"
         assert len(self.sink.records) == count, self.sink.records
         return list(self.sink.records)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """:meth:`~auditgate.audit.runtime.AuditRuntime.flush` on the server's loop."""
+        audit = self.app.gateway.audit
+        result: bool = self.server.call(lambda: audit.flush(timeout), timeout + 1)
+        return result
 
 
 @contextlib.contextmanager

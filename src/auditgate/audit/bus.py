@@ -163,6 +163,8 @@ class AuditBus:
         self._closing = asyncio.Event()
         self._drop_log = RateLimitedLog()
         self._started = False
+        self._flushing = 0
+        """Callers in :meth:`flush`: workers do not linger meanwhile."""
         # Label children resolved once: publish() must not pay for label lookups.
         self._queue_full = {
             lane.name: metrics.dropped.labels(lane.name, "queue_full") for lane in self._lanes
@@ -280,8 +282,15 @@ class AuditBus:
         return sum(len(lane.queue) + len(lane.inflight) for lane in self._lanes)
 
     async def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every lane is empty; True if it got there before ``timeout``."""
-        return await drained(self.pending, timeout)
+        """Wait until every record published so far is written (or dropped, counted); True if
+        that happened before ``timeout``.  Lingering workers write at once while it waits."""
+        self._flushing += 1
+        try:
+            for lane in self._lanes:
+                lane.wakeup.set()
+            return await drained(self.pending, timeout)
+        finally:
+            self._flushing -= 1
 
     async def close(self, timeout: float) -> dict[str, int]:
         """Drain within ``timeout`` seconds, then stop; returns undelivered counts per sink."""
@@ -320,7 +329,12 @@ class AuditBus:
         # A quarter of the capacity, not all of it: records keep arriving while the batch is
         # written, and a thread-offloaded write may wait milliseconds for the GIL under load.
         target = min(lane.policy.max_records, max(1, lane.capacity // 4))
-        if len(lane.queue) >= target or lane.bytes >= lane.wake_bytes or self._closing.is_set():
+        if (
+            len(lane.queue) >= target
+            or lane.bytes >= lane.wake_bytes
+            or self._closing.is_set()
+            or self._flushing
+        ):
             return
         await wait_for_batch(lane, target, lane.policy.linger_s)
 

@@ -148,6 +148,8 @@ class DurableBus:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._drained = False
+        self._flushing = 0
+        """Callers in :meth:`flush`: readers do not linger meanwhile."""
         self._log = RateLimitedLog()
         self._last_recovered: AuditRecord | None = None
         self._spool_full = metrics.dropped.labels("spool", "spool_full")
@@ -246,8 +248,15 @@ class DurableBus:
         return len(self._waiting) + sum(reader.backlog for reader in self._readers)
 
     async def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every sink stored everything committed; True if before ``timeout``."""
-        return await drained(self.pending, timeout)
+        """Wait until every record published so far is committed and stored by every sink;
+        True if that happened before ``timeout``.  Readers do not linger while it waits."""
+        self._flushing += 1
+        try:
+            for reader in self._readers:
+                reader.wakeup.set()
+            return await drained(self.pending, timeout)
+        finally:
+            self._flushing -= 1
 
     async def close(self, timeout: float) -> dict[str, int]:
         """Commit what is queued, let sinks catch up within ``timeout``, close them.  Returns
@@ -347,7 +356,7 @@ class DurableBus:
         idle reader's last batch (up to ``max_records`` bodies of up to 8 MiB) alive."""
         max_records = reader.policy.max_records
         if reader.live and reader.memory:
-            if reader.policy.linger_s and not self._drained:
+            if reader.policy.linger_s and not self._drained and not self._flushing:
                 await self._linger(reader)
                 if not (reader.live and reader.memory):
                     return True  # fell behind while lingering: read the spool instead
