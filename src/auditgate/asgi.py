@@ -67,7 +67,7 @@ from auditgate.config import Settings
 from auditgate.endpoints.completions import TextCompletionAggregator, validate_completion
 from auditgate.engines.sse import SSEDecoder
 from auditgate.errors import UNDECODABLE, APIError, ConfigError
-from auditgate.pipeline.chat import CallParams, bad_stream_request
+from auditgate.pipeline.chat import CallParams
 from auditgate.pipeline.request import (
     new_request_id,
     parse_body,
@@ -315,10 +315,7 @@ class _Exchange:
                 params: CallParams = validate_completion(body)
                 aggregator = TextCompletionAggregator
             else:
-                chat = validate_chat(body)
-                if bad_stream_request(chat) is not None:
-                    return
-                params = chat
+                params = validate_chat(body)
         except APIError:
             return  # the gateway would answer 400 before capturing; so will the app
         client_request_id = None

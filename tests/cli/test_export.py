@@ -15,8 +15,9 @@ from auditgate.audit.record import AuditRecord, Envelope
 from auditgate.cli.main import main
 from auditgate.sinks.postgres import PostgresSink
 from auditgate.sinks.sqlite import SqliteSink
-from auditgate.store.queries import Filter, open_store
+from auditgate.store.queries import Filter
 from auditgate.store.schema import record_dict_from_row
+from auditgate.store.url import open_store
 from tests.conftest import PG_ADMIN_DSN
 from tests.store.records import make_record, minimal_record
 

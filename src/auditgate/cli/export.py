@@ -42,8 +42,9 @@ import msgspec
 
 from auditgate.audit.verify import SourceError
 from auditgate.errors import ConfigError, ServiceUnavailableError
-from auditgate.store.queries import Filter, open_store
+from auditgate.store.queries import Filter
 from auditgate.store.schema import record_dict_from_row
+from auditgate.store.url import open_store
 
 FORMATS: Final = ("finetune", "eval", "raw")
 ENDPOINTS: Final = ("chat.completions", "responses", "completions", "embeddings")

@@ -25,7 +25,8 @@ from typing import Any, Final
 
 from auditgate.cli.export import ENDPOINTS, add_store_options, store_url
 from auditgate.errors import ConfigError, ServiceUnavailableError
-from auditgate.store.queries import Filter, open_store
+from auditgate.store.queries import Filter
+from auditgate.store.url import open_store
 
 GROUPINGS: Final = ("model", "tenant", "day", "endpoint")
 NO_TENANT: Final = "-"

@@ -12,7 +12,6 @@ use is a startup error instead of a silently shared port.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import grpc
 from tritonclient.grpc import service_pb2_grpc
@@ -20,17 +19,24 @@ from tritonclient.grpc import service_pb2_grpc
 from auditgate.errors import ConfigError
 from auditgate.grpc.service import InferenceServicer
 
-if TYPE_CHECKING:
-    from auditgate.server.app import Gateway
-
 log = logging.getLogger("auditgate.grpc")
 
 
 class GrpcFrontend:
     """The KServe v2 gRPC frontend of one gateway."""
 
-    def __init__(self, gateway: Gateway, *, host: str, port: int, reuse_port: bool) -> None:
-        self.gateway = gateway
+    def __init__(
+        self,
+        servicer: InferenceServicer,
+        *,
+        host: str,
+        port: int,
+        reuse_port: bool,
+        max_message_bytes: int,
+    ) -> None:
+        """``max_message_bytes``: the largest request accepted (``AUDITGATE_MAX_BODY_BYTES``)."""
+        self.servicer = servicer
+        self.max_message_bytes = max_message_bytes
         self.host = host
         self.port = port
         self.reuse_port = reuse_port
@@ -38,16 +44,14 @@ class GrpcFrontend:
 
     async def start(self) -> int:
         """Listen and serve; returns the bound port.  Raises :class:`ConfigError` if it cannot."""
-        limit = self.gateway.settings.gateway.max_body_bytes
+        limit = self.max_message_bytes
         server = grpc.aio.server(
             options=[
                 ("grpc.so_reuseport", 1 if self.reuse_port else 0),
                 ("grpc.max_receive_message_length", limit),
             ]
         )
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.gateway), server
-        )
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
         host = f"[{self.host}]" if ":" in self.host else self.host
         try:
             bound = server.add_insecure_port(f"{host}:{self.port}")

@@ -1,6 +1,6 @@
 """The KServe v2 ``GRPCInferenceService`` over the gateway's chat pipeline.
 
-A thin transport, like :mod:`auditgate.server.chat`: it translates tensors into a chat body
+A thin transport, like the HTTP one: it translates tensors into a chat body
 (:mod:`auditgate.grpc.tensors`), builds a :class:`~auditgate.pipeline.chat.ChatCall` with
 ``transport="grpc"`` and ``endpoint="kserve.infer"``, and lets the pipeline capture — so a gRPC
 request yields the same record an HTTP one would.
@@ -25,12 +25,12 @@ import asyncio
 import importlib.metadata
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from auditgate.auth.keys import Principal, presented_key
+from auditgate.auth.keys import KeyRing, Principal, presented_key
 from auditgate.errors import APIError, InvalidRequestError
 from auditgate.grpc.tensors import (
     InferCall,
@@ -41,10 +41,9 @@ from auditgate.grpc.tensors import (
 from auditgate.pipeline.chat import ChatCall, ChatPipeline
 from auditgate.pipeline.request import new_request_id, validate_chat, validate_client_request_id
 
-if TYPE_CHECKING:
-    from auditgate.server.app import Gateway
-
 Context = grpc.aio.ServicerContext[Any, Any]
+CaptureHeaders = Callable[[dict[str, Any]], dict[str, str] | None]
+"""Request headers (an ASGI scope's ``headers`` pairs) -> what a record keeps of them."""
 Emit = Callable[[service_pb2.ModelStreamInferResponse], Awaitable[None]]
 
 log = logging.getLogger("auditgate.grpc")
@@ -78,12 +77,23 @@ def status_code_for(error: APIError) -> grpc.StatusCode:
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-    """KServe v2 inference over one gateway's pipeline and engine."""
+    """KServe v2 inference over a chat pipeline."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.pipeline: ChatPipeline = gateway.pipeline
-        self.capture_headers = gateway.header_capture
+    def __init__(
+        self,
+        pipeline: ChatPipeline,
+        *,
+        keys: KeyRing | None,
+        models: Callable[[], list[dict[str, Any]]],
+        capture_headers: CaptureHeaders | None,
+    ) -> None:
+        """``keys``: None is open mode; ``models``: the engine's model list (``/v1/models``);
+        ``capture_headers``: ``DYN_AUDIT_HTTP_HEADER_CAPTURE_LIST`` applied to the call's
+        metadata (given as an ASGI scope's ``headers``), None when nothing is captured."""
+        self.pipeline = pipeline
+        self.keys = keys
+        self.models = models
+        self.capture_headers = capture_headers
 
     async def ServerLive(
         self, request: service_pb2.ServerLiveRequest, context: Context
@@ -284,7 +294,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         )
 
     async def _authenticate(self, context: Context) -> Principal | None:
-        keys = self.gateway.keys
+        keys = self.keys
         if keys is None:
             return None
         auth = None
@@ -298,7 +308,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             await context.abort(status_code_for(exc), exc.message)
 
     def _model_ids(self) -> set[str]:
-        return {str(m.get("id")) for m in self.gateway.engine.models()}
+        return {str(m.get("id")) for m in self.models()}
 
 
 def _stream_error(

@@ -16,8 +16,7 @@ from auditgate.audit.aggregate import StreamAggregator
 from auditgate.audit.capture import Aggregator, AuditCapture, Auditor
 from auditgate.audit.commit import committed
 from auditgate.engines.base import Engine, EngineRequest
-from auditgate.errors import APIError, InvalidRequestError
-from auditgate.pipeline.request import ChatParams
+from auditgate.errors import APIError
 
 Chunk = dict[str, Any]
 
@@ -312,14 +311,3 @@ async def aclose(iterator: AsyncIterator[Any]) -> None:
     close = getattr(iterator, "aclose", None)
     if close is not None:
         await close()
-
-
-def bad_stream_request(params: ChatParams) -> InvalidRequestError | None:
-    """``stream_options`` is only allowed on streams (OpenAI says so too)."""
-    if params.stream_options is not None and not params.stream:
-        return InvalidRequestError(
-            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
-            param="stream_options",
-            code="invalid_value",
-        )
-    return None

@@ -93,7 +93,9 @@ def parse_body(raw: bytes) -> dict[str, Any]:
 
 
 def validate_chat(body: dict[str, Any]) -> ChatParams:
-    """Check types and ranges of the fields we read; raise a 400 naming the parameter."""
+    """The one validation of a chat request body, for every transport (HTTP, gRPC, the
+    middleware's tap): check the types and ranges of the fields we read and the rules between
+    them; raise a 400 naming the parameter."""
     try:
         params = msgspec.convert(body, ChatParams)
     except msgspec.ValidationError as exc:
@@ -118,6 +120,13 @@ def validate_chat(body: dict[str, Any]) -> ChatParams:
             )
     if params.metadata is not None:
         validate_metadata(params.metadata)
+    if params.stream_options is not None and not params.stream:
+        # OpenAI refuses it too.
+        raise InvalidRequestError(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+            code="invalid_value",
+        )
     return params
 
 

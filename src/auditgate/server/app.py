@@ -31,6 +31,8 @@ from auditgate.audit.runtime import AuditRuntime
 from auditgate.audit.sink import Sink
 from auditgate.auth.keys import KeyRing, Principal
 from auditgate.config import GatewaySettings, Settings
+from auditgate.endpoints.completions import CompletionsPipeline
+from auditgate.endpoints.embeddings import EmbeddingsPipeline
 from auditgate.engines.base import Engine
 from auditgate.errors import APIError, ConfigError, InvalidRequestError, NotFoundError
 from auditgate.pipeline.chat import ChatPipeline
@@ -51,7 +53,8 @@ from auditgate.server.headers import HeaderCapture
 from auditgate.server.legacy import CompletionsHandler, EmbeddingsHandler
 from auditgate.server.metrics import HttpMetrics, PassThroughMetrics
 from auditgate.server.passthrough import PassThrough
-from auditgate.store.queries import Store, open_store
+from auditgate.store.queries import Store
+from auditgate.store.url import open_store
 
 if TYPE_CHECKING:
     from auditgate.grpc import GrpcFrontend
@@ -146,11 +149,21 @@ class Gateway:
             log.info("stored completions: %r", self.store)
         gw = self.settings.gateway
         if gw.grpc_port is not None:
-            from auditgate.grpc import GrpcFrontend
+            from auditgate.grpc import GrpcFrontend, InferenceServicer
 
+            servicer = InferenceServicer(
+                self.pipeline,
+                keys=self.keys,
+                models=self.engine.models,
+                capture_headers=self.header_capture,
+            )
             # With --workers N each worker serves gRPC on the shared port (SO_REUSEPORT).
             self.grpc = GrpcFrontend(
-                self, host=gw.host, port=gw.grpc_port, reuse_port=gw.workers > 1
+                servicer,
+                host=gw.host,
+                port=gw.grpc_port,
+                reuse_port=gw.workers > 1,
+                max_message_bytes=gw.max_body_bytes,
             )
             await self.grpc.start()
         if self.keys is None:
@@ -272,10 +285,24 @@ class GatewayApp:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.chat = ChatHandler(gateway)
+
+        def handler(kind: type[ChatHandler], pipeline: ChatPipeline) -> ChatHandler:
+            return kind(
+                pipeline,
+                max_body_bytes=gateway.settings.gateway.max_body_bytes,
+                deadlines=gateway.body_deadlines,
+                capture_headers=gateway.header_capture,
+                metrics=gateway.http_metrics,
+            )
+
+        auditor, engine = gateway.audit.auditor, gateway.engine
+        self.chat = handler(ChatHandler, gateway.pipeline)
         self.posts: dict[str, ChatHandler] = {
-            handler.path: handler
-            for handler in (CompletionsHandler(gateway), EmbeddingsHandler(gateway))
+            posts.path: posts
+            for posts in (
+                handler(CompletionsHandler, CompletionsPipeline(engine, auditor)),
+                handler(EmbeddingsHandler, EmbeddingsPipeline(engine, auditor)),
+            )
         }
         """The other raw-ASGI ``POST`` routes, by path."""
         self.completions = CompletionsAPI(

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import Any, ClassVar, Final
 
 from auditgate.auth.keys import presented_key
 from auditgate.errors import APIError
-from auditgate.pipeline.chat import CallParams, ChatCall, ChatPipeline, bad_stream_request
+from auditgate.pipeline.chat import CallParams, ChatCall, ChatPipeline
 from auditgate.pipeline.request import (
     new_request_id,
     parse_body,
@@ -23,6 +23,7 @@ from auditgate.pipeline.request import (
 )
 from auditgate.server import sse
 from auditgate.server.asgi import (
+    BodyDeadlines,
     ClientGone,
     Message,
     Receive,
@@ -34,9 +35,8 @@ from auditgate.server.asgi import (
     send_error,
     send_json,
 )
-
-if TYPE_CHECKING:
-    from auditgate.server.app import Gateway
+from auditgate.server.headers import HeaderCapture
+from auditgate.server.metrics import HttpMetrics
 
 ENDPOINT: Final = "/v1/chat/completions"
 
@@ -62,7 +62,7 @@ class _Watch:
 
 
 class ChatHandler:
-    """Serves chat completions for one gateway.
+    """Serves chat completions through a pipeline.
 
     Endpoints of the same shape (legacy completions, embeddings) subclass it: they name their
     path, record endpoint and id prefix, validate their own body, and bring their pipeline.
@@ -75,17 +75,29 @@ class ChatHandler:
     id_prefix: ClassVar[str] = "chatcmpl-"
     """The client's response id is this and the request id."""
 
-    def __init__(self, gateway: Gateway, pipeline: ChatPipeline | None = None) -> None:
-        self.gateway = gateway
-        self.pipeline: ChatPipeline = pipeline if pipeline is not None else gateway.pipeline
-        self.limit = gateway.settings.gateway.max_body_bytes
-        self.capture_headers = gateway.header_capture
+    def __init__(
+        self,
+        pipeline: ChatPipeline,
+        *,
+        max_body_bytes: int,
+        deadlines: BodyDeadlines,
+        capture_headers: HeaderCapture | None,
+        metrics: HttpMetrics,
+    ) -> None:
+        """``max_body_bytes``: larger bodies get 413; ``deadlines``: the body's arrival clock;
+        ``capture_headers``: headers copied into records (None: none); ``metrics``: the HTTP
+        request and time-to-first-token metrics."""
+        self.pipeline = pipeline
+        self.limit = max_body_bytes
+        self.deadlines = deadlines
+        self.capture_headers = capture_headers
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         request_id = new_request_id()
         rid_header = [(b"x-request-id", request_id.encode())]
-        metrics = self.gateway.http_metrics
+        metrics = self.metrics
         status = 200
         try:
             call = await self._parse(scope, receive, request_id)
@@ -106,7 +118,7 @@ class ChatHandler:
             metrics.observe(self.path, status, time.perf_counter() - started)
 
     async def _parse(self, scope: Scope, receive: Receive, request_id: str) -> ChatCall:
-        raw = await read_body(scope, receive, self.limit, self.gateway.body_deadlines)
+        raw = await read_body(scope, receive, self.limit, self.deadlines)
         body = parse_body(raw)
         params = self.validate(body)
         client_id = header(scope, b"x-request-id")
@@ -127,11 +139,7 @@ class ChatHandler:
 
     def validate(self, body: dict[str, Any]) -> CallParams:
         """The validated fields of ``body``; raises :class:`InvalidRequestError` (400)."""
-        params = validate_chat(body)
-        error = bad_stream_request(params)
-        if error is not None:
-            raise error
-        return params
+        return validate_chat(body)
 
     async def _complete(
         self, call: ChatCall, receive: Receive, send: Send, headers: list[tuple[bytes, bytes]]
@@ -158,7 +166,7 @@ class ChatHandler:
         watch = _Watch()
         watcher = asyncio.ensure_future(watch.run(receive))
         stream = None
-        ttft = self.gateway.http_metrics.ttft
+        ttft = self.metrics.ttft
         started = time.perf_counter()
         try:
             stream = await self.pipeline.stream(call)

@@ -8,14 +8,11 @@ durable commits, in-stream errors and metrics behave exactly as for chat.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from auditgate.endpoints import completions, embeddings
 from auditgate.pipeline.chat import CallParams
 from auditgate.server.chat import ChatHandler
-
-if TYPE_CHECKING:
-    from auditgate.server.app import Gateway
 
 __all__ = ["CompletionsHandler", "EmbeddingsHandler"]
 
@@ -27,11 +24,6 @@ class CompletionsHandler(ChatHandler):
     endpoint: ClassVar[str] = completions.ENDPOINT
     id_prefix: ClassVar[str] = completions.ID_PREFIX
 
-    def __init__(self, gateway: Gateway) -> None:
-        super().__init__(
-            gateway, completions.CompletionsPipeline(gateway.engine, gateway.audit.auditor)
-        )
-
     def validate(self, body: dict[str, Any]) -> CallParams:
         return completions.validate_completion(body)
 
@@ -42,11 +34,6 @@ class EmbeddingsHandler(ChatHandler):
     path: ClassVar[str] = "/v1/embeddings"
     endpoint: ClassVar[str] = embeddings.ENDPOINT
     id_prefix: ClassVar[str] = "emb-"
-
-    def __init__(self, gateway: Gateway) -> None:
-        super().__init__(
-            gateway, embeddings.EmbeddingsPipeline(gateway.engine, gateway.audit.auditor)
-        )
 
     def validate(self, body: dict[str, Any]) -> CallParams:
         return embeddings.validate_embeddings(body)

@@ -1,7 +1,7 @@
 """Reading the store: the :class:`Store` protocol, filters, and the SQL both databases share.
 
 The stored-completions API, ``auditgate export`` and ``auditgate stats`` read through a
-:class:`Store` built by :func:`open_store` from a URL:
+:class:`Store` built by :func:`~auditgate.store.url.open_store` from a URL:
 
 - ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` (SQLAlchemy's spelling), or a
   bare file path: :class:`~auditgate.store.sqlite_reader.SqliteStore`.
@@ -236,22 +236,3 @@ def sqlite_path_of(url: str) -> str | None:
     if "://" in url:
         return None
     return url
-
-
-def open_store(url: str, *, must_exist: bool = False) -> Store:
-    """The store for ``url`` (not yet opened; call :meth:`Store.open`).
-
-    ``must_exist``: a SQLite file that does not exist is a ConfigError at open, instead of an
-    empty store being created (for the command-line readers).
-    """
-    path = sqlite_path_of(url)
-    if path is not None:
-        from auditgate.store.sqlite_reader import SqliteStore
-
-        return SqliteStore(path, must_exist=must_exist)
-    scheme = url.split("://", 1)[0]
-    if scheme in ("postgresql", "postgres"):
-        from auditgate.store.postgres_reader import PostgresStore
-
-        return PostgresStore(url)
-    raise ConfigError(f"store URL scheme {scheme!r}: expected sqlite:///PATH or postgresql://...")
