@@ -83,3 +83,31 @@ async def test_audit_off_builds_no_bus_and_every_call_returns_at_once() -> None:
     assert (runtime.bus, opened, runtime.enabled) == (None, None, False)
     assert await runtime.flush()
     assert await runtime.stop(1.0) == {}
+
+
+async def test_audit_settings_given_with_audit_off_are_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Sinks and durable mode set without DYN_AUDIT_ENABLED record nothing: the start says so
+    at WARNING, naming them, instead of an INFO line a newcomer overlooks."""
+    settings = AuditSettings.from_env(
+        {"DYN_AUDIT_SINKS": "jsonl", "DYN_AUDIT_DURABILITY": "durable"}
+    )
+    runtime = AuditRuntime(settings, AuditMetrics(), engine="mock")
+    with caplog.at_level("WARNING", logger="auditgate"):
+        await runtime.start()
+    [warning] = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.getMessage() == (
+        "audit is OFF (DYN_AUDIT_ENABLED is not set), so these audit settings do nothing: "
+        "sinks, durability; set DYN_AUDIT_ENABLED=1 to record chat completions"
+    )
+
+
+async def test_audit_off_with_default_settings_warns_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Audit off and nothing else configured is a plain choice, not a mistake."""
+    runtime = AuditRuntime(AuditSettings.from_env({}), AuditMetrics(), engine="mock")
+    with caplog.at_level("WARNING", logger="auditgate"):
+        await runtime.start()
+    assert [r for r in caplog.records if r.levelname == "WARNING"] == []

@@ -15,6 +15,7 @@ import pytest
 
 from auditgate.audit.record import AuditRecord, Envelope
 from auditgate.cli.consume import main as consume_main
+from auditgate.cli.consumer import jsonl_path
 from auditgate.sinks.nats import NatsSink
 from auditgate.sinks.sqlite import SqliteSink
 from auditgate.store.schema import TABLE
@@ -329,10 +330,25 @@ async def test_resume_and_new_only(
 
 
 @pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("jsonl:///data/x.jsonl", "/data/x.jsonl"),
+        ("jsonl:////data/x.jsonl", "/data/x.jsonl"),
+        ("sqlite:///data/x.db", None),
+    ],
+)
+def test_a_jsonl_target_is_a_file_url(url: str, path: str | None) -> None:
+    """``jsonl:///data/x.jsonl`` is ``/data/x.jsonl``, as ``file:///data/x.jsonl`` and
+    ``auditgate verify`` read it (it once silently wrote ``./data/x.jsonl``)."""
+    assert jsonl_path(url) == path
+
+
+@pytest.mark.parametrize(
     "change",
     [
         ["--to", "mysql://localhost/db"],
         ["--to", "sqlite://relative.db"],
+        ["--to", "jsonl://relative.jsonl"],
         ["--durable", "a.b"],
         ["--batch", "0"],
         ["--nats-url", "http://127.0.0.1:4222"],
@@ -345,10 +361,11 @@ def test_bad_flags_exit_2(change: list[str], tmp_path: Path) -> None:
     assert consume_main([*args, *change]) == 2
 
 
-async def test_durable_for_another_subject_exits_2(
+async def test_durable_for_another_subject_exits_3(
     nats_url: str, nats_names: tuple[str, str], tmp_path: Path
 ) -> None:
-    """An existing durable filtering another subject is refused at startup with exit status 2."""
+    """An existing durable filtering another subject is refused at startup with exit status 3,
+    the code ``serve`` exits with when it cannot start."""
     stream, subject = nats_names
     nc = await nats.connect(nats_url)
     try:
@@ -358,13 +375,13 @@ async def test_durable_for_another_subject_exits_2(
     finally:
         await nc.close()
     process = await asyncio.create_subprocess_exec(
-        *consume_command(consume_args(nats_url, nats_names, "d1", "jsonl:///x.jsonl")),
+        *consume_command(consume_args(nats_url, nats_names, "d1", f"jsonl://{tmp_path}/x.jsonl")),
         cwd=tmp_path,
         env=clean_env(),
         stderr=asyncio.subprocess.PIPE,
     )
     _, stderr = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 2
+    assert process.returncode == 3
     assert f"durable 'd1' on stream {stream!r} exists with filter subject" in stderr.decode()
 
 

@@ -127,3 +127,35 @@ def test_old_file_served_then_upgraded_in_place(tmp_path: Path) -> None:
     )
     salts, hashes = ({f[0]["scrypt"][field] for f in files} for field in ("salt", "hash"))
     assert (len(salts), len(hashes)) == (2, 2)
+
+
+def test_list_shows_entries_and_revoke_makes_the_restarted_gateway_refuse_them(
+    tmp_path: Path,
+) -> None:
+    """``keys list`` shows name, tenant, role, prefix and hashing but never a key; ``keys
+    revoke NAME`` deletes that name's keys, which a restarted gateway then refuses while the
+    other keys still work; an unknown name exits 1."""
+    path = tmp_path / "keys.json"
+    made = [
+        keys_cli("add", "--file", str(path), "--tenant", tenant, "--name", name).stdout.strip()
+        for tenant, name in (("acme", "ci"), ("acme", "bob"), ("other", "ops"))
+    ]
+    listing = keys_cli("list", "--file", str(path))
+    assert listing.returncode == 0, listing.stderr
+    rows = [line.split("\t") for line in listing.stdout.splitlines()]
+    assert rows == [
+        ["NAME", "TENANT", "ROLE", "PREFIX", "HASH"],
+        ["ci", "acme", "user", made[0][:11], "scrypt"],
+        ["bob", "acme", "user", made[1][:11], "scrypt"],
+        ["ops", "other", "user", made[2][:11], "scrypt"],
+    ]
+    assert not any(key in listing.stdout for key in made)
+
+    revoked = keys_cli("revoke", "--file", str(path), "bob")
+    assert revoked.returncode == 0, revoked.stderr
+    assert "revoked 1 key(s) named 'bob'" in revoked.stderr
+    with running_gateway({"AUDITGATE_API_KEYS_FILE": str(path)}, log_dir=tmp_path) as gw:
+        assert accepted(gw.base_url, made) == [True, False, True]
+    missing = keys_cli("revoke", "--file", str(path), "bob")
+    assert missing.returncode == 1
+    assert "no key named 'bob'" in missing.stderr

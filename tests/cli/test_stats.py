@@ -7,6 +7,7 @@ import datetime
 import json
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -15,6 +16,7 @@ import pytest
 from auditgate.audit.record import AuditRecord, Envelope
 from auditgate.cli.main import main
 from auditgate.cli.stats import table
+from auditgate.sinks.sqlite import SqliteSink
 from tests.cli.test_export import dataset, export, filled, minimal_record, sink_for, store_url
 from tests.support.server import gateway
 
@@ -110,14 +112,23 @@ def test_table_layout() -> None:
     assert expected == table(doc).splitlines()
 
 
-def test_store_is_required(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_the_store_defaults_to_the_one_serve_writes(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    """Without --store or AUDITGATE_STORE_URL the command says what is missing, exit code 2."""
-    monkeypatch.delenv("AUDITGATE_STORE_URL", raising=False)
+    """Without --store or AUDITGATE_STORE_URL, stats reads ./auditgate.db, as serve writes it:
+    a missing one is named (exit 2), an existing one is read (exit 0)."""
+    for name in ("AUDITGATE_STORE_URL", "DYN_AUDIT_SQLITE_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
     code = main(["stats"])
-    expected = "auditgate stats: stats needs --store URL (or AUDITGATE_STORE_URL)\n"
+    expected = "auditgate stats: SQLite store './auditgate.db' does not exist\n"
     assert (2, expected) == (code, capsys.readouterr().err)
+
+    sink = SqliteSink("./auditgate.db")
+    asyncio.run(sink.open())
+    asyncio.run(sink.close())
+    assert main(["stats", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total"]["requests"] == 0
 
 
 async def test_integrity_checkpoints_are_not_requests(

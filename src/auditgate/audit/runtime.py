@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -61,6 +62,19 @@ def build_bus(
     return AuditBus(
         sinks, capacity=settings.capacity, capacity_bytes=settings.capacity_bytes, metrics=metrics
     )
+
+
+def ignored_settings(settings: AuditSettings) -> list[str]:
+    """The audit settings that differ from their defaults although audit is off (they do
+    nothing then: a sink list or durable mode given without ``DYN_AUDIT_ENABLED``)."""
+    if settings.enabled:
+        return []
+    defaults = AuditSettings()
+    return [
+        field.name
+        for field in dataclasses.fields(settings)
+        if getattr(settings, field.name) != getattr(defaults, field.name)
+    ]
 
 
 class AuditRuntime:
@@ -118,6 +132,13 @@ class AuditRuntime:
         raises: it promises that no response ends before its record is kept."""
         bus = self.bus
         if bus is None:
+            ignored = ignored_settings(self.settings)
+            if ignored:
+                log.warning(
+                    "audit is OFF (DYN_AUDIT_ENABLED is not set), so these audit settings do "
+                    "nothing: %s; set DYN_AUDIT_ENABLED=1 to record chat completions",
+                    ", ".join(ignored),
+                )
             return
         try:
             await bus.start()

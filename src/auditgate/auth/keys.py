@@ -172,6 +172,46 @@ def add_key(path: str, *, name: str, tenant: str, role: Role) -> str:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Listed:
+    """One entry of a keys file as ``auditgate keys list`` shows it (never the key)."""
+
+    name: str
+    tenant: str
+    role: str
+    prefix: str | None
+    """The key's first characters (salted entries), to tell keys of one name apart."""
+    hashing: str
+    """``scrypt`` (salted), or ``sha256`` for an old entry to upgrade."""
+
+
+def list_keys(path: str) -> list[Listed]:
+    """The entries of a keys file, in file order; ConfigError if it is not a keys file."""
+    listed: list[Listed] = []
+    for index, item in enumerate(_load(path)["keys"]):
+        entry = _entry(item, f"{path}: keys[{index}]")
+        principal = entry.principal
+        hashing = "sha256" if isinstance(entry.hashed, str) else "scrypt"
+        listed.append(
+            Listed(principal.name, principal.tenant, principal.role, entry.prefix, hashing)
+        )
+    return listed
+
+
+def revoke_keys(path: str, name: str) -> int:
+    """Delete every entry named ``name`` (or, for an entry without a name, whose tenant is
+    ``name``) from the keys file; returns how many were deleted (the file is rewritten only
+    then).  A running gateway reads the file at start: it must be restarted to refuse them."""
+    data = _load(path)
+    items = data["keys"]
+    kept = [item for item in items if not (isinstance(item, dict) and _name(item) == name)]
+    revoked = len(items) - len(kept)
+    if revoked:
+        data["keys"] = kept
+        write(path, data)
+    return revoked
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Upgrade:
     """What :func:`upgrade_keys` did, by entry name (never by key)."""
 

@@ -2,8 +2,9 @@
 
 ``auditgate consume --nats-url URL --subject S --stream NAME --durable NAME --to TARGET``, TARGET
 one of ``sqlite:///relative.db`` / ``sqlite:////absolute.db``, ``postgresql://...`` and
-``jsonl:///relative.jsonl`` / ``jsonl:////absolute.jsonl``.  Records are written through the same
-sink classes the gateway uses, so the target holds exactly what a gateway sink would have stored;
+``jsonl:///absolute/path.jsonl`` (a file URL, read as ``file://`` and ``auditgate verify`` read
+it).  Records are written through the same sink classes the gateway uses, so the target holds
+exactly what a gateway sink would have stored;
 the ``jsonl`` target writes each message's payload bytes as they are (the gateway's ``jsonl``
 line).
 
@@ -36,7 +37,7 @@ Delivery:
 - The stream is created when missing, exactly as the ``nats`` sink creates it, so consumers and
   gateways may start in any order.  A NATS server that is down at start or later is waited for
   (reconnecting forever); a bad URL, a bad target, or a stream or durable that does not fit the
-  subject is a startup error (exit status 2).
+  subject is a startup error (exit status 3, as ``serve``'s; a bad flag is 2).
 - SIGTERM / SIGINT: finish (commit and acknowledge) the current batch, then exit 0 with a summary
   line; a second signal abandons the batch at once (it is redelivered).  Progress (records/s,
   totals) is logged every ``--progress-interval`` seconds while records flow.
@@ -53,6 +54,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from auditgate.cli.consumer import ConsumeOptions, Consumer, Counters, open_target
+from auditgate.cli.main import plain
 from auditgate.config import AuditSettings, Env
 from auditgate.dynamo import FormatError, InputFormat, parse_input_format
 from auditgate.errors import ConfigError
@@ -63,6 +65,9 @@ log = logging.getLogger("auditgate.consume")
 EXIT_OK: Final = 0
 EXIT_ABANDONED: Final = 1
 EXIT_CONFIG: Final = 2
+"""A bad flag (as ``serve``'s bad settings)."""
+EXIT_STARTUP: Final = 3
+"""Could not start: the target, the stream or the durable does not fit (as ``serve``'s 3)."""
 
 
 def options_from_args(args: argparse.Namespace) -> ConsumeOptions:
@@ -127,7 +132,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "consume",
         help="move audit records from NATS JetStream into a database or file",
-        description=__doc__,
+        description=plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(parser)
@@ -158,7 +163,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--to",
         required=True,
         metavar="TARGET",
-        help="sqlite:///PATH, postgresql://... or jsonl:///PATH (four slashes: absolute path)",
+        help="sqlite:///PATH (four slashes: absolute), postgresql://... or jsonl:///ABSOLUTE/PATH",
     )
     parser.add_argument(
         "--batch", type=int, default=256, help="messages per fetch/write/ack (default 256)"
@@ -210,7 +215,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The ``consume`` command: exit 0 after a clean stop, 1 when a second signal abandoned the
-    current batch, 2 for a configuration error."""
+    current batch, 2 for a bad flag, 3 when it could not start (a target, stream or durable that
+    does not fit: ``serve``'s startup failure code)."""
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=args.log_level.upper(),
@@ -219,10 +225,15 @@ def run(args: argparse.Namespace) -> int:
         )
     try:
         options = options_from_args(args)
-        asyncio.run(consume(options))
+        open_target(options.target)  # the URL only; nothing is opened yet
     except (ConfigError, FormatError) as exc:
         log.error("consume: %s", exc)
         return EXIT_CONFIG
+    try:
+        asyncio.run(consume(options))
+    except (ConfigError, FormatError) as exc:
+        log.error("consume: %s", exc)
+        return EXIT_STARTUP
     except asyncio.CancelledError:
         # A second signal abandoned the batch (it will be redelivered); the summary is logged.
         return EXIT_ABANDONED
@@ -232,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="auditgate consume",
-        description=__doc__,
+        description=plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(parser)

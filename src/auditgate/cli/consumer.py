@@ -108,26 +108,40 @@ class ReceivedEnvelope(Envelope):
         return self._raw
 
 
+def jsonl_path(url: str) -> str | None:
+    """The file a ``jsonl://`` URL names, read as a file URL: ``jsonl:///data/x.jsonl`` is
+    ``/data/x.jsonl`` (as ``file:///data/x.jsonl``; the four-slash spelling still works).
+    None when ``url`` is not one; ConfigError for ``jsonl://relative``, which names no path."""
+    if not url.startswith("jsonl://"):
+        return None
+    rest = url[len("jsonl://") :]
+    if not rest.startswith("/") or not rest.strip("/"):
+        raise ConfigError(
+            f"{url!r}: expected jsonl:///ABSOLUTE/PATH (a file URL: three slashes, then the "
+            "absolute path)"
+        )
+    return "/" + rest.lstrip("/")
+
+
 def open_target(url: str) -> Sink:
     """The sink a TARGET URL names (not opened yet); ConfigError for anything else."""
-    for scheme in ("sqlite", "jsonl"):
-        prefix = scheme + ":///"
-        if url.startswith(prefix) and len(url) > len(prefix):
-            path = url[len(prefix) :]
-            if scheme == "sqlite":
-                from auditgate.sinks.sqlite import SqliteSink
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and len(url) > len(prefix):
+        from auditgate.sinks.sqlite import SqliteSink
 
-                return SqliteSink(path)
-            from auditgate.sinks.jsonl import JsonlSink
+        return SqliteSink(url[len(prefix) :])
+    path = jsonl_path(url)
+    if path is not None:
+        from auditgate.sinks.jsonl import JsonlSink
 
-            return JsonlSink(path)
+        return JsonlSink(path)
     if url.startswith(("postgresql://", "postgres://")):
         from auditgate.sinks.postgres import PostgresSink
 
         return PostgresSink(url)
     raise ConfigError(
-        f"--to {redact_url(url)!r}: expected sqlite:///PATH, postgresql://... or jsonl:///PATH "
-        "(three slashes and a relative path, or four for an absolute one)"
+        f"--to {redact_url(url)!r}: expected sqlite:///PATH (three slashes and a relative path, "
+        "or four for an absolute one), postgresql://... or jsonl:///ABSOLUTE/PATH"
     )
 
 

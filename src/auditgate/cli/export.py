@@ -61,7 +61,8 @@ def add_store_options(p: argparse.ArgumentParser) -> None:
         "--store",
         default=os.environ.get("AUDITGATE_STORE_URL"),
         help="sqlite:///PATH, a file path, postgresql://..., or (export) an s3://bucket/prefix "
-        "lake (default: $AUDITGATE_STORE_URL)",
+        "lake (default: $AUDITGATE_STORE_URL, else serve's SQLite store: "
+        "$DYN_AUDIT_SQLITE_PATH, else ./auditgate.db)",
     )
     p.add_argument("--since", type=parse_time, help="from this time: ISO 8601 or Unix ms")
     p.add_argument("--until", type=parse_time, help="before this time: ISO 8601 or Unix ms")
@@ -88,11 +89,16 @@ def parse_time(text: str) -> int:
     return int(when.timestamp() * 1000)
 
 
+DEFAULT_STORE: Final = "./auditgate.db"
+"""Where ``serve`` stores by default (its ``sqlite`` sink's ``DYN_AUDIT_SQLITE_PATH``)."""
+
+
 def store_url(args: argparse.Namespace, command: str) -> str:
-    """The ``--store`` URL, or a ConfigError saying it is missing."""
-    if not args.store:
-        raise ConfigError(f"{command} needs --store URL (or AUDITGATE_STORE_URL)")
-    return str(args.store)
+    """``--store``, else ``AUDITGATE_STORE_URL`` (the flag's default), else the store ``serve``
+    writes by default: ``DYN_AUDIT_SQLITE_PATH``, else :data:`DEFAULT_STORE`."""
+    if args.store:
+        return str(args.store)
+    return os.environ.get("DYN_AUDIT_SQLITE_PATH", "").strip() or DEFAULT_STORE
 
 
 def register(sub: Any) -> None:

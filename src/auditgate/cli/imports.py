@@ -24,6 +24,7 @@ from typing import Any, Final
 
 from auditgate.cli.consumer import open_target
 from auditgate.cli.importer import ImportCounters, Importer, ProgressBar, State, expand
+from auditgate.cli.main import plain
 from auditgate.dynamo import InputFormat, parse_input_format
 from auditgate.errors import ConfigError, SinkError
 
@@ -65,7 +66,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "import",
         help="store auditgate or NVIDIA Dynamo record files in a database",
-        description=__doc__,
+        description=plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(parser)
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="auditgate import",
-        description=__doc__,
+        description=plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(parser)

@@ -1,4 +1,5 @@
-"""``auditgate keys``: create API keys, and upgrade old keys files to salted hashes."""
+"""``auditgate keys``: create, list and revoke API keys; upgrade old keys files to salted
+hashes."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from auditgate.auth.keys import add_key, upgrade_keys
+from auditgate.auth.keys import add_key, list_keys, revoke_keys, upgrade_keys
 from auditgate.errors import ConfigError
 
 
@@ -25,6 +26,15 @@ def register(sub: Any) -> None:
     )
     upgrade.add_argument("--file", required=True, help="keys file (AUDITGATE_API_KEYS_FILE)")
     upgrade.set_defaults(func=run_upgrade)
+    listing = keys.add_parser("list", help="show every key's name, tenant, role and prefix")
+    listing.add_argument("--file", required=True, help="keys file (AUDITGATE_API_KEYS_FILE)")
+    listing.set_defaults(func=run_list)
+    revoke = keys.add_parser(
+        "revoke", help="delete the keys of a name (restart the gateway to refuse them)"
+    )
+    revoke.add_argument("--file", required=True, help="keys file (AUDITGATE_API_KEYS_FILE)")
+    revoke.add_argument("name", help="the name given at `keys add` (default there: the tenant)")
+    revoke.set_defaults(func=run_revoke)
 
 
 def run_add(args: argparse.Namespace) -> int:
@@ -63,3 +73,34 @@ def run_upgrade(args: argparse.Namespace) -> int:
     if done.remaining:
         print(f"auditgate keys: old entries left: {', '.join(done.remaining)}", file=sys.stderr)
     return 1 if done.refused or done.unknown else 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """One line per key: name, tenant, role, prefix, hashing; exit 2 for an unreadable file."""
+    try:
+        listed = list_keys(args.file)
+    except (ConfigError, OSError) as exc:
+        print(f"auditgate keys: {exc}", file=sys.stderr)
+        return 2
+    print("NAME\tTENANT\tROLE\tPREFIX\tHASH")
+    for key in listed:
+        print(f"{key.name}\t{key.tenant}\t{key.role}\t{key.prefix or '-'}\t{key.hashing}")
+    return 0
+
+
+def run_revoke(args: argparse.Namespace) -> int:
+    """Exit 0 when keys were deleted, 1 when none has that name, 2 on an error."""
+    try:
+        revoked = revoke_keys(args.file, args.name)
+    except (ConfigError, OSError) as exc:
+        print(f"auditgate keys: {exc}", file=sys.stderr)
+        return 2
+    if not revoked:
+        print(f"auditgate keys: no key named {args.name!r} in {args.file}", file=sys.stderr)
+        return 1
+    print(
+        f"auditgate keys: revoked {revoked} key(s) named {args.name!r}; restart the gateway "
+        "(it reads the keys file at start) for them to be refused",
+        file=sys.stderr,
+    )
+    return 0

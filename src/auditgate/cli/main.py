@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="auditgate",
         description="OpenAI-compatible LLM gateway with a lossless audit pipeline.",
     )
+    parser.add_argument("--version", action="version", version=f"auditgate {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMANDS:
         try:
@@ -35,6 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module.register(sub)
     return parser
+
+
+def version() -> str:
+    """The installed distribution's version ("unknown" when run from a bare source tree)."""
+    try:
+        return importlib.metadata.version("auditgate")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def plain(doc: str | None) -> str:
+    """A module docstring as ``--help`` text: without reStructuredText's double backticks."""
+    return (doc or "").replace("``", "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,6 +17,7 @@ import tempfile
 from typing import Any
 
 from auditgate.audit.metrics import MULTIPROCESS_ENV
+from auditgate.cli.main import plain
 from auditgate.config import GatewaySettings, Settings
 from auditgate.errors import ConfigError
 
@@ -36,7 +37,7 @@ _FLAG_ENV = {
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("serve", help="run the gateway", description=__doc__)
+    p = sub.add_parser("serve", help="run the gateway", description=plain(__doc__))
     p.add_argument("--host", help="listen address (AUDITGATE_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (AUDITGATE_PORT, default 8000)")
     p.add_argument(
@@ -88,6 +89,14 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"auditgate: configuration error: {exc}", file=sys.stderr)
         return 2
+    missing = missing_grpc_extra() if settings.gateway.grpc_port is not None else None
+    if missing is not None:
+        print(
+            f"auditgate: configuration error: --grpc-port (AUDITGATE_GRPC_PORT) needs the grpc "
+            f"extra, and {missing!r} is not installed: pip install 'auditgate[grpc]'",
+            file=sys.stderr,
+        )
+        return 2
     from auditgate.server.app import configure_logging  # the server's imports: serve only
 
     gw = settings.gateway
@@ -107,6 +116,17 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if shared_metrics is not None:
             shutil.rmtree(shared_metrics, ignore_errors=True)
+
+
+def missing_grpc_extra() -> str | None:
+    """The module of the ``grpc`` extra that cannot be imported, or None when it is there
+    (checked before serving: the frontend imports them only once the app starts)."""
+    try:
+        import grpc  # noqa: F401
+        import tritonclient.grpc  # noqa: F401
+    except ModuleNotFoundError as exc:
+        return exc.name or "grpc"
+    return None
 
 
 STARTUP_FAILURE = 3

@@ -44,6 +44,7 @@ import msgspec
 
 from auditgate.audit.integrity import HmacSigner
 from auditgate.audit.verify import Report, SourceError, Verifier, WriterReport
+from auditgate.cli.consumer import jsonl_path
 from auditgate.errors import UNDECODABLE, ConfigError
 from auditgate.store.trail import read_postgres, read_sqlite
 
@@ -61,7 +62,11 @@ def detect(source: str) -> tuple[str, str]:
             return "nats", source
         if scheme == "sqlite":
             return "sqlite", rest[1:] if rest.startswith("/") else rest
-        if scheme in ("jsonl", "jsonl_gz"):
+        if scheme == "jsonl":
+            path = jsonl_path(source)
+            assert path is not None
+            return scheme, path
+        if scheme == "jsonl_gz":
             return scheme, rest
         if scheme == "s3":
             return "s3", source
