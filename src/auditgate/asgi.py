@@ -58,7 +58,6 @@ import msgspec
 from prometheus_client import CollectorRegistry
 
 from auditgate.audit.aggregate import StreamAggregator
-from auditgate.audit.bus import RateLimitedLog
 from auditgate.audit.capture import Aggregator, AuditCapture
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.runtime import AuditRuntime
@@ -67,6 +66,7 @@ from auditgate.config import Settings
 from auditgate.endpoints.completions import TextCompletionAggregator, validate_completion
 from auditgate.engines.sse import SSEDecoder
 from auditgate.errors import UNDECODABLE, APIError, ConfigError
+from auditgate.logs import RateLimitedLog
 from auditgate.pipeline.chat import CallParams
 from auditgate.pipeline.request import (
     new_request_id,

@@ -38,6 +38,7 @@ from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import AuditRecord, Envelope, Mode
 from auditgate.audit.sink import BatchPolicy, Sink
 from auditgate.config import DEFAULT_CAPACITY_BYTES
+from auditgate.logs import RateLimitedLog
 
 log = logging.getLogger("auditgate.audit")
 
@@ -49,25 +50,6 @@ class Backoff:
     initial_s: float = 0.05
     maximum_s: float = 5.0
     factor: float = 2.0
-
-
-class RateLimitedLog:
-    """Logs at most once per ``interval_s`` per key, with the count of what it held back."""
-
-    def __init__(self, interval_s: float = 10.0) -> None:
-        self.interval_s = interval_s
-        self._last: dict[str, float] = {}
-        self._held: dict[str, int] = {}
-
-    def warning(self, key: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last.get(key, -1e18) < self.interval_s:
-            self._held[key] = self._held.get(key, 0) + 1
-            return
-        held = self._held.pop(key, 0)
-        self._last[key] = now
-        suffix = f" ({held} similar messages suppressed)" if held else ""
-        log.warning(message + suffix, *args)
 
 
 class RecordBus(Protocol):

@@ -38,7 +38,6 @@ from collections.abc import Awaitable, Sequence
 
 from auditgate.audit.bus import (
     Backoff,
-    RateLimitedLog,
     batch_of,
     describe_error,
     drained,
@@ -55,6 +54,7 @@ from auditgate.audit.sink import Sink, Syncable
 from auditgate.audit.spool import Spool, SpoolError
 from auditgate.config import DEFAULT_CAPACITY_BYTES
 from auditgate.errors import UNDECODABLE, ConfigError
+from auditgate.logs import RateLimitedLog
 
 log = logging.getLogger("auditgate.audit")
 

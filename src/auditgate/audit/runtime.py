@@ -25,7 +25,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
-from auditgate.audit.bus import AuditBus, RateLimitedLog, RecordBus
+from auditgate.audit.bus import AuditBus, RecordBus
 from auditgate.audit.capture import Auditor
 from auditgate.audit.checkpoints import checkpoint_ticker, seal_until_durable
 from auditgate.audit.metrics import AuditMetrics
@@ -33,6 +33,7 @@ from auditgate.audit.processors import Processors
 from auditgate.audit.record import AuditRecord, Envelope, Mode
 from auditgate.audit.sink import Sink
 from auditgate.config import AuditSettings
+from auditgate.logs import RateLimitedLog
 
 log = logging.getLogger("auditgate")
 

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from auditgate.audit.bus import RateLimitedLog
 from auditgate.audit.record import AuditRecord, Envelope, decode_record
 from auditgate.audit.sink import Sink
 from auditgate.dynamo import Converted, DynamoReader, InputFormat
 from auditgate.errors import UNDECODABLE, ConfigError
+from auditgate.logs import RateLimitedLog
 from auditgate.sinks.nats import ensure_stream, redact_url, servers
 
 if TYPE_CHECKING:

@@ -35,11 +35,11 @@ from typing import IO, Any, Final
 
 import msgspec
 
-from auditgate.audit.bus import RateLimitedLog
 from auditgate.audit.record import Envelope
 from auditgate.audit.sink import Sink
 from auditgate.dynamo import Converted, DynamoReader, InputFormat
 from auditgate.errors import UNDECODABLE, ConfigError
+from auditgate.logs import RateLimitedLog
 
 log = logging.getLogger("auditgate.import")
 

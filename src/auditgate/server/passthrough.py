@@ -37,10 +37,10 @@ from typing import Final
 import aiohttp
 from yarl import URL
 
-from auditgate.audit.bus import RateLimitedLog
 from auditgate.config import GatewaySettings, Secret
 from auditgate.engines.upstream import incomplete, unreachable
 from auditgate.errors import APIError, InvalidRequestError, RequestTimeoutError, UpstreamError
+from auditgate.logs import RateLimitedLog
 from auditgate.server.asgi import ClientGone, Receive, Scope, Send, header, send_error
 from auditgate.server.forwarding import PathLabels, Target, hop_by_hop, method_label
 from auditgate.server.metrics import PassThroughMetrics

@@ -34,10 +34,10 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from auditgate.audit.bus import RateLimitedLog
 from auditgate.audit.record import Envelope
 from auditgate.audit.sink import BatchPolicy
 from auditgate.errors import ConfigError, SinkError
+from auditgate.logs import RateLimitedLog
 
 if TYPE_CHECKING:
     from nats.aio.client import Client

@@ -29,12 +29,12 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from auditgate.audit.bus import RateLimitedLog
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import Envelope
 from auditgate.audit.sink import BatchPolicy
 from auditgate.config_otlp import OtlpSettings
 from auditgate.errors import ConfigError, SinkError
+from auditgate.logs import RateLimitedLog
 from auditgate.sinks.otel_logs import dynamo_log_records, log_record
 
 if TYPE_CHECKING:
