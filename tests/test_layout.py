@@ -45,6 +45,7 @@ def test_the_request_path_does_not_know_which_bus_it_holds() -> None:
         "auditgate.server",
         "auditgate.pipeline",
         "auditgate.asgi",
+        "auditgate.middleware",
         "auditgate.grpc",
         "auditgate.audit.capture",
     )
@@ -53,7 +54,7 @@ def test_the_request_path_does_not_know_which_bus_it_holds() -> None:
 
 def test_transports_do_not_import_each_other() -> None:
     """gRPC is handed what it uses; it never reaches into the HTTP server (nor back)."""
-    assert importers(("auditgate.grpc",), ("auditgate.server", "auditgate.asgi")) == []
+    assert importers(("auditgate.grpc",), ("auditgate.server", "auditgate.middleware")) == []
     assert importers(("auditgate.server",), ("auditgate.grpc.service",)) == []
 
 
@@ -65,5 +66,5 @@ def test_the_store_readers_and_queries_form_no_cycle() -> None:
 
 def test_the_audit_core_imports_no_transport() -> None:
     """``audit`` is the core: it imports nothing from the transports or the engines."""
-    transports = ("auditgate.server", "auditgate.grpc", "auditgate.asgi", "auditgate.engines")
+    transports = ("auditgate.server", "auditgate.grpc", "auditgate.middleware", "auditgate.engines")
     assert importers(("auditgate.audit",), transports) == []

@@ -17,13 +17,13 @@ import numpy as np
 import openai
 import tritonclient.grpc as tg
 
-from auditgate.asgi import AuditMiddleware
 from auditgate.audit.record import AuditRecord, encode_record
 from auditgate.audit.sink import MemorySink
 from auditgate.config import Settings
 from auditgate.engines.mock import MockEngine
+from auditgate.middleware import AuditMiddleware
 from auditgate.sinks import build_sinks
-from tests.asgi.test_middleware import openai_app
+from tests.middleware.test_middleware import openai_app
 from tests.support.gateway import clean_env, free_port
 from tests.support.server import ServerThread, gateway
 

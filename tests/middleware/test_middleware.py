@@ -1,4 +1,4 @@
-"""``auditgate.asgi.AuditMiddleware`` on a small OpenAI-like Starlette app, driven by the SDK.
+"""``auditgate.middleware.AuditMiddleware`` on a small OpenAI-like Starlette app, driven by the SDK.
 
 The app wraps auditgate's mock engine the way vLLM's server wraps its engine (JSON or SSE, errors
 as OpenAI error JSON), so the same request can be sent to the real gateway and to the app behind
@@ -24,13 +24,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from auditgate.asgi import AuditMiddleware
 from auditgate.audit.record import AuditRecord, decode_record, encode_record
 from auditgate.audit.sink import MemorySink
 from auditgate.config import Settings
 from auditgate.engines.base import EngineRequest
 from auditgate.engines.mock import MockEngine
 from auditgate.errors import APIError
+from auditgate.middleware import AuditMiddleware
 from auditgate.server import sse
 from auditgate.server.asgi import Receive, Scope, Send
 from tests.support.server import ServerThread, TestGateway, audit_env, gateway
@@ -458,3 +458,11 @@ def test_sinks_down_at_startup_serves_and_counts_every_lost_record(
     assert sinks[1].records == []
     assert "cannot start the sinks; serving WITHOUT audit" in caplog.text
     assert "sinks unavailable since startup; record" in caplog.text
+
+
+def test_the_old_import_path_is_the_same_middleware() -> None:
+    """``auditgate.asgi.AuditMiddleware`` (vLLM's ``--middleware`` flag names it) still works."""
+    import auditgate.asgi
+    import auditgate.middleware
+
+    assert auditgate.asgi.AuditMiddleware is auditgate.middleware.AuditMiddleware

@@ -21,7 +21,7 @@ from auditgate.engines.base import EngineRequest
 from auditgate.engines.mock import MockEngine
 from auditgate.errors import APIError
 from auditgate.server import sse
-from tests.asgi.test_middleware import Audited, audited, comparable, sdk
+from tests.middleware.test_middleware import Audited, audited, comparable, sdk
 from tests.support.server import TestGateway, gateway
 
 USAGE = {"stream_options": {"include_usage": True}}
