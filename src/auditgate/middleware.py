@@ -75,8 +75,8 @@ from auditgate.pipeline.request import (
     validate_chat,
     validate_client_request_id,
 )
-from auditgate.server.asgi import ASGIApp, Message, Receive, Scope, Send, header
 from auditgate.server.headers import HeaderCapture
+from auditgate.server.wire import ASGIApp, Message, Receive, Scope, Send, header
 
 __all__ = ["AuditMiddleware"]
 

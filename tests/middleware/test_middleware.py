@@ -32,7 +32,7 @@ from auditgate.engines.mock import MockEngine
 from auditgate.errors import APIError
 from auditgate.middleware import AuditMiddleware
 from auditgate.server import sse
-from auditgate.server.asgi import Receive, Scope, Send
+from auditgate.server.wire import Receive, Scope, Send
 from tests.support.server import ServerThread, TestGateway, audit_env, gateway
 
 MESSAGES = [{"role": "user", "content": "What is 10 + 10?"}]

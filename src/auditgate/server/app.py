@@ -37,7 +37,14 @@ from auditgate.engines.base import Engine
 from auditgate.errors import APIError, ConfigError, InvalidRequestError, NotFoundError
 from auditgate.pipeline.chat import ChatPipeline
 from auditgate.server.allocator import tune_allocator
-from auditgate.server.asgi import (
+from auditgate.server.chat import ENDPOINT, ChatHandler
+from auditgate.server.completions import CompletionsAPI
+from auditgate.server.guard import ErrorGuard
+from auditgate.server.headers import HeaderCapture
+from auditgate.server.legacy import CompletionsHandler, EmbeddingsHandler
+from auditgate.server.metrics import HttpMetrics, PassThroughMetrics
+from auditgate.server.passthrough import PassThrough
+from auditgate.server.wire import (
     ASGIApp,
     BodyDeadlines,
     Receive,
@@ -46,13 +53,6 @@ from auditgate.server.asgi import (
     header,
     send_error,
 )
-from auditgate.server.chat import ENDPOINT, ChatHandler
-from auditgate.server.completions import CompletionsAPI
-from auditgate.server.guard import ErrorGuard
-from auditgate.server.headers import HeaderCapture
-from auditgate.server.legacy import CompletionsHandler, EmbeddingsHandler
-from auditgate.server.metrics import HttpMetrics, PassThroughMetrics
-from auditgate.server.passthrough import PassThrough
 from auditgate.store.queries import Store
 from auditgate.store.url import open_store
 

@@ -22,7 +22,9 @@ from auditgate.pipeline.request import (
     validate_client_request_id,
 )
 from auditgate.server import sse
-from auditgate.server.asgi import (
+from auditgate.server.headers import HeaderCapture
+from auditgate.server.metrics import HttpMetrics
+from auditgate.server.wire import (
     BodyDeadlines,
     ClientGone,
     Message,
@@ -35,8 +37,6 @@ from auditgate.server.asgi import (
     send_error,
     send_json,
 )
-from auditgate.server.headers import HeaderCapture
-from auditgate.server.metrics import HttpMetrics
 
 ENDPOINT: Final = "/v1/chat/completions"
 

@@ -24,7 +24,6 @@ from starlette.responses import JSONResponse, Response
 
 from auditgate.auth.keys import Principal
 from auditgate.errors import InvalidRequestError
-from auditgate.server.asgi import BodyDeadlines, ClientGone, read_body
 from auditgate.server.params import (
     bad_after,
     not_found,
@@ -33,6 +32,7 @@ from auditgate.server.params import (
     parse_messages_query,
     parse_update,
 )
+from auditgate.server.wire import BodyDeadlines, ClientGone, read_body
 from auditgate.store.queries import CursorNotFound, Filter, Store, Stored
 
 # Request parameters OpenAI echoes on a stored completion (null when the request left them out).

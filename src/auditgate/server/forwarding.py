@@ -23,7 +23,7 @@ from yarl import URL
 from auditgate.config import GatewaySettings
 from auditgate.engines.upstream import Upstream, parse_upstream
 from auditgate.errors import InvalidRequestError
-from auditgate.server.asgi import Scope
+from auditgate.server.wire import Scope
 
 HOP_BY_HOP: Final = frozenset(
     {

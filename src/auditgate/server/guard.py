@@ -13,7 +13,7 @@ import logging
 from typing import Final
 
 from auditgate.errors import APIError
-from auditgate.server.asgi import ASGIApp, Message, Receive, Scope, Send, send_error
+from auditgate.server.wire import ASGIApp, Message, Receive, Scope, Send, send_error
 
 log = logging.getLogger("auditgate")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-from auditgate.server.asgi import Scope
+from auditgate.server.wire import Scope
 
 REDACTED: Final = "<redacted>"
 _CREDENTIAL_NAMES: Final = frozenset(

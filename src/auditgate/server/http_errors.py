@@ -19,8 +19,8 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from auditgate.errors import APIError, InvalidRequestError
-from auditgate.server.asgi import CLOSE, JSON_TYPE, Receive, Scope, Send, encode_json
 from auditgate.server.guard import INTERNAL_ERROR
+from auditgate.server.wire import CLOSE, JSON_TYPE, Receive, Scope, Send, encode_json
 
 log = logging.getLogger("auditgate.server")
 

@@ -41,9 +41,9 @@ from auditgate.config import GatewaySettings, Secret
 from auditgate.engines.upstream import incomplete, unreachable
 from auditgate.errors import APIError, InvalidRequestError, RequestTimeoutError, UpstreamError
 from auditgate.logs import RateLimitedLog
-from auditgate.server.asgi import ClientGone, Receive, Scope, Send, header, send_error
 from auditgate.server.forwarding import PathLabels, Target, hop_by_hop, method_label
 from auditgate.server.metrics import PassThroughMetrics
+from auditgate.server.wire import ClientGone, Receive, Scope, Send, header, send_error
 
 _NOT_FORWARDED: Final = frozenset({b"host", b"expect", b"authorization"})
 """Request headers the gateway itself answers or replaces (besides the hop-by-hop ones)."""

@@ -1,4 +1,5 @@
-"""Small raw-ASGI helpers for the hot path: read a bounded body, send JSON, send errors.
+"""Raw-ASGI wire helpers for the hot path: the ASGI types, reading a bounded body, sending JSON
+and errors.
 
 The chat endpoint speaks ASGI directly (no framework request/response objects per call) because
 it is the path every audited request takes; everything else goes through Starlette.
