@@ -37,9 +37,9 @@ from auditgate.engines.base import Engine
 from auditgate.errors import APIError, ConfigError, InvalidRequestError, NotFoundError
 from auditgate.pipeline.chat import ChatPipeline
 from auditgate.server.allocator import tune_allocator
-from auditgate.server.chat import ENDPOINT, ChatHandler
 from auditgate.server.completions import CompletionsAPI
 from auditgate.server.guard import ErrorGuard
+from auditgate.server.handler import ENDPOINT, ChatHandler
 from auditgate.server.headers import HeaderCapture
 from auditgate.server.legacy import CompletionsHandler, EmbeddingsHandler
 from auditgate.server.metrics import HttpMetrics, PassThroughMetrics

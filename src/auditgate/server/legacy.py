@@ -1,7 +1,7 @@
 """``POST /v1/completions`` and ``POST /v1/embeddings`` over HTTP: the chat transport, reused.
 
 Both have chat's exchange (a JSON body in; JSON, or for completions SSE, out), so they are
-:class:`~auditgate.server.chat.ChatHandler` with their own validation and pipeline
+:class:`~auditgate.server.handler.ChatHandler` with their own validation and pipeline
 (:mod:`auditgate.endpoints.completions`, :mod:`auditgate.endpoints.embeddings`): disconnects,
 durable commits, in-stream errors and metrics behave exactly as for chat.
 """
@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from auditgate.endpoints import completions, embeddings
 from auditgate.pipeline.chat import CallParams
-from auditgate.server.chat import ChatHandler
+from auditgate.server.handler import ChatHandler
 
 __all__ = ["CompletionsHandler", "EmbeddingsHandler"]
 

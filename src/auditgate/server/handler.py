@@ -1,4 +1,6 @@
-"""``POST /v1/chat/completions`` over HTTP: parse, call the pipeline, write JSON or SSE.
+"""The HTTP handler of ``POST /v1/chat/completions`` (and, subclassed in
+:mod:`auditgate.server.legacy`, of completions and embeddings): parse, call the pipeline, write
+JSON or SSE.  (The pipeline it calls is :mod:`auditgate.pipeline.chat`.)
 
 A thin transport: everything audit-related happens in :mod:`auditgate.pipeline.chat`.  The one
 thing only the transport can know is that the client went away; it learns it from an
