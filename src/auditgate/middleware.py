@@ -17,7 +17,7 @@ Contracts:
 - **Bytes pass through untouched.**  ``receive`` is wrapped to copy the request body, ``send``
   to copy the response; nothing is added, removed or reordered, headers included.  JSON
   responses are decoded once complete; ``text/event-stream`` responses are parsed with the
-  engines' :class:`~auditgate.engines.sse.SSEDecoder`, every chunk fed to the capture as the
+  engines' :class:`~auditgate.engines.sse_decoder.SSEDecoder`, every chunk fed to the capture as the
   client receives it.  The record is published before the last byte (``[DONE]`` or the end of
   the JSON body) is handed on, as the gateway does; in durable mode that last byte waits until
   the record is in the spool (a commit that fails breaks the response: never an unaudited
@@ -65,7 +65,7 @@ from auditgate.audit.runtime import AuditRuntime
 from auditgate.audit.sink import Sink
 from auditgate.config import Settings
 from auditgate.endpoints.completions import TextCompletionAggregator, validate_completion
-from auditgate.engines.sse import SSEDecoder
+from auditgate.engines.sse_decoder import SSEDecoder
 from auditgate.errors import UNDECODABLE, APIError, ConfigError
 from auditgate.logs import RateLimitedLog
 from auditgate.pipeline.chat import CallParams

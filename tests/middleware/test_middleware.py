@@ -31,7 +31,7 @@ from auditgate.engines.base import EngineRequest
 from auditgate.engines.mock import MockEngine
 from auditgate.errors import APIError
 from auditgate.middleware import AuditMiddleware
-from auditgate.server import sse
+from auditgate.server import sse_frames
 from auditgate.server.wire import Receive, Scope, Send
 from tests.support.server import ServerThread, TestGateway, audit_env, gateway
 
@@ -75,10 +75,10 @@ def openai_app(engine: MockEngine, **kwargs: Any) -> Starlette:
             return JSONResponse(exc.to_dict(), status_code=exc.status_code)
 
         async def frames() -> AsyncIterator[bytes]:
-            yield sse.frames(first)
+            yield sse_frames.frames(first)
             async for batch in batches:
-                yield sse.frames(batch)
-            yield sse.DONE
+                yield sse_frames.frames(batch)
+            yield sse_frames.DONE
 
         return StreamingResponse(frames(), media_type="text/event-stream")
 

@@ -20,7 +20,7 @@ from auditgate.audit.record import AuditRecord
 from auditgate.engines.base import EngineRequest
 from auditgate.engines.mock import MockEngine
 from auditgate.errors import APIError
-from auditgate.server import sse
+from auditgate.server import sse_frames
 from tests.middleware.test_middleware import Audited, audited, comparable, sdk
 from tests.support.server import TestGateway, gateway
 
@@ -43,10 +43,10 @@ def completions_app(engine: MockEngine) -> Starlette:
             return JSONResponse(exc.to_dict(), status_code=exc.status_code)
 
         async def frames() -> AsyncIterator[bytes]:
-            yield sse.frames(first)
+            yield sse_frames.frames(first)
             async for batch in batches:
-                yield sse.frames(batch)
-            yield sse.DONE
+                yield sse_frames.frames(batch)
+            yield sse_frames.DONE
 
         return StreamingResponse(frames(), media_type="text/event-stream")
 

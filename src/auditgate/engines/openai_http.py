@@ -46,7 +46,7 @@ from yarl import URL
 
 from auditgate.config import Secret
 from auditgate.engines.base import EngineRequest
-from auditgate.engines.sse import SSEDecoder, SSEError
+from auditgate.engines.sse_decoder import SSEDecoder, SSEError
 from auditgate.engines.upstream import (
     Upstream,
     UpstreamRejection,

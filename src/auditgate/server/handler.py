@@ -23,7 +23,7 @@ from auditgate.pipeline.request import (
     validate_chat,
     validate_client_request_id,
 )
-from auditgate.server import sse
+from auditgate.server import sse_frames
 from auditgate.server.headers import HeaderCapture
 from auditgate.server.metrics import HttpMetrics
 from auditgate.server.wire import (
@@ -181,7 +181,7 @@ class ChatHandler:
             start: Message | None = {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [*sse.HEADERS, *headers],
+                "headers": [*sse_frames.HEADERS, *headers],
             }
             first = True
             # The batch that finishes the answer (and anything after it) goes out together
@@ -195,13 +195,17 @@ class ChatHandler:
                         ttft.observe(time.perf_counter() - started)
                         first = False
                     if tail or stream.finishes(batch):
-                        tail += sse.frames(batch)
+                        tail += sse_frames.frames(batch)
                         continue
                     if start is not None:
                         await send(start)
                         start = None
                     await send(
-                        {"type": "http.response.body", "body": sse.frames(batch), "more_body": True}
+                        {
+                            "type": "http.response.body",
+                            "body": sse_frames.frames(batch),
+                            "more_body": True,
+                        }
                     )
                 # Durable mode: [DONE] only once the record is spooled.  Drop the last batch
                 # first: what a waiting stream holds stays small (64 streams' chunks held for
@@ -212,12 +216,14 @@ class ChatHandler:
                 if start is not None:
                     raise  # nothing sent yet: a plain HTTP error with its status
                 # Headers are gone already: report in-stream, as OpenAI does, and end the body.
-                await send({"type": "http.response.body", "body": tail + sse.error_frame(exc)})
+                await send(
+                    {"type": "http.response.body", "body": tail + sse_frames.error_frame(exc)}
+                )
                 watch.active = False
                 return exc.status_code
             if start is not None:
                 await send(start)
-            await send({"type": "http.response.body", "body": tail + sse.DONE})
+            await send({"type": "http.response.body", "body": tail + sse_frames.DONE})
             watch.active = False
         except asyncio.CancelledError:
             if not watch.gone:

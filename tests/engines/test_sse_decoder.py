@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from auditgate.engines.sse import SSEDecoder, SSEError, SSEEvent
+from auditgate.engines.sse_decoder import SSEDecoder, SSEError, SSEEvent
 
 
 def feed_all(pieces: list[bytes], decoder: SSEDecoder | None = None) -> list[SSEEvent]:
