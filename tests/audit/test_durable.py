@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from auditgate.audit.bus import Backoff
-from auditgate.audit.durable import DurableBus
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import AuditRecord, Envelope
 from auditgate.audit.sink import BatchPolicy, MemorySink
-from auditgate.audit.spool import Spool
+from auditgate.audit.spool.durable import DurableBus
+from auditgate.audit.spool.spool import Spool
 
 FAST = Backoff(initial_s=0.01, maximum_s=0.05, factor=2.0)
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from auditgate.audit.bus import AuditBus
-from auditgate.audit.durable import DurableBus
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.runtime import AuditRuntime
 from auditgate.audit.sink import BatchPolicy, MemorySink
+from auditgate.audit.spool.durable import DurableBus
 from auditgate.config import AuditSettings
 
 

@@ -15,15 +15,15 @@ from typing import Any, TypeVar
 
 import pytest
 
-from auditgate.audit import writer
 from auditgate.audit.bus import Backoff
 from auditgate.audit.capture import Auditor
-from auditgate.audit.durable import CURSOR_SAVE_INTERVAL_S, DurableBus
-from auditgate.audit.frames import HEADER, Position, encode_frame, parse_frames
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import AuditRecord, Envelope, Mode
 from auditgate.audit.sink import MemorySink
-from auditgate.audit.spool import Spool, SpoolError
+from auditgate.audit.spool import writer
+from auditgate.audit.spool.durable import CURSOR_SAVE_INTERVAL_S, DurableBus
+from auditgate.audit.spool.frames import HEADER, Position, encode_frame, parse_frames
+from auditgate.audit.spool.spool import Spool, SpoolError
 from auditgate.config import AuditSettings
 from auditgate.engines.mock import MockEngine
 from auditgate.errors import ServiceUnavailableError, SinkError

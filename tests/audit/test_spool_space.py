@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from auditgate.audit import cursors, segments
-from auditgate.audit.frames import Position, encode_frame
+from auditgate.audit.spool import cursors, segments
+from auditgate.audit.spool.frames import Position, encode_frame
 from tests.audit.test_spool import Harness, envelope, ids, publish_all
 from tests.support.volume import small_volume
 

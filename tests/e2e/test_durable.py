@@ -23,8 +23,8 @@ import msgspec
 import nats
 import pytest
 
-from auditgate.audit.frames import parse_frames
-from auditgate.audit.segments import wait_for_old_writer
+from auditgate.audit.spool.frames import parse_frames
+from auditgate.audit.spool.segments import wait_for_old_writer
 from tests.e2e.test_outages import N, run_with_outage
 from tests.server.test_lifecycle import metric
 from tests.support.gateway import Gateway, start_gateway

@@ -6,7 +6,7 @@ itself, so every ``DYN_AUDIT_*`` setting means the same whatever carries the req
 
 - the sinks ``DYN_AUDIT_SINKS`` names (or the ones a caller hands in);
 - the bus ``DYN_AUDIT_DURABILITY`` asks for: the best-effort :class:`~auditgate.audit.bus.AuditBus`
-  or the spooled :class:`~auditgate.audit.durable.DurableBus` (one spool slot per worker);
+  or the spooled :class:`~auditgate.audit.spool.durable.DurableBus` (one spool slot per worker);
 - the processors (redaction, integrity chain) every record passes before any sink;
 - with integrity on, the interval checkpoints, the final one at :meth:`AuditRuntime.stop`, and
   the recovery checkpoint sealing a dead predecessor's chain found in the spool.
@@ -47,8 +47,8 @@ def build_bus(
     spool directory each, the disk budget shared); a process that finds every slot taken fails
     its start with a :class:`~auditgate.errors.ConfigError`."""
     if settings.durability == "durable":
-        from auditgate.audit.durable import DurableBus
-        from auditgate.audit.spool import Spool
+        from auditgate.audit.spool.durable import DurableBus
+        from auditgate.audit.spool.spool import Spool
 
         spool = Spool(
             settings.spool_dir, max_bytes=settings.spool_max_bytes // workers, slots=workers

@@ -3,16 +3,16 @@
 Layout of a spool directory:
 
 - ``NNNNNNNNNNNNNNNN.seg`` — append-only segments of frames, one per record
-  (:mod:`auditgate.audit.frames`: length, CRC-32, append time, the record's JSON); the live
+  (:mod:`auditgate.audit.spool.frames`: length, CRC-32, append time, the record's JSON); the live
   one may end in zeros the writer put ahead of its records (``Writer.prepare`` in
-  :mod:`auditgate.audit.writer`), cut off when it is sealed and at recovery.
-- ``cursor.<sink>`` — how far a sink has stored (:mod:`auditgate.audit.cursors`: allocated
+  :mod:`auditgate.audit.spool.writer`), cut off when it is sealed and at recovery.
+- ``cursor.<sink>`` — how far a sink has stored (:mod:`auditgate.audit.spool.cursors`: allocated
   once, then overwritten in place, so saving one never needs new space).
 - ``owner.lock`` (the owning gateway process) and ``writer.lock`` (its writer process): ``flock``
   locks, so two processes never write one spool.  With ``--workers N`` each worker owns the
   first free ``worker-K`` sub-directory (K < N) and replays what an earlier owner left there.
 
-Everything here blocks (file I/O, waiting for a lock): :class:`~auditgate.audit.spool.Spool`
+Everything here blocks (file I/O, waiting for a lock): :class:`~auditgate.audit.spool.spool.Spool`
 calls it off the event loop.
 """
 
@@ -27,9 +27,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
-from auditgate.audit import writer
 from auditgate.audit.commit import CommitError
-from auditgate.audit.frames import HEADER, Frame, Position, parse_frames
+from auditgate.audit.spool import writer
+from auditgate.audit.spool.frames import HEADER, Frame, Position, parse_frames
 
 log = logging.getLogger("auditgate.audit.spool")
 

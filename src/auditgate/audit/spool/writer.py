@@ -1,7 +1,7 @@
 """The spool's writer: a small process that appends records to spool segments and syncs them.
 
-``python -m auditgate.audit.writer DIRECTORY FD [--no-sync] [--segment-bytes N]`` — started by
-:class:`~auditgate.audit.spool.Spool` with one end of a socket pair as ``FD``.  The event loop
+``python -m auditgate.audit.spool.writer DIRECTORY FD [--no-sync] [--segment-bytes N]`` — started by
+:class:`~auditgate.audit.spool.spool.Spool` with one end of a socket pair as ``FD``.  The event loop
 only sends bytes to this process; it never touches the disk itself.
 
 Why a process: on the serving core, disk I/O from the event loop stalls it (an append to a file
@@ -232,7 +232,7 @@ def serve(writer: Writer, sock: socket.socket) -> int:
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    parser = argparse.ArgumentParser(prog="python -m auditgate.audit.writer")
+    parser = argparse.ArgumentParser(prog="python -m auditgate.audit.spool.writer")
     parser.add_argument("directory")
     parser.add_argument("fd", type=int)
     parser.add_argument("--no-sync", action="store_true")

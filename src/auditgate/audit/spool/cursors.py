@@ -26,7 +26,7 @@ import zlib
 from pathlib import Path
 from typing import Final
 
-from auditgate.audit.frames import Position
+from auditgate.audit.spool.frames import Position
 
 log = logging.getLogger("auditgate.audit.spool")
 

@@ -47,11 +47,11 @@ from auditgate.audit.bus import (
     write_until_stored,
 )
 from auditgate.audit.commit import failed
-from auditgate.audit.frames import Frame, Position
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import AuditRecord, Envelope, Mode, decode_record
 from auditgate.audit.sink import Sink, Syncable
-from auditgate.audit.spool import Spool, SpoolError
+from auditgate.audit.spool.frames import Frame, Position
+from auditgate.audit.spool.spool import Spool, SpoolError
 from auditgate.config import DEFAULT_CAPACITY_BYTES
 from auditgate.errors import UNDECODABLE, ConfigError
 from auditgate.logs import RateLimitedLog

@@ -1,13 +1,13 @@
 """The durable mode's local write-ahead spool (DESIGN §6): framed segments, group commit, cursors.
 
 The files in ``DYN_AUDIT_SPOOL_DIR`` (segments, cursors, ownership locks) and the recovery scan
-are :mod:`auditgate.audit.segments`; this module is the live spool on top of them.
+are :mod:`auditgate.audit.spool.segments`; this module is the live spool on top of them.
 
 Contracts:
 
 - :meth:`Spool.append` runs on the event loop and is O(1): it frames the record and queues it.
   At the end of that loop iteration every queued record goes as one batch over a socket to the
-  writer process (:mod:`auditgate.audit.writer`), which writes it into the segment and
+  writer process (:mod:`auditgate.audit.spool.writer`), which writes it into the segment and
   ``fdatasync``s; batches that arrive while it syncs share its next sync (group commit without a
   timer: a record waits about one disk flush under any load).  The event loop never touches the
   disk and no thread of the gateway waits for it.
@@ -20,7 +20,7 @@ Contracts:
   :class:`Recovery`), and deletes the segments every sink has passed but the one holding the
   newest record.  Writing always starts in a new segment, so recovered segments are never
   appended to.
-- Cursors are overwritten in place without fsync (:mod:`auditgate.audit.cursors`): after a
+- Cursors are overwritten in place without fsync (:mod:`auditgate.audit.spool.cursors`): after a
   power loss a cursor may fall back, which replays records — sinks are idempotent on
   ``request_id``, so at least once is enough.  (The durable bus syncs a sink before it saves
   that sink's cursor, so a cursor never passes a record the sink could still lose.)
@@ -48,10 +48,10 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Final, NamedTuple, cast
 
-from auditgate.audit import cursors, segments, writer
-from auditgate.audit.frames import HEADER, Frame, Position, frame_header
 from auditgate.audit.record import Envelope
-from auditgate.audit.segments import Cut, Recovery, SpoolError
+from auditgate.audit.spool import cursors, segments, writer
+from auditgate.audit.spool.frames import HEADER, Frame, Position, frame_header
+from auditgate.audit.spool.segments import Cut, Recovery, SpoolError
 
 __all__ = ["CommitHook", "Cut", "Recovery", "Spool", "SpoolError"]
 
@@ -70,7 +70,7 @@ CommitHook = Callable[[list[tuple[Envelope, Position]], int, BaseException | Non
 
 class Spool:
     """The live spool: group commit through a writer process, committed state, per-sink reads
-    and cursors over the files of :mod:`auditgate.audit.segments`."""
+    and cursors over the files of :mod:`auditgate.audit.spool.segments`."""
 
     def __init__(
         self,
@@ -382,7 +382,7 @@ class Spool:
     async def _start_writer(self) -> None:
         assert self._loop is not None
         mine, theirs = socket.socketpair()
-        argv = [sys.executable, "-m", "auditgate.audit.writer", str(self.directory),
+        argv = [sys.executable, "-m", "auditgate.audit.spool.writer", str(self.directory),
                 str(theirs.fileno()), f"--segment-bytes={self.segment_bytes}"]  # fmt: skip
         if not self.sync:
             argv.append("--no-sync")
