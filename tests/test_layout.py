@@ -68,3 +68,14 @@ def test_the_audit_core_imports_no_transport() -> None:
     """``audit`` is the core: it imports nothing from the transports or the engines."""
     transports = ("auditgate.server", "auditgate.grpc", "auditgate.middleware", "auditgate.engines")
     assert importers(("auditgate.audit",), transports) == []
+
+
+def test_the_cli_only_parses_arguments_nothing_depends_on_it() -> None:
+    """Services (the consumer, the importer, the trail readers) live outside ``cli/``; no
+    module outside it imports it, so each can be used without the command line."""
+    outside = [
+        (module, name)
+        for module, name in importers(("auditgate",), ("auditgate.cli",))
+        if not module.startswith(("auditgate.cli", "auditgate.__main__"))
+    ]
+    assert outside == []

@@ -15,7 +15,7 @@ import pytest
 
 from auditgate.audit.record import AuditRecord, Envelope
 from auditgate.cli.consume import main as consume_main
-from auditgate.cli.consumer import jsonl_path
+from auditgate.consumer import jsonl_path
 from auditgate.sinks.nats import NatsSink
 from auditgate.sinks.sqlite import SqliteSink
 from auditgate.store.schema import TABLE

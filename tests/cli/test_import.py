@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from auditgate.audit.record import Envelope
-from auditgate.cli.importer import Importer, State, expand
 from auditgate.cli.imports import main as import_main
 from auditgate.errors import SinkError
+from auditgate.importer import Importer, State, expand
 from auditgate.sinks.jsonl import JsonlSink
 from auditgate.sinks.sqlite import SqliteSink
 from tests.cli.test_consume_dynamo import expected, read_back

@@ -53,9 +53,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Final
 
-from auditgate.cli.consumer import ConsumeOptions, Consumer, Counters, open_target
 from auditgate.cli.main import plain
 from auditgate.config import AuditSettings, Env
+from auditgate.consumer import ConsumeOptions, Consumer, Counters, open_target
 from auditgate.dynamo import FormatError, InputFormat, parse_input_format
 from auditgate.errors import ConfigError
 from auditgate.sinks.nats import validate_stream_name, validate_subject, validate_url

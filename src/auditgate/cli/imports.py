@@ -7,7 +7,7 @@ PATH: a ``jsonl`` file, a ``.jsonl.gz`` file, or a ``jsonl_gz`` segment prefix (
 TARGET: as for ``auditgate consume`` (``sqlite:///…``, ``postgresql://…``, ``jsonl:///…``).
 ``--state FILE`` (default ``.auditgate-import.json`` beside the first PATH) remembers what was
 stored, so an interrupted import goes on where it stopped; the details are in
-:mod:`auditgate.cli.importer`.  Exit status: 0 done, 1 some lines were not records, 2 bad
+:mod:`auditgate.importer`.  Exit status: 0 done, 1 some lines were not records, 2 bad
 arguments (a PATH that is nothing, a bad TARGET), 3 a target write failed — nothing is retried
 then: what was stored is in the state file, and a rerun goes on from there.
 """
@@ -22,11 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from auditgate.cli.consumer import open_target
-from auditgate.cli.importer import ImportCounters, Importer, ProgressBar, State, expand
 from auditgate.cli.main import plain
+from auditgate.consumer import open_target
 from auditgate.dynamo import InputFormat, parse_input_format
 from auditgate.errors import ConfigError, SinkError
+from auditgate.importer import ImportCounters, Importer, ProgressBar, State, expand
 
 log = logging.getLogger("auditgate.import")
 
