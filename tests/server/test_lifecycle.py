@@ -203,9 +203,9 @@ def test_serving_processes_tune_the_garbage_collector() -> None:
     """The uvicorn factory freezes start-up objects and raises the young-collection threshold
     in the serving process; an app built in-process with create_app leaves the GC alone."""
     program = (
-        "import gc; from auditgate.server import app; "
+        "import gc; from auditgate import serving; from auditgate.server import app; "
         "before = gc.get_threshold(); app.create_app(app.Settings.from_env()); "
-        "built = gc.get_threshold(); app.app_from_env(); "
+        "built = gc.get_threshold(); serving.app_from_env(); "
         "print(before[0], built[0], gc.get_threshold()[0], gc.get_freeze_count() > 0)"
     )
     out = subprocess.run(

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    from auditgate.server.app import configure_logging  # the server's imports: serve only
+    from auditgate.serving import configure_logging  # the server's imports: serve only
 
     gw = settings.gateway
     configure_logging(gw.log_level)
@@ -141,7 +141,7 @@ def _serve(args: argparse.Namespace, gw: GatewaySettings) -> int:
     from auditgate.server.protocol import GatewayConfig
 
     config = GatewayConfig(
-        "auditgate.server.app:app_from_env",
+        "auditgate.serving:app_from_env",
         factory=True,
         host=gw.host,
         port=gw.port,

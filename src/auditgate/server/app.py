@@ -9,13 +9,11 @@ whatever no other route serves through to it (:mod:`auditgate.server.passthrough
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
-import sys
 import traceback
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.multiprocess import mark_process_dead
@@ -36,7 +34,6 @@ from auditgate.endpoints.embeddings import EmbeddingsPipeline
 from auditgate.engines.base import Engine
 from auditgate.errors import APIError, ConfigError, InvalidRequestError, NotFoundError
 from auditgate.pipeline.chat import ChatPipeline
-from auditgate.server.allocator import tune_allocator
 from auditgate.server.completions import CompletionsAPI
 from auditgate.server.guard import ErrorGuard
 from auditgate.server.handler import ENDPOINT, ChatHandler
@@ -207,76 +204,6 @@ def create_app(
 ) -> GatewayApp:
     """Build the ASGI app for ``settings``; ``engine``/``sinks`` replace the configured ones."""
     return GatewayApp(Gateway(settings, engine=engine, sinks=sinks))
-
-
-def app_from_env() -> ASGIApp:
-    """uvicorn factory: settings from the environment (``serve`` writes its flags there).
-
-    It runs once in every serving process, which it also tunes for serving (see
-    :func:`tune_garbage_collector` and :func:`~auditgate.server.allocator.tune_allocator`); an
-    app built with :func:`create_app` leaves its host's process alone.  A :class:`ConfigError`
-    while building (an unreadable keys file, a bad store URL) becomes an app that fails its
-    startup with that one line, so ``serve`` exits 3 — with ``--workers N`` too, where a
-    factory that raised made uvicorn restart the workers forever."""
-    try:
-        settings = Settings.from_env()
-        configure_logging(settings.gateway.log_level)
-        app = create_app(settings)
-    except ConfigError as exc:
-        configure_logging("info")
-        return RefusedApp(exc)
-    tune_garbage_collector()
-    tune_allocator()
-    return app
-
-
-class RefusedApp:
-    """An app that could not be built: its lifespan startup fails with the reason."""
-
-    def __init__(self, error: ConfigError) -> None:
-        self.error = error
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await receive()  # lifespan.startup
-            await send({"type": "lifespan.startup.failed", "message": f"auditgate: {self.error}"})
-            return
-        raise RuntimeError(f"auditgate did not start: {self.error}")  # never served
-
-
-LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
-
-
-def configure_logging(level: str) -> None:
-    """Log to stderr at ``level`` with time, level, logger and pid; a no-op in a process that
-    already has handlers.  ``serve`` calls it, and so does every ``--workers`` process: they
-    are spawned, so they do not inherit it, and without it their INFO lines were lost and
-    warnings went out bare."""
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
-
-
-GC_GEN0_THRESHOLD: Final = 10_000
-"""Tracked allocations (net) between young collections; CPython's default is 700."""
-
-
-def tune_garbage_collector() -> None:
-    """Make the cyclic garbage collector cheap for a request/response server.
-
-    - ``gc.freeze()``: everything allocated so far (modules, settings, the app) lives as long
-      as the process; frozen, it is no longer traversed by every full collection.
-    - gen-0 threshold 700 → :data:`GC_GEN0_THRESHOLD`: one request allocates hundreds of
-      containers (its JSON body, chunks, the record) and frees them a moment later.  At 700
-      most young collections caught live requests in flight and promoted them, so older
-      generations filled with garbage that only a full collection, traversing every object,
-      reclaimed — about 5 % of the CPU and the p99 spikes at c=64.  Reference cycles are
-      still collected, 14 times less often.
-
-    ``bench.durable`` stream, c=64, paired rounds: best effort 6,020 → 6,160 req/s and durable
-    4,980 → 5,357 req/s, p99 1.5 ms lower.
-    """
-    gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 class GatewayApp:
