@@ -1,4 +1,5 @@
-"""The ``mock`` engine: deterministic chat completions for demos, tests and benchmarks (DESIGN §5).
+"""The ``mock`` engine: deterministic chat completions (and legacy completions and embeddings) for
+demos, tests and benchmarks (DESIGN §5).
 
 Output is a pure function of the request: words from a fixed vocabulary drawn by a PRNG seeded
 with a BLAKE2b hash of ``model``, ``messages``, ``tools``, ``seed`` and the choice index, so the
@@ -22,6 +23,10 @@ content token (:mod:`.logprobs`); ``service_tier`` is reported back as OpenAI do
 ``default``, ``fast`` as ``priority``); ``stream_options.include_usage`` adds OpenAI's final
 usage chunk.  Values the OpenAI specification forbids are 400s naming the parameter
 (:mod:`.validate`).
+
+Legacy completions (:mod:`.legacy`) use the same generator for each choice of each prompt
+(``echo``, ``logprobs``, ``suffix`` as OpenAI's); embeddings (:mod:`.embeddings`) are unit vectors
+seeded by a hash of the model and the input.
 
 Streaming (:mod:`.chunks`): OpenAI's chunk shapes, one token per chunk.  With no delays the whole
 stream is one batch; otherwise the engine sleeps ``ttft_s`` before the first token batch and
