@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import msgspec
 import openai
 import pytest
@@ -168,3 +169,21 @@ def test_forwarded_to_the_upstream() -> None:
         "model": "fake-model",
     }
     assert record.engine == "openai"
+
+
+def test_http_metrics_count_each_endpoint(gw: TestGateway) -> None:
+    """``auditgate_http_requests_total`` counts the new routes under their own paths."""
+    sdk = client(gw)
+    sdk.embeddings.create(model="mock", input="a")
+    sdk.completions.create(model="mock", prompt="a")
+    with pytest.raises(openai.BadRequestError):
+        sdk.embeddings.create(model="mock", input="")
+    gw.records(2)
+    text = httpx.get(gw.url + "/metrics", timeout=10).text
+    for endpoint, status in (
+        ("/v1/embeddings", 200),
+        ("/v1/completions", 200),
+        ("/v1/embeddings", 400),
+    ):
+        line = f'auditgate_http_requests_total{{endpoint="{endpoint}",status="{status}"}} 1.0'
+        assert line in text
