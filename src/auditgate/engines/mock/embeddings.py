@@ -1,8 +1,8 @@
 """The mock's embeddings (``POST /v1/embeddings``): deterministic unit vectors, OpenAI's shape.
 
-Each input's vector is a pure function of ``model`` and the input's text: Gaussian draws from a
-PRNG seeded with a BLAKE2b hash of both, normalised to length 1 (as OpenAI's are), so equal
-inputs embed equally and different ones (almost surely) differently.  ``dimensions`` (default
+Each input's vector is a pure function of ``model`` and the input's text: uniform 16-bit draws
+from a PRNG seeded with a BLAKE2b hash of both, normalised to length 1 (as OpenAI's are), so
+equal inputs embed equally and different ones (almost surely) differently.  ``dimensions`` (default
 :data:`DEFAULT_DIMENSIONS`, at most :data:`MAX_DIMENSIONS`) sets the length;
 ``encoding_format`` ``float`` (default) gives JSON numbers, ``base64`` the little-endian float32
 bytes in base64 (what the official SDK asks for by default, then decodes).  ``input``: a
@@ -16,6 +16,7 @@ import array
 import base64
 import hashlib
 import math
+import operator
 import random
 import sys
 from typing import Any, Final
@@ -67,10 +68,12 @@ def vector(model: str, text: str, dimensions: int) -> list[float]:
     """The unit vector of ``text`` under ``model``, ``dimensions`` long."""
     digest = hashlib.blake2b(f"{model}\x00{text}".encode(), digest_size=16).digest()
     rng = random.Random(int.from_bytes(digest, "big"))
-    gauss = rng.gauss
-    values = [gauss(0.0, 1.0) for _ in range(dimensions)]
-    norm = math.sqrt(math.fsum(v * v for v in values)) or 1.0
-    return [v / norm for v in values]
+    # Random 16-bit integers drawn in one C call, then scaled: a quarter of the CPU of one
+    # Python-level Gaussian draw per number (a largest request, 2048 inputs of 3072 numbers,
+    # holds the event loop that much less).
+    raw = array.array("h", rng.randbytes(2 * dimensions))
+    scale = 1.0 / (math.sqrt(sum(map(operator.mul, raw, raw))) or 1.0)
+    return [v * scale for v in raw]
 
 
 def _base64(values: list[float]) -> str:
