@@ -124,6 +124,7 @@ async def test_default_and_zero_max_tokens() -> None:
         ({"prompt": [-1]}, "prompt"),
         ({"n": 0}, "n"),
         ({"stop": ["a"] * 5}, "stop"),
+        ({"prompt": ["a"] * 17, "n": 128}, "prompt"),
     ],
 )
 async def test_values_openai_forbids_are_400s(body: dict[str, Any], param: str) -> None:

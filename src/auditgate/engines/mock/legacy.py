@@ -7,6 +7,7 @@ the same request gives the same text.  Semantics, as OpenAI's legacy endpoint:
 - ``prompt``: a string, a list of strings, a list of token ids, or a list of token-id lists;
   every prompt gets ``n`` choices, indexed ``prompt_number * n + j``.  Token ids become text
   through the mock's vocabulary (id ``i`` is the word ``VOCABULARY[i % len]``), one token each.
+- At most :data:`MAX_CHOICES` choices (prompts times ``n``) a request.
 - ``max_tokens`` defaults to 16 (OpenAI's default); 0 produces no text (``"length"``).
 - ``echo``: the prompt is prepended to the text (and, with ``logprobs``, its tokens to the
   logprobs, the first one's ``null`` as at OpenAI).
@@ -37,6 +38,8 @@ from auditgate.errors import InvalidRequestError
 __all__ = ["TextPlan", "text_chunks", "text_completion", "text_plan"]
 
 DEFAULT_MAX_TOKENS: Final = 16
+MAX_CHOICES: Final = 2048
+"""Prompts times ``n``: the mock's bound on the choices of one request (its CPU and memory)."""
 MAX_LOGPROBS: Final = 5
 _ECHO_SEED: Final = 1 << 131
 """Added to a choice's seed for the logprobs of its echoed prompt."""
@@ -99,6 +102,13 @@ def text_plan(body: dict[str, Any], model: str, options: Options, n: int, create
     """The choices and usage of one request (``model``, ``options`` and ``n`` read from
     ``body`` and checked by the engine)."""
     prompts = prompts_of(body.get("prompt"))
+    if len(prompts) * n > MAX_CHOICES:
+        raise InvalidRequestError(
+            f"Invalid 'prompt': {len(prompts)} prompts of n={n} choices each is more than "
+            f"{MAX_CHOICES} choices.",
+            param="prompt",
+            code="invalid_value",
+        )
     echo = body.get("echo") is True
     choices: list[TextChoice] = []
     prompt_total = 0
