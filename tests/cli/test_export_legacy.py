@@ -17,11 +17,16 @@ from tests.support.server import audit_env, gateway
 STORE = {"store": True}
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """A SQLite store filled through the gateway; the answers the client received."""
-    path = tmp_path / "store.db"
-    env = audit_env(DYN_AUDIT_SINKS="sqlite", DYN_AUDIT_SQLITE_PATH=str(path))
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A SQLite file or a fresh PostgreSQL database filled through the gateway (its sink);
+    the answers the client received."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+        env = audit_env(DYN_AUDIT_SINKS="sqlite", DYN_AUDIT_SQLITE_PATH=str(tmp_path / "store.db"))
+    else:
+        url = str(request.getfixturevalue("pg_dsn"))
+        env = audit_env(DYN_AUDIT_SINKS="postgres", DYN_AUDIT_POSTGRES_URL=url)
     with gateway(env, configured_sinks=True) as g:
         sdk = openai.OpenAI(base_url=g.base_url, api_key="sk-test", max_retries=0)
         answers = {
@@ -37,7 +42,7 @@ def store(tmp_path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             "embedding_usage": sdk.embeddings.create(model="mock", input="z"),
         }
         g.records(6)
-    yield f"sqlite:///{path}", answers
+    yield url, answers
 
 
 def export(url: str, tmp_path: Path, *args: str) -> list[Any]:
