@@ -109,3 +109,25 @@ def test_stats_by_endpoint(
     assert main(["stats", "--store", url, "--json", "--endpoint", "embeddings"]) == 0
     only = json.loads(capsys.readouterr().out)
     assert only["total"]["requests"] == 2
+
+
+def test_verify_accepts_the_new_endpoints_records(tmp_path: Path) -> None:
+    """With integrity on, a trail of legacy completions and embeddings (streams, summaries,
+    redacted texts) verifies intact from the store, as chat's does."""
+    path = tmp_path / "store.db"
+    env = audit_env(
+        DYN_AUDIT_SINKS="sqlite",
+        DYN_AUDIT_SQLITE_PATH=str(path),
+        DYN_AUDIT_INTEGRITY="1",
+        DYN_AUDIT_REDACT="email",
+    )
+    with gateway(env, configured_sinks=True) as g:
+        sdk = openai.OpenAI(base_url=g.base_url, api_key="sk-test", max_retries=0)
+        for _ in sdk.completions.create(
+            model="mock", prompt="to a@b.example", stream=True, n=2, extra_body=STORE
+        ):
+            pass
+        sdk.embeddings.create(model="mock", input=["x@y.example", "z"], extra_body=STORE)
+        sdk.embeddings.create(model="mock", input="plain")
+        g.records(3, timeout=10)
+    assert main(["verify", f"sqlite:///{path}"]) == 0
