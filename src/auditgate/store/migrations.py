@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
+from auditgate.store.partitions import DAY_MS, create_ahead, ensure_days
 from auditgate.store.schema import METADATA_TABLE, MIGRATIONS_TABLE, TABLE
 
 SqliteStep = Callable[[sqlite3.Connection], None]
@@ -182,11 +184,74 @@ async def _m004_postgres(db: Any) -> None:
     )
 
 
+_OLD_TABLE: Final = f"{TABLE}_unpartitioned"
+_LZ4_COLUMNS: Final = (
+    "usage",
+    "request",
+    "response",
+    "error",
+    "metadata",
+    "http_request_headers",
+    "integrity",
+    "extra",
+    "originals",
+    "recorded_metadata",
+)
+"""Columns whose large values PostgreSQL TOASTs: lz4 where the server has it (compresses about
+as well as pglz, several times faster)."""
+
+
+def _m005_sqlite(db: sqlite3.Connection) -> None:
+    """Nothing to do: SQLite has no partitions (its retention deletes in batches)."""
+
+
+async def _m005_postgres(db: Any) -> None:
+    # Converts the table in place, inside the migration transaction: the rows are copied into
+    # day partitions (a store with many rows takes about as long as writing them took; the
+    # README says how to plan it).  Indexes the table has (m002's and any later migration's) are
+    # re-created on the partitioned table from their own definitions.
+    keys = (f"{TABLE}_pkey", f"{TABLE}_response_id_key")
+    definitions = [
+        (r["indexname"], r["indexdef"])
+        for r in await db.fetch(
+            "SELECT indexname, indexdef FROM pg_indexes "
+            "WHERE schemaname = current_schema() AND tablename = $1 ORDER BY indexname",
+            TABLE,
+        )
+        if r["indexname"] not in keys
+    ]
+    for name, _ in definitions:
+        await db.execute(f'DROP INDEX "{name}"')
+    await db.execute(f"ALTER TABLE {TABLE} RENAME TO {_OLD_TABLE}")
+    for constraint in keys:
+        await db.execute(f'ALTER TABLE {_OLD_TABLE} DROP CONSTRAINT "{constraint}"')
+    await db.execute(
+        f"CREATE TABLE {TABLE} (LIKE {_OLD_TABLE} INCLUDING DEFAULTS INCLUDING STORAGE, "
+        "PRIMARY KEY (created_at, request_id)) PARTITION BY RANGE (created_at)"
+    )
+    lz4 = await db.fetchval(
+        "SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'"
+    )
+    if lz4:
+        await db.execute(
+            f"ALTER TABLE {TABLE} "
+            + ", ".join(f"ALTER COLUMN {c} SET COMPRESSION lz4" for c in _LZ4_COLUMNS)
+        )
+    for _, definition in definitions:
+        await db.execute(definition)
+    days = await db.fetch(f"SELECT DISTINCT floor(created_at / {DAY_MS}.0) FROM {_OLD_TABLE}")
+    await ensure_days(db, [int(r[0]) for r in days])
+    await create_ahead(db, int(time.time() * 1000))
+    await db.execute(f"INSERT INTO {TABLE} SELECT * FROM {_OLD_TABLE}")
+    await db.execute(f"DROP TABLE {_OLD_TABLE}")
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration("m001_completions", _m001_sqlite, _m001_postgres),
     Migration("m002_indexes", _m002_sqlite, _m002_postgres),
     Migration("m003_lean_sqlite_inserts", _m003_sqlite, _m003_postgres),
     Migration("m004_recorded_metadata", _m004_sqlite, _m004_postgres),
+    Migration("m005_partitions", _m005_sqlite, _m005_postgres),
 )
 """Every migration, in the order it must be applied."""
 

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 import asyncpg
 
 from auditgate.errors import ConfigError
+from auditgate.store import partitions
 from auditgate.store.migrations import MIGRATIONS, MIGRATIONS_TABLE_SQL
 from auditgate.store.schema import (
     COLUMN_NAMES,
@@ -50,6 +51,7 @@ _PG_TYPES: Final = {
     "float": "double precision",
 }
 _NAMES: Final = ", ".join(name for name, _ in COLUMNS)
+_CREATED_AT: Final = COLUMN_NAMES.index("created_at")
 INCOMING: Final = f"{TABLE}_incoming"
 """Per-connection temporary table a batch is copied into before the idempotent insert."""
 # COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT DO NOTHING: measured
@@ -152,6 +154,8 @@ async def migrate(conn: Any, schema: str | None = None) -> list[str]:
             applied.append(migration.name)
     if applied:
         log.info("postgres store: applied migrations %s", ", ".join(applied))
+    if await partitions.partitioned(conn):
+        await partitions.create_ahead(conn, int(time.time() * 1000))
     return applied
 
 
@@ -164,6 +168,17 @@ async def insert_rows(conn: Any, rows: Sequence[Row]) -> int:
     """
     if not rows:
         return 0
+    try:
+        return await _insert(conn, rows)
+    except asyncpg.CheckViolationError as exc:
+        if "no partition" not in str(exc):
+            raise
+    # A day without a partition yet (old records imported, a clock far off): create it, again.
+    await partitions.ensure_days(conn, {partitions.day_of(row[_CREATED_AT]) for row in rows})
+    return await _insert(conn, rows)
+
+
+async def _insert(conn: Any, rows: Sequence[Row]) -> int:
     async with conn.transaction():
         inserted = await _copy_in(conn, rows)
         if inserted < len(rows):
@@ -181,8 +196,12 @@ async def _copy_in(conn: Any, rows: Sequence[Row]) -> int:
 
 async def _insert_clashes(conn: Any, rows: Sequence[Row]) -> int:
     unique_rows = {row[0]: row for row in rows}
+    # By the primary key (created_at, request_id): one index probe in one partition per row.
     found = await conn.fetch(
-        f"SELECT request_id FROM {TABLE} WHERE request_id = ANY($1::text[])", list(unique_rows)
+        f"SELECT request_id FROM {TABLE} WHERE (created_at, request_id) IN "
+        "(SELECT * FROM unnest($1::bigint[], $2::text[]))",
+        [row[_CREATED_AT] for row in unique_rows.values()],
+        list(unique_rows),
     )
     present = {r["request_id"] for r in found}
     clashes = [with_own_response_id(r) for rid, r in unique_rows.items() if rid not in present]

@@ -108,16 +108,17 @@ class PostgresStore:
         async with self._connection() as conn, conn.transaction():
             sql = Sql("postgres")
             row = await conn.fetchrow(
-                f"SELECT request_id, metadata, originals, recorded_metadata FROM {TABLE} "
-                f"WHERE {sql.visible(response_id, tenant)} FOR UPDATE",
+                "SELECT request_id, created_at, metadata, originals, recorded_metadata "
+                f"FROM {TABLE} WHERE {sql.visible(response_id, tenant)} FOR UPDATE",
                 *sql.params,
             )
             if row is None:
                 return None
             await conn.execute(
                 f"UPDATE {TABLE} SET metadata = $1::jsonb, originals = $2, recorded_metadata = $3, "
-                "metadata_updated_at = $4 WHERE request_id = $5",
+                "metadata_updated_at = $4 WHERE created_at = $5 AND request_id = $6",
                 *metadata_update(row, metadata),
+                row["created_at"],
                 row["request_id"],
             )
             return await self._get(conn, response_id, tenant)
