@@ -17,22 +17,29 @@ from auditgate.audit.record import AuditRecord, Envelope
 from auditgate.cli.main import main
 from auditgate.cli.stats import table
 from auditgate.sinks.sqlite import SqliteSink
+from auditgate.store.rollups import bucket_of, bucket_upper
 from tests.cli.test_export import dataset, export, filled, minimal_record, sink_for, store_url
 from tests.support.server import gateway
 
 __all__ = ["filled", "store_url"]  # fixtures, imported for this module's tests
 
 
-def nearest_rank(values: list[float], p: int) -> float | None:
+def exact_rank(values: list[float], p: int) -> float | None:
     if not values:
         return None
     return sorted(values)[math.ceil(p * len(values) / 100) - 1]
 
 
-def summary(key: str, records: list[AuditRecord]) -> dict[str, Any]:
-    """The expected statistics of ``records``, computed from the records themselves."""
+def summary(key: str, records: list[AuditRecord], *, exact: bool = True) -> dict[str, Any]:
+    """The expected statistics of ``records``, computed from the records themselves; not
+    ``exact``: percentiles as the upper bound of their rollup bucket."""
     durations = [r.duration_ms for r in records]
     ttfts = [r.ttft_ms for r in records if r.ttft_ms is not None]
+
+    def nearest_rank(values: list[float], p: int) -> float | None:
+        found = exact_rank(values, p)
+        return found if exact or found is None else bucket_upper(bucket_of(found))
+
     return {
         "key": key,
         "requests": len(records),
@@ -61,22 +68,28 @@ async def stats(url: str, capsys: pytest.CaptureFixture[str], *args: str) -> tup
     return code, json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.parametrize("exact", [True, False], ids=["exact", "rollups"])
 @pytest.mark.parametrize("by", ["model", "tenant", "day"])
 async def test_groups_and_totals_equal_sums_over_records(
-    filled: tuple[str, list[AuditRecord]], capsys: pytest.CaptureFixture[str], by: str
+    filled: tuple[str, list[AuditRecord]], capsys: pytest.CaptureFixture[str], by: str, exact: bool
 ) -> None:
-    """Every group's counts, tokens, errors and percentiles are those of its records; the
-    completion deleted through the API is left out."""
+    """Every group's counts, tokens, errors and percentiles are those of its records (from the
+    rollups: percentiles as their bucket's upper bound); the completion deleted through the API
+    is left out."""
     url, records = filled
     keys = sorted({key_of(r, by) for r in records})
     expected = {
         "by": by,
         "since_ms": None,
         "until_ms": None,
-        "groups": [summary(k, [r for r in records if key_of(r, by) == k]) for k in keys],
-        "total": summary("total", records),
+        "source": "exact" if exact else "rollups",
+        "groups": [
+            summary(k, [r for r in records if key_of(r, by) == k], exact=exact) for k in keys
+        ],
+        "total": summary("total", records, exact=exact),
     }
-    assert (0, expected) == await stats(url, capsys, "--by", by)
+    flags = ["--exact"] if exact else []
+    assert (0, expected) == await stats(url, capsys, "--by", by, *flags)
 
 
 async def test_time_range(
@@ -143,7 +156,7 @@ async def test_integrity_checkpoints_are_not_requests(
     await sink.write([Envelope(checkpoint)])
     await sink.close()
     _, doc = await stats(url, capsys, "--include-deleted")
-    assert summary("total", dataset()) == doc["total"]
+    assert summary("total", dataset(), exact=False) == doc["total"]
 
 
 def create_and_delete_one(env: dict[str, str]) -> list[tuple[str, int]]:

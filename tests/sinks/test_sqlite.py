@@ -15,6 +15,7 @@ from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import AuditRecord, Envelope
 from auditgate.errors import ConfigError
 from auditgate.sinks.sqlite import SqliteSink
+from auditgate.store.migrations import MIGRATIONS
 from tests.store.records import make_record, minimal_record, nul_record, read_sqlite
 
 
@@ -68,7 +69,7 @@ async def test_database_is_in_wal_mode(tmp_path: Path) -> None:
     assert (mode, page_size, names) == (
         "wal",
         8192,
-        ["m001_completions", "m002_indexes", "m003_lean_sqlite_inserts", "m004_recorded_metadata"],
+        [m.name for m in MIGRATIONS],
     )
 
 

@@ -16,7 +16,14 @@ from auditgate.store.migrations import MIGRATIONS, MIGRATIONS_TABLE_SQL
 from auditgate.store.partitions import DAY_MS, day_of, partition_name
 from auditgate.store.postgres_reader import PostgresStore
 from auditgate.store.queries import Filter
-from auditgate.store.schema import MIGRATIONS_TABLE, SELECT_COLUMNS, TABLE, record_from_row
+from auditgate.store.rollups import TOTALS_TABLE
+from auditgate.store.schema import (
+    COLUMN_NAMES,
+    MIGRATIONS_TABLE,
+    SELECT_COLUMNS,
+    TABLE,
+    record_from_row,
+)
 from auditgate.store.schema import row_from_record as row
 from tests.store.records import make_record
 
@@ -128,7 +135,8 @@ async def test_migration_converts_an_unpartitioned_store(conn: Any) -> None:
             await conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} VALUES ($1, 0)", migration.name)
     await conn.execute(f"CREATE INDEX {TABLE}_writer ON {TABLE} (writer)")
     records = [on_day(i, -i) for i in range(5)]
-    assert await pg_store.insert_rows(conn, [row(r) for r in records]) == 5
+    # As a writer of that version did (no rollup tables yet).
+    await conn.copy_records_to_table(TABLE, records=[row(r) for r in records], columns=COLUMN_NAMES)
     applied = await pg_store.migrate(conn)
     indexes = await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = $1", TABLE)
     rows = await conn.fetch(f"SELECT {SELECT_COLUMNS} FROM {TABLE} ORDER BY seq")
@@ -141,6 +149,7 @@ async def test_migration_converts_an_unpartitioned_store(conn: Any) -> None:
         r["indexname"] for r in indexes
     }
     assert await pg_store.insert_rows(conn, [row(r) for r in records]) == 0
+    assert await conn.fetchval(f"SELECT sum(requests) FROM {TOTALS_TABLE}") == 5
 
 
 async def test_any_64_bit_time_gets_a_partition(conn: Any) -> None:

@@ -10,6 +10,12 @@ percentiles over the records that have the value; ``null`` when none has).  Days
 of ``created_at``.  Every endpoint counts (chat, Responses, legacy completions, embeddings —
 whose ``prompt_tokens`` are the tokens embedded); ``--by endpoint`` groups by it and
 ``--endpoint`` keeps one.  A table on a terminal, ``--json`` for machines.
+
+By default the numbers come from the usage rollups the sinks keep as they write
+(:mod:`auditgate.store.rollups`): milliseconds at any store size.  Counts and tokens are exact;
+a percentile is the upper bound of the latency bucket holding it (at most 9 % above the exact
+value).  ``--exact`` reads every row instead, and so does a window whose ``--since``/``--until``
+is not on a whole UTC hour (the rollups are per hour); ``source`` in the output says which.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any, Final
 
 from auditgate.cli.export import ENDPOINTS, add_store_options, store_url
 from auditgate.errors import ConfigError, ServiceUnavailableError
+from auditgate.store import rollups
 from auditgate.store.queries import Filter
 from auditgate.store.url import open_store
 
@@ -43,6 +50,9 @@ class Group:
     errors: int = 0
     durations: list[float] = dataclasses.field(default_factory=list)
     ttfts: list[float] = dataclasses.field(default_factory=list)
+    duration_buckets: dict[int, int] = dataclasses.field(default_factory=dict)
+    """Histograms, when the group is read from the rollups (then the lists stay empty)."""
+    ttft_buckets: dict[int, int] = dataclasses.field(default_factory=dict)
 
     def add(self, row: Any) -> None:
         self.requests += 1
@@ -54,17 +64,32 @@ class Group:
         if row["ttft_ms"] is not None:
             self.ttfts.append(row["ttft_ms"])
 
+    def add_slice(self, part: rollups.Slice) -> None:
+        self.requests += part.requests
+        self.prompt_tokens += part.prompt_tokens
+        self.completion_tokens += part.completion_tokens
+        self.errors += part.errors
+        for mine, theirs in (
+            (self.duration_buckets, part.duration),
+            (self.ttft_buckets, part.ttft),
+        ):
+            for bucket, count in theirs.items():
+                mine[bucket] = mine.get(bucket, 0) + count
+
     def summary(self, key: str) -> dict[str, Any]:
+        def pick(values: list[float], buckets: dict[int, int], p: float) -> float | None:
+            return rollups.percentile(buckets, p) if buckets else percentile(values, p)
+
         return {
             "key": key,
             "requests": self.requests,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "errors": self.errors,
-            "p50_duration_ms": percentile(self.durations, 50),
-            "p95_duration_ms": percentile(self.durations, 95),
-            "p50_ttft_ms": percentile(self.ttfts, 50),
-            "p95_ttft_ms": percentile(self.ttfts, 95),
+            "p50_duration_ms": pick(self.durations, self.duration_buckets, 50),
+            "p95_duration_ms": pick(self.durations, self.duration_buckets, 95),
+            "p50_ttft_ms": pick(self.ttfts, self.ttft_buckets, 50),
+            "p95_ttft_ms": pick(self.ttfts, self.ttft_buckets, 95),
         }
 
 
@@ -87,22 +112,53 @@ def group_key(row: Any, by: str) -> str:
     return day.date().isoformat()
 
 
-async def collect(url: str, where: Filter, by: str) -> dict[str, Any]:
-    """The statistics document: ``{"by", "since_ms", "until_ms", "groups": [...], "total"}``."""
+def slice_key(part: rollups.Slice, by: str) -> str:
+    if by == "model":
+        return part.model
+    if by == "endpoint":
+        return part.endpoint
+    if by == "tenant":
+        return part.tenant if part.tenant is not None else NO_TENANT
+    day = datetime.datetime.fromtimestamp(part.hour / 1000, tz=datetime.UTC)
+    return day.date().isoformat()
+
+
+def hour_aligned(where: Filter) -> bool:
+    """Whether the rollups (per UTC hour) can answer for ``where``'s time window."""
+    bounds = (where.since_ms, where.until_ms)
+    return all(b is None or b % rollups.HOUR_MS == 0 for b in bounds)
+
+
+async def collect(url: str, where: Filter, by: str, *, exact: bool = False) -> dict[str, Any]:
+    """The statistics document: ``{"by", "since_ms", "until_ms", "source", "groups": [...],
+    "total"}``; from the rollups unless ``exact`` or the window is not hour-aligned."""
     store = open_store(url, must_exist=True)
     await store.open()
     groups: dict[str, Group] = {}
     total = Group()
+    source = "exact" if exact or not hour_aligned(where) else "rollups"
     try:
-        async for row in store.scan(where):
-            groups.setdefault(group_key(row, by), Group()).add(row)
-            total.add(row)
+        if source == "rollups":
+            parts = await store.rollups(
+                where.since_ms,
+                where.until_ms,
+                endpoint=where.endpoint,
+                include_deleted=not where.live_only,
+            )
+            for part in parts:
+                groups.setdefault(slice_key(part, by), Group()).add_slice(part)
+                total.add_slice(part)
+        else:
+            async for row in store.scan(where):
+                groups.setdefault(group_key(row, by), Group()).add(row)
+                total.add(row)
     finally:
         await store.close()
     return {
         "by": by,
         "since_ms": where.since_ms,
         "until_ms": where.until_ms,
+        "source": source,
         "groups": [groups[key].summary(key) for key in sorted(groups)],
         "total": total.summary("total"),
     }
@@ -114,6 +170,12 @@ def register(sub: Any) -> None:
     p.add_argument("--by", choices=GROUPINGS, default="model", help="grouping (default: model)")
     p.add_argument("--endpoint", choices=ENDPOINTS, help="only records of this endpoint")
     p.add_argument("--json", action="store_true", help="JSON output (default on a pipe)")
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help="read every row (exact percentiles; time grows with the store) instead of the "
+        "hourly rollups",
+    )
     p.set_defaults(func=run)
 
 
@@ -127,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         requests_only=True,
     )
     try:
-        doc = asyncio.run(collect(store_url(args, "stats"), where, args.by))
+        doc = asyncio.run(collect(store_url(args, "stats"), where, args.by, exact=args.exact))
     except (ConfigError, ServiceUnavailableError, OSError) as exc:
         print(f"auditgate stats: {exc}", file=sys.stderr)
         return 2

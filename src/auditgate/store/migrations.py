@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
+from auditgate.store import rollups
 from auditgate.store.partitions import DAY_MS, create_ahead, ensure_days
 from auditgate.store.schema import METADATA_TABLE, MIGRATIONS_TABLE, TABLE
 
@@ -246,12 +247,34 @@ async def _m005_postgres(db: Any) -> None:
     await db.execute(f"DROP TABLE {_OLD_TABLE}")
 
 
+def _m006_sqlite(db: sqlite3.Connection) -> None:
+    for statement in rollups.tables_sql(_SQLITE_TYPES):
+        db.execute(statement)
+    delta = rollups.Delta()
+    for row in db.execute(rollups.BACKFILL_SQL):
+        delta.add(tuple(row)[:-1], deleted=row["deleted_at"] is not None)
+    db.executemany(rollups.upsert_totals_sql("sqlite"), delta.totals_rows())
+    db.executemany(rollups.upsert_latency_sql("sqlite"), delta.latency_rows())
+
+
+async def _m006_postgres(db: Any) -> None:
+    for statement in rollups.tables_sql(_POSTGRES_TYPES):
+        await db.execute(statement)
+    # The backfill reads the rollup columns only (no body), through a server-side cursor.
+    delta = rollups.Delta()
+    async for row in db.cursor(rollups.BACKFILL_SQL, prefetch=5000):
+        delta.add(tuple(row)[:-1], deleted=row["deleted_at"] is not None)
+    await db.executemany(rollups.upsert_totals_sql("postgres"), delta.totals_rows())
+    await db.executemany(rollups.upsert_latency_sql("postgres"), delta.latency_rows())
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration("m001_completions", _m001_sqlite, _m001_postgres),
     Migration("m002_indexes", _m002_sqlite, _m002_postgres),
     Migration("m003_lean_sqlite_inserts", _m003_sqlite, _m003_postgres),
     Migration("m004_recorded_metadata", _m004_sqlite, _m004_postgres),
     Migration("m005_partitions", _m005_sqlite, _m005_postgres),
+    Migration("m006_rollups", _m006_sqlite, _m006_postgres),
 )
 """Every migration, in the order it must be applied."""
 

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 import asyncpg
 
 from auditgate.errors import ConfigError
-from auditgate.store import partitions
+from auditgate.store import partitions, rollups
 from auditgate.store.migrations import MIGRATIONS, MIGRATIONS_TABLE_SQL
 from auditgate.store.schema import (
     COLUMN_NAMES,
@@ -52,6 +52,8 @@ _PG_TYPES: Final = {
 }
 _NAMES: Final = ", ".join(name for name, _ in COLUMNS)
 _CREATED_AT: Final = COLUMN_NAMES.index("created_at")
+_UPSERT_TOTALS: Final = rollups.upsert_totals_sql("postgres")
+_UPSERT_LATENCY: Final = rollups.upsert_latency_sql("postgres")
 INCOMING: Final = f"{TABLE}_incoming"
 """Per-connection temporary table a batch is copied into before the idempotent insert."""
 # COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT DO NOTHING: measured
@@ -62,7 +64,8 @@ _INCOMING_SQL: Final = (
     f"({', '.join(f'{name} {_PG_TYPES[kind]}' for name, kind in COLUMNS)}) ON COMMIT DELETE ROWS"
 )
 _MOVE_SQL: Final = (
-    f"INSERT INTO {TABLE} ({_NAMES}) SELECT {_NAMES} FROM pg_temp.{INCOMING} ON CONFLICT DO NOTHING"
+    f"INSERT INTO {TABLE} ({_NAMES}) SELECT {_NAMES} FROM pg_temp.{INCOMING} "
+    "ON CONFLICT DO NOTHING RETURNING request_id"
 )
 
 
@@ -181,20 +184,32 @@ async def insert_rows(conn: Any, rows: Sequence[Row]) -> int:
 async def _insert(conn: Any, rows: Sequence[Row]) -> int:
     async with conn.transaction():
         inserted = await _copy_in(conn, rows)
-        if inserted < len(rows):
-            inserted += await _insert_clashes(conn, rows)
-    return inserted
+        if len(inserted) < len(rows):
+            inserted |= await _insert_clashes(conn, rows)
+        # Only the rows inserted now count (RETURNING names them): a replay adds nothing.
+        delta = rollups.Delta()
+        delta.add_rows({row[0]: row for row in rows if row[0] in inserted}.values())
+        await apply_rollups(conn, delta)
+    return len(inserted)
 
 
-async def _copy_in(conn: Any, rows: Sequence[Row]) -> int:
+async def apply_rollups(conn: Any, delta: rollups.Delta) -> None:
+    """Add ``delta`` to the rollups, inside the caller's transaction."""
+    if delta.totals:
+        await conn.executemany(_UPSERT_TOTALS, delta.totals_rows())
+    if delta.latency:
+        await conn.executemany(_UPSERT_LATENCY, delta.latency_rows())
+
+
+async def _copy_in(conn: Any, rows: Sequence[Row]) -> set[str]:
     await conn.execute(_INCOMING_SQL)
     await conn.copy_records_to_table(
         INCOMING, records=rows, columns=COLUMN_NAMES, schema_name="pg_temp"
     )
-    return _count(await conn.execute(_MOVE_SQL))
+    return {r[0] for r in await conn.fetch(_MOVE_SQL)}
 
 
-async def _insert_clashes(conn: Any, rows: Sequence[Row]) -> int:
+async def _insert_clashes(conn: Any, rows: Sequence[Row]) -> set[str]:
     unique_rows = {row[0]: row for row in rows}
     # By the primary key (created_at, request_id): one index probe in one partition per row.
     found = await conn.fetch(
@@ -206,7 +221,7 @@ async def _insert_clashes(conn: Any, rows: Sequence[Row]) -> int:
     present = {r["request_id"] for r in found}
     clashes = [with_own_response_id(r) for rid, r in unique_rows.items() if rid not in present]
     if not clashes:
-        return 0
+        return set()
     for row in clashes:
         log.warning(
             "postgres store: response id of request %s is already stored for another request; "
@@ -216,14 +231,9 @@ async def _insert_clashes(conn: Any, rows: Sequence[Row]) -> int:
         )
     await conn.execute(f"DELETE FROM pg_temp.{INCOMING}")
     inserted = await _copy_in(conn, clashes)
-    if inserted != len(clashes):
+    if len(inserted) != len(clashes):
         raise asyncpg.UniqueViolationError("a response id clash could not be resolved")
     return inserted
-
-
-def _count(status: str) -> int:
-    # "INSERT 0 <rows>"
-    return int(status.rsplit(" ", 1)[-1])
 
 
 def _lock_key(schema: str | None) -> int:

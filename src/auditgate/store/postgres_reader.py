@@ -22,6 +22,7 @@ import asyncpg
 
 from auditgate.errors import ConfigError, ServiceUnavailableError
 from auditgate.store import postgres as db
+from auditgate.store import rollups
 from auditgate.store.queries import (
     SCAN_CHUNK,
     CursorNotFound,
@@ -127,11 +128,14 @@ class PostgresStore:
         sql = Sql("postgres")
         now = sql.param(int(time.time() * 1000))
         condition = sql.visible(response_id, tenant)
-        async with self._connection() as conn:
-            status = await conn.execute(
-                f"UPDATE {TABLE} SET deleted_at = {now} WHERE {condition}", *sql.params
+        async with self._connection() as conn, conn.transaction():
+            deleted = await conn.fetch(
+                f"UPDATE {TABLE} SET deleted_at = {now} WHERE {condition} "
+                f"RETURNING {rollups.SOURCE_SQL}",
+                *sql.params,
             )
-        return bool(int(status.rsplit(" ", 1)[-1]))
+            await db.apply_rollups(conn, rollups.deletion(deleted))
+        return bool(deleted)
 
     async def scan(self, where: Filter, *, chunk: int = SCAN_CHUNK) -> AsyncIterator[Any]:
         cursor: tuple[int, str] | None = None
@@ -145,6 +149,22 @@ class PostgresStore:
             if len(rows) < chunk:
                 return
             cursor = (rows[-1]["created_at"], rows[-1]["request_id"])
+
+    async def rollups(
+        self,
+        since_ms: int | None,
+        until_ms: int | None,
+        *,
+        endpoint: str | None = None,
+        include_deleted: bool,
+    ) -> builtins.list[rollups.Slice]:
+        totals, latency, params = rollups.read_sql(
+            "postgres", since_ms, until_ms, endpoint, include_deleted
+        )
+        async with self._connection() as conn:
+            return rollups.slices(
+                await conn.fetch(totals, *params), await conn.fetch(latency, *params)
+            )
 
     async def _get(self, conn: Any, response_id: str, tenant: str | None) -> Stored | None:
         sql = Sql("postgres")

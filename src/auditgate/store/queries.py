@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final, Literal, Protocol
 
 from auditgate.errors import ConfigError
+from auditgate.store.rollups import Slice
 from auditgate.store.schema import METADATA_TABLE, TABLE, RowLike, record_dict_from_row
 
 Order = Literal["asc", "desc"]
@@ -126,6 +127,18 @@ class Store(Protocol):
     def scan(self, where: Filter, *, chunk: int = SCAN_CHUNK) -> AsyncIterator[RowLike]:
         """Every matching row (all columns) in ``(created_at, request_id)`` order, fetched
         ``chunk`` rows at a time, so memory does not grow with the table."""
+
+    async def rollups(
+        self,
+        since_ms: int | None,
+        until_ms: int | None,
+        *,
+        endpoint: str | None = None,
+        include_deleted: bool,
+    ) -> builtins.list[Slice]:
+        """The usage rollups (:mod:`auditgate.store.rollups`) of the hours in
+        ``[since_ms, until_ms)``, which must be hour-aligned (``None``: unbounded), of
+        ``endpoint`` (``None``: every endpoint)."""
 
 
 def messages_of(stored: Stored | None) -> list[Any] | None:

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Final, TypeVar
 
+from auditgate.store import rollups
 from auditgate.store.migrations import MIGRATIONS, MIGRATIONS_TABLE_SQL
 from auditgate.store.schema import (
     COLUMN_NAMES,
@@ -40,6 +41,8 @@ INSERT_SQL: Final = (
     f"VALUES ({', '.join('?' for _ in COLUMN_NAMES)}) ON CONFLICT DO NOTHING"
 )
 _METADATA: Final = COLUMN_NAMES.index("metadata")
+_UPSERT_TOTALS: Final = rollups.upsert_totals_sql("sqlite")
+_UPSERT_LATENCY: Final = rollups.upsert_latency_sql("sqlite")
 _NO_METADATA: Final = "{}"
 """The ``metadata`` column of a row without metadata (the common case)."""
 METADATA_ROWS_SQL: Final = (
@@ -157,17 +160,31 @@ def insert_rows(conn: sqlite3.Connection, rows: Sequence[Row]) -> int:
     if not rows:
         return 0
     with write_transaction(conn):
+        # The rows not stored before (in this transaction, which holds the write lock) are the
+        # ones this batch inserts: only they count in the rollups, so a replay adds nothing.
+        unique_rows = {row[0]: row for row in rows}
+        before = _present(conn, list(unique_rows))
         inserted = conn.executemany(INSERT_SQL, rows).rowcount
         if inserted < len(rows):
             inserted += _insert_clashes(conn, rows)
         tagged = [(row[0],) for row in rows if row[_METADATA] != _NO_METADATA]
         if tagged:
             conn.executemany(METADATA_ROWS_SQL, tagged)
+        delta = rollups.Delta()
+        delta.add_rows(row for rid, row in unique_rows.items() if rid not in before)
+        apply_rollups(conn, delta)
     return inserted
 
 
-def _insert_clashes(conn: sqlite3.Connection, rows: Sequence[Row]) -> int:
-    ids = list(dict.fromkeys(row[0] for row in rows))
+def apply_rollups(conn: sqlite3.Connection, delta: rollups.Delta) -> None:
+    """Add ``delta`` to the rollups, inside the caller's write transaction."""
+    if delta.totals:
+        conn.executemany(_UPSERT_TOTALS, delta.totals_rows())
+    if delta.latency:
+        conn.executemany(_UPSERT_LATENCY, delta.latency_rows())
+
+
+def _present(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
     present: set[str] = set()
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
@@ -178,6 +195,11 @@ def _insert_clashes(conn: sqlite3.Connection, rows: Sequence[Row]) -> int:
                 f"SELECT request_id FROM {TABLE} WHERE request_id IN ({marks})", chunk
             )
         )
+    return present
+
+
+def _insert_clashes(conn: sqlite3.Connection, rows: Sequence[Row]) -> int:
+    present = _present(conn, list(dict.fromkeys(row[0] for row in rows)))
     unique_rows = {row[0]: row for row in rows}
     clashes = [with_own_response_id(r) for rid, r in unique_rows.items() if rid not in present]
     if not clashes:

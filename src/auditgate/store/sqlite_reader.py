@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from auditgate.errors import ConfigError
+from auditgate.store import rollups
 from auditgate.store import sqlite as db
 from auditgate.store.queries import (
     SCAN_CHUNK,
@@ -86,6 +87,26 @@ class SqliteStore:
             if len(rows) < chunk:
                 return
             cursor = (rows[-1]["created_at"], rows[-1]["request_id"])
+
+    async def rollups(
+        self,
+        since_ms: int | None,
+        until_ms: int | None,
+        *,
+        endpoint: str | None = None,
+        include_deleted: bool,
+    ) -> builtins.list[rollups.Slice]:
+        totals, latency, params = rollups.read_sql(
+            "sqlite", since_ms, until_ms, endpoint, include_deleted
+        )
+
+        def read() -> builtins.list[rollups.Slice]:
+            conn = self._db()
+            return rollups.slices(
+                conn.execute(totals, params).fetchall(), conn.execute(latency, params).fetchall()
+            )
+
+        return await self._call(read)
 
     # -- on the store's thread ---------------------------------------------------------------
 
@@ -162,9 +183,12 @@ class SqliteStore:
         condition = sql.visible(response_id, tenant)
         with db.write_transaction(conn):
             deleted = conn.execute(
-                f"UPDATE {TABLE} SET deleted_at = {now} WHERE {condition}", sql.params
-            ).rowcount
-        return deleted > 0
+                f"UPDATE {TABLE} SET deleted_at = {now} WHERE {condition} "
+                f"RETURNING {rollups.SOURCE_SQL}",
+                sql.params,
+            ).fetchall()
+            db.apply_rollups(conn, rollups.deletion(deleted))
+        return bool(deleted)
 
     async def _call(self, fn: Callable[[], _T]) -> _T:
         return await self._thread.call(fn)
