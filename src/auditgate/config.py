@@ -198,6 +198,9 @@ class AuditSettings:
     """Retention: age after which a finished segment is deleted (``..._FILE_MAX_AGE_SECS``)."""
     sqlite_path: str = "./auditgate.db"
     """SQLite sink and default store."""
+    retention_days: int | None = None
+    """``DYN_AUDIT_RETENTION_DAYS``: the ``sqlite`` and ``postgres`` sinks delete, every hour,
+    the records of UTC days before the one this many days ago (unset: keep everything)."""
     postgres_url: Secret | None = None
     """PostgreSQL sink DSN; may hold a password, hence a Secret."""
     nats_url: str = "nats://127.0.0.1:4222"
@@ -286,6 +289,7 @@ class AuditSettings:
             jsonl_gz_roll_bytes=env.req_int("DYN_AUDIT_JSONL_GZ_ROLL_BYTES", 256 << 20, minimum=1),
             jsonl_gz_roll_lines=env.integer("DYN_AUDIT_JSONL_GZ_ROLL_LINES", None, minimum=1),
             sqlite_path=env.text("DYN_AUDIT_SQLITE_PATH", "./auditgate.db"),
+            retention_days=env.integer("DYN_AUDIT_RETENTION_DAYS", None, minimum=1),
             postgres_url=Secret(postgres_url) if postgres_url else None,
             nats_url=env.text("DYN_AUDIT_NATS_URL", "nats://127.0.0.1:4222"),
             nats_subject=env.text("DYN_AUDIT_NATS_SUBJECT", "dynamo.audit.v1"),

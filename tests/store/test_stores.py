@@ -20,6 +20,7 @@ from auditgate.store.migrations import MIGRATIONS, MIGRATIONS_TABLE_SQL
 from auditgate.store.queries import Filter, Sql, page_sql
 from auditgate.store.rollups import LATENCY_TABLE, TOTALS_TABLE
 from auditgate.store.schema import (
+    HOLDS_TABLE,
     METADATA_TABLE,
     MIGRATIONS_TABLE,
     SELECT_COLUMNS,
@@ -324,7 +325,10 @@ async def test_postgres_named_schema(pg_dsn: str) -> None:
     assert (
         applied,
         sorted(r["table_name"] for r in tables),
-    ) == (ALL_MIGRATIONS, sorted([MIGRATIONS_TABLE, TABLE, TOTALS_TABLE, LATENCY_TABLE]))
+    ) == (
+        ALL_MIGRATIONS,
+        sorted([MIGRATIONS_TABLE, TABLE, TOTALS_TABLE, LATENCY_TABLE, HOLDS_TABLE]),
+    )
 
 
 async def test_postgres_indexes(pg_dsn: str) -> None:

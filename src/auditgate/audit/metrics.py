@@ -192,6 +192,30 @@ class AuditMetrics:
             "Group commits of the durable spool (one fdatasync each).",
             registry=r,
         )
+        self.retention_deleted = Counter(
+            PREFIX + "store_retention_deleted_total",
+            "Records retention (DYN_AUDIT_RETENTION_DAYS) deleted from a store.",
+            ["sink"],
+            registry=r,
+        )
+        self.retention_partitions = Counter(
+            PREFIX + "store_retention_partitions_dropped_total",
+            "PostgreSQL day partitions retention dropped.",
+            ["sink"],
+            registry=r,
+        )
+        self.retention_refused = Counter(
+            PREFIX + "store_retention_refused_total",
+            "Retention runs a legal hold refused.",
+            ["sink"],
+            registry=r,
+        )
+        self.maintenance_errors = Counter(
+            PREFIX + "store_maintenance_errors_total",
+            "Failed store maintenance runs (retention, partitions made ahead); retried next run.",
+            ["sink"],
+            registry=r,
+        )
         self._watched: list[tuple[Gauge, Callable[[], float]]] = []
         self._refresher: asyncio.Task[None] | None = None
 

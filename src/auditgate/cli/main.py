@@ -1,4 +1,5 @@
-"""The ``auditgate`` command: serve, consume, import, keys, export, stats, verify."""
+"""The ``auditgate`` command: serve, consume, import, keys, export, stats, retention, hold,
+verify."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ _COMMANDS = (
     "auditgate.cli.keys",
     "auditgate.cli.export",
     "auditgate.cli.stats",
+    "auditgate.cli.retention",
     "auditgate.cli.verify",
 )
 

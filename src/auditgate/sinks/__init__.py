@@ -54,7 +54,7 @@ def _jsonl_gz(settings: AuditSettings, metrics: AuditMetrics | None) -> Sink:
 def _sqlite(settings: AuditSettings, metrics: AuditMetrics | None) -> Sink:
     from auditgate.sinks.sqlite import SqliteSink
 
-    return SqliteSink(settings.sqlite_path)
+    return SqliteSink(settings.sqlite_path, retention_days=settings.retention_days, metrics=metrics)
 
 
 def _postgres(settings: AuditSettings, metrics: AuditMetrics | None) -> Sink:
@@ -62,7 +62,9 @@ def _postgres(settings: AuditSettings, metrics: AuditMetrics | None) -> Sink:
         raise ConfigError("DYN_AUDIT_SINKS lists postgres but DYN_AUDIT_POSTGRES_URL is unset")
     from auditgate.sinks.postgres import PostgresSink
 
-    return PostgresSink(settings.postgres_url.reveal())
+    return PostgresSink(
+        settings.postgres_url.reveal(), retention_days=settings.retention_days, metrics=metrics
+    )
 
 
 def _nats(settings: AuditSettings, metrics: AuditMetrics | None) -> Sink:

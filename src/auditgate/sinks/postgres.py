@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 
+from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import AuditRecord, Envelope
 from auditgate.audit.sink import BatchPolicy
 from auditgate.config import Secret
 from auditgate.errors import ConfigError, SinkError
+from auditgate.store import partitions, retention
 from auditgate.store import postgres as store
 from auditgate.store.schema import Row, row_from_record
 
@@ -60,8 +63,18 @@ class PostgresSink:
         schema: str | None = None,
         connect_timeout_s: float = 5.0,
         command_timeout_s: float = 60.0,
+        retention_days: int | None = None,
+        maintenance_interval_s: float = retention.INTERVAL_S,
+        metrics: AuditMetrics | None = None,
     ) -> None:
         self._dsn = dsn if isinstance(dsn, Secret) else Secret(dsn)
+        self.retention_days = retention_days
+        """Drop the day partitions older than this many days, every ``maintenance_interval_s``
+        (:mod:`auditgate.store.retention`); ``None``: keep every record."""
+        self.maintenance = retention.Maintenance(
+            self.name, self._maintain, interval_s=maintenance_interval_s, metrics=metrics
+        )
+        """Also makes the day partitions ahead of time (:mod:`auditgate.store.partitions`)."""
         self.schema = schema
         self.connect_timeout_s = connect_timeout_s
         self.command_timeout_s = command_timeout_s
@@ -105,6 +118,7 @@ class PostgresSink:
         except (asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
             await self._close_pool()
             raise ConfigError(f"PostgreSQL {self.url!r}: {self._hide(exc)}") from None
+        self.maintenance.start()
 
     async def write(self, batch: Sequence[Envelope]) -> None:
         """Store every record of ``batch`` in one transaction, or raise (the bus retries)."""
@@ -119,8 +133,24 @@ class PostgresSink:
             await store.insert_rows(conn, rows)
 
     async def close(self) -> None:
-        """Close the pool (waits for the connections to finish, then terminates them)."""
+        """Stop maintenance, close the pool (waits for the connections to finish, then
+        terminates them)."""
+        await self.maintenance.stop()
         await self._close_pool()
+
+    async def _maintain(self) -> retention.Outcome | None:
+        if self._pool is None:
+            raise SinkError("postgres sink is not open")
+        if not self._ready:
+            await self._prepare()  # migrates, and makes the partitions ahead
+            if self.retention_days is None:
+                return None
+        async with self._pool.acquire() as conn:
+            await partitions.create_ahead(conn, int(time.time() * 1000))
+            if self.retention_days is None:
+                return None
+            cutoff = retention.cutoff_of(int(time.time() * 1000), self.retention_days)
+            return await retention.postgres_retain(conn, cutoff)
 
     async def _prepare(self) -> None:
         async with self._pool.acquire() as conn:

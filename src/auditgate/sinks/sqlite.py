@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Sequence
 
+from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import AuditRecord, Envelope
 from auditgate.audit.sink import BatchPolicy
 from auditgate.errors import ConfigError, SinkError
+from auditgate.store import retention
 from auditgate.store import sqlite as store
 from auditgate.store.schema import row_from_record
 
@@ -38,9 +41,22 @@ class SqliteSink:
     """Whatever is queued, up to 512 records, in one transaction; no waiting for more."""
 
     def __init__(
-        self, path: str, *, busy_timeout_s: float = 30.0, synchronous: str = "NORMAL"
+        self,
+        path: str,
+        *,
+        busy_timeout_s: float = 30.0,
+        synchronous: str = "NORMAL",
+        retention_days: int | None = None,
+        maintenance_interval_s: float = retention.INTERVAL_S,
+        metrics: AuditMetrics | None = None,
     ) -> None:
         self.path = path
+        self.retention_days = retention_days
+        """Delete records older than this many days, every ``maintenance_interval_s``
+        (:mod:`auditgate.store.retention`); ``None``: keep every record."""
+        self.maintenance = retention.Maintenance(
+            self.name, self._retain, interval_s=maintenance_interval_s, metrics=metrics
+        )
         self.synchronous = synchronous
         """``NORMAL`` (a commit survives a process crash) or ``FULL`` (also a power failure)."""
         self.busy_timeout_s = busy_timeout_s
@@ -61,6 +77,8 @@ class SqliteSink:
             await self._thread.open(self._open_sync)
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"DYN_AUDIT_SQLITE_PATH={self.path!r}: cannot open: {exc}") from exc
+        if self.retention_days is not None:
+            self.maintenance.start()
 
     async def write(self, batch: Sequence[Envelope]) -> None:
         """Store every record of ``batch`` in one transaction, or raise."""
@@ -73,13 +91,36 @@ class SqliteSink:
         await self._thread.call(self._sync_files)
 
     async def close(self) -> None:
-        """Close the connection and stop the thread, then the sync descriptors."""
+        """Stop retention, close the connection and stop the thread, then the sync
+        descriptors."""
+        await self.maintenance.stop()
         try:
             await self._thread.close()
         finally:
             fds, self._sync_fds = self._sync_fds, {}
             for fd in fds.values():
                 os.close(fd)
+
+    async def _retain(self) -> retention.Outcome:
+        # One write transaction per call on the sink's thread: batches interleave with writes.
+        assert self.retention_days is not None
+        cutoff = retention.cutoff_of(int(time.time() * 1000), self.retention_days)
+        outcome = retention.Outcome(cutoff, None)
+        while True:
+            deleted = await self._thread.call(
+                lambda: retention.sqlite_retain_batch(self._conn(), cutoff)
+            )
+            outcome.rows += deleted
+            if deleted < retention.BATCH:
+                break
+        retention.log_outcome(outcome, "sqlite")
+        return outcome
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = self._thread.conn
+        if conn is None:
+            raise SinkError("sqlite sink is not open")
+        return conn
 
     def _sync_files(self) -> None:
         # On the connection's thread: no write of ours is half done.  Commits are in the WAL;

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from auditgate.store import rollups
 from auditgate.store.partitions import DAY_MS, create_ahead, ensure_days
-from auditgate.store.schema import METADATA_TABLE, MIGRATIONS_TABLE, TABLE
+from auditgate.store.schema import HOLDS_TABLE, METADATA_TABLE, MIGRATIONS_TABLE, TABLE
 
 SqliteStep = Callable[[sqlite3.Connection], None]
 PostgresStep = Callable[[Any], Awaitable[None]]
@@ -268,6 +268,20 @@ async def _m006_postgres(db: Any) -> None:
     await db.executemany(rollups.upsert_latency_sql("postgres"), delta.latency_rows())
 
 
+def _m007_sqlite(db: sqlite3.Connection) -> None:
+    db.execute(
+        f"CREATE TABLE {HOLDS_TABLE} (name TEXT PRIMARY KEY, tenant TEXT, "
+        "reason TEXT NOT NULL, created_at INTEGER NOT NULL)"
+    )
+
+
+async def _m007_postgres(db: Any) -> None:
+    await db.execute(
+        f"CREATE TABLE {HOLDS_TABLE} (name text PRIMARY KEY, tenant text, "
+        "reason text NOT NULL, created_at bigint NOT NULL)"
+    )
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration("m001_completions", _m001_sqlite, _m001_postgres),
     Migration("m002_indexes", _m002_sqlite, _m002_postgres),
@@ -275,6 +289,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration("m004_recorded_metadata", _m004_sqlite, _m004_postgres),
     Migration("m005_partitions", _m005_sqlite, _m005_postgres),
     Migration("m006_rollups", _m006_sqlite, _m006_postgres),
+    Migration("m007_legal_holds", _m007_sqlite, _m007_postgres),
 )
 """Every migration, in the order it must be applied."""
 

@@ -59,6 +59,10 @@ METADATA_TABLE: Final = "completion_metadata"
 :func:`auditgate.store.sqlite.insert_rows` for new rows and kept by triggers on
 update and delete."""
 
+HOLDS_TABLE: Final = "legal_holds"
+"""Legal holds that stop retention: ``(name PRIMARY KEY, tenant NULL = every tenant, reason,
+created_at Unix ms)`` (:mod:`auditgate.store.retention`)."""
+
 Kind = Literal["text", "json", "bool", "int", "float"]
 
 COLUMNS: Final[tuple[tuple[str, Kind], ...]] = (
