@@ -240,7 +240,9 @@ async def test_sqlite_m003_keeps_metadata_rows_and_indexes_tenant_rows(tmp_path:
     applied = sqlite_store.migrate(conn)
     new = make_record(2, metadata={"team": "b"}, tenant="t")
     sqlite_store.insert_rows(conn, [row_from_record(new), row_from_record(minimal_record(3))])
-    pairs = sorted(tuple(r) for r in conn.execute(f"SELECT * FROM {METADATA_TABLE}"))
+    pairs = sorted(
+        tuple(r) for r in conn.execute(f"SELECT request_id, key, value FROM {METADATA_TABLE}")
+    )
     triggers = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")]
     sql = Sql("sqlite")
     statement = page_sql(sql, "request_id", Filter(tenant="t"), cursor=None, limit=5, order="asc")

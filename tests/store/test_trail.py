@@ -56,11 +56,11 @@ TAMPER: dict[str, list[str]] = {
         "UPDATE completions SET request = "
         "json_set(request, '$.messages[0].content', 'forged') WHERE seq = 5",
         "INSERT INTO completion_metadata "
-        "SELECT request_id, 'team', 'forged' FROM completions WHERE seq = 7",
+        "SELECT request_id, 'team', 'forged', created_at FROM completions WHERE seq = 7",
         "DELETE FROM completion_metadata WHERE key = 'keep' AND request_id = "
         "(SELECT request_id FROM completions WHERE seq = 8)",
         "UPDATE completions SET complete = 2 WHERE seq = 13",
-        "INSERT INTO completion_metadata VALUES ('no-such-request', 'team', 'a')",
+        "INSERT INTO completion_metadata VALUES ('no-such-request', 'team', 'a', 0)",
     ],
     "postgres": [
         'UPDATE completions SET metadata = \'{"a": "forged", "team": "x"}\'::jsonb WHERE seq = 4',

@@ -282,6 +282,42 @@ async def _m007_postgres(db: Any) -> None:
     )
 
 
+def _m008_sqlite(db: sqlite3.Connection) -> None:
+    # The side table gains created_at in its key: a metadata filter then walks one key/value's
+    # rows in (created_at, request_id) order and stops at the page's end, instead of fetching
+    # and sorting every match (1.7-3.1 s for a value a third of a million rows hold).
+    db.execute(
+        f"CREATE TABLE {METADATA_TABLE}_new (request_id TEXT NOT NULL, key TEXT NOT NULL, "
+        "value TEXT NOT NULL, created_at INTEGER NOT NULL, "
+        "PRIMARY KEY (key, value, created_at, request_id)) WITHOUT ROWID"
+    )
+    db.execute(
+        f"INSERT INTO {METADATA_TABLE}_new (request_id, key, value, created_at) "
+        f"SELECT m.request_id, m.key, m.value, c.created_at FROM {METADATA_TABLE} AS m "
+        f"JOIN {TABLE} AS c ON c.request_id = m.request_id"
+    )
+    db.execute(f"DROP TRIGGER {TABLE}_metadata_update")
+    db.execute(f"DROP TRIGGER {TABLE}_metadata_delete")
+    db.execute(f"DROP TABLE {METADATA_TABLE}")
+    db.execute(f"ALTER TABLE {METADATA_TABLE}_new RENAME TO {METADATA_TABLE}")
+    db.execute(f"CREATE INDEX {METADATA_TABLE}_request ON {METADATA_TABLE} (request_id)")
+    db.execute(
+        f"CREATE TRIGGER {TABLE}_metadata_update AFTER UPDATE OF metadata ON {TABLE} BEGIN "
+        f"DELETE FROM {METADATA_TABLE} WHERE request_id = OLD.request_id; "
+        f"INSERT OR IGNORE INTO {METADATA_TABLE} (request_id, key, value, created_at) "
+        "SELECT NEW.request_id, j.key, j.value, NEW.created_at FROM json_each(NEW.metadata) AS j "
+        "WHERE j.type = 'text'; END"
+    )
+    db.execute(
+        f"CREATE TRIGGER {TABLE}_metadata_delete AFTER DELETE ON {TABLE} BEGIN "
+        f"DELETE FROM {METADATA_TABLE} WHERE request_id = OLD.request_id; END"
+    )
+
+
+async def _m008_postgres(db: Any) -> None:
+    """Nothing to do: PostgreSQL has no side table (see README, metadata filters)."""
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration("m001_completions", _m001_sqlite, _m001_postgres),
     Migration("m002_indexes", _m002_sqlite, _m002_postgres),
@@ -290,6 +326,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration("m005_partitions", _m005_sqlite, _m005_postgres),
     Migration("m006_rollups", _m006_sqlite, _m006_postgres),
     Migration("m007_legal_holds", _m007_sqlite, _m007_postgres),
+    Migration("m008_metadata_in_time_order", _m008_sqlite, _m008_postgres),
 )
 """Every migration, in the order it must be applied."""
 

@@ -185,10 +185,11 @@ class Sql:
             clauses.append(f"created_at < {self.param(where.until_ms)}")
         for key, value in where.metadata.items():
             if self.dialect == "sqlite":
-                # The trigger-kept side table is indexed on (key, value): no JSON scan.
+                # One probe of the side table's key per row: no JSON scan, no list of matches.
                 clauses.append(
-                    f"request_id IN (SELECT request_id FROM {METADATA_TABLE} "
-                    f"WHERE key = {self.param(key)} AND value = {self.param(value)})"
+                    f"EXISTS (SELECT 1 FROM {METADATA_TABLE} AS p WHERE p.key = "
+                    f"{self.param(key)} AND p.value = {self.param(value)} "
+                    f"AND p.created_at = {TABLE}.created_at AND p.request_id = {TABLE}.request_id)"
                 )
             else:
                 clauses.append(f"metadata @> {self.param(json.dumps({key: value}))}::jsonb")
@@ -214,6 +215,10 @@ def page_sql(
     order: Order,
 ) -> str:
     """``SELECT columns`` of the ``limit`` rows after ``cursor`` in ``order``."""
+    if sql.dialect == "sqlite" and where.metadata:
+        return _sqlite_metadata_page_sql(
+            sql, columns, where, cursor=cursor, limit=limit, order=order
+        )
     clauses = sql.where(where)
     if cursor is not None:
         op = ">" if order == "asc" else "<"
@@ -225,6 +230,37 @@ def page_sql(
     return (
         f"SELECT {columns} FROM {TABLE} WHERE {condition} "
         f"ORDER BY created_at {direction}, request_id {direction} LIMIT {sql.param(limit)}"
+    )
+
+
+def _sqlite_metadata_page_sql(
+    sql: Sql,
+    columns: str,
+    where: Filter,
+    *,
+    cursor: tuple[int, str] | None,
+    limit: int,
+    order: Order,
+) -> str:
+    # Driven by the side table: its key (key, value, created_at, request_id) yields one pair's
+    # rows already in page order, so the walk stops after the page however many rows match.
+    # The side table's columns are renamed in the subquery so the outer clauses stay the same.
+    (key, value), *rest = where.metadata.items()
+    inner = [f"key = {sql.param(key)}", f"value = {sql.param(value)}"]
+    if cursor is not None:
+        op = ">" if order == "asc" else "<"
+        inner.append(
+            f"(created_at, request_id) {op} ({sql.param(cursor[0])}, {sql.param(cursor[1])})"
+        )
+    clauses = sql.where(dataclasses.replace(where, metadata=dict(rest)))
+    clauses.append(f"{TABLE}.request_id = m.m_request_id")
+    direction = "ASC" if order == "asc" else "DESC"
+    return (
+        f"SELECT {columns} FROM (SELECT request_id AS m_request_id, created_at AS m_created_at "
+        f"FROM {METADATA_TABLE} WHERE {' AND '.join(inner)}) AS m CROSS JOIN {TABLE} "
+        f"WHERE {' AND '.join(clauses)} "
+        f"ORDER BY m.m_created_at {direction}, m.m_request_id {direction} "
+        f"LIMIT {sql.param(limit)}"
     )
 
 

@@ -55,7 +55,8 @@ TABLE: Final = "completions"
 MIGRATIONS_TABLE: Final = "schema_migrations"
 """Applied migrations: ``name`` (primary key) and ``applied_at`` (Unix ms)."""
 METADATA_TABLE: Final = "completion_metadata"
-"""SQLite only: ``(request_id, key, value)`` rows that index metadata filters, written by
+"""SQLite only: ``(request_id, key, value, created_at)`` rows that index metadata filters (in
+``created_at`` order within a key and value), written by
 :func:`auditgate.store.sqlite.insert_rows` for new rows and kept by triggers on
 update and delete."""
 

@@ -46,9 +46,9 @@ _UPSERT_LATENCY: Final = rollups.upsert_latency_sql("sqlite")
 _NO_METADATA: Final = "{}"
 """The ``metadata`` column of a row without metadata (the common case)."""
 METADATA_ROWS_SQL: Final = (
-    f"INSERT OR IGNORE INTO {METADATA_TABLE} (request_id, key, value) "
-    f"SELECT c.request_id, j.key, j.value FROM {TABLE} AS c, json_each(c.metadata) AS j "
-    "WHERE c.request_id = ? AND j.type = 'text'"
+    f"INSERT OR IGNORE INTO {METADATA_TABLE} (request_id, key, value, created_at) "
+    f"SELECT c.request_id, j.key, j.value, c.created_at FROM {TABLE} AS c, "
+    "json_each(c.metadata) AS j WHERE c.request_id = ? AND j.type = 'text'"
 )
 """The side-table rows of one stored row, derived from what is stored (not from the batch), so a
 replayed record whose metadata the API has replaced since does not bring its old pairs back."""
