@@ -40,6 +40,13 @@ from auditgate.store.schema import SELECT_COLUMNS, TABLE, metadata_update
 log = logging.getLogger("auditgate.store")
 
 _COLUMNS: Final = SELECT_COLUMNS + ", deleted_at"
+_SETTINGS: Final = {"plan_cache_mode": "force_custom_plan"}
+"""asyncpg prepares every statement and PostgreSQL switches a prepared statement to a generic
+plan after five runs: one plan for every metadata value, chosen for a value matching few rows
+(read every match through the GIN index, sort, keep a page: 106 ms for a value 4,517 rows hold)
+and for every day partition (no pruning at plan time).  A plan made for the call's own values
+walks ``created_at`` order when the value is common, uses the GIN index when it is rare, and
+prunes partitions; planning costs well under a millisecond."""
 
 
 class PostgresStore:
@@ -60,7 +67,11 @@ class PostgresStore:
     async def open(self) -> None:
         try:
             self._pool = await asyncpg.create_pool(
-                self._dsn, min_size=0, max_size=self.max_size, timeout=self.connect_timeout_s
+                self._dsn,
+                min_size=0,
+                max_size=self.max_size,
+                timeout=self.connect_timeout_s,
+                server_settings=_SETTINGS,
             )
         except (ValueError, TypeError) as exc:
             message = db.hide_password(str(exc), self._dsn)
