@@ -112,17 +112,6 @@ def group_key(row: Any, by: str) -> str:
     return day.date().isoformat()
 
 
-def slice_key(part: rollups.Slice, by: str) -> str:
-    if by == "model":
-        return part.model
-    if by == "endpoint":
-        return part.endpoint
-    if by == "tenant":
-        return part.tenant if part.tenant is not None else NO_TENANT
-    day = datetime.datetime.fromtimestamp(part.hour / 1000, tz=datetime.UTC)
-    return day.date().isoformat()
-
-
 def hour_aligned(where: Filter) -> bool:
     """Whether the rollups (per UTC hour) can answer for ``where``'s time window."""
     bounds = (where.since_ms, where.until_ms)
@@ -140,13 +129,15 @@ async def collect(url: str, where: Filter, by: str, *, exact: bool = False) -> d
     try:
         if source == "rollups":
             parts = await store.rollups(
+                by,
                 where.since_ms,
                 where.until_ms,
                 endpoint=where.endpoint,
                 include_deleted=not where.live_only,
             )
             for part in parts:
-                groups.setdefault(slice_key(part, by), Group()).add_slice(part)
+                key = part.key if part.key is not None else NO_TENANT
+                groups.setdefault(key, Group()).add_slice(part)
                 total.add_slice(part)
         else:
             async for row in store.scan(where):

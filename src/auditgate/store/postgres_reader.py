@@ -40,13 +40,6 @@ from auditgate.store.schema import SELECT_COLUMNS, TABLE, metadata_update
 log = logging.getLogger("auditgate.store")
 
 _COLUMNS: Final = SELECT_COLUMNS + ", deleted_at"
-_SETTINGS: Final = {"plan_cache_mode": "force_custom_plan"}
-"""asyncpg prepares every statement and PostgreSQL switches a prepared statement to a generic
-plan after five runs: one plan for every metadata value, chosen for a value matching few rows
-(read every match through the GIN index, sort, keep a page: 106 ms for a value 4,517 rows hold)
-and for every day partition (no pruning at plan time).  A plan made for the call's own values
-walks ``created_at`` order when the value is common, uses the GIN index when it is rare, and
-prunes partitions; planning costs well under a millisecond."""
 
 
 class PostgresStore:
@@ -71,7 +64,6 @@ class PostgresStore:
                 min_size=0,
                 max_size=self.max_size,
                 timeout=self.connect_timeout_s,
-                server_settings=_SETTINGS,
             )
         except (ValueError, TypeError) as exc:
             message = db.hide_password(str(exc), self._dsn)
@@ -163,6 +155,7 @@ class PostgresStore:
 
     async def rollups(
         self,
+        by: str,
         since_ms: int | None,
         until_ms: int | None,
         *,
@@ -170,11 +163,16 @@ class PostgresStore:
         include_deleted: bool,
     ) -> builtins.list[rollups.Slice]:
         totals, latency, params = rollups.read_sql(
-            "postgres", since_ms, until_ms, endpoint, include_deleted
+            "postgres",
+            by,
+            since_ms=since_ms,
+            until_ms=until_ms,
+            endpoint=endpoint,
+            include_deleted=include_deleted,
         )
         async with self._connection() as conn:
             return rollups.slices(
-                await conn.fetch(totals, *params), await conn.fetch(latency, *params)
+                by, await conn.fetch(totals, *params), await conn.fetch(latency, *params)
             )
 
     async def _get(self, conn: Any, response_id: str, tenant: str | None) -> Stored | None:

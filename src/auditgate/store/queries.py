@@ -130,13 +130,15 @@ class Store(Protocol):
 
     async def rollups(
         self,
+        by: str,
         since_ms: int | None,
         until_ms: int | None,
         *,
         endpoint: str | None = None,
         include_deleted: bool,
     ) -> builtins.list[Slice]:
-        """The usage rollups (:mod:`auditgate.store.rollups`) of the hours in
+        """The usage rollups (:mod:`auditgate.store.rollups`), summed per group ``by`` (model,
+        tenant, endpoint or day), of the hours in
         ``[since_ms, until_ms)``, which must be hour-aligned (``None``: unbounded), of
         ``endpoint`` (``None``: every endpoint)."""
 

@@ -23,6 +23,7 @@ most 9 % above it (0.01 ms for anything below 0.01 ms).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
@@ -32,6 +33,7 @@ from auditgate.store.schema import COLUMN_NAMES, TABLE, Row, RowLike
 TOTALS_TABLE: Final = "usage_rollups"
 LATENCY_TABLE: Final = "usage_latency"
 HOUR_MS: Final = 3_600_000
+DAY_MS: Final = 86_400_000
 BUCKET_BASE_MS: Final = 0.01
 BUCKETS_PER_DOUBLING: Final = 8
 MAX_BUCKET: Final = 600
@@ -197,15 +199,22 @@ def delete_hours_sql(dialect: str, *, tenant: bool) -> list[str]:
     return [f"DELETE FROM {t} WHERE {condition}" for t in (TOTALS_TABLE, LATENCY_TABLE)]
 
 
+GROUPS: Final = ("model", "tenant", "endpoint", "day")
+"""What :func:`read_sql` can group by."""
+_GROUP_SQL: Final = {
+    "model": "model",
+    "tenant": "tenant",
+    "endpoint": "endpoint",
+    "day": f"hour - (hour % {DAY_MS})",
+}
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Slice:
-    """The rollups of one hour, model, tenant and endpoint, as ``stats`` reads them."""
+    """The rollups of one group (a model, a tenant, an endpoint or a UTC day) of the window."""
 
-    hour: int
-    model: str
-    tenant: str | None
-    """``None`` for records without a tenant."""
-    endpoint: str
+    key: str | None
+    """The model, tenant (``None`` for records without one), endpoint, or day (ISO date)."""
     requests: int
     prompt_tokens: int
     completion_tokens: int
@@ -219,14 +228,17 @@ class Slice:
 
 def read_sql(
     dialect: str,
+    by: str,
+    *,
     since_ms: int | None,
     until_ms: int | None,
     endpoint: str | None,
     include_deleted: bool,
 ) -> tuple[str, str, list[Any]]:
-    """``(totals statement, latency statement, parameters)`` reading the rollups of the hours in
-    ``[since_ms, until_ms)`` (both hour-aligned or ``None``) of ``endpoint`` (``None``: all),
-    per hour, model, tenant and endpoint."""
+    """``(totals statement, latency statement, parameters)`` summing the rollups of the hours in
+    ``[since_ms, until_ms)`` (both hour-aligned or ``None``) of ``endpoint`` (``None``: all) per
+    group ``by`` (one of :data:`GROUPS`), in the database: what crosses the wire is one row per
+    group (and latency bucket), however many hours and keys the window holds."""
     params: list[Any] = []
     clauses = ["TRUE" if dialect == "postgres" else "1"]
 
@@ -243,38 +255,39 @@ def read_sql(
     if not include_deleted:
         clauses.append("NOT deleted")
     where = " AND ".join(clauses)
+    group = _GROUP_SQL[by]
     sums = ", ".join(f"sum({c})" for c in TOTAL_COLUMNS)
-    totals = (
-        f"SELECT hour, model, tenant, endpoint, {sums} FROM {TOTALS_TABLE} WHERE {where} "
-        "GROUP BY hour, model, tenant, endpoint"
-    )
+    totals = f"SELECT {group} AS g, {sums} FROM {TOTALS_TABLE} WHERE {where} GROUP BY g"
     latency = (
-        f"SELECT hour, model, tenant, endpoint, metric, bucket, sum(count) FROM {LATENCY_TABLE} "
-        f"WHERE {where} GROUP BY hour, model, tenant, endpoint, metric, bucket"
+        f"SELECT {group} AS g, metric, bucket, sum(count) FROM {LATENCY_TABLE} "
+        f"WHERE {where} GROUP BY g, metric, bucket"
     )
     return totals, latency, params
 
 
-def slices(totals: Iterable[Sequence[Any]], latency: Iterable[Sequence[Any]]) -> list[Slice]:
+def slices(
+    by: str, totals: Iterable[Sequence[Any]], latency: Iterable[Sequence[Any]]
+) -> list[Slice]:
     """The :class:`Slice` list of the rows :func:`read_sql`'s statements return."""
-    histograms: dict[tuple[int, str, str, str], dict[str, dict[int, int]]] = {}
-    for hour, model, tenant, endpoint, metric, bucket, count in latency:
+    histograms: dict[Any, dict[str, dict[int, int]]] = {}
+    for group, metric, bucket, count in latency:
         if count:
-            key = (hour, model, tenant, endpoint)
-            per = histograms.setdefault(key, {"duration": {}, "ttft": {}})
+            per = histograms.setdefault(group, {"duration": {}, "ttft": {}})
             per[metric][int(bucket)] = int(count)
     out = []
-    for hour, model, tenant, endpoint, *sums in totals:
+    for group, *sums in totals:
         if not sums[0]:
             continue
-        per = histograms.get((hour, model, tenant, endpoint), {"duration": {}, "ttft": {}})
+        per = histograms.get(group, {"duration": {}, "ttft": {}})
         requests, prompt, completion, errors, cancelled = (int(v) for v in sums)
+        if by == "day":
+            day = datetime.datetime.fromtimestamp(int(group) / 1000, tz=datetime.UTC)
+            key: str | None = day.date().isoformat()
+        else:
+            key = str(group) if group != "" else None
         out.append(
             Slice(
-                hour,
-                model,
-                tenant or None,
-                endpoint,
+                key,
                 requests,
                 prompt,
                 completion,

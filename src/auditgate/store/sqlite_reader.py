@@ -90,6 +90,7 @@ class SqliteStore:
 
     async def rollups(
         self,
+        by: str,
         since_ms: int | None,
         until_ms: int | None,
         *,
@@ -97,13 +98,20 @@ class SqliteStore:
         include_deleted: bool,
     ) -> builtins.list[rollups.Slice]:
         totals, latency, params = rollups.read_sql(
-            "sqlite", since_ms, until_ms, endpoint, include_deleted
+            "sqlite",
+            by,
+            since_ms=since_ms,
+            until_ms=until_ms,
+            endpoint=endpoint,
+            include_deleted=include_deleted,
         )
 
         def read() -> builtins.list[rollups.Slice]:
             conn = self._db()
             return rollups.slices(
-                conn.execute(totals, params).fetchall(), conn.execute(latency, params).fetchall()
+                by,
+                conn.execute(totals, params).fetchall(),
+                conn.execute(latency, params).fetchall(),
             )
 
         return await self._call(read)
