@@ -49,9 +49,10 @@ from auditgate.audit.record import AuditRecord, Envelope
 from auditgate.cli.stats import collect
 from auditgate.store import retention
 from auditgate.store.partitions import DAY_MS
-from auditgate.store.queries import Filter, Sql, Store, open_store, page_sql
+from auditgate.store.queries import Filter, Sql, Store, page_sql
 from auditgate.store.rollups import HOUR_MS
 from auditgate.store.schema import SELECT_COLUMNS, record_dict_from_row
+from auditgate.store.url import open_store
 from bench.sinks import Texts, pg_database
 
 MODELS = ("gpt-small", "gpt-large", "llama-70b", "mock")

@@ -11,8 +11,9 @@ import pytest
 
 from auditgate.store import postgres as pg_store
 from auditgate.store import sqlite as sqlite_store
-from auditgate.store.queries import Filter, Order, Sql, open_store, page_sql
+from auditgate.store.queries import Filter, Order, Sql, page_sql
 from auditgate.store.schema import SELECT_COLUMNS, row_from_record
+from auditgate.store.url import open_store
 from tests.store.records import make_record
 
 RECORDS = 45

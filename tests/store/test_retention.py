@@ -23,6 +23,7 @@ from auditgate.store import sqlite as sqlite_store
 from auditgate.store.partitions import DAY_MS, day_of, partition_name
 from auditgate.store.queries import Filter
 from auditgate.store.schema import TABLE, row_from_record
+from auditgate.store.url import open_store
 from tests.store.records import make_record
 from tests.support.gateway import running_gateway
 
@@ -76,8 +77,6 @@ def url(request: pytest.FixtureRequest) -> str:
 async def left(url: str) -> list[int]:
     """``seq`` of the records still stored (deleted-through-the-API ones too)."""
     where = Filter(stored_only=False, live_only=False)
-    from auditgate.store.queries import open_store
-
     store = open_store(url)
     await store.open()
     try:

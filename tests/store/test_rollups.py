@@ -11,9 +11,10 @@ import pytest
 from auditgate.cli.stats import collect
 from auditgate.store import postgres as pg_store
 from auditgate.store import sqlite as sqlite_store
-from auditgate.store.queries import Filter, open_store
+from auditgate.store.queries import Filter
 from auditgate.store.rollups import bucket_of, bucket_upper, percentile
 from auditgate.store.schema import row_from_record
+from auditgate.store.url import open_store
 from tests.store.records import make_record, minimal_record
 
 HOUR = 3_600_000

@@ -231,8 +231,15 @@ def page_sql(
     condition = " AND ".join(clauses) or "TRUE"
     return (
         f"SELECT {columns} FROM {TABLE} WHERE {condition} "
-        f"ORDER BY created_at {direction}, request_id {direction} LIMIT {sql.param(limit)}"
+        f"ORDER BY created_at {direction}, request_id {direction} LIMIT {_limit(limit)}"
     )
+
+
+def _limit(limit: int) -> str:
+    # A literal, not a parameter: PostgreSQL costs a generic plan with an unknown LIMIT as if it
+    # read a tenth of the table, so a prepared page query was planned anew at every call (over
+    # every day partition: ~10 ms) instead of reusing its generic plan after five calls.
+    return str(int(limit))
 
 
 def _sqlite_metadata_page_sql(
@@ -262,7 +269,7 @@ def _sqlite_metadata_page_sql(
         f"FROM {METADATA_TABLE} WHERE {' AND '.join(inner)}) AS m CROSS JOIN {TABLE} "
         f"WHERE {' AND '.join(clauses)} "
         f"ORDER BY m.m_created_at {direction}, m.m_request_id {direction} "
-        f"LIMIT {sql.param(limit)}"
+        f"LIMIT {_limit(limit)}"
     )
 
 
