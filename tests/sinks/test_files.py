@@ -656,7 +656,7 @@ def test_registry_passes_the_revealed_postgres_url() -> None:
     class FakePostgresSink:
         name = "postgres"
 
-        def __init__(self, dsn: str) -> None:
+        def __init__(self, dsn: str, **options: object) -> None:
             seen.append(dsn)
 
     module = type(sys)("auditgate.sinks.postgres")
