@@ -140,7 +140,8 @@ class ChatPipeline:
         finally:
             if capture is not None:
                 capture.finish()
-        await committed(commit)
+        if commit is not None:  # best effort: no coroutine to await per request
+            await committed(commit)
         return completion
 
     async def stream(self, call: ChatCall) -> ChatStream:
@@ -217,7 +218,8 @@ class ChatStream:
         """Wait until the record is durable: call after the last batch, before the end of the
         stream is sent.  Returns at once in best effort; raises :class:`ServiceUnavailableError`
         when the record could not be made durable."""
-        await committed(self._commit)
+        if self._commit is not None:
+            await committed(self._commit)
 
     def finishes(self, batch: list[Chunk]) -> bool:
         """Whether ``batch`` ends the answer: it holds the finish_reason of the only choice

@@ -47,5 +47,6 @@ class EmbeddingsPipeline(ChatPipeline):
         finally:
             if capture is not None:
                 capture.finish()
-        await committed(commit)
+        if commit is not None:
+            await committed(commit)
         return result
