@@ -5,12 +5,15 @@
 
 ``concurrency`` workers each hold one keep-alive HTTP/1.1 connection and send the same
 ``POST /v1/chat/completions`` (``store: true``, ``max_tokens`` 16, optionally ``stream: true``)
-back to back.  The first ``warmup`` seconds are not measured; then for ``duration`` seconds every
-response that *completes* inside the window counts: req/s is their number over the window, the
-latency percentiles are theirs (request written → last body byte), and for streams the time to
-first token is request written → first body bytes (the first SSE data frame).  Errors (non-200,
-a stream without ``[DONE]``, a reset or refused connection, a request over ``timeout``) are counted
-by kind; a failed connection is reopened.
+back to back; with ``--path /v1/responses`` the Responses API's request of the same prompt and
+limit (``input``, ``max_output_tokens``), whose streams end with ``response.completed`` (or
+``.incomplete``, at the limit).
+The first ``warmup`` seconds are not measured; then for ``duration`` seconds every response
+that *completes* inside the window counts: req/s is their number over the window, the latency
+percentiles are theirs (request written → last body byte), and for streams the time to first
+token is request written → first body bytes (the first SSE data frame).  Errors (non-200, a
+stream without ``[DONE]`` or a terminal Responses event, a reset or refused connection, a request
+over ``timeout``) are counted by kind; a failed connection is reopened.
 
 With ``--rate R`` the load is open-loop instead: requests are due at a fixed R per second
 (evenly spaced) whatever the server does, and the ``concurrency`` connections take them in turn
@@ -79,11 +82,16 @@ class Workload:
 
     def body(self) -> bytes:
         request: dict[str, Any] = {"model": self.model}
-        if self.path.endswith("/chat/completions"):
+        if self.path.endswith("/responses"):
+            # The Responses API (stored by default): the same prompt and limit in its terms.
+            request |= {"input": self.prompt, "max_output_tokens": self.max_tokens}
+        elif self.path.endswith("/chat/completions"):
             request["messages"] = [{"role": "user", "content": self.prompt}]
+            request["max_tokens"] = self.max_tokens
         else:  # legacy /v1/completions
             request["prompt"] = self.prompt
-        request |= {"max_tokens": self.max_tokens, "store": True}
+            request["max_tokens"] = self.max_tokens
+        request["store"] = True
         if self.stream:
             request["stream"] = True
         return json.dumps(request, separators=(",", ":")).encode()
@@ -121,7 +129,7 @@ class Response:
     """Occurrences of ``data:`` in the body (SSE frames, roughly: a split frame is missed)."""
     body_bytes: int
     done: bool
-    """The body's tail held ``[DONE]``."""
+    """The body's tail held ``[DONE]`` (a Responses stream: its terminal event came)."""
 
 
 class Connection(asyncio.Protocol):
@@ -140,6 +148,7 @@ class Connection(asyncio.Protocol):
         self.frames = 0
         self.body_bytes = 0
         self.tail = b""
+        self.completed = False
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -162,6 +171,8 @@ class Connection(asyncio.Protocol):
             self.first_body = time.perf_counter()
         self.frames += body.count(b"data:")
         self.body_bytes += len(body)
+        if b"event: response.completed" in body or b"event: response.incomplete" in body:
+            self.completed = True  # a Responses stream ends with one of these, not [DONE]
         self.tail = (self.tail + body)[-32:]
 
     def on_message_complete(self) -> None:
@@ -175,7 +186,7 @@ class Connection(asyncio.Protocol):
                 time.perf_counter(),
                 self.frames,
                 self.body_bytes,
-                b"[DONE]" in self.tail,
+                b"[DONE]" in self.tail or self.completed,
             )
         )
         if not self.parser.should_keep_alive():

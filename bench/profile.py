@@ -1,7 +1,8 @@
 """Where an auditgate scenario's CPU goes: py-spy samples under bench load, per request.
 
 ``python bench/profile.py --engine mock --audit jsonl [--stream] [--concurrency 16]
-[--seconds 8] [--top 20] [--gil] [--against off] [--set KEY=VALUE ...]``
+[--seconds 8] [--top 20] [--gil] [--against off] [--set KEY=VALUE ...] [--path /v1/responses
+--against-path /v1/chat/completions]``
 
 Starts the scenario pinned to the server CPU (as :mod:`bench.run` does), drives it with
 :mod:`bench.loadgen` on the client CPU, and records ``py-spy record --format raw`` (250 Hz, idle
@@ -64,7 +65,7 @@ def profile(
         argv = [
             PYTHON, str(ROOT / "bench" / "loadgen.py"), "--url", running.url,
             "--concurrency", str(concurrency), "--warmup", "1", "--duration", str(seconds + 3),
-            "--pid", str(running.pids[0]),
+            "--pid", str(running.pids[0]), "--path", scenario.path,
         ] + (["--stream"] if stream else [])  # fmt: skip
         load = subprocess.Popen(
             servers.pinned(CLIENT_CPUS, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -108,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--audit", default="jsonl", help="off or a sink name")
     p.add_argument("--against", help="a second audit setting to subtract (e.g. off)")
     p.add_argument("--stream", action="store_true")
+    p.add_argument("--path", default=servers.CHAT, help="the endpoint loaded, for --audit")
+    p.add_argument("--against-path", default=None, help="the endpoint for --against (--path)")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--seconds", type=float, default=8)
     p.add_argument("--top", type=int, default=20)
@@ -131,15 +134,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="extra server setting for --against only (repeatable)",
     )
     a = p.parse_args(argv)
-    runs = [(a.audit, a.set)] + ([(a.against, a.against_set)] if a.against else [])
+    runs = [(a.audit, a.set, a.path)]
+    if a.against:
+        runs.append((a.against, a.against_set, a.against_path or a.path))
     results = []
     with (
         tempfile.TemporaryDirectory(prefix="agbench-prof-") as tmp,
         servers.fake_upstream(Path(tmp)) as upstream_url,
     ):
         ctx = Context(Path(tmp), upstream_url)
-        for audit, settings in runs:
-            (scenario,) = servers.auditgate_scenarios([a.engine], [audit])
+        for audit, settings, path in runs:
+            (scenario,) = servers.auditgate_scenarios([a.engine], [audit], path)
             env = tuple((k, v) for k, _, v in (kv.partition("=") for kv in settings))
             scenario = dataclasses.replace(scenario, env=env)
             results.append(profile(scenario, ctx, a.stream, a.concurrency, a.seconds, a.gil))

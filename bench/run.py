@@ -33,12 +33,22 @@ from pathlib import Path
 from typing import Any
 
 from bench import report, servers
-from bench.servers import CLIENT_CPUS, PYTHON, ROOT, Context, Running, Scenario, StartError
+from bench.servers import (
+    CLIENT_CPUS,
+    PYTHON,
+    ROOT,
+    Context,
+    Running,
+    Scenario,
+    StartError,
+)
 
 BENCH = ROOT / "bench"
 MARKER = "<!-- everything below is written by bench/run.py -->"
 SINKS = ("stderr", "jsonl", "jsonl_gz", "sqlite", "postgres", "nats")
 LEGACY = "/v1/completions"
+RESPONSES = "/v1/responses"
+"""The Responses API (translated to the engine's chat completions), set against chat."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,12 +70,14 @@ def build_suite(name: str, peers: Sequence[str]) -> Suite:
     openai = servers.auditgate_scenarios(["openai"], ["off", "jsonl"])
     # Legacy completions, to compare their CPU per request with chat's (same engine, same sink).
     legacy = servers.auditgate_scenarios(["mock", "openai"], ["off", "jsonl"], LEGACY)
+    # The Responses API (translated to the engine's chat completions), to set against chat.
+    responses = servers.auditgate_scenarios(["mock", "openai"], ["jsonl"], RESPONSES)
     peer_scenarios: list[Scenario] = []
     if peers:
         from bench import peers as peer_module
 
         peer_scenarios = peer_module.scenarios(peers)
-    scenarios = mock + openai + legacy + peer_scenarios
+    scenarios = mock + openai + legacy + responses + peer_scenarios
     if name == "quick":
         return Suite(name, scenarios, (1, 16, 64), 2.0, 0.5, 2, 1.0)
     return Suite(name, scenarios, (1, 16, 64), 5.0, 1.0, 3, 3.0)

@@ -341,6 +341,9 @@ class GatewaySettings:
     """Key sent to upstreams; the client's own key is never forwarded unless passthrough is on."""
     upstream_key_passthrough: bool = False
     """Forward the client's ``Authorization`` header upstream instead of the configured key."""
+    responses: str = "translate"
+    """``POST /v1/responses`` in front of an upstream: ``translate`` to chat completions, or
+    ``passthrough`` to the upstream's own ``/v1/responses``."""
     upstream_timeout_s: float = 600.0
     """Total time allowed for one upstream request."""
     upstream_connect_timeout_s: float = 10.0
@@ -381,6 +384,11 @@ class GatewaySettings:
             m.strip() for m in env.text("AUDITGATE_MODELS", "mock").split(",") if m.strip()
         )
         key = env.optional("AUDITGATE_UPSTREAM_API_KEY")
+        responses = env.text("AUDITGATE_RESPONSES", "translate").lower()
+        if responses not in ("translate", "passthrough"):
+            raise ConfigError(
+                f"AUDITGATE_RESPONSES={responses!r}: expected translate or passthrough"
+            )
         grpc = env.integer("AUDITGATE_GRPC_PORT", None, minimum=1)
         return cls(
             host=env.text("AUDITGATE_HOST", "127.0.0.1"),
@@ -392,6 +400,7 @@ class GatewaySettings:
             upstream_routes=parse_routes(env.optional("AUDITGATE_UPSTREAM_ROUTES") or ""),
             upstream_api_key=Secret(key) if key else None,
             upstream_key_passthrough=env.flag("AUDITGATE_UPSTREAM_KEY_PASSTHROUGH", False),
+            responses=responses,
             upstream_timeout_s=env.number(
                 "AUDITGATE_UPSTREAM_TIMEOUT", 600.0, low=0.001, high=86400
             ),

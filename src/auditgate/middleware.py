@@ -3,14 +3,18 @@
 Mount it on vLLM's or SGLang's FastAPI app (vLLM: ``vllm serve MODEL --middleware
 auditgate.middleware.AuditMiddleware``, or the older path ``auditgate.asgi.AuditMiddleware``;
 any Starlette/FastAPI app:
-``app.add_middleware(AuditMiddleware)``) and every ``POST /v1/chat/completions`` and ``POST
-/v1/completions`` yields the record the gateway would write: same ``DYN_AUDIT_*`` settings (read
-from the environment unless ``settings`` is given), built by the same composition root
+``app.add_middleware(AuditMiddleware)``) and every ``POST /v1/chat/completions``, ``POST
+/v1/completions`` and ``POST /v1/responses`` yields the record the gateway would write: same
+``DYN_AUDIT_*`` settings (read from the environment unless ``settings`` is given), built by the
+same composition root
 (:class:`~auditgate.audit.runtime.AuditRuntime`: sinks, best-effort or durable bus, redaction,
 integrity chain and checkpoints), same capture code (:meth:`Auditor.open` /
-:class:`AuditCapture`), transport ``http``, endpoint ``chat.completions`` or ``completions``
+:class:`AuditCapture`), transport ``http``, endpoint ``chat.completions``, ``completions``
 (legacy streams aggregated per choice by
-:class:`~auditgate.endpoints.completions.TextCompletionAggregator`).
+:class:`~auditgate.endpoints.completions.TextCompletionAggregator`) or ``responses`` (a
+Responses stream's events aggregated by :class:`~auditgate.endpoints.responses.
+ResponsesStreamAggregator` into the final ``response``, the terminal event's; ``store``
+defaults to true there; ``usage`` in chat terms, as the gateway records it).
 
 Contracts:
 
@@ -65,6 +69,9 @@ from auditgate.audit.runtime import AuditRuntime
 from auditgate.audit.sink import Sink
 from auditgate.config import Settings
 from auditgate.endpoints.completions import TextCompletionAggregator, validate_completion
+from auditgate.endpoints.responses.aggregate import ResponsesStreamAggregator
+from auditgate.endpoints.responses.objects import chat_usage
+from auditgate.endpoints.responses.protocol import validate_responses
 from auditgate.engines.sse_decoder import SSEDecoder
 from auditgate.errors import UNDECODABLE, APIError, ConfigError
 from auditgate.logs import RateLimitedLog
@@ -83,6 +90,8 @@ __all__ = ["AuditMiddleware"]
 log = logging.getLogger("auditgate.asgi")
 ENDPOINT: Final = "/v1/chat/completions"
 COMPLETIONS_ENDPOINT: Final = "/v1/completions"
+RESPONSES_ENDPOINT: Final = "/v1/responses"
+_TERMINAL: Final = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _MAX_RESPONSE_BYTES: Final = 64 << 20  # a JSON response larger than this is not decoded
 _decode: Final = msgspec.json.Decoder().decode
 
@@ -100,14 +109,17 @@ class AuditMiddleware:
         engine: str = "asgi",
         path: str = ENDPOINT,
         completions_path: str = COMPLETIONS_ENDPOINT,
+        responses_path: str = RESPONSES_ENDPOINT,
     ) -> None:
         """``settings`` default to the environment; ``sinks`` replace the configured ones;
         ``engine`` is the records' ``engine`` field (what serves behind this middleware);
-        ``path`` / ``completions_path``: the chat and legacy completions routes."""
+        ``path`` / ``completions_path`` / ``responses_path``: the chat, legacy completions and
+        Responses API routes."""
         self.app = app
         self.settings = settings if settings is not None else Settings.from_env()
         self.path = path
         self.completions_path = completions_path
+        self.responses_path = responses_path
         self.registry = CollectorRegistry()
         self.metrics = AuditMetrics(self.registry)
         audit = self.settings.audit
@@ -174,6 +186,8 @@ class AuditMiddleware:
             return "chat.completions"
         if path == self.completions_path:
             return "completions"
+        if path == self.responses_path:
+            return "responses"
         return None
 
     def _lifespan_send(self, send: Send) -> Send:
@@ -312,6 +326,9 @@ class _Exchange:
         aggregator: type[Aggregator] = StreamAggregator
         try:
             body = parse_body(raw)
+            if self._endpoint == "responses":
+                self._open_responses(body)
+                return
             if self._endpoint == "completions":
                 params: CallParams = validate_completion(body)
                 aggregator = TextCompletionAggregator
@@ -338,6 +355,34 @@ class _Exchange:
             client_request_id=client_request_id,
             headers=owner.header_capture(self.scope) if owner.header_capture else None,
             aggregator=aggregator,
+        )
+
+    def _open_responses(self, body: dict[str, Any]) -> None:
+        """Open the capture of a Responses request (``store`` defaults to true)."""
+        try:
+            request = validate_responses(body)
+        except APIError:
+            return  # the gateway would answer 400 before capturing; so will the app
+        owner = self.owner
+        params = request.params
+        client_request_id = None
+        client_id = header(self.scope, b"x-request-id")
+        if client_id is not None:
+            try:
+                client_request_id = validate_client_request_id(client_id.decode("latin-1"))
+            except APIError:
+                client_request_id = None  # not ours to refuse: the app decides
+        self.capture = owner.auditor.open(
+            request_id=new_request_id(),
+            body=body,
+            model=params.model,
+            streaming=params.stream is True,
+            store=request.store,
+            endpoint="responses",
+            metadata=params.metadata,
+            client_request_id=client_request_id,
+            headers=owner.header_capture(self.scope) if owner.header_capture else None,
+            aggregator=ResponsesStreamAggregator,
         )
 
     def _on_send(self, message: Message) -> None:
@@ -377,6 +422,9 @@ class _Exchange:
         chunk = _decode(data)
         if not isinstance(chunk, dict):
             raise _TapError("a stream event is not a JSON object")
+        if self._endpoint == "responses":
+            self._on_responses_event(capture, chunk)
+            return
         error = _error_of(chunk, 500)
         if error is not None:
             capture.fail(error)
@@ -385,6 +433,26 @@ class _Exchange:
         if isinstance(usage, dict):
             capture.usage(usage)
         capture.chunk(chunk)
+
+    def _on_responses_event(self, capture: AuditCapture, event: dict[str, Any]) -> None:
+        """A Responses stream: every event to the aggregator; the terminal one publishes the
+        record before it reaches the client (there is no ``[DONE]``)."""
+        kind = event.get("type")
+        if kind == "error":
+            message = str(event.get("message") or "the stream failed")
+            capture.fail(_ObservedError(message, "api_error", 500))
+            return
+        capture.chunk(event)
+        if kind in _TERMINAL:
+            response = event.get("response")
+            usage = chat_usage(response.get("usage") if isinstance(response, dict) else None)
+            if usage is not None:
+                capture.usage(usage)
+            if kind == "response.failed":
+                error = response.get("error") if isinstance(response, dict) else None
+                said = error.get("message") if isinstance(error, dict) else None
+                capture.fail(_ObservedError(str(said or "failed"), "api_error", 500))
+            self._end(capture)
 
     def _on_json(self, capture: AuditCapture, raw: bytes) -> None:
         if self._status >= 400:
@@ -399,6 +467,10 @@ class _Exchange:
         if not isinstance(completion, dict):
             raise _TapError("the response is not a JSON object")
         capture.response(completion)
+        if self._endpoint == "responses":
+            usage = chat_usage(completion.get("usage"))
+            if usage is not None:
+                capture.usage(usage)  # chat terms, as the gateway records them
 
     def _end(self, capture: AuditCapture) -> None:
         self._ended = True

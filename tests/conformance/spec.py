@@ -15,7 +15,13 @@ here so that the pinned file stays the published text:
 - A ``discriminator`` without a ``mapping`` (a message's ``tool_calls`` items, ``type``): by
   OpenAPI's rule its values would be the options' schema names, while each option's own
   ``type`` enum says ``function`` / ``custom`` — the values OpenAI sends.  The mapping is made
-  from those enums, so checkers that apply discriminators (schemathesis) read it as meant.
+  from those enums, so checkers that apply discriminators (schemathesis) read it as meant.  A
+  listed input item's (``ItemResource``) cannot be mapped: ``InputMessageResource`` and
+  ``OutputMessage`` are both ``message``, so the property cannot select an option; it is
+  dropped, and the options' own schemas decide.
+- ``deleteResponse``'s 404 is typed ``Error`` (the bare ``{"message", "type", "param",
+  "code"}``), while every other operation's error, OpenAI's actual answer and the SDK's reading
+  of it are the ``ErrorResponse`` envelope (``{"error": {...}}``); we follow the latter.
 """
 
 from __future__ import annotations
@@ -92,6 +98,15 @@ def spec() -> dict[str, Any]:
     schemas["ChatCompletionStoredMessage"] = listed
     item = schemas["ChatCompletionMessageList"]["properties"]["data"]["items"]
     item["allOf"][0] = {"$ref": "#/components/schemas/ChatCompletionStoredMessage"}
+    # A listed item: InputMessageResource and OutputMessage are both "message", so "type"
+    # cannot select an option; the options' own schemas decide.
+    schemas["ItemResource"].pop("discriminator", None)
+    # deleteResponse's 404 is typed as the bare Error; OpenAI answers the ErrorResponse
+    # envelope there as everywhere (and the SDK reads it so).
+    deleted = doc["paths"]["/responses/{response_id}"]["delete"]["responses"]["404"]
+    deleted["content"]["application/json"]["schema"] = {
+        "$ref": "#/components/schemas/ErrorResponse"
+    }
     return doc  # type: ignore[no-any-return]
 
 

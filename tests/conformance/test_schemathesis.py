@@ -60,6 +60,14 @@ RUNS: Final = [
     ("GET", "/models", POSITIVE, 3),
     ("GET", "/models/{model}", POSITIVE, 5),
     ("GET", "/models/{model}", KNOWN, 3),
+    ("POST", "/responses", POSITIVE, 30),
+    ("POST", "/responses", NEGATIVE, 20),
+    ("GET", "/responses/{response_id}", POSITIVE, 5),
+    ("GET", "/responses/{response_id}", KNOWN, 5),
+    ("GET", "/responses/{response_id}/input_items", KNOWN, 15),
+    ("GET", "/responses/{response_id}/input_items", NEGATIVE, 10),
+    ("DELETE", "/responses/{response_id}", POSITIVE, 5),
+    ("DELETE", "/responses/{response_id}", KNOWN, 3),
 ]
 CHECKS: Final = [not_a_server_error, response_schema_conformance, content_type_conformance]
 SSE_EVENT: Final = {
@@ -79,8 +87,9 @@ def for_schemathesis(doc: dict[str, Any]) -> dict[str, Any]:
     check; it gets the event object's schema instead, and :func:`problems` validates each
     event's data against the published chunk schema."""
     doc = copy.deepcopy(doc)
-    content = doc["paths"]["/chat/completions"]["post"]["responses"]["200"]["content"]
-    content["text/event-stream"] = {"schema": SSE_EVENT}
+    for path in ("/chat/completions", "/responses"):
+        content = doc["paths"][path]["post"]["responses"]["200"]["content"]
+        content["text/event-stream"] = {"schema": SSE_EVENT}
     return doc
 
 
@@ -119,6 +128,14 @@ def stored_id(g: TestGateway, session: requests.Session) -> str:
     return str(created["id"])
 
 
+def stored_response_id(g: TestGateway, session: requests.Session) -> str:
+    """The id of a stored response (two turns, so its input items hold both)."""
+    url = f"{g.base_url}/responses"
+    first = session.post(url, json={"model": "mock", "input": "Hi"}, timeout=10).json()
+    body = {"model": "mock", "input": "Again", "previous_response_id": first["id"]}
+    return str(session.post(url, json=body, timeout=10).json()["id"])
+
+
 def problems(response: schemathesis.Response) -> list[str]:
     """What our own checks find wrong with an answer (error bodies, stream events)."""
     if 400 <= response.status_code < 500:
@@ -126,13 +143,15 @@ def problems(response: schemathesis.Response) -> list[str]:
     if not response.headers.get("content-type", [""])[0].startswith("text/event-stream"):
         return []
     found = []
+    responses_api = response.request.url.rstrip("/").endswith("/responses")
+    operation = "createResponse" if responses_api else "createChatCompletion"
     for line in response.content.decode().splitlines():
         if line.startswith("data: ") and line != "data: [DONE]":
             event = json.loads(line[len("data: ") :])
-            if "error" in event:
+            if "error" in event and not responses_api:
                 found += error_body_errors(event)
             else:
-                found += response_errors("createChatCompletion", event, "200", "text/event-stream")
+                found += response_errors(operation, event, "200", "text/event-stream")
     return found
 
 
@@ -144,9 +163,12 @@ def test_generated_requests(
     session = requests.Session()
     fixed: dict[str, str] = {}
     if mode == KNOWN:
-        fixed = (
-            {"model": "mock"} if "{model}" in path else {"completion_id": stored_id(gw, session)}
-        )
+        if "{model}" in path:
+            fixed = {"model": "mock"}
+        elif "{response_id}" in path:
+            fixed = {"response_id": stored_response_id(gw, session)}
+        else:
+            fixed = {"completion_id": stored_id(gw, session)}
     generation = NEGATIVE if mode == NEGATIVE else POSITIVE
     strategy = api[path][method].as_strategy(generation, path_parameters=fixed or None)
     statuses: dict[int, int] = {}

@@ -1,10 +1,11 @@
 """A fake OpenAI-compatible upstream: a small, fast HTTP/1.1 server for tests and benchmarks.
 
 It serves ``POST …/chat/completions`` (JSON or SSE with chunked transfer, keep-alive), the
-legacy ``POST …/completions`` and ``POST …/embeddings`` (:mod:`tests.support.upstream_legacy`) and
-``GET …/models`` on 127.0.0.1, inside the caller's event loop (``async with FakeUpstream() as
-upstream``) or in a thread with its own loop (``with upstream_in_thread() as upstream`` — for sync
-tests and subprocess gateways).  What it does is chosen by :attr:`FakeUpstream.behaviour`, which a
+legacy ``POST …/completions`` and ``POST …/embeddings`` (:mod:`tests.support.upstream_legacy`),
+``POST …/responses`` (:mod:`tests.support.upstream_responses`) and ``GET …/models`` on
+127.0.0.1, inside the caller's event loop (``async with FakeUpstream() as upstream``) or in a
+thread with its own loop (``with upstream_in_thread() as upstream`` — for sync tests and
+subprocess gateways).  What it does is chosen by :attr:`FakeUpstream.behaviour`, which a
 test may change at any time (plain attribute assignment, also across threads):
 
 - :meth:`Behaviour.normal` — ``chunks`` content pieces, deterministic (see :func:`completion` and
@@ -57,7 +58,7 @@ from typing import Any, Literal, cast
 import httptools
 import msgspec
 
-from tests.support import upstream_legacy
+from tests.support import upstream_legacy, upstream_responses
 
 CREATED = 1_700_000_000
 """``created`` of every completion and chunk."""
@@ -589,6 +590,9 @@ class FakeUpstream:
                 conn, 200, msgspec.json.encode({"object": "list", "data": data}), keep_alive
             )
             return
+        if request.path.split("?")[0].endswith("/responses") and request.method == "POST":
+            self._respond_responses(conn, request, behaviour, keep_alive)
+            return
         route = _route(request)
         if route is None:
             error = {
@@ -666,6 +670,39 @@ class FakeUpstream:
         if behaviour.done_delay_s:
             await asyncio.sleep(behaviour.done_delay_s)
         conn.write(_LAST_CHUNK)
+        if not keep_alive:
+            conn.close()
+
+    def _respond_responses(
+        self, conn: _Connection, request: ReceivedRequest, behaviour: Behaviour, keep_alive: bool
+    ) -> None:
+        """``POST …/responses`` (:mod:`tests.support.upstream_responses`): ``normal``, ``drop``
+        (after ``after`` events) and ``stream_error`` (an ``error`` event after ``after``)."""
+        try:
+            body = request.json()
+        except msgspec.DecodeError:
+            body = None
+        if not isinstance(body, dict):
+            error = {"message": "body is not a JSON object", "type": "invalid_request_error"}
+            self._send_json(conn, 400, msgspec.json.encode({"error": error}), keep_alive)
+            return
+        if body.get("stream") is not True:
+            answer = upstream_responses.response(body, behaviour.chunks)
+            self._send_json(conn, 200, msgspec.json.encode(answer), keep_alive)
+            return
+        events = upstream_responses.sse(upstream_responses.events(body, behaviour.chunks))
+        if behaviour.kind in ("drop", "stream_error"):
+            events = events[: behaviour.after]
+        if behaviour.kind == "stream_error":
+            error = {"type": "error", "code": "server_error", "message": "engine fell over",
+                     "param": None, "sequence_number": behaviour.after}  # fmt: skip
+            events.append(b"event: error\ndata: " + msgspec.json.encode(error) + b"\n\n")
+        conn.write(_head(200, "text/event-stream", None, keep_alive))
+        if behaviour.kind == "drop":
+            conn.write(b"".join(_chunked(e) for e in events))
+            conn.close()
+            return
+        conn.write(_chunked(b"".join(events)) + _LAST_CHUNK)
         if not keep_alive:
             conn.close()
 

@@ -305,6 +305,7 @@ class AuditCapture:
         "_headers",
         "_metadata",
         "_model",
+        "_record",
         "_response",
         "_started",
         "_status",
@@ -352,6 +353,7 @@ class AuditCapture:
         self._started = time.perf_counter()
         self._first_at: float | None = None
         self._aggregator = aggregator() if streaming and mode == "full" else None
+        self._record: AuditRecord | None = None
         self._response: dict[str, Any] | None = None
         self._summary: dict[str, Any] | None = None
         self._usage: dict[str, Any] | None = None
@@ -385,9 +387,19 @@ class AuditCapture:
             if self._aggregator is not None:
                 self._aggregator.feed_all(chunks)
 
+    def output(self) -> None:
+        """Output reached the client (a stream the transport aggregates itself): the time to
+        first output is taken at the first call."""
+        if self._first_at is None:
+            self._first_at = time.perf_counter()
+
     def response(self, completion: dict[str, Any]) -> None:
-        """The whole non-stream response exactly as the client receives it."""
-        self._first_at = time.perf_counter()
+        """The whole response exactly as the client received it: a non-stream response, or the
+        final object of a stream the transport aggregated itself (the Responses API), which
+        then replaces the capture's own aggregation."""
+        if self._first_at is None:
+            self._first_at = time.perf_counter()
+        self._aggregator = None
         usage = completion.get("usage")
         if isinstance(usage, dict):
             self._usage = usage
@@ -423,6 +435,12 @@ class AuditCapture:
     @property
     def finished(self) -> bool:
         return self._finished
+
+    @property
+    def record(self) -> AuditRecord | None:
+        """The record :meth:`finish` published (``None`` before).  Read-only: the processors
+        (redaction) change it in place until the end of the event-loop iteration."""
+        return self._record
 
     def finish(self) -> Awaitable[None] | None:
         """Build and publish the record; only the first call does anything.
@@ -476,6 +494,7 @@ class AuditCapture:
             record.engine_response_id = self._engine_response_id
         if self._headers:
             record.http_request_headers = self._headers
+        self._record = record
         return self._auditor.publish(record, self._credentials)
 
 

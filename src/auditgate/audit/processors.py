@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import msgspec
 
+from auditgate.audit import redact_items
 from auditgate.audit.integrity import (
     GENESIS,
     UNSIGNED,
@@ -69,6 +70,8 @@ class RedactProcessor:
 
     def __call__(self, record: AuditRecord, credentials: Sequence[str] = ()) -> AuditRecord:
         request, response = record.request, record.response
+        if record.endpoint == "responses":
+            return self._responses(record, credentials)
         messages = choices = None
         if self.bodies:
             messages = request.get("messages") if isinstance(request, dict) else None
@@ -105,6 +108,34 @@ class RedactProcessor:
             changed = _list_of(choices, walk.choice)
             if changed is not None:
                 record.response = {**response, "choices": changed}
+        if headers is not None:
+            redacted = {name: redactor.text(value) for name, value in headers.items()}
+            if redacted != headers:
+                record.http_request_headers = redacted
+        return record
+
+    def _responses(self, record: AuditRecord, credentials: Sequence[str]) -> AuditRecord:
+        """A Responses API record: its bodies are item trees (:mod:`.redact_items`)."""
+        request, response = record.request, record.response
+        headers = record.http_request_headers if self.headers else None
+        if headers is not None and not isinstance(headers, dict):
+            headers = None
+        texts: list[str] = []
+        if self.bodies:
+            redact_items.texts(request, texts)
+            redact_items.texts(response, texts)
+        if headers is not None:
+            texts.extend(headers.values())
+        redactor = self.redactor.narrow("\n".join(texts), credentials)
+        if redactor is None:
+            return record
+        if self.bodies:
+            changed = redact_items.redact(request, redactor.text)
+            if changed is not None:
+                record.request = changed
+            changed = redact_items.redact(response, redactor.text)
+            if changed is not None:
+                record.response = changed
         if headers is not None:
             redacted = {name: redactor.text(value) for name, value in headers.items()}
             if redacted != headers:

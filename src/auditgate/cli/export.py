@@ -15,6 +15,11 @@ off the completion; token-id prompts have no text and are skipped.  Embeddings r
 completion: they count in ``stats`` and in ``raw``, never in ``finetune`` or ``eval``.  A store
 holding chat and legacy completions mixes the two formats; ``--endpoint`` picks one.
 
+A stored Responses API conversation (``endpoint: "responses"``) is a chat example: the
+conversation up to each turn (its ``previous_response_id`` chain, read from the store) and that
+turn's answer (:mod:`auditgate.endpoints.responses.dataset`); from an ``s3://`` lake, which
+cannot be looked up by id, a turn's example holds that turn only.
+
 ``finetune`` and ``eval`` read stored completions only (``mode='full'`` with a response) and skip
 records without an assistant message.  Completions deleted through the API (tombstones the store
 keeps for the audit trail) are left out unless ``--include-deleted`` is given — the same rule,
@@ -41,6 +46,9 @@ from typing import IO, Any, Final
 import msgspec
 
 from auditgate.audit.verify import SourceError
+from auditgate.endpoints.responses.dataset import chat_example
+from auditgate.endpoints.responses.history import Turn
+from auditgate.endpoints.responses.stored import RecentResponses, StoredResponses
 from auditgate.errors import ConfigError, ServiceUnavailableError
 from auditgate.store.queries import Filter
 from auditgate.store.schema import record_dict_from_row
@@ -161,9 +169,13 @@ async def export(url: str, where: Filter, fmt: str, out: IO[str], dedupe: bool) 
     seen: set[bytes] = set()
     written = skipped = 0
     try:
-        async with _records(url, where) as records:
+        async with _records(url, where) as (records, lookup):
             async for record in records:
-                lines = to_lines(record, fmt)
+                if record.get("endpoint") == "responses" and fmt != "raw":
+                    line = await responses_line(record, fmt, lookup)
+                    lines = [] if line is None else [line]
+                else:
+                    lines = to_lines(record, fmt)
                 if dedupe:
                     lines = [line for line in lines if first_prompt(line, fmt, seen)]
                 if not lines:
@@ -186,20 +198,27 @@ def first_prompt(line: dict[str, Any], fmt: str, seen: set[bytes]) -> bool:
     return True
 
 
+Lookup = StoredResponses | None
+"""Where a Responses turn's earlier turns are found (``None``: nowhere, a lake)."""
+
+
 @contextlib.asynccontextmanager
-async def _records(url: str, where: Filter) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+async def _records(
+    url: str, where: Filter
+) -> AsyncIterator[tuple[AsyncIterator[dict[str, Any]], Lookup]]:
     """The records ``where`` selects at ``url`` (a store, or an ``s3://`` lake), in
-    ``(created_at, request_id)`` order."""
+    ``(created_at, request_id)`` order, and the stored responses of the same store."""
     if url.startswith("s3://"):
         from auditgate.store.lake import LakeReader
 
         async with LakeReader(url) as reader:
-            yield reader.records(where)
+            yield reader.records(where), None
         return
     store = open_store(url, must_exist=True)
     await store.open()
     try:
-        yield (record_dict_from_row(row) async for row in store.scan(where))
+        lookup = StoredResponses(store, RecentResponses(ttl_s=0))
+        yield (record_dict_from_row(row) async for row in store.scan(where)), lookup
     finally:
         await store.close()
 
@@ -252,6 +271,28 @@ def _pair(prompt: str, completion: str, fmt: str) -> dict[str, Any]:
     return {"prompt": prompt, "completion": completion}
 
 
+async def responses_line(record: dict[str, Any], fmt: str, lookup: Lookup) -> dict[str, Any] | None:
+    """The ``fmt`` line of a Responses API record (see the module docstring)."""
+    request, response = record.get("request"), record.get("response")
+    if not isinstance(request, dict) or not isinstance(response, dict):
+        return None
+    chain: list[Turn] = []
+    previous = request.get("previous_response_id")
+    if lookup is not None and isinstance(previous, str):
+        chain = await lookup.chain(previous, None) or []
+    example = chat_example([*chain, (request, response)])
+    if example is None:
+        return None
+    if fmt == "eval":
+        return {"input": example.messages, "reference": example.reply}
+    line: dict[str, Any] = {"messages": [*example.messages, example.reply]}
+    if example.tools:
+        line["tools"] = example.tools
+    if example.parallel_tool_calls is not None:
+        line["parallel_tool_calls"] = example.parallel_tool_calls
+    return line
+
+
 def to_line(record: dict[str, Any], fmt: str) -> dict[str, Any] | None:
     """The ``fmt`` line of one record, or ``None`` when it has no assistant message."""
     if fmt == "raw":
@@ -299,6 +340,9 @@ def prompt_of(line: dict[str, Any], fmt: str) -> Any:
         return line["input"]
     request = line.get("request") if isinstance(line.get("request"), dict) else {}
     assert isinstance(request, dict)
+    if line.get("endpoint") == "responses":
+        prompt = [request.get("instructions"), request.get("input")]
+        return [*prompt, request.get("previous_response_id"), request.get("tools")]
     return [request.get("messages"), request.get("tools"), line.get("model")]
 
 

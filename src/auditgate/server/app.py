@@ -31,6 +31,10 @@ from auditgate.auth.keys import KeyRing, Principal
 from auditgate.config import GatewaySettings, Settings
 from auditgate.endpoints.completions import CompletionsPipeline
 from auditgate.endpoints.embeddings import EmbeddingsPipeline
+from auditgate.endpoints.responses.routes import PATH as RESPONSES
+from auditgate.endpoints.responses.routes import ResponsesAPI, ResponsesHandler
+from auditgate.endpoints.responses.service import ResponsesService
+from auditgate.endpoints.responses.stored import RecentResponses, StoredResponses
 from auditgate.engines.base import Engine
 from auditgate.errors import APIError, ConfigError, InvalidRequestError, NotFoundError
 from auditgate.pipeline.chat import ChatPipeline
@@ -54,6 +58,7 @@ from auditgate.store.queries import Store
 from auditgate.store.url import open_store
 
 if TYPE_CHECKING:
+    from auditgate.endpoints.responses.passthrough import ResponsesPassthrough
     from auditgate.grpc import GrpcFrontend
 
 log = logging.getLogger("auditgate")
@@ -100,6 +105,17 @@ def build_engine(settings: GatewaySettings) -> Engine:
     )
 
 
+def build_passthrough(settings: GatewaySettings) -> ResponsesPassthrough | None:
+    """The upstream ``/v1/responses`` relay when ``AUDITGATE_RESPONSES=passthrough`` in front of
+    an upstream; ``None``: Responses requests are translated to chat completions (always with
+    the mock engine, which has no ``/v1/responses`` of its own)."""
+    if settings.engine != "openai" or settings.responses != "passthrough":
+        return None
+    from auditgate.endpoints.responses.passthrough import ResponsesPassthrough
+
+    return ResponsesPassthrough(settings)
+
+
 class Gateway:
     """One gateway process's state: settings, engine, audit runtime, store, keys and metrics."""
 
@@ -129,6 +145,13 @@ class Gateway:
         self.keys: KeyRing | None = KeyRing.load(keys_file) if keys_file else None
         url = store_url_of(settings)
         self.store: Store | None = open_store(url) if url else None
+        self.stored_responses = StoredResponses(self.store, RecentResponses())
+        self.responses = ResponsesService(
+            self.engine,
+            self.audit.auditor,
+            self.stored_responses,
+            passthrough=build_passthrough(settings.gateway),
+        )
         self.grpc: GrpcFrontend | None = None
         self.passthrough = PassThrough.build(settings.gateway, PassThroughMetrics(self.registry))
         """Where the requests no route serves go (None: they are 404s)."""
@@ -137,6 +160,7 @@ class Gateway:
         """Start the engine, the pass-through, the audit runtime (opening every sink), the
         store and gRPC."""
         await self.engine.start()
+        await self.responses.start()
         if self.passthrough is not None:
             await self.passthrough.start()
             log.info("pass-through on: paths no route serves go to %r", self.passthrough)
@@ -187,9 +211,13 @@ class Gateway:
                     try:
                         await self.engine.close()
                     finally:
-                        if self.passthrough is not None:
-                            await self.passthrough.close()
+                        try:
+                            await self.responses.close()
+                        finally:
+                            if self.passthrough is not None:
+                                await self.passthrough.close()
             finally:
+                await self.stored_responses.close()
                 if self.store is not None:
                     await self.store.close()
         finally:
@@ -232,6 +260,8 @@ class GatewayApp:
             )
         }
         """The other raw-ASGI ``POST`` routes, by path."""
+        self.responses = ResponsesHandler(gateway, gateway.responses)
+        self.stored_responses = ResponsesAPI(gateway.stored_responses, principal_of)
         self.completions = CompletionsAPI(
             gateway.store,
             principal_of,
@@ -253,6 +283,9 @@ class GatewayApp:
                 path = scope["path"]
                 if path == ENDPOINT:
                     await self.chat(scope, receive, send)
+                    return
+                if path == RESPONSES:
+                    await self.responses(scope, receive, send)
                     return
                 handler = self.posts.get(path)
                 if handler is not None:
@@ -308,6 +341,7 @@ class GatewayApp:
                     self.completions.messages,
                     methods=["GET"],
                 ),
+                *self._responses_routes(),
             ],
             exception_handlers={
                 APIError: self._api_error,
@@ -323,6 +357,14 @@ class GatewayApp:
             # unknown path and every method a known path does not take.
             app.router.routes.append(Route("/{path:path}", self.gateway.passthrough))
         return app
+
+    def _responses_routes(self) -> list[Route]:
+        api = self.stored_responses
+        return [
+            Route(f"{RESPONSES}/{{response_id}}", api.retrieve, methods=["GET"]),
+            Route(f"{RESPONSES}/{{response_id}}", api.delete, methods=["DELETE"]),
+            Route(f"{RESPONSES}/{{response_id}}/input_items", api.input_items, methods=["GET"]),
+        ]
 
     async def _health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})

@@ -9,8 +9,10 @@ Routes, as OpenAI defines them (openai-python ``resources/chat/completions``):
 - ``POST /v1/chat/completions/{id}``: ``{"metadata": {...}}`` replaces the metadata.
 - ``DELETE /v1/chat/completions/{id}``: ``chat.completion.deleted``; the id is 404 afterwards.
 
-Only ``full`` records with a response are stored completions.  A user key sees and changes only
-its tenant's rows (any other id is a 404, never a 403); admin keys and open mode see all.
+Only ``full`` chat records with a response are stored completions: the Responses API's records
+(ids ``resp_...``) are its stored responses, never listed or found here.  A user key sees and
+changes only its tenant's rows (any other id is a 404, never a 403); admin keys and open mode
+see all.
 Parameters are checked once, by :mod:`auditgate.server.params`, before any store sees them, so
 every store answers the same input alike.
 """
@@ -48,6 +50,18 @@ _ECHOED: Final = (
     "frequency_penalty",
     "response_format",
 )
+
+
+CHAT_ENDPOINT: Final = "chat.completions"
+_RESPONSE_PREFIX: Final = "resp_"
+"""Ids of the Responses API's stored responses: never a chat completion's."""
+
+
+def completion_id_of(raw: str) -> str:
+    """A ``completion_id`` a stored completion can have; any other is a 404 (unknown id)."""
+    if raw.startswith(_RESPONSE_PREFIX):
+        raise not_found(raw)
+    return parse_completion_id(raw)
 
 
 def tenant_scope(principal: Principal | None) -> str | None:
@@ -133,9 +147,10 @@ class CompletionsAPI:
     async def list(self, request: Request) -> Response:
         store, tenant = self._open(request)
         query = parse_list_query(request.query_params)
-        # Stored legacy completions and embeddings are records too, not chat completions.
+        # Stored legacy completions, embeddings and responses are records too, not chat
+        # completions.
         where = Filter(
-            tenant=tenant, model=query.model, metadata=query.metadata, endpoint="chat.completions"
+            tenant=tenant, model=query.model, metadata=query.metadata, endpoint=CHAT_ENDPOINT
         )
         try:
             page = await store.list(where, after=query.after, limit=query.limit, order=query.order)
@@ -146,7 +161,7 @@ class CompletionsAPI:
 
     async def retrieve(self, request: Request) -> Response:
         store, tenant = self._open(request)
-        completion_id = parse_completion_id(request.path_params["completion_id"])
+        completion_id = completion_id_of(request.path_params["completion_id"])
         stored = await store.get(completion_id, tenant)
         if stored is None:
             raise not_found(completion_id)
@@ -154,7 +169,7 @@ class CompletionsAPI:
 
     async def messages(self, request: Request) -> Response:
         store, tenant = self._open(request)
-        completion_id = parse_completion_id(request.path_params["completion_id"])
+        completion_id = completion_id_of(request.path_params["completion_id"])
         query = parse_messages_query(request.query_params)
         messages = await store.messages(completion_id, tenant)
         if messages is None:
@@ -178,7 +193,7 @@ class CompletionsAPI:
         except ClientGone:
             return Response(status_code=499)  # nobody to answer: no error, no log
         metadata = parse_update(raw)
-        completion_id = parse_completion_id(request.path_params["completion_id"])
+        completion_id = completion_id_of(request.path_params["completion_id"])
         stored = await store.update_metadata(completion_id, tenant, metadata)
         if stored is None:
             raise not_found(completion_id)
@@ -186,7 +201,7 @@ class CompletionsAPI:
 
     async def delete(self, request: Request) -> Response:
         store, tenant = self._open(request)
-        completion_id = parse_completion_id(request.path_params["completion_id"])
+        completion_id = completion_id_of(request.path_params["completion_id"])
         if not await store.delete(completion_id, tenant):
             raise not_found(completion_id)
         return JSONResponse(

@@ -29,8 +29,12 @@ OPERATIONS = (
     "getChatCompletionMessages",
     "listModels",
     "retrieveModel",
+    "createResponse",
+    "getResponse",
+    "deleteResponse",
+    "listInputItems",
 )
-"""operationIds of the endpoints auditgate serves itself (the Responses API joins when it does)."""
+"""operationIds of the endpoints auditgate serves itself."""
 EXTRA_SCHEMAS = ("ErrorResponse",)
 """Schemas no kept operation references but the tests validate against (OpenAI's error body)."""
 KEEP_EXAMPLES = ("ChatCompletionList", "ChatCompletionMessageList")

@@ -279,7 +279,7 @@ def test_failure_mid_stream(status_code: int, code: str) -> None:
         "sequence_number": len(events) - 1,
         "response": final,
     }
-    assert (final["status"], final["error"], final["usage"], final["completed_at"]) == (
+    assert (final["status"], final["error"], final.get("usage"), final["completed_at"]) == (
         "failed",
         {"code": code, "message": "The upstream closed the stream."},
         None,
@@ -445,3 +445,22 @@ def test_any_chunking_gives_the_same_response(case: tuple[Output, list[int]]) ->
     check_events(events)
     response_model(final)
     assert final == translated(completion(output))
+
+
+def test_summary_asked_stream_equals_translation() -> None:
+    """With ``reasoning.summary`` asked, the reasoning is the item's summary, streamed or not."""
+    request = validate_responses(
+        {"model": "m", "input": "hi", "reasoning": {"effort": "low", "summary": "auto"}}
+    )
+    output = Output(reasoning=["Let me ", "think."], content=["Hi"])
+    writer = ResponseStreamWriter(request, request_id="R", created_at=100)
+    events = writer.feed(chunks(output)) + writer.finish(completed_at=200)
+    check_events(events)
+    expected = to_response(
+        completion(output), request, request_id="R", created_at=100, completed_at=200
+    )
+    assert writer.response == expected
+    assert (expected["output"][0]["summary"], expected["output"][0]["content"]) == (
+        [{"type": "summary_text", "text": "Let me think."}],
+        [],
+    )

@@ -160,11 +160,15 @@ def test_pages_like_openai() -> None:
     assert ([i["id"] for i in rest["data"]], rest["has_more"]) == (ids[::-1][3:], False)
     ascending = page(items, order="asc", after=ids[1], limit=2)
     assert (ascending["data"], ascending["has_more"]) == (items[2:4], True)
+    before = page(items, order="asc", before=ids[3], limit=2)
+    assert (before["data"], before["has_more"]) == (items[0:2], True)
+    between = page(items, order="asc", after=ids[0], before=ids[3], limit=5)
+    assert (between["data"], between["has_more"]) == (items[1:3], False)
     assert page([], limit=5) == {
         "object": "list",
         "data": [],
-        "first_id": None,
-        "last_id": None,
+        "first_id": "",
+        "last_id": "",
         "has_more": False,
     }
     parsed = SyncCursorPage[ResponseItem].model_validate(first)
@@ -179,6 +183,13 @@ def test_pages_like_openai() -> None:
             {
                 "message": "Invalid 'after': no object with id 'msg_nope' in this list.",
                 "param": "after",
+            },
+        ),
+        (
+            {"before": "msg_nope"},
+            {
+                "message": "Invalid 'before': no object with id 'msg_nope' in this list.",
+                "param": "before",
             },
         ),
         (

@@ -41,12 +41,17 @@ def test_package_exports() -> None:
     """The package's ``__all__`` names exactly what it exports, and each name exists."""
     public = {n for n in vars(package) if not n.startswith("_")} - {
         "aggregate",
+        "dataset",
         "events",
         "history",
         "items",
         "objects",
+        "passthrough",
         "protocol",
+        "routes",
+        "service",
         "sse",
+        "stored",
         "translate",
     }
     assert sorted(public) == sorted(package.__all__)

@@ -16,7 +16,12 @@ OpenAI's order::
 Reasoning: an open-weights model's ``reasoning_content`` (or vLLM's ``reasoning``) is its raw
 chain of thought, so it becomes a ``reasoning`` item whose ``content`` holds a ``reasoning_text``
 part (``summary`` empty), streamed with ``response.reasoning_text.*`` — what OpenAI specifies for
-gpt-oss and what vLLM emits — not as a summary, which it is not.
+gpt-oss and what vLLM emits — not as a summary, which it is not.  Unless the client asks for a
+summary (``reasoning.summary``: ``auto``, ``concise``, ``detailed``): clients that show only
+summaries (OpenAI's reasoning models give no raw chain of thought) then get the whole reasoning
+as the item's one ``summary_text`` part, streamed with ``response.reasoning_summary_part.*`` and
+``response.reasoning_summary_text.*`` — nothing is made up or left out, and ``content`` is
+empty.
 
 Items: reasoning, message text (``output_text`` then ``refusal`` parts) and each tool call (by
 its ``index``) are separate items, opened in the order their first non-empty delta arrives and
@@ -125,12 +130,17 @@ class ResponseStreamWriter:
         "_seq",
         "_service_tier",
         "_shell",
+        "_summary",
         "_usage",
     )
 
     def __init__(self, request: ResponsesRequest, *, request_id: str, created_at: int) -> None:
         self._request_id = request_id
         self._shell = response_shell(request, request_id=request_id, created_at=created_at)
+        reasoning = request.params.reasoning
+        self._summary = reasoning is not None and bool(
+            reasoning.summary or reasoning.generate_summary
+        )
         self._seq = 0
         self._item: _Item | None = None
         self._output: list[dict[str, Any]] = []
@@ -257,7 +267,8 @@ class ResponseStreamWriter:
         if delta:
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if reasoning:
-                self._text(_REASONING, "reasoning_text", reasoning, None, events)
+                part = _SUMMARY if self._summary else "reasoning_text"
+                self._text(_REASONING, part, reasoning, None, events)
             content = delta.get("content")
             if content:
                 self._text(_MESSAGE, _TEXT, content, choice.get("logprobs"), events)
@@ -293,7 +304,7 @@ class ResponseStreamWriter:
             "sequence_number": seq,
             "item_id": item.id,
             "output_index": item.index,
-            "content_index": item.content_index,
+            _INDEX_KEYS.get(part, "content_index"): item.content_index,
             "delta": text,
         }
         if part == _TEXT:
@@ -362,15 +373,13 @@ class ResponseStreamWriter:
         item.content_index = len(item.parts)
         item.fragments = []
         added = text_part("", []) if part == _TEXT else {"type": part, _TEXT_KEYS[part]: ""}
-        events.append(
-            self._event(
-                "response.content_part.added",
-                item_id=item.id,
-                output_index=item.index,
-                content_index=item.content_index,
-                part=added,
-            )
-        )
+        where = {
+            "item_id": item.id,
+            "output_index": item.index,
+            _INDEX_KEYS.get(part, "content_index"): item.content_index,
+        }
+        kind = _PART_EVENTS.get(part, "response.content_part")
+        events.append(self._event(kind + ".added", **where, part=added))
 
     def _close_part(self, item: _Item, events: list[Event]) -> None:
         part, text = item.part, "".join(item.fragments)
@@ -379,7 +388,7 @@ class ResponseStreamWriter:
         where = {
             "item_id": item.id,
             "output_index": item.index,
-            "content_index": item.content_index,
+            _INDEX_KEYS.get(part, "content_index"): item.content_index,
         }
         done = self._event(_DONES[part], **where, **{key: text})
         if part == _TEXT:
@@ -389,7 +398,8 @@ class ResponseStreamWriter:
         else:
             closed = {"type": part, key: text}
         events.append(done)
-        events.append(self._event("response.content_part.done", **where, part=closed))
+        kind = _PART_EVENTS.get(part, "response.content_part")
+        events.append(self._event(kind + ".done", **where, part=closed))
         item.parts.append(closed)
         item.part = None
 
@@ -422,16 +432,23 @@ class ResponseStreamWriter:
 
 
 _CONTENT_ONLY: Final = frozenset({"content"})
+_SUMMARY: Final = "summary_text"
 _PREFIXES: Final = {_REASONING: "rs", _MESSAGE: "msg", _CALL: "fc"}
 _DELTAS: Final = {
     _TEXT: "response.output_text.delta",
     _REFUSAL: "response.refusal.delta",
     "reasoning_text": "response.reasoning_text.delta",
+    _SUMMARY: "response.reasoning_summary_text.delta",
 }
 _DONES: Final = {
     _TEXT: "response.output_text.done",
     _REFUSAL: "response.refusal.done",
     "reasoning_text": "response.reasoning_text.done",
+    _SUMMARY: "response.reasoning_summary_text.done",
 }
-_TEXT_KEYS: Final = {_TEXT: "text", _REFUSAL: "refusal", "reasoning_text": "text"}
+_TEXT_KEYS: Final = {_TEXT: "text", _REFUSAL: "refusal", "reasoning_text": "text", _SUMMARY: "text"}
 """The key that holds a part's text, in the part and in its ``.done`` event."""
+_INDEX_KEYS: Final = {_SUMMARY: "summary_index"}
+"""The key of a part's index in its events, where it is not ``content_index``."""
+_PART_EVENTS: Final = {_SUMMARY: "response.reasoning_summary_part"}
+"""The prefix of a part's ``.added`` / ``.done`` events, where it is not ``content_part``."""

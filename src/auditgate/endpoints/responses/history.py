@@ -83,11 +83,14 @@ def page(
     *,
     order: Literal["asc", "desc"] = "desc",
     after: str | None = None,
+    before: str | None = None,
     limit: int = 20,
 ) -> dict[str, Any]:
     """One page of ``items`` as OpenAI lists them: ``{"object": "list", "data", "first_id",
-    "last_id", "has_more"}``; ``order`` defaults to ``desc`` as in OpenAI's spec; an ``after``
-    that is no item's id is a 400, as for every list of the API."""
+    "last_id", "has_more"}``; ``order`` defaults to ``desc`` as in OpenAI's spec.  ``after`` /
+    ``before``: only the items after / before that item in ``order``; one that is no item's id
+    is a 400, as for every list of the API.  ``first_id`` / ``last_id`` are ``""`` on an empty
+    page: the specification types them as required strings."""
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidRequestError(
             f"Invalid 'limit': expected an integer between 1 and {MAX_LIMIT}, got {limit}.",
@@ -95,23 +98,32 @@ def page(
             code="invalid_value",
         )
     listed = list(items) if order == "asc" else list(reversed(items))
+    ids = [item["id"] for item in listed]
+    end = len(listed)
+    if before is not None:
+        end = _position(ids, before, "before")
+    start = 0
     if after is not None:
-        ids = [item["id"] for item in listed]
-        if after not in ids:
-            raise InvalidRequestError(
-                f"Invalid 'after': no object with id '{after}' in this list.",
-                param="after",
-                code="invalid_value",
-            )
-        listed = listed[ids.index(after) + 1 :]
+        start = _position(ids, after, "after") + 1
+    listed = listed[start:end]
     data = listed[:limit]
     return {
         "object": "list",
         "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
+        "first_id": data[0]["id"] if data else "",
+        "last_id": data[-1]["id"] if data else "",
         "has_more": len(listed) > limit,
     }
+
+
+def _position(ids: list[str], cursor: str, param: str) -> int:
+    if cursor not in ids:
+        raise InvalidRequestError(
+            f"Invalid '{param}': no object with id '{cursor}' in this list.",
+            param=param,
+            code="invalid_value",
+        )
+    return ids.index(cursor)
 
 
 def _listed(item: dict[str, Any], kind: str, item_id: str) -> dict[str, Any]:

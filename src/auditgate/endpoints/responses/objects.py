@@ -11,8 +11,11 @@ the record all agree, and the same engine output always gets the same ids:
 The ``response`` object carries every field of the official SDK's ``Response`` model, in
 OpenAI's order, ``null`` where the gateway has nothing to say (hosted-platform fields such as
 ``moderation`` or ``tool_usage``), plus ``store``, which OpenAI sends although the SDK's model
-does not declare it.  Request fields are echoed as the gateway used them; ``temperature`` and
-``top_p`` are ``null`` unless the client set them (the engine's defaults are not known here).
+does not declare it — except the fields OpenAI's specification types as non-nullable and
+optional (:data:`OMITTED_WHEN_NULL`: ``user``, ``prompt_cache_options``, ``usage`` before the
+end, a JSON schema format's ``description``), which are left out when they have no value.
+Request fields are echoed as the gateway used them; ``temperature`` and ``top_p`` are ``null``
+unless the client set them (the engine's defaults are not known here).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from auditgate.errors import APIError
 
 __all__ = [
     "INCOMPLETE_REASONS",
+    "chat_usage",
     "delta_logprobs",
     "error_object",
     "final_response",
@@ -41,6 +45,9 @@ __all__ = [
 INCOMPLETE_REASONS: Final = {"length": "max_output_tokens", "content_filter": "content_filter"}
 """Chat ``finish_reason`` -> ``incomplete_details.reason``; other finish reasons complete."""
 
+OMITTED_WHEN_NULL: Final = ("user", "prompt_cache_options", "usage")
+"""``Response`` fields the specification allows to be absent but not ``null``."""
+
 _PLATFORM_FIELDS: Final = (
     "access_programs",
     "conversation",
@@ -53,6 +60,8 @@ _PLATFORM_FIELDS: Final = (
     "tool_usage",
 )
 """``Response`` fields about OpenAI's hosted platform: always ``null`` here."""
+_PLATFORM_NULLS: Final = dict.fromkeys(f for f in _PLATFORM_FIELDS if f not in OMITTED_WHEN_NULL)
+"""The platform fields the shell carries as ``null`` (one ``update``: this runs per request)."""
 
 
 def response_id(request_id: str) -> str:
@@ -110,8 +119,10 @@ def response_shell(
         "user": p.user,
         "metadata": p.metadata if p.metadata is not None else {},
     }
-    for name in _PLATFORM_FIELDS:
-        shell[name] = None
+    shell.update(_PLATFORM_NULLS)
+    del shell["usage"]  # set at the end
+    if p.user is None:
+        del shell["user"]
     return shell
 
 
@@ -139,7 +150,9 @@ def final_response(
     if status == "incomplete":
         response["incomplete_details"] = {"reason": incomplete_reason}
     response["output"] = output
-    response["usage"] = usage_from_chat(usage)
+    converted = usage_from_chat(usage)
+    if converted is not None:
+        response["usage"] = converted
     if model is not None:
         response["model"] = model
     if service_tier is not None:
@@ -148,7 +161,10 @@ def final_response(
 
 
 def reasoning_item(id_: str, parts: list[dict[str, Any]], status: str) -> dict[str, Any]:
-    """A ``reasoning`` item holding the chain of thought as ``reasoning_text`` parts."""
+    """A ``reasoning`` item holding the chain of thought as ``reasoning_text`` parts, or (the
+    client asked for a summary) as ``summary_text`` parts in its ``summary``."""
+    if parts and parts[0]["type"] == "summary_text":
+        return {"id": id_, "type": "reasoning", "summary": parts, "content": [], "status": status}
     return {"id": id_, "type": "reasoning", "summary": [], "content": parts, "status": status}
 
 
@@ -203,6 +219,24 @@ def usage_from_chat(usage: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
+def chat_usage(usage: Any) -> dict[str, Any] | None:
+    """A Responses ``usage`` object in chat terms (a record's ``usage``); ``None`` for none."""
+    if not isinstance(usage, dict):
+        return None
+    out: dict[str, Any] = {
+        "prompt_tokens": usage.get("input_tokens") or 0,
+        "completion_tokens": usage.get("output_tokens") or 0,
+        "total_tokens": usage.get("total_tokens") or 0,
+    }
+    cached = (usage.get("input_tokens_details") or {}).get("cached_tokens")
+    if cached is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": cached}
+    reasoning = (usage.get("output_tokens_details") or {}).get("reasoning_tokens")
+    if reasoning is not None:
+        out["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return out
+
+
 def delta_logprobs(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Chat ``logprobs.content`` entries in a text event's shape (no ``bytes``).
 
@@ -255,13 +289,10 @@ def _format(fmt: TextFormat | None) -> dict[str, Any]:
         return {"type": "text"}
     if fmt.type == "json_object":
         return {"type": "json_object"}
-    return {
-        "type": "json_schema",
-        "description": fmt.description,
-        "name": fmt.name,
-        "schema": fmt.schema,
-        "strict": fmt.strict,
-    }
+    out: dict[str, Any] = {"type": "json_schema"}
+    if fmt.description is not None:
+        out["description"] = fmt.description
+    return out | {"name": fmt.name, "schema": fmt.schema, "strict": fmt.strict}
 
 
 def _tool(tool: FunctionTool) -> dict[str, Any]:

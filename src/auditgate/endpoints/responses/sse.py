@@ -34,6 +34,10 @@ _HEADS: Final = {
         "response.refusal.done",
         "response.reasoning_text.delta",
         "response.reasoning_text.done",
+        "response.reasoning_summary_part.added",
+        "response.reasoning_summary_part.done",
+        "response.reasoning_summary_text.delta",
+        "response.reasoning_summary_text.done",
         "response.function_call_arguments.delta",
         "response.function_call_arguments.done",
         "response.completed",
@@ -45,10 +49,26 @@ _HEADS: Final = {
 
 
 def encode_events(events: Sequence[dict[str, Any]]) -> bytes:
-    """The SSE bytes of ``events``, joined so a batch goes out in one write."""
+    """The SSE bytes of ``events``, joined so a batch goes out in one write.
+
+    ``response.created`` and ``response.in_progress`` carry the same ``response`` object: a
+    lifecycle event (``type``, ``sequence_number``, ``response``, in that order) is spliced
+    around the object's JSON, encoded once per object and call.
+    """
     out = []
+    shared: dict[int, bytes] = {}
     for event in events:
         kind = event["type"]
         head = _HEADS.get(kind) or b"event: " + kind.encode() + b"\ndata: "
+        response = event.get("response")
+        if response is not None and len(event) == 3:
+            data = shared.get(id(response))
+            if data is None:
+                data = shared[id(response)] = _encode(response)
+            out.append(
+                b'%b{"type":%b,"sequence_number":%d,"response":%b}\n\n'
+                % (head, _encode(kind), event["sequence_number"], data)
+            )
+            continue
         out.append(head + _encode(event) + b"\n\n")
     return b"".join(out)

@@ -37,7 +37,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final
 
-from auditgate.endpoints.responses.events import ResponseStreamWriter
 from auditgate.endpoints.responses.items import (
     AssistantMessage,
     FunctionCall,
@@ -51,6 +50,17 @@ from auditgate.endpoints.responses.items import (
     OutputText,
     Reasoning,
     parse_items,
+)
+from auditgate.endpoints.responses.objects import (
+    INCOMPLETE_REASONS,
+    final_response,
+    function_call_item,
+    item_id,
+    message_item,
+    output_logprobs,
+    reasoning_item,
+    response_shell,
+    text_part,
 )
 from auditgate.endpoints.responses.protocol import FunctionTool, ResponsesRequest, TextFormat
 from auditgate.errors import InvalidRequestError
@@ -161,15 +171,77 @@ def to_response(
 ) -> dict[str, Any]:
     """The ``response`` object for a (non-streamed) ``chat.completion`` of ``request``.
 
-    It is made by streaming the completion as one chunk through the same writer a stream
-    goes through, so the two can never build items differently.
+    It is the object :class:`~auditgate.endpoints.responses.events.ResponseStreamWriter` ends
+    with when the completion is streamed to it as one chunk — the same items, ids, parts and
+    statuses (the tests hold the two equal over every kind of output) — built directly, without
+    the events a stream needs: a non-stream request pays for the object only (a quarter of the
+    writer's cost).
     """
-    writer = ResponseStreamWriter(request, request_id=request_id, created_at=created_at)
-    writer.feed([_as_chunk(completion)])
-    writer.finish(completed_at=completed_at)
-    response = writer.response
-    assert response is not None  # finish() always sets it
-    return response
+    choices = completion.get("choices") or []
+    choice = next((c for c in choices if c.get("index", 0) == 0), None)
+    output: list[dict[str, Any]] = []
+    finish_reason = None
+    if choice is not None:
+        finish_reason = choice.get("finish_reason")
+        message = choice.get("message") or {}
+        _output_items(message, choice.get("logprobs"), request, request_id, output)
+    reason = INCOMPLETE_REASONS.get(finish_reason) if finish_reason is not None else None
+    status = "completed" if finish_reason is not None and reason is None else "incomplete"
+    if output:
+        output[-1]["status"] = status  # the last item ends as the response does
+    return final_response(
+        response_shell(request, request_id=request_id, created_at=created_at),
+        status=status,
+        output=output,
+        usage=completion.get("usage"),
+        model=completion.get("model"),
+        service_tier=completion.get("service_tier"),
+        completed_at=completed_at,
+        incomplete_reason=reason,
+    )
+
+
+def _output_items(
+    message: dict[str, Any],
+    logprobs: dict[str, Any] | None,
+    request: ResponsesRequest,
+    request_id: str,
+    output: list[dict[str, Any]],
+) -> None:
+    """Append the items of one assistant ``message`` to ``output`` (statuses ``completed``),
+    in the writer's order: reasoning, the message (text, then refusal), each tool call."""
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if reasoning:
+        summary = request.params.reasoning is not None and bool(
+            request.params.reasoning.summary or request.params.reasoning.generate_summary
+        )
+        kind = "summary_text" if summary else "reasoning_text"
+        index = len(output)
+        parts = [{"type": kind, "text": reasoning}]
+        output.append(reasoning_item(item_id("rs", request_id, index), parts, "completed"))
+    content = message.get("content")
+    refusal = message.get("refusal")
+    if content or refusal:
+        parts = []
+        if content:
+            entries = logprobs.get("content") if logprobs else None
+            parts.append(text_part(content, output_logprobs(entries) if entries else []))
+        if refusal:
+            parts.append({"type": "refusal", "refusal": refusal})
+        index = len(output)
+        output.append(message_item(item_id("msg", request_id, index), parts, "completed"))
+    for call in message.get("tool_calls") or ():
+        function = call.get("function") or {}
+        index = len(output)
+        output.append(
+            function_call_item(
+                item_id("fc", request_id, index),
+                call.get("id") or item_id("call", request_id, index),
+                function.get("name") or "",
+                function.get("arguments") or "",
+                "completed",
+            )
+        )
 
 
 def chat_messages(instructions: str | None, items: Sequence[Item]) -> list[dict[str, Any]]:
@@ -296,30 +368,3 @@ def _stored_items(history: Sequence[dict[str, Any]]) -> list[Item]:
             param="previous_response_id",
             code="invalid_value",
         ) from None
-
-
-def _as_chunk(completion: dict[str, Any]) -> dict[str, Any]:
-    """The completion's first choice as one ``chat.completion.chunk``."""
-    choices = completion.get("choices") or []
-    choice = next((c for c in choices if c.get("index", 0) == 0), None)
-    chunk: dict[str, Any] = {
-        "model": completion.get("model"),
-        "service_tier": completion.get("service_tier"),
-        "usage": completion.get("usage"),
-        "choices": [],
-    }
-    if choice is None:
-        return chunk
-    delta = dict(choice.get("message") or {})
-    calls = delta.get("tool_calls")
-    if calls:
-        delta["tool_calls"] = [{**call, "index": i} for i, call in enumerate(calls)]
-    chunk["choices"] = [
-        {
-            "index": 0,
-            "delta": delta,
-            "logprobs": choice.get("logprobs"),
-            "finish_reason": choice.get("finish_reason"),
-        }
-    ]
-    return chunk
