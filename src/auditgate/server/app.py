@@ -31,8 +31,6 @@ from auditgate.auth.keys import KeyRing, Principal
 from auditgate.config import GatewaySettings, Settings
 from auditgate.endpoints.completions import CompletionsPipeline
 from auditgate.endpoints.embeddings import EmbeddingsPipeline
-from auditgate.endpoints.responses.routes import PATH as RESPONSES
-from auditgate.endpoints.responses.routes import ResponsesAPI, ResponsesHandler
 from auditgate.endpoints.responses.service import ResponsesService
 from auditgate.endpoints.responses.stored import RecentResponses, StoredResponses
 from auditgate.engines.base import Engine
@@ -45,6 +43,8 @@ from auditgate.server.headers import HeaderCapture
 from auditgate.server.legacy import CompletionsHandler, EmbeddingsHandler
 from auditgate.server.metrics import HttpMetrics, PassThroughMetrics
 from auditgate.server.passthrough import PassThrough
+from auditgate.server.responses import PATH as RESPONSES
+from auditgate.server.responses import ResponsesAPI, ResponsesHandler
 from auditgate.server.wire import (
     ASGIApp,
     BodyDeadlines,

@@ -48,7 +48,6 @@ def test_package_exports() -> None:
         "objects",
         "passthrough",
         "protocol",
-        "routes",
         "service",
         "sse",
         "stored",

@@ -1,4 +1,6 @@
-"""OpenAI's Responses API (``POST /v1/responses`` and the stored responses), pure parts.
+"""OpenAI's Responses API (``POST /v1/responses`` and the stored responses).
+
+The pure parts:
 
 - :mod:`.protocol` / :mod:`.items`: parse and validate a request body;
 - :mod:`.translate`: a request (after its stored conversation) -> a chat completion request,
@@ -6,9 +8,13 @@
 - :mod:`.events` / :mod:`.sse`: chat completion chunks -> the typed stream events -> SSE bytes;
 - :mod:`.aggregate`: an upstream's own Responses stream -> the final ``response`` (passthrough);
 - :mod:`.history`: stored turns -> the conversation to continue and the ``input_items`` list;
-- :mod:`.objects`: the ``response`` object, its ids and usage.
+- :mod:`.objects`: the ``response`` object, its ids and usage;
+- :mod:`.dataset`: a stored conversation as a chat example (``auditgate export``).
 
-Nothing here does I/O; the transports and the pipeline call these.
+And what runs them, for every transport (the HTTP routes are
+:mod:`auditgate.server.responses`): :mod:`.service` (the pipeline: the stored conversation, the
+capture, the engine, the stream), :mod:`.stored` (stored responses: lookups, conversations,
+deletes) and :mod:`.passthrough` (an upstream's own ``/v1/responses``).
 """
 
 from auditgate.endpoints.responses.aggregate import ResponsesStreamAggregator
