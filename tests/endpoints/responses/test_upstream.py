@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -155,3 +156,59 @@ def test_passthrough_stream_error_fails_the_response(upstream: FakeUpstream, wor
     assert failed["response"]["output"][0]["content"][0]["text"] == "tok0 tok1 "
     assert (record.status, record.response) == ("error", failed["response"])
     assert record.error.message.endswith("engine fell over")  # type: ignore[union-attr]
+
+
+def test_translate_engine_failure_mid_stream(upstream: FakeUpstream, workdir: str) -> None:
+    """An upstream error after some chat chunks: the client's stream ends with
+    ``response.failed`` holding the text so far; the record is an error with that response."""
+    with store_gateway(env(upstream, workdir, "translate")) as g:
+        upstream.behaviour = Behaviour.stream_error(after=3, message="engine fell over")
+        api = client(g)
+        with api.responses.with_streaming_response.create(
+            model="fake-model", input="Fail.", stream=True
+        ) as raw:
+            events = [event for _, event in decode_sse(raw.http_response.read())]
+        [record] = g.records(1)
+    for event in events:
+        event_model(event)
+    failed = events[-1]
+    assert failed["type"] == "response.failed"
+    assert failed["response"]["error"]["code"] == "server_error"
+    assert failed["response"]["output"][0]["content"][0]["text"] == "tok0 tok1 "
+    assert (record.status, record.response) == ("error", failed["response"])
+    assert record.error.message.endswith("engine fell over")  # type: ignore[union-attr]
+
+
+def test_upstream_errors_are_openai_errors(upstream: FakeUpstream, workdir: str) -> None:
+    """Before any output: an upstream 4xx is relayed with its status and fields (both modes);
+    a connection cut mid-stream in passthrough ends the stream with ``response.failed``."""
+    for mode in ("translate", "passthrough"):
+        Path(workdir, mode).mkdir()
+        with store_gateway(env(upstream, f"{workdir}/{mode}", mode)) as g:
+            upstream.behaviour = Behaviour.http_error(
+                422,
+                "bad max_output_tokens",
+                error_type="invalid_request_error",
+                param="max_output_tokens",
+                code="bad",
+            )
+            with pytest.raises(openai.UnprocessableEntityError) as caught:
+                client(g).responses.create(model="fake-model", input="x")
+            assert caught.value.body == {  # type: ignore[comparison-overlap]
+                "message": "bad max_output_tokens",
+                "type": "invalid_request_error",
+                "param": "max_output_tokens",
+                "code": "bad",
+            }
+            upstream.behaviour = Behaviour.normal()
+    Path(workdir, "cut").mkdir()
+    with store_gateway(env(upstream, f"{workdir}/cut", "passthrough")) as g:
+        upstream.behaviour = Behaviour.drop(after=5)
+        with client(g).responses.with_streaming_response.create(
+            model="fake-model", input="Cut.", stream=True
+        ) as raw:
+            events = [event for _, event in decode_sse(raw.http_response.read())]
+        [record] = g.records(1)
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[-1]["type"] == "response.failed"
+    assert (record.status, record.response["status"]) == ("error", "failed")  # type: ignore[index]
