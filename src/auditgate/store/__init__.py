@@ -5,6 +5,9 @@
 - :mod:`auditgate.store.sqlite` — ``connect``, ``migrate``, ``insert_rows`` (stdlib ``sqlite3``).
 - :mod:`auditgate.store.postgres` — ``check_dsn``, ``migrate``, ``insert_rows`` (asyncpg; import
   it explicitly, it needs the ``postgres`` extra).
+- :mod:`auditgate.store.partitions` — PostgreSQL's day partitions, made ahead and on demand.
+- :mod:`auditgate.store.rollups` — hourly usage aggregates kept with every insert, for ``stats``.
+- :mod:`auditgate.store.retention` — deleting old days (whole partitions), legal holds.
 """
 
 from __future__ import annotations
