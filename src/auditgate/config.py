@@ -373,6 +373,11 @@ class GatewaySettings:
     """Deadline for draining audit queues at shutdown."""
     log_level: str = "info"
     """Log level of the gateway's own logs."""
+    ui: bool = True
+    """Serve the web console at ``/ui``."""
+    ui_secret: Secret | None = None
+    """Signs console sessions; random per process when unset (``--workers N`` needs it set so
+    every worker accepts every session)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -390,6 +395,7 @@ class GatewaySettings:
                 f"AUDITGATE_RESPONSES={responses!r}: expected translate or passthrough"
             )
         grpc = env.integer("AUDITGATE_GRPC_PORT", None, minimum=1)
+        ui_secret = env.optional("AUDITGATE_UI_SECRET")
         return cls(
             host=env.text("AUDITGATE_HOST", "127.0.0.1"),
             port=env.req_int("AUDITGATE_PORT", 8000, minimum=0),
@@ -419,6 +425,8 @@ class GatewaySettings:
             mock_itl_ms=env.number("AUDITGATE_MOCK_ITL_MS", 0.0, low=0.0, high=600_000),
             drain_timeout_s=env.number("AUDITGATE_DRAIN_TIMEOUT", 10.0, low=0.0, high=3600),
             log_level=env.text("AUDITGATE_LOG_LEVEL", "info").lower(),
+            ui=env.flag("AUDITGATE_UI", True),
+            ui_secret=Secret(ui_secret) if ui_secret else None,
         )
 
     def validate(self) -> None:

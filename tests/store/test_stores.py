@@ -329,7 +329,17 @@ async def test_postgres_named_schema(pg_dsn: str) -> None:
         sorted(r["table_name"] for r in tables),
     ) == (
         ALL_MIGRATIONS,
-        sorted([MIGRATIONS_TABLE, TABLE, TOTALS_TABLE, LATENCY_TABLE, HOLDS_TABLE]),
+        sorted(
+            [
+                MIGRATIONS_TABLE,
+                TABLE,
+                TOTALS_TABLE,
+                LATENCY_TABLE,
+                HOLDS_TABLE,
+                f"{TABLE}_text",
+                f"{TABLE}_text_queue",
+            ]
+        ),
     )
 
 
@@ -351,6 +361,7 @@ async def test_postgres_indexes(pg_dsn: str) -> None:
         "completions_model",
         "completions_pkey",
         "completions_tenant",
+        "completions_usage",
     ]
     assert "USING gin (metadata jsonb_path_ops)" in names["completions_metadata"]
 

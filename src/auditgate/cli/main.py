@@ -1,5 +1,5 @@
 """The ``auditgate`` command: serve, consume, import, keys, export, stats, retention, hold,
-verify."""
+verify, ui."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ _COMMANDS = (
     "auditgate.cli.stats",
     "auditgate.cli.retention",
     "auditgate.cli.verify",
+    "auditgate.cli.ui",
 )
 
 

@@ -58,6 +58,7 @@ from auditgate.store.queries import Store
 from auditgate.store.url import open_store
 
 if TYPE_CHECKING:
+    from auditgate.console import Console
     from auditgate.endpoints.responses.passthrough import ResponsesPassthrough
     from auditgate.grpc import GrpcFrontend
 
@@ -234,6 +235,27 @@ def create_app(
     return GatewayApp(Gateway(settings, engine=engine, sinks=sinks))
 
 
+def console_of(gateway: Gateway) -> Console:
+    """The web console at ``/ui``, reading this gateway's store, keys and metrics."""
+    from auditgate.console import Console, ConsoleConfig
+
+    async def metrics() -> str | None:
+        gateway.audit_metrics.refresh()
+        return exposition(gateway.registry).decode()
+
+    settings = gateway.settings
+    key, secret = settings.audit.integrity_key, settings.gateway.ui_secret
+    config = ConsoleConfig(
+        store_url=store_url_of(settings),
+        keys=gateway.keys,
+        metrics=metrics,
+        integrity_key=key.reveal() if key is not None else None,
+        live=True,
+        secret=secret.reveal().encode() if secret is not None else None,
+    )
+    return Console(config, gateway.store)
+
+
 class GatewayApp:
     """The ASGI app: the chat fast path, the lifespan (gateway start and stop), then Starlette
     for everything else."""
@@ -269,9 +291,14 @@ class GatewayApp:
             deadlines=gateway.body_deadlines,
         )
         self.router = self._router()
+        self.console = console_of(gateway) if gateway.settings.gateway.ui else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            path = scope["path"]
+            if self.console is not None and (path == "/ui" or path.startswith("/ui/")):
+                await self.console(scope, receive, send)  # its own sign-in and sessions
+                return
             keys = self.gateway.keys
             if keys is not None and scope["path"] != "/health":
                 try:
@@ -313,9 +340,13 @@ class GatewayApp:
         except BaseException:
             await send({"type": "lifespan.startup.failed", "message": traceback.format_exc()})
             raise
+        if self.console is not None:
+            await self.console.start()
         await send({"type": "lifespan.startup.complete"})
         await receive()  # lifespan.shutdown
         try:
+            if self.console is not None:
+                await self.console.stop()
             await gateway.stop()
         except BaseException:
             await send({"type": "lifespan.shutdown.failed", "message": traceback.format_exc()})

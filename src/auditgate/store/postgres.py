@@ -19,7 +19,13 @@ import asyncpg
 
 from auditgate.errors import ConfigError
 from auditgate.store import partitions, rollups
-from auditgate.store.migrations import MIGRATIONS, MIGRATIONS_TABLE_SQL
+from auditgate.store.migrations import (
+    MIGRATIONS,
+    MIGRATIONS_TABLE_SQL,
+    POSTGRES_TEXT_VECTOR,
+    TEXT_QUEUE_TABLE,
+    TEXT_TABLE,
+)
 from auditgate.store.schema import (
     COLUMN_NAMES,
     COLUMNS,
@@ -234,6 +240,41 @@ async def _insert_clashes(conn: Any, rows: Sequence[Row]) -> set[str]:
     if len(inserted) != len(clashes):
         raise asyncpg.UniqueViolationError("a response id clash could not be resolved")
     return inserted
+
+
+TEXT_BATCH: Final = 2000
+"""Rows indexed per transaction by :func:`index_text`."""
+
+
+async def index_text(conn: Any, *, batch: int = TEXT_BATCH) -> int:
+    """Index every row still queued for the full-text index; returns how many were added.
+
+    Each batch is taken off the queue (``FOR UPDATE SKIP LOCKED``: concurrent searches share the
+    work) and indexed in one transaction, so a failure leaves it queued.
+    """
+    added = 0
+    while True:
+        async with conn.transaction():
+            taken = await conn.fetch(
+                f"DELETE FROM {TEXT_QUEUE_TABLE} WHERE request_id IN (SELECT request_id FROM "
+                f"{TEXT_QUEUE_TABLE} LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING request_id",
+                batch,
+            )
+            if not taken:
+                return added
+            added += _count(
+                await conn.execute(
+                    f"INSERT INTO {TEXT_TABLE} (request_id, words) SELECT request_id, "
+                    f"{POSTGRES_TEXT_VECTOR} FROM {TABLE} WHERE request_id = ANY($1::text[]) "
+                    "ON CONFLICT DO NOTHING",
+                    [r["request_id"] for r in taken],
+                )
+            )
+
+
+def _count(status: str) -> int:
+    # "INSERT 0 <rows>"
+    return int(status.rsplit(" ", 1)[-1])
 
 
 def _lock_key(schema: str | None) -> int:

@@ -36,10 +36,11 @@ from auditgate.store.queries import (
     page_sql,
 )
 from auditgate.store.schema import SELECT_COLUMNS, TABLE, metadata_update
+from auditgate.store.usage import Usage, latency_sql, sample_every, totals_sql, usage_of
 
 log = logging.getLogger("auditgate.store")
 
-_COLUMNS: Final = SELECT_COLUMNS + ", deleted_at"
+_COLUMNS: Final = SELECT_COLUMNS + ", deleted_at, recorded_metadata, metadata_updated_at"
 
 
 class PostgresStore:
@@ -85,6 +86,7 @@ class PostgresStore:
 
     async def list(self, where: Filter, *, after: str | None, limit: int, order: Order) -> Page:
         async with self._connection() as conn:
+            await _searchable(conn, where)
             cursor: tuple[int, str] | None = None
             if after is not None:
                 sql = Sql("postgres")
@@ -146,6 +148,8 @@ class PostgresStore:
             sql = Sql("postgres")
             statement = page_sql(sql, _COLUMNS, where, cursor=cursor, limit=chunk, order="asc")
             async with self._connection() as conn:
+                if cursor is None:
+                    await _searchable(conn, where)
                 rows = await conn.fetch(statement, *sql.params)
             for row in rows:
                 yield row
@@ -174,6 +178,23 @@ class PostgresStore:
             return rollups.slices(
                 by, await conn.fetch(totals, *params), await conn.fetch(latency, *params)
             )
+
+    async def index_text(self) -> int:
+        async with self._connection() as conn:
+            return await db.index_text(conn)
+
+    async def usage(self, where: Filter, bucket_ms: int) -> Usage:
+        latencies = []
+        async with self._connection() as conn:
+            await _searchable(conn, where)
+            sql = Sql("postgres")
+            totals = await conn.fetch(totals_sql(sql, where, bucket_ms), *sql.params)
+            every = sample_every(totals)
+            for column in ("duration_ms", "ttft_ms"):
+                sql = Sql("postgres")
+                statement = latency_sql(sql, where, bucket_ms, column, every)
+                latencies.append(await conn.fetch(statement, *sql.params))
+        return usage_of(bucket_ms, totals, latencies[0], latencies[1], every)
 
     async def _get(self, conn: Any, response_id: str, tenant: str | None) -> Stored | None:
         sql = Sql("postgres")
@@ -222,6 +243,12 @@ class _Connection:
         conn, self._conn = self._conn, None
         if conn is not None:
             await self._store._pool.release(conn)
+
+
+async def _searchable(conn: Any, where: Filter) -> None:
+    """Bring the full-text index up to the newest row before a search reads it."""
+    if where.text and where.text.strip():
+        await db.index_text(conn)
 
 
 def _unavailable(store: PostgresStore, exc: BaseException) -> ServiceUnavailableError:

@@ -19,11 +19,15 @@ import builtins
 import dataclasses
 import json
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 from auditgate.errors import ConfigError
+from auditgate.store.migrations import TEXT_TABLE
 from auditgate.store.rollups import Slice
 from auditgate.store.schema import METADATA_TABLE, TABLE, RowLike, record_dict_from_row
+
+if TYPE_CHECKING:
+    from auditgate.store.usage import Usage
 
 Order = Literal["asc", "desc"]
 Dialect = Literal["sqlite", "postgres"]
@@ -60,6 +64,13 @@ class Filter:
     requests_only: bool = False
     """Leave out integrity checkpoints (``mode='checkpoint'``): they seal a chain, they are not
     requests."""
+    mode: str | None = None
+    """Only this mode (``full``, ``usage_only``, ``checkpoint``)."""
+    text: str | None = None
+    """Only rows whose request or response bodies hold every word of this text (the database's
+    own full-text search: SQLite FTS5, PostgreSQL ``tsvector``; whole words, case-folded)."""
+    request_id: str | None = None
+    """Only the row with this request id."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -142,6 +153,14 @@ class Store(Protocol):
         ``[since_ms, until_ms)``, which must be hour-aligned (``None``: unbounded), of
         ``endpoint`` (``None``: every endpoint)."""
 
+    async def usage(self, where: Filter, bucket_ms: int) -> Usage:
+        """Requests, tokens and latency of the matching rows per ``bucket_ms`` of time
+        (:mod:`auditgate.store.usage`), aggregated in the database."""
+
+    async def index_text(self) -> int:
+        """Add the rows stored since the last call to the full-text index (a search does it
+        first too); how many were added."""
+
 
 def messages_of(stored: Stored | None) -> list[Any] | None:
     """The request messages of a stored record (``[]`` when the request held none)."""
@@ -155,9 +174,13 @@ def messages_of(stored: Stored | None) -> list[Any] | None:
 class Sql:
     """Builds one statement's WHERE clause and its parameters for a dialect."""
 
-    def __init__(self, dialect: Dialect) -> None:
+    def __init__(self, dialect: Dialect, *, walk_time: bool = False) -> None:
         self.dialect = dialect
         self.params: list[Any] = []
+        self.walk_time = walk_time
+        """SQLite search: walk rows in time order testing each against the matches (``+rowid``
+        keeps SQLite from looking the matches up one by one and sorting them all), the faster
+        plan for a page of a search that matches many rows (:func:`text_match`)."""
 
     def param(self, value: Any) -> str:
         """A placeholder bound to ``value``."""
@@ -181,6 +204,24 @@ class Sql:
             clauses.append(f"status = {self.param(where.status)}")
         if where.endpoint is not None:
             clauses.append(f"endpoint = {self.param(where.endpoint)}")
+        if where.mode is not None:
+            clauses.append(f"mode = {self.param(where.mode)}")
+        if where.request_id is not None:
+            clauses.append(f"request_id = {self.param(where.request_id)}")
+        words = text_words(where.text)
+        if words and self.dialect == "sqlite":
+            # Each word a quoted FTS5 phrase: the user's text is never FTS5 query syntax.
+            rowid = "+rowid" if self.walk_time else "rowid"
+            clauses.append(
+                f"{rowid} IN (SELECT rowid FROM {TEXT_TABLE} WHERE {TEXT_TABLE} "
+                f"MATCH {self.param(text_match(words))})"
+            )
+        elif words:
+            query = " ".join(words)
+            clauses.append(
+                f"request_id IN (SELECT request_id FROM {TEXT_TABLE} "
+                f"WHERE words @@ plainto_tsquery('simple', {self.param(query)}))"
+            )
         if where.since_ms is not None:
             clauses.append(f"created_at >= {self.param(where.since_ms)}")
         if where.until_ms is not None:
@@ -205,6 +246,17 @@ class Sql:
         clauses.append(f"endpoint NOT IN ({', '.join(map(repr, UNLISTED_ENDPOINTS))})")
         clauses.append(f"response_id = {self.param(response_id)}")
         return " AND ".join(clauses)
+
+
+def text_words(text: str | None) -> list[str]:
+    """The words of a full-text search (:attr:`Filter.text`); none for ``None`` or blanks."""
+    return text.split() if text else []
+
+
+def text_match(words: list[str]) -> str:
+    """The FTS5 query of ``words``: each a quoted phrase, so the user's text is never FTS5
+    query syntax."""
+    return " ".join('"' + word.replace('"', '""') + '"' for word in words)
 
 
 def page_sql(

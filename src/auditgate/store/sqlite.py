@@ -23,7 +23,12 @@ from pathlib import Path
 from typing import Final, TypeVar
 
 from auditgate.store import rollups
-from auditgate.store.migrations import MIGRATIONS, MIGRATIONS_TABLE_SQL
+from auditgate.store.migrations import (
+    MIGRATIONS,
+    MIGRATIONS_TABLE_SQL,
+    TEXT_STATE_TABLE,
+    TEXT_TABLE,
+)
 from auditgate.store.schema import (
     COLUMN_NAMES,
     METADATA_TABLE,
@@ -123,6 +128,40 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+TEXT_BATCH: Final = 2000
+"""Rows indexed per transaction by :func:`index_text` (the sink's writes wait at most one)."""
+_BODY_TEXT: Final = (
+    "coalesce((SELECT group_concat(value, ' ') FROM json_tree({0}) WHERE type = 'text'), '')"
+)
+
+
+def index_text(conn: sqlite3.Connection, *, batch: int = TEXT_BATCH) -> int:
+    """Add every row not yet in the full-text index to it; returns how many were added.
+
+    The index (:data:`~auditgate.store.migrations.TEXT_TABLE`) holds the string values of a
+    row's request and response; bodies never change, so the rows after the last indexed
+    ``rowid`` are exactly the missing ones.  One short transaction per ``batch`` rows.
+    """
+    added = 0
+    while True:
+        with write_transaction(conn):
+            last = conn.execute(f"SELECT last_rowid FROM {TEXT_STATE_TABLE}").fetchone()[0]
+            upto = conn.execute(
+                f"SELECT max(rowid) FROM (SELECT rowid FROM {TABLE} WHERE rowid > ? "
+                "ORDER BY rowid LIMIT ?)",
+                (last, batch),
+            ).fetchone()[0]
+            if upto is None:
+                return added
+            body = f"{_BODY_TEXT.format('request')} || ' ' || {_BODY_TEXT.format('response')}"
+            added += conn.execute(
+                f"INSERT INTO {TEXT_TABLE} (rowid, body) SELECT rowid, {body} FROM {TABLE} "
+                "WHERE rowid > ? AND rowid <= ?",
+                (last, upto),
+            ).rowcount
+            conn.execute(f"UPDATE {TEXT_STATE_TABLE} SET last_rowid = ?", (upto,))
 
 
 def migrate(conn: sqlite3.Connection) -> list[str]:

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from auditgate.errors import ConfigError
 from auditgate.store import rollups
 from auditgate.store import sqlite as db
+from auditgate.store.migrations import TEXT_TABLE
 from auditgate.store.queries import (
     SCAN_CHUNK,
     CursorNotFound,
@@ -31,11 +32,17 @@ from auditgate.store.queries import (
     cursor_sql,
     messages_of,
     page_sql,
+    text_match,
+    text_words,
 )
 from auditgate.store.schema import SELECT_COLUMNS, TABLE, metadata_update
+from auditgate.store.usage import Usage, latency_sql, sample_every, totals_sql, usage_of
 
 _T = TypeVar("_T")
-_COLUMNS = SELECT_COLUMNS + ", deleted_at"
+WALK_TIME_MATCHES = 2000
+"""A search matching more rows than this pages by walking time order (:meth:`SqliteStore._pager`):
+each match looked up costs ~20 µs, each row walked ~0.6 µs, and a page needs 51 matches."""
+_COLUMNS = SELECT_COLUMNS + ", deleted_at, recorded_metadata, metadata_updated_at"
 
 
 class SqliteStore:
@@ -116,7 +123,48 @@ class SqliteStore:
 
         return await self._call(read)
 
+    async def index_text(self) -> int:
+        return await self._call(lambda: db.index_text(self._db()))
+
+    async def usage(self, where: Filter, bucket_ms: int) -> Usage:
+        return await self._call(lambda: self._usage_sync(where, bucket_ms))
+
     # -- on the store's thread ---------------------------------------------------------------
+
+    def _searchable(self, where: Filter) -> None:
+        """Bring the full-text index up to the newest row before a search reads it."""
+        if where.text and where.text.strip():
+            db.index_text(self._db())
+
+    def _pager(self, where: Filter) -> Sql:
+        """The statement builder of a page: walking time order when the search matches many
+        rows (see :attr:`Sql.walk_time`; 50 ms against 800 ms for a word in 4 % of a million
+        rows, while a rare word's page stays a few ms)."""
+        words = text_words(where.text)
+        if not words:
+            return Sql("sqlite")
+        matches = (
+            self._db()
+            .execute(
+                f"SELECT count(*) FROM {TEXT_TABLE} WHERE {TEXT_TABLE} MATCH ?",
+                (text_match(words),),
+            )
+            .fetchone()[0]
+        )
+        return Sql("sqlite", walk_time=matches > WALK_TIME_MATCHES)
+
+    def _usage_sync(self, where: Filter, bucket_ms: int) -> Usage:
+        self._searchable(where)
+        conn = self._db()
+        sql = Sql("sqlite")
+        totals = conn.execute(totals_sql(sql, where, bucket_ms), sql.params).fetchall()
+        every = sample_every(totals)
+        latencies = []
+        for column in ("duration_ms", "ttft_ms"):
+            sql = Sql("sqlite")
+            statement = latency_sql(sql, where, bucket_ms, column, every)
+            latencies.append(conn.execute(statement, sql.params).fetchall())
+        return usage_of(bucket_ms, totals, latencies[0], latencies[1], every)
 
     def _open_sync(self) -> sqlite3.Connection:
         if self.must_exist and not Path(self.path).is_file():
@@ -136,6 +184,7 @@ class SqliteStore:
         return conn
 
     def _list_sync(self, where: Filter, after: str | None, limit: int, order: Order) -> Page:
+        self._searchable(where)
         conn = self._db()
         cursor: tuple[int, str] | None = None
         if after is not None:
@@ -144,7 +193,7 @@ class SqliteStore:
             if found is None:
                 raise CursorNotFound(after)
             cursor = (found[0], found[1])
-        sql = Sql("sqlite")
+        sql = self._pager(where)
         statement = page_sql(
             sql, SELECT_COLUMNS, where, cursor=cursor, limit=limit + 1, order=order
         )
@@ -154,7 +203,9 @@ class SqliteStore:
     def _chunk_sync(
         self, where: Filter, cursor: tuple[int, str] | None, chunk: int
     ) -> builtins.list[Any]:
-        sql = Sql("sqlite")
+        if cursor is None:
+            self._searchable(where)
+        sql = self._pager(where)
         statement = page_sql(sql, _COLUMNS, where, cursor=cursor, limit=chunk, order="asc")
         return self._db().execute(statement, sql.params).fetchall()
 
