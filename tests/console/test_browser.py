@@ -51,6 +51,8 @@ WEATHER_TOOL = {
 }
 FITS = "document.documentElement.scrollWidth <= window.innerWidth"
 """Whether the page fits its 1280 px window without scrolling sideways."""
+CAPACITY = 128
+"""Each sink's queue bound (``DYN_AUDIT_CAPACITY``)."""
 FILLER = 55
 """Plain records made by the admin: more than one page of the list."""
 
@@ -162,8 +164,9 @@ def site(
         "DYN_AUDIT_NATS_URL": nats.url,
         "DYN_AUDIT_NATS_SUBJECT": "console.audit",
         "DYN_AUDIT_NATS_STREAM": "CONSOLE_AUDIT",
-        # Small queues: once the NATS server is stopped, its sink drops (and counts) soon.
-        "DYN_AUDIT_CAPACITY": "16",
+        # Small queues: once the NATS server is stopped, its sink drops (and counts) soon; large
+        # enough that the store's sink keeps up with the tests' requests on a busy machine.
+        "DYN_AUDIT_CAPACITY": str(CAPACITY),
         "DYN_AUDIT_INTEGRITY": "1",
         "DYN_AUDIT_INTEGRITY_KEY": "console-test-key",
         "AUDITGATE_API_KEYS_FILE": keys,
@@ -426,7 +429,7 @@ def test_drops_appear_after_a_sink_is_stopped(site: Site, page: Any) -> None:
     before = int(page.locator('[data-dropped="nats"]').inner_text())
     site.nats.stop()
     client = site.client(site.admin_key)
-    for i in range(40):
+    for i in range(CAPACITY + 60):
         client.chat.completions.create(
             model="mock", messages=[{"role": "user", "content": f"during outage {i}"}], store=True
         )

@@ -321,13 +321,14 @@ async def _m008_postgres(db: Any) -> None:
 TEXT_TABLE: Final = f"{TABLE}_text"
 """The full-text index of every string in a row's request and response bodies.  SQLite: an FTS5
 table (``rowid`` the row's; a trigger takes out a row the table deletes); PostgreSQL:
-``(request_id, words tsvector)`` with a GIN index.  Filled by the console's search up to the newest row before each search
-(:func:`auditgate.store.sqlite.index_text`, :func:`auditgate.store.postgres.index_text`), never
-by a sink: bodies are immutable, and computing every row's words on insert took PostgreSQL's sink
-from ~2,900 to ~700 rows/s."""
+``(request_id, words tsvector)`` with a GIN index.  Filled by the console (in the background and
+before each search: :func:`auditgate.store.sqlite.index_text`,
+:func:`auditgate.store.postgres.index_text`), never by a sink: bodies are immutable, and
+computing every row's words on insert took PostgreSQL's sink from ~2,900 to ~700 rows/s."""
 TEXT_STATE_TABLE: Final = f"{TABLE}_text_state"
-"""SQLite only: one row, the highest ``rowid`` :data:`TEXT_TABLE` holds (rows only ever get
-higher rowids, so the rows above it are exactly the ones to index)."""
+"""SQLite only: one row, the highest ``rowid`` :data:`TEXT_TABLE` holds: the rows above it are
+exactly the ones to index (new rows get higher rowids; when the newest rows are deleted, the
+delete trigger lowers it, as SQLite may then give their rowids to new rows)."""
 TEXT_QUEUE_TABLE: Final = f"{TABLE}_text_queue"
 """PostgreSQL only: request ids of rows not yet in :data:`TEXT_TABLE`, added by a statement-level
 insert trigger in the inserting transaction (so no row is ever missed, whatever the commit
