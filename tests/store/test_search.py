@@ -228,3 +228,23 @@ async def test_usage_ranks_latency_over_a_sample_of_a_large_range(
         sum(t.requests for t in usage.totals),
         [lat.duration for lat in usage.latency],
     ) == (4, 12, [(40.0, 80.0, 80.0)])
+
+
+async def test_sqlite_search_after_the_newest_rows_were_deleted(tmp_path: Path) -> None:
+    """Retention (or any DELETE) of the newest rows: SQLite may reuse their rowids, and a new
+    row there is still indexed, under its own words only."""
+    target = Target(f"sqlite:///{tmp_path / 'a.db'}")
+    await target.insert([chat(0, "keep me", "x"), chat(1, "walrus", "x"), chat(2, "walrus", "x")])
+    store = open_store(target.url)
+    await store.open()
+    try:
+        before = await found(store, "walrus")
+        conn = sqlite_store.connect(target.url.removeprefix("sqlite:///"))
+        with sqlite_store.write_transaction(conn):
+            conn.execute("DELETE FROM completions WHERE seq IN (1, 2)")
+        conn.close()
+        await target.insert([chat(3, "narwhal", "x")])
+        results = [before, await found(store, "walrus"), await found(store, "narwhal")]
+    finally:
+        await store.close()
+    assert results == [[1, 2], [], [3]]

@@ -252,7 +252,7 @@ async def test_sqlite_m003_keeps_metadata_rows_and_indexes_tenant_rows(tmp_path:
     assert (
         ALL_MIGRATIONS[2:],
         sorted([(old.request_id, "team", "a"), (new.request_id, "team", "b")]),
-        sorted([f"{TABLE}_metadata_update", f"{TABLE}_metadata_delete"]),
+        sorted([f"{TABLE}_metadata_update", f"{TABLE}_metadata_delete", f"{TABLE}_text_delete"]),
         [f"SEARCH {TABLE} USING INDEX {TABLE}_tenant (tenant=?)"],
         [new.request_id],
     ) == (applied, pairs, sorted(triggers), plan, tenant_rows)
