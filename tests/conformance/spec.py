@@ -12,6 +12,12 @@ here so that the pinned file stays the published text:
   whose ``role`` allows only ``assistant``, while the same schema's documented example lists a
   ``user`` message, and the endpoint lists the request's messages, of every role.  We follow
   OpenAI's documented example: there the role may be any request role.
+- Legacy completions and embeddings, where the schema says less than OpenAI's own reference
+  and servers: an echoed prompt's first token has no logprob (``token_logprobs`` starts with
+  ``null``, at OpenAI as in vLLM); an embedding asked for with ``encoding_format: "base64"`` is
+  a base64 string, not an array; and ``CreateCompletionChunk``, the schema of one legacy stream
+  event (the published one is the whole response's), has a ``null`` ``finish_reason`` until the
+  choice ends.
 - A ``discriminator`` without a ``mapping`` (a message's ``tool_calls`` items, ``type``): by
   OpenAPI's rule its values would be the options' schema names, while each option's own
   ``type`` enum says ``function`` / ``custom`` — the values OpenAI sends.  The mapping is made
@@ -107,7 +113,22 @@ def spec() -> dict[str, Any]:
     deleted["content"]["application/json"]["schema"] = {
         "$ref": "#/components/schemas/ErrorResponse"
     }
+    _legacy_adjustments(schemas)
     return doc  # type: ignore[no-any-return]
+
+
+def _legacy_adjustments(schemas: dict[str, Any]) -> None:
+    """Legacy completions and embeddings as OpenAI serves them (see the module docstring)."""
+    choice = schemas["CreateCompletionResponse"]["properties"]["choices"]["items"]
+    logprobs = choice["properties"]["logprobs"]["anyOf"][0]
+    logprobs["properties"]["token_logprobs"]["items"] = {"type": ["number", "null"]}
+    vector = schemas["Embedding"]["properties"]["embedding"]
+    schemas["Embedding"]["properties"]["embedding"] = {"anyOf": [vector, {"type": "string"}]}
+    chunk = copy.deepcopy(schemas["CreateCompletionResponse"])
+    finish = chunk["properties"]["choices"]["items"]["properties"]["finish_reason"]
+    finish["enum"] = [*finish["enum"], None]
+    finish["type"] = ["string", "null"]
+    schemas["CreateCompletionChunk"] = chunk
 
 
 @functools.cache

@@ -36,7 +36,7 @@ import auditgate
 import bench
 from auditgate.config import Settings
 from auditgate.sinks import build_sinks
-from tests.conformance.spec import error_body_errors, response_errors, spec
+from tests.conformance.spec import error_body_errors, errors, response_errors, spec
 from tests.support.server import TestGateway, audit_env, gateway
 
 POSITIVE: Final = GenerationMode.POSITIVE
@@ -68,6 +68,10 @@ RUNS: Final = [
     ("GET", "/responses/{response_id}/input_items", NEGATIVE, 10),
     ("DELETE", "/responses/{response_id}", POSITIVE, 5),
     ("DELETE", "/responses/{response_id}", KNOWN, 3),
+    ("POST", "/completions", POSITIVE, 30),
+    ("POST", "/completions", NEGATIVE, 20),
+    ("POST", "/embeddings", POSITIVE, 20),
+    ("POST", "/embeddings", NEGATIVE, 15),
 ]
 CHECKS: Final = [not_a_server_error, response_schema_conformance, content_type_conformance]
 SSE_EVENT: Final = {
@@ -87,7 +91,8 @@ def for_schemathesis(doc: dict[str, Any]) -> dict[str, Any]:
     check; it gets the event object's schema instead, and :func:`problems` validates each
     event's data against the published chunk schema."""
     doc = copy.deepcopy(doc)
-    for path in ("/chat/completions", "/responses"):
+    for path in ("/chat/completions", "/responses", "/completions"):
+        # Legacy completions stream too, though the specification lists only their JSON.
         content = doc["paths"][path]["post"]["responses"]["200"]["content"]
         content["text/event-stream"] = {"schema": SSE_EVENT}
     return doc
@@ -145,11 +150,14 @@ def problems(response: schemathesis.Response) -> list[str]:
     found = []
     responses_api = response.request.url.rstrip("/").endswith("/responses")
     operation = "createResponse" if responses_api else "createChatCompletion"
+    legacy = response.request.url.rstrip("/").endswith("/v1/completions")
     for line in response.content.decode().splitlines():
         if line.startswith("data: ") and line != "data: [DONE]":
             event = json.loads(line[len("data: ") :])
             if "error" in event and not responses_api:
                 found += error_body_errors(event)
+            elif legacy:
+                found += errors(event, {"$ref": "#/components/schemas/CreateCompletionChunk"})
             else:
                 found += response_errors(operation, event, "200", "text/event-stream")
     return found

@@ -33,6 +33,8 @@ OPERATIONS = (
     "getResponse",
     "deleteResponse",
     "listInputItems",
+    "createCompletion",
+    "createEmbedding",
 )
 """operationIds of the endpoints auditgate serves itself."""
 EXTRA_SCHEMAS = ("ErrorResponse",)
