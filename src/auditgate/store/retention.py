@@ -212,9 +212,9 @@ async def postgres_retain(
                 await conn.execute("SET LOCAL lock_timeout = '10s'")
                 rows = await conn.fetchval(f"SELECT count(*) FROM {part.name}")
                 await conn.execute(f"DROP TABLE {part.name}")
-                for statement in (rollups.TOTALS_TABLE, rollups.LATENCY_TABLE):
+                for table in (rollups.TOTALS_TABLE, rollups.LATENCY_TABLE):
                     await conn.execute(
-                        f"DELETE FROM {statement} WHERE hour >= $1 AND hour < $2",
+                        f"DELETE FROM {table} WHERE hour >= $1 AND hour < $2",
                         part.start_ms,
                         part.end_ms,
                     )

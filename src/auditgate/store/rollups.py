@@ -190,15 +190,6 @@ BACKFILL_SQL: Final = f"SELECT {SOURCE_SQL}, deleted_at FROM {TABLE}"
 """Every stored row, for filling the rollups of a store written before them."""
 
 
-def delete_hours_sql(dialect: str, *, tenant: bool) -> list[str]:
-    """Statements removing the rollups of hours before a cutoff (parameters: cutoff, then the
-    tenant when ``tenant``), as retention deletes those hours' rows."""
-    condition = "hour < " + ("?" if dialect == "sqlite" else "$1")
-    if tenant:
-        condition += " AND tenant = " + ("?" if dialect == "sqlite" else "$2")
-    return [f"DELETE FROM {t} WHERE {condition}" for t in (TOTALS_TABLE, LATENCY_TABLE)]
-
-
 GROUPS: Final = ("model", "tenant", "endpoint", "day")
 """What :func:`read_sql` can group by."""
 _GROUP_SQL: Final = {
