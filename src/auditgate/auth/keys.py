@@ -16,6 +16,17 @@ nor a digest that means anything outside this process), and later requests cost 
 and a dict lookup (about a microsecond).  The scrypt itself runs in a worker thread, so the
 event loop never waits for it; concurrent first requests with one key share one computation.
 A key whose first characters match no entry is refused without any hashing.
+
+A ring loaded from a file follows it while the process runs, so ``auditgate keys revoke`` and
+``keys add`` take effect without a restart: :meth:`KeyRing.authenticate` stats the file (inode,
+size, mtime) at most once a second and reloads it when that changed — an atomic rename-replace
+is a new inode, so it is always seen — and :meth:`KeyRing.reload` does it at once (SIGHUP).  The
+check sits on the request path rather than in a background task because then every process
+that authenticates (each ``--workers`` worker, the gRPC frontend, ``auditgate ui``) follows the
+file with nothing to start or stop, and a revocation is honoured by the first request at most a
+second after it; between checks a request pays one clock read.  A reload forgets every
+remembered outcome (a revoked key must not stay verified).  A file that no longer parses keeps
+the previous keys, logs one error per change of the file and counts it.
 """
 
 from __future__ import annotations
@@ -25,18 +36,27 @@ import collections
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import secrets
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from prometheus_client import CollectorRegistry, Counter
+
+from auditgate.audit.metrics import PREFIX
 from auditgate.auth.hashing import GENERATED, KEY_PREFIX, PREFIX_LEN, KeyHash, legacy_digest
 from auditgate.errors import AuthenticationError, ConfigError
+
+log = logging.getLogger("auditgate.auth")
 
 Role = Literal["user", "admin"]
 _REFUSED_MAX: Final = 1024
 """Wrong keys remembered, so a client retrying a mistyped key does not pay scrypt each time."""
+CHECK_INTERVAL_S: Final = 1.0
+"""How often, at most, a ring loaded from a file stats it for changes."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -86,17 +106,28 @@ class KeyRing:
     """The configured keys (see the module docstring for how a key is verified)."""
 
     def __init__(self, entries: Iterable[Entry]) -> None:
-        self._legacy: dict[str, Principal] = {}
-        self._salted: dict[str, list[Entry]] = {}
+        self._secret = secrets.token_bytes(32)
+        self._path: str | None = None
+        self._seen: tuple[int, int, int, int] | None = None
+        """The file's (device, inode, size, mtime) when last read, or when last found broken."""
+        self._next_check = 0.0
+        self._failures: Counter | None = None
+        self._replace(entries)
+
+    def _replace(self, entries: Iterable[Entry]) -> None:
+        """Hold ``entries`` from now on, forgetting every remembered outcome."""
+        legacy: dict[str, Principal] = {}
+        salted: dict[str, list[Entry]] = {}
         count = 0
         for entry in entries:
             count += 1
             if isinstance(entry.hashed, str):
-                self._legacy[entry.hashed] = entry.principal
+                legacy[entry.hashed] = entry.principal
             elif entry.prefix is not None:
-                self._salted.setdefault(entry.prefix, []).append(entry)
+                salted.setdefault(entry.prefix, []).append(entry)
+        self._legacy = legacy
+        self._salted = salted
         self._count = count
-        self._secret = secrets.token_bytes(32)
         self._verified: dict[bytes, Principal] = {}
         """Keys that verified, by keyed digest: at most one per entry, so bounded."""
         self._refused: collections.OrderedDict[bytes, None] = collections.OrderedDict()
@@ -106,9 +137,53 @@ class KeyRing:
         return self._count
 
     @classmethod
-    def load(cls, path: str) -> KeyRing:
-        """Read a keys file; any problem is a ConfigError naming the file."""
-        return cls(_entry(item, f"{path}: keys[{i}]") for i, item in enumerate(read(path)))
+    def load(cls, path: str, *, registry: CollectorRegistry | None = None) -> KeyRing:
+        """Read a keys file and follow it (see the module docstring); any problem now is a
+        ConfigError naming the file.  With ``registry``, failed reloads are counted there."""
+        seen = _identity(path)
+        ring = cls(_entries(path))
+        ring._path, ring._seen = path, seen
+        ring._next_check = time.monotonic() + CHECK_INTERVAL_S
+        if registry is not None:
+            ring._failures = Counter(
+                PREFIX + "api_keys_reload_failures_total",
+                "Reloads of the API keys file that failed (the previous keys stay in force).",
+                registry=registry,
+            )
+        return ring
+
+    def reload(self, *, force: bool = True) -> bool:
+        """Re-read the keys file if it changed (any time with ``force``); True when the keys
+        were replaced.  A file that cannot be read or parsed keeps the previous keys: one
+        error is logged (naming the file, never a key) and counted."""
+        path = self._path
+        if path is None:
+            return False
+        self._next_check = time.monotonic() + CHECK_INTERVAL_S
+        try:
+            seen = _identity(path)
+        except ConfigError as exc:
+            seen = None
+            if self._seen is None and not force:
+                return False  # already reported
+            return self._failed(seen, exc)
+        if seen == self._seen and not force:
+            return False
+        try:
+            entries = list(_entries(path))
+        except ConfigError as exc:
+            return self._failed(seen, exc)
+        self._replace(entries)
+        self._seen = seen
+        log.info("API keys: reloaded %s, %d configured", path, self._count)
+        return True
+
+    def _failed(self, seen: tuple[int, int, int, int] | None, exc: ConfigError) -> bool:
+        self._seen = seen
+        if self._failures is not None:
+            self._failures.inc()
+        log.error("API keys: %s; keeping the %d keys loaded before", exc, self._count)
+        return False
 
     async def authenticate(self, authorization: bytes | None) -> Principal:
         """The principal of ``Authorization: Bearer <key>``; 401 for anything else."""
@@ -117,6 +192,8 @@ class KeyRing:
                 "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
                 code="missing_api_key",
             )
+        if self._path is not None and time.monotonic() >= self._next_check:
+            self.reload(force=False)
         token = bearer_token(authorization.decode("latin-1"))
         principal = None
         if token is not None:
@@ -138,10 +215,15 @@ class KeyRing:
             pending = self._pending.get(tag)
             if pending is None:
                 pending = asyncio.ensure_future(asyncio.to_thread(_match, token, candidates))
-                self._pending[tag] = pending
-                pending.add_done_callback(lambda _: self._pending.pop(tag, None))
+                waiting = self._pending  # not a later reload's
+                waiting[tag] = pending
+                pending.add_done_callback(lambda _: waiting.pop(tag, None))
             # Shielded: one caller going away must not cancel the others' shared answer.
+            salted = self._salted
             principal = await asyncio.shield(pending)
+            if salted is not self._salted:
+                # The file was reloaded meanwhile: the answer is about the keys of before.
+                return await self._verify(tag, token)
         if principal is None:
             self._refused[tag] = None
             if len(self._refused) > _REFUSED_MAX:
@@ -200,7 +282,7 @@ def list_keys(path: str) -> list[Listed]:
 def revoke_keys(path: str, name: str) -> int:
     """Delete every entry named ``name`` (or, for an entry without a name, whose tenant is
     ``name``) from the keys file; returns how many were deleted (the file is rewritten only
-    then).  A running gateway reads the file at start: it must be restarted to refuse them."""
+    then).  A running gateway refuses them within about a second (see :class:`KeyRing`)."""
     data = _load(path)
     items = data["keys"]
     kept = [item for item in items if not (isinstance(item, dict) and _name(item) == name)]
@@ -263,6 +345,22 @@ def salted_entry(key: str, fields: dict[str, Any]) -> dict[str, Any]:
     plus the key's prefix and a fresh salted hash."""
     kept = {k: v for k, v in fields.items() if k not in ("sha256", "prefix", "scrypt")}
     return {**kept, "prefix": key[:PREFIX_LEN], "scrypt": KeyHash.new(key).to_json()}
+
+
+def _identity(path: str) -> tuple[int, int, int, int]:
+    """What tells a new version of the file: a rename-replace changes the inode, an in-place
+    write the size or the mtime (nanoseconds, so two writes in one second differ)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ConfigError(f"AUDITGATE_API_KEYS_FILE: {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"AUDITGATE_API_KEYS_FILE: cannot read {path}: {exc}") from None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _entries(path: str) -> Iterable[Entry]:
+    return [_entry(item, f"{path}: keys[{i}]") for i, item in enumerate(read(path))]
 
 
 def read(path: str) -> list[Any]:

@@ -15,6 +15,7 @@ from typing import Any, Final
 from starlette.responses import RedirectResponse
 
 from auditgate.auth.keys import KeyRing
+from auditgate.auth.reload import SighupReload
 from auditgate.console.app import PREFIX, Console, ConsoleConfig, MetricsSource
 from auditgate.errors import ConfigError
 from auditgate.store.url import open_store
@@ -83,9 +84,13 @@ class StandaloneConsole:
             log.warning(
                 "console in OPEN MODE: no --api-keys-file; anyone who can reach it is admin"
             )
+        keys = self.console.config.keys
+        sighup = SighupReload.install(keys) if keys is not None else None
         await self.console.start()
         await send({"type": "lifespan.startup.complete"})
         await receive()  # lifespan.shutdown
+        if sighup is not None:
+            sighup.remove()
         await self.console.stop()
         await self.store.close()
         await send({"type": "lifespan.shutdown.complete"})

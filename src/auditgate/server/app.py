@@ -28,6 +28,7 @@ from auditgate.audit.metrics import AuditMetrics, exposition, multiprocess
 from auditgate.audit.runtime import AuditRuntime
 from auditgate.audit.sink import Sink
 from auditgate.auth.keys import KeyRing, Principal
+from auditgate.auth.reload import SighupReload
 from auditgate.config import GatewaySettings, Settings
 from auditgate.endpoints.completions import CompletionsPipeline
 from auditgate.endpoints.embeddings import EmbeddingsPipeline
@@ -143,7 +144,10 @@ class Gateway:
         self.header_capture = HeaderCapture.build(settings.audit.header_capture)
         self.body_deadlines = BodyDeadlines(settings.gateway.body_timeout_s)
         keys_file = settings.gateway.api_keys_file
-        self.keys: KeyRing | None = KeyRing.load(keys_file) if keys_file else None
+        self.keys: KeyRing | None = (
+            KeyRing.load(keys_file, registry=self.registry) if keys_file else None
+        )
+        self._sighup: SighupReload | None = None
         url = store_url_of(settings)
         self.store: Store | None = open_store(url) if url else None
         self.stored_responses = StoredResponses(self.store, RecentResponses())
@@ -197,11 +201,14 @@ class Gateway:
             log.info(
                 "API keys: %d configured; every endpoint but /health needs one", len(self.keys)
             )
+            self._sighup = SighupReload.install(self.keys)
         if not self.audit.enabled:
             log.info("audit off (set DYN_AUDIT_ENABLED=1 to record chat completions)")
 
     async def stop(self) -> None:
         """Stop gRPC, close the engine and the store, then drain the audit bus in the deadline."""
+        if self._sighup is not None:
+            self._sighup.remove()
         try:
             try:
                 try:
