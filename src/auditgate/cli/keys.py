@@ -30,7 +30,7 @@ def register(sub: Any) -> None:
     listing.add_argument("--file", required=True, help="keys file (AUDITGATE_API_KEYS_FILE)")
     listing.set_defaults(func=run_list)
     revoke = keys.add_parser(
-        "revoke", help="delete the keys of a name (restart the gateway to refuse them)"
+        "revoke", help="delete the keys of a name (running gateways refuse them within a second)"
     )
     revoke.add_argument("--file", required=True, help="keys file (AUDITGATE_API_KEYS_FILE)")
     revoke.add_argument("name", help="the name given at `keys add` (default there: the tenant)")
@@ -99,8 +99,8 @@ def run_revoke(args: argparse.Namespace) -> int:
         print(f"auditgate keys: no key named {args.name!r} in {args.file}", file=sys.stderr)
         return 1
     print(
-        f"auditgate keys: revoked {revoked} key(s) named {args.name!r}; restart the gateway "
-        "(it reads the keys file at start) for them to be refused",
+        f"auditgate keys: revoked {revoked} key(s) named {args.name!r}; a running gateway "
+        "refuses them within about a second (it follows the keys file)",
         file=sys.stderr,
     )
     return 0
