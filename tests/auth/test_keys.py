@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from auditgate.auth import hashing
 from auditgate.auth.hashing import KeyHash
-from auditgate.auth.keys import KeyRing, add_key, generate_key
+from auditgate.auth.keys import KeyRing, add_key, generate_key, revoke_keys
 from auditgate.errors import AuthenticationError, ConfigError
 
 
@@ -105,3 +107,77 @@ def test_bad_entries_are_config_errors(
     path.write_text(json.dumps({"keys": [entry]}))
     with pytest.raises(ConfigError, match=rf"keys.json: keys\[0\]: .*{message}"):
         KeyRing.load(str(path))
+
+
+async def test_a_reload_follows_revoke_and_add(tmp_path: Path) -> None:
+    """A key that verified is refused once its entry is gone and the ring reloaded (its
+    remembered outcome forgotten); a key added later verifies; an unchanged file is not
+    re-read."""
+    path = str(tmp_path / "keys.json")
+    first = add_key(path, name="a", tenant="acme", role="user")
+    ring = KeyRing.load(path)
+    steps: list[object] = [await outcome(ring, first)]
+    second = add_key(path, name="b", tenant="beta", role="admin")
+    steps.append(await outcome(ring, second))  # refused: not reloaded yet, and remembered so
+    steps.append((ring.reload(force=False), ring.reload(force=False), len(ring)))
+    steps.append(await outcome(ring, second))
+    revoke_keys(path, "a")
+    steps.append((ring.reload(force=False), len(ring)))
+    steps.append([await outcome(ring, first), await outcome(ring, second)])
+    assert steps == [
+        "acme",
+        "invalid_api_key",
+        (True, False, 2),
+        "beta",
+        (True, 1),
+        ["invalid_api_key", "beta"],
+    ]
+
+
+async def test_a_reload_during_a_first_verification(tmp_path: Path) -> None:
+    """A key whose scrypt was running when the ring reloaded without it is refused: the
+    answer computed against the keys of before does not count."""
+    path = str(tmp_path / "keys.json")
+    key = add_key(path, name="a", tenant="acme", role="user")
+    ring = KeyRing.load(path)
+    pending = asyncio.ensure_future(outcome(ring, key))
+    await asyncio.sleep(0)  # the scrypt is now running in its thread
+    revoke_keys(path, "a")
+    assert ring.reload()
+    assert [await pending, await outcome(ring, key)] == ["invalid_api_key"] * 2
+
+
+@pytest.mark.parametrize("damage", ["truncate", "bad_entry", "delete"])
+async def test_a_broken_file_keeps_the_keys(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    """A file that no longer parses (or is gone) keeps the keys loaded before: one error per
+    change of the file, naming it and never a key, and one count per error."""
+    path = tmp_path / "keys.json"
+    key = add_key(str(path), name="a", tenant="acme", role="user")
+    registry = CollectorRegistry()
+    ring = KeyRing.load(str(path), registry=registry)
+    assert await outcome(ring, key) == "acme"
+    if damage == "truncate":
+        path.write_text(path.read_text()[:40])
+    elif damage == "bad_entry":
+        path.write_text(json.dumps({"keys": [{"tenant": "acme", "role": "root"}]}))
+    else:
+        path.unlink()
+    with caplog.at_level(logging.ERROR, logger="auditgate.auth"):
+        reloads = [ring.reload(force=False), ring.reload(force=False)]
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    count = registry.get_sample_value("auditgate_api_keys_reload_failures_total")
+    assert (reloads, len(errors), count, await outcome(ring, key)) == (
+        [False, False],
+        1,
+        1.0,
+        "acme",
+    )
+    assert str(path) in errors[0] and key not in errors[0] and key[3:11] not in errors[0]
+
+
+async def test_a_ring_not_loaded_from_a_file_follows_none(tmp_path: Path) -> None:
+    """A ring built from entries (no file) has nothing to reload."""
+    ring = KeyRing([])
+    assert (ring.reload(), await outcome(ring, generate_key())) == (False, "invalid_api_key")

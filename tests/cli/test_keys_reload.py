@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from auditgate.auth.keys import add_key, generate_key, salted_entry, write
+from auditgate.auth.keys import generate_key, salted_entry, write
 from tests.cli.test_keys import accepted, keys_cli
 from tests.support.gateway import Gateway, running_gateway
 
@@ -129,19 +129,3 @@ def test_sighup_reloads_at_once(tmp_path: Path) -> None:
     assert alive
     assert "SIGHUP" in log
     assert old not in log and new not in log
-
-
-def test_add_key_in_process_reload(tmp_path: Path) -> None:
-    """The library call the CLI makes, followed by an explicit reload (no gateway needed)."""
-    from auditgate.auth.keys import KeyRing
-
-    path = tmp_path / "keys.json"
-    add_key(str(path), name="a", tenant="acme", role="user")
-    ring = KeyRing.load(str(path))
-    add_key(str(path), name="b", tenant="acme", role="admin")
-    assert (len(ring), ring.reload(force=False), len(ring), ring.reload(force=False)) == (
-        1,
-        True,
-        2,
-        False,
-    )
