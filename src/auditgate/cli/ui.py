@@ -45,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from auditgate.console.standalone import StandaloneConsole
+    from auditgate.serving import configure_logging
+
+    # The console's own lines (a keys file reloaded or broken, OPEN MODE) as serve logs them.
+    configure_logging("info")
 
     secret = os.environ.get("AUDITGATE_UI_SECRET", "")
     try:
