@@ -181,3 +181,25 @@ async def test_a_ring_not_loaded_from_a_file_follows_none(tmp_path: Path) -> Non
     """A ring built from entries (no file) has nothing to reload."""
     ring = KeyRing([])
     assert (ring.reload(), await outcome(ring, generate_key())) == (False, "invalid_api_key")
+
+
+def test_holds_follows_the_file(tmp_path: Path) -> None:
+    """``holds`` (what a console session checks) answers for the keys in force: by name,
+    tenant (None for an admin) and role, and no longer once the name is revoked."""
+    path = str(tmp_path / "keys.json")
+    add_key(path, name="ann", tenant="acme", role="user")
+    add_key(path, name="boss", tenant="acme", role="admin")
+    ring = KeyRing.load(path)
+    before = [
+        ring.holds("ann", "acme", False),
+        ring.holds("ann", "beta", False),
+        ring.holds("ann", None, True),
+        ring.holds("boss", None, True),
+    ]
+    revoke_keys(path, "boss")
+    ring.reload()
+    assert (before, ring.holds("boss", None, True), ring.holds("ann", "acme", False)) == (
+        [True, False, False, True],
+        False,
+        True,
+    )

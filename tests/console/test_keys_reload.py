@@ -63,8 +63,13 @@ def test_ui_follows_the_keys_file(tmp_path: Path) -> None:
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise AssertionError(log.read_text()) from None
                 time.sleep(0.1)
-        revoke_keys(keys, "boss")
-        until_status(port, old, 401)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as session:
+            signed = session.post("/ui/login", data={"key": old, "next": "/ui/records"})
+            before = session.get("/ui/records").status_code
+            revoke_keys(keys, "boss")
+            until_status(port, old, 401)
+            # The session signed in with the revoked key is over too: back to the sign-in page.
+            after = session.get("/ui/records")
         new = add_key(keys, name="ann", tenant="acme", role="user")
         until_status(port, new, 303)
         revoke_keys(keys, "ann")
@@ -75,5 +80,6 @@ def test_ui_follows_the_keys_file(tmp_path: Path) -> None:
         process.terminate()
         process.wait(10)
     text = log.read_text()
-    assert (first, alive) == (303, True)
+    assert (first, signed.status_code, before, alive) == (303, 303, 200, True)
+    assert (after.status_code, after.headers["location"]) == (303, "/ui/login?next=/ui/records")
     assert "SIGHUP" in text and old not in text and new not in text

@@ -128,6 +128,10 @@ class KeyRing:
         self._legacy = legacy
         self._salted = salted
         self._count = count
+        self._holders = frozenset(
+            (p.name, None if p.is_admin else p.tenant, p.is_admin)
+            for p in [*legacy.values(), *(e.principal for es in salted.values() for e in es)]
+        )
         self._verified: dict[bytes, Principal] = {}
         """Keys that verified, by keyed digest: at most one per entry, so bounded."""
         self._refused: collections.OrderedDict[bytes, None] = collections.OrderedDict()
@@ -185,6 +189,17 @@ class KeyRing:
         log.error("API keys: %s; keeping the %d keys loaded before", exc, self._count)
         return False
 
+    def holds(self, name: str, tenant: str | None, admin: bool) -> bool:
+        """Whether some key of ``name`` still grants this (``tenant`` None for an admin): how
+        a console session, signed in earlier with a key, learns that the key was revoked."""
+        self._follow()
+        return (name, tenant, admin) in self._holders
+
+    def _follow(self) -> None:
+        """Reload the file if it changed, checking at most once per :data:`CHECK_INTERVAL_S`."""
+        if self._path is not None and time.monotonic() >= self._next_check:
+            self.reload(force=False)
+
     async def authenticate(self, authorization: bytes | None) -> Principal:
         """The principal of ``Authorization: Bearer <key>``; 401 for anything else."""
         if authorization is None:
@@ -192,8 +207,7 @@ class KeyRing:
                 "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
                 code="missing_api_key",
             )
-        if self._path is not None and time.monotonic() >= self._next_check:
-            self.reload(force=False)
+        self._follow()
         token = bearer_token(authorization.decode("latin-1"))
         principal = None
         if token is not None:

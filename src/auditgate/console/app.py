@@ -129,8 +129,18 @@ class Console:
     # -- sessions ------------------------------------------------------------------------------
 
     def viewer(self, request: Request) -> Viewer | None:
-        """The signed-in viewer of ``request`` (``None``: sign in first)."""
-        return self.sessions.viewer(request.cookies.get(COOKIE))
+        """The signed-in viewer of ``request`` (``None``: sign in first), as long as a key
+        that grants it is still configured: a session does not outlive its key's revocation."""
+        viewer = self.sessions.viewer(request.cookies.get(COOKIE))
+        keys = self.config.keys
+        if (
+            viewer is not None
+            and keys is not None
+            and not keys.holds(viewer.name, viewer.tenant, viewer.admin)
+        ):
+            log.info("console: a session of a revoked key was refused")
+            return None
+        return viewer
 
     def signed_in(self, response: Response, viewer: Viewer) -> Response:
         """``response`` setting a new session cookie for ``viewer``."""
