@@ -36,7 +36,15 @@ from auditgate.store.queries import (
     page_sql,
 )
 from auditgate.store.schema import SELECT_COLUMNS, TABLE, metadata_update
-from auditgate.store.usage import Usage, latency_sql, sample_every, totals_sql, usage_of
+from auditgate.store.usage import (
+    Usage,
+    latency_sql,
+    rollup_statements,
+    sample_every,
+    totals_sql,
+    usage_of,
+    usage_of_rollups,
+)
 
 log = logging.getLogger("auditgate.store")
 
@@ -195,6 +203,14 @@ class PostgresStore:
                 statement = latency_sql(sql, where, bucket_ms, column, every)
                 latencies.append(await conn.fetch(statement, *sql.params))
         return usage_of(bucket_ms, totals, latencies[0], latencies[1], every)
+
+    async def usage_rollups(self, where: Filter, bucket_ms: int) -> Usage:
+        statements = rollup_statements("postgres", where, bucket_ms)
+        results = []
+        async with self._connection() as conn:
+            for kind, sql, params in statements:
+                results.append((kind, await conn.fetch(sql, *params)))
+        return usage_of_rollups(bucket_ms, results)
 
     async def _get(self, conn: Any, response_id: str, tenant: str | None) -> Stored | None:
         sql = Sql("postgres")

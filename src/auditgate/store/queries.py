@@ -157,6 +157,12 @@ class Store(Protocol):
         """Requests, tokens and latency of the matching rows per ``bucket_ms`` of time
         (:mod:`auditgate.store.usage`), aggregated in the database."""
 
+    async def usage_rollups(self, where: Filter, bucket_ms: int) -> Usage:
+        """:meth:`usage` read from the hourly rollups (plus the records of a partial hour at
+        either end of the window), in milliseconds at any store size; ``where`` and
+        ``bucket_ms`` must satisfy :func:`auditgate.store.usage.rollups_answer`.  Counts and
+        tokens equal :meth:`usage`'s; percentiles are latency buckets' upper bounds."""
+
     async def index_text(self) -> int:
         """Add the rows stored since the last call to the full-text index (a search does it
         first too); how many were added."""

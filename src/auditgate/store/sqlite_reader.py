@@ -36,7 +36,15 @@ from auditgate.store.queries import (
     text_words,
 )
 from auditgate.store.schema import SELECT_COLUMNS, TABLE, metadata_update
-from auditgate.store.usage import Usage, latency_sql, sample_every, totals_sql, usage_of
+from auditgate.store.usage import (
+    Usage,
+    latency_sql,
+    rollup_statements,
+    sample_every,
+    totals_sql,
+    usage_of,
+    usage_of_rollups,
+)
 
 _T = TypeVar("_T")
 WALK_TIME_MATCHES = 2000
@@ -128,6 +136,18 @@ class SqliteStore:
 
     async def usage(self, where: Filter, bucket_ms: int) -> Usage:
         return await self._call(lambda: self._usage_sync(where, bucket_ms))
+
+    async def usage_rollups(self, where: Filter, bucket_ms: int) -> Usage:
+        statements = rollup_statements("sqlite", where, bucket_ms)
+
+        def read() -> Usage:
+            conn = self._db()
+            results = [
+                (kind, conn.execute(sql, params).fetchall()) for kind, sql, params in statements
+            ]
+            return usage_of_rollups(bucket_ms, results)
+
+        return await self._call(read)
 
     # -- on the store's thread ---------------------------------------------------------------
 

@@ -18,7 +18,8 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any, Final
 
-from auditgate.store.queries import Filter, Sql
+from auditgate.store import rollups
+from auditgate.store.queries import Dialect, Filter, Sql
 from auditgate.store.schema import TABLE
 
 PERCENTILES: Final = (50, 90, 99)
@@ -69,6 +70,9 @@ class Usage:
     sample_every: int = 1
     """The percentiles ranked the records whose ``created_at`` (ms) is a multiple of this:
     1 is every record (see :func:`sample_every`)."""
+    source: str = "records"
+    """``records`` (:func:`totals_sql` and :func:`latency_sql`) or ``rollups``
+    (:func:`rollup_statements`: percentiles are latency buckets' upper bounds)."""
 
 
 def _bucket(bucket_ms: int) -> str:
@@ -154,3 +158,151 @@ def usage_of(
 
 def _ms(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+# -- from the hourly rollups --------------------------------------------------------------------
+
+Statement = tuple[str, str, list[Any]]
+"""``(kind, SQL, parameters)`` of :func:`rollup_statements`; ``kind`` says how
+:func:`usage_of_rollups` reads its rows: ``totals`` (the :func:`totals_sql` columns),
+``histogram`` (``bucket, metric, latency bucket, count``) or ``values`` (``bucket, duration_ms,
+ttft_ms``: raw rows of a partial hour)."""
+
+
+def rollups_answer(where: Filter, bucket_ms: int) -> bool:
+    """Whether :func:`rollup_statements` can answer ``where`` per ``bucket_ms``: the rollups
+    are keyed by hour, model, tenant, endpoint and deletion only, so a filter on status, mode,
+    metadata, text or one record, or a bucket that is not whole hours, needs the records."""
+    return (
+        where.since_ms is not None
+        and where.until_ms is not None
+        and bucket_ms > 0
+        and bucket_ms % rollups.HOUR_MS == 0
+        and where.requests_only
+        and not where.stored_only
+        and where.status is None
+        and where.mode is None
+        and not where.metadata
+        and not (where.text and where.text.strip())
+        and where.request_id is None
+    )
+
+
+def rollup_statements(dialect: Dialect, where: Filter, bucket_ms: int) -> list[Statement]:
+    """The statements of :meth:`~auditgate.store.queries.Store.usage_rollups`: the window's
+    whole hours from the rollups (grouped in the database: one row per bucket and model/tenant,
+    and per bucket and latency bucket), and the partial hours at either end from the records —
+    at most two hours of rows, whatever the window — so the numbers equal the records'.
+
+    ``where`` must satisfy :func:`rollups_answer`."""
+    if not rollups_answer(where, bucket_ms):
+        raise ValueError("the rollups cannot answer this filter")
+    assert where.since_ms is not None and where.until_ms is not None
+    since, until = where.since_ms, where.until_ms
+    first = -(-since // rollups.HOUR_MS) * rollups.HOUR_MS
+    last = until // rollups.HOUR_MS * rollups.HOUR_MS
+    statements: list[Statement] = []
+    if first >= last:  # no whole hour: the records of the (short) window
+        return _edge(dialect, where, bucket_ms, since, until)
+    params: list[Any] = []
+
+    def mark(value: Any) -> str:
+        params.append(value)
+        return "?" if dialect == "sqlite" else f"${len(params)}"
+
+    clauses = [f"hour >= {mark(first)}", f"hour < {mark(last)}"]
+    for column, value in (
+        ("model", where.model),
+        ("tenant", where.tenant),
+        ("endpoint", where.endpoint),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = {mark(value)}")
+    if where.live_only:
+        clauses.append("NOT deleted")
+    condition = " AND ".join(clauses)
+    size = int(bucket_ms)
+    bucket = f"(hour / {size}) * {size}"
+    sums = ", ".join(f"sum({c})" for c in rollups.TOTAL_COLUMNS)
+    statements.append(
+        (
+            "totals",
+            f"SELECT {bucket} AS t, model, tenant, {sums} FROM {rollups.TOTALS_TABLE} "
+            f"WHERE {condition} GROUP BY 1, 2, 3 HAVING sum(requests) > 0",
+            params,
+        )
+    )
+    statements.append(
+        (
+            "histogram",
+            f"SELECT {bucket} AS t, metric, bucket, sum(count) FROM {rollups.LATENCY_TABLE} "
+            f"WHERE {condition} GROUP BY 1, 2, 3 HAVING sum(count) > 0",
+            params,
+        )
+    )
+    if since < first:
+        statements += _edge(dialect, where, bucket_ms, since, first)
+    if last < until:
+        statements += _edge(dialect, where, bucket_ms, last, until)
+    return statements
+
+
+def _edge(
+    dialect: Dialect, where: Filter, bucket_ms: int, since: int, until: int
+) -> list[Statement]:
+    """The records of ``[since, until)``: totals grouped in the database, latencies raw."""
+    edge = dataclasses.replace(where, since_ms=since, until_ms=until)
+    sql = Sql(dialect)
+    totals = totals_sql(sql, edge, bucket_ms)
+    values_sql = Sql(dialect)
+    values = (
+        f"SELECT {_bucket(bucket_ms)}, duration_ms, ttft_ms FROM {TABLE} "
+        f"WHERE {_condition(values_sql, edge)} AND "
+        "(duration_ms IS NOT NULL OR ttft_ms IS NOT NULL)"
+    )
+    return [("totals", totals, sql.params), ("values", values, values_sql.params)]
+
+
+def usage_of_rollups(bucket_ms: int, results: Iterable[tuple[str, Iterable[Any]]]) -> Usage:
+    """The :class:`Usage` of the rows of :func:`rollup_statements` (``(kind, rows)`` each).
+
+    Percentiles are read from the merged histograms (:func:`auditgate.store.rollups.percentile`):
+    each is the upper bound of the latency bucket holding the exact value, at most 9 % above it.
+    """
+    sums: dict[tuple[int, str, str | None], list[int]] = {}
+    histograms: dict[int, dict[str, dict[int, int]]] = {}
+
+    def count(at: int, metric: str, bucket: int, n: int) -> None:
+        per = histograms.setdefault(at, {"duration": {}, "ttft": {}})[metric]
+        per[bucket] = per.get(bucket, 0) + n
+
+    for kind, rows in results:
+        for row in rows:
+            at = int(row[0])
+            if kind == "totals":
+                tenant = row[2] if row[2] not in ("", None) else None
+                total = sums.setdefault((at, str(row[1]), tenant), [0, 0, 0, 0, 0])
+                for i in range(5):
+                    total[i] += int(row[3 + i] or 0)
+            elif kind == "histogram":
+                count(at, str(row[1]), int(row[2]), int(row[3]))
+            else:
+                for metric, value in (("duration", row[1]), ("ttft", row[2])):
+                    if value is not None:
+                        count(at, metric, rollups.bucket_of(float(value)), 1)
+    totals = [
+        Totals(at, model, tenant, *values)
+        for (at, model, tenant), values in sorted(
+            sums.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] or "")
+        )
+        if values[0]
+    ]
+    latency = [
+        Latency(
+            at,
+            tuple(rollups.percentile(per["duration"], p) for p in PERCENTILES),
+            tuple(rollups.percentile(per["ttft"], p) for p in PERCENTILES),
+        )
+        for at, per in sorted(histograms.items())
+    ]
+    return Usage(bucket_ms, totals, latency, 1, "rollups")
