@@ -24,6 +24,7 @@ from auditgate.pipeline.request import (
     validate_client_request_id,
 )
 from auditgate.server import sse_frames
+from auditgate.server.disconnect import Watch, uncancel
 from auditgate.server.headers import HeaderCapture
 from auditgate.server.metrics import HttpMetrics
 from auditgate.server.wire import (
@@ -41,26 +42,6 @@ from auditgate.server.wire import (
 )
 
 ENDPOINT: Final = "/v1/chat/completions"
-
-
-class _Watch:
-    """Cancels the request's task when the client disconnects while ``active``."""
-
-    __slots__ = ("active", "gone", "task")
-
-    def __init__(self) -> None:
-        self.active = True
-        self.gone = False
-        self.task = asyncio.current_task()
-
-    async def run(self, receive: Receive) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                self.gone = True
-                if self.active and self.task is not None:
-                    self.task.cancel()
-                return
 
 
 class ChatHandler:
@@ -146,7 +127,7 @@ class ChatHandler:
     async def _complete(
         self, call: ChatCall, receive: Receive, send: Send, headers: list[tuple[bytes, bytes]]
     ) -> int:
-        watch = _Watch()
+        watch = Watch()
         watcher = asyncio.ensure_future(watch.run(receive))
         try:
             completion = await self.pipeline.complete(call)
@@ -155,7 +136,7 @@ class ChatHandler:
         except asyncio.CancelledError:
             if not watch.gone:
                 raise
-            _uncancel()
+            uncancel()
             return 499
         finally:
             watch.active = False
@@ -165,7 +146,7 @@ class ChatHandler:
     async def _stream(
         self, call: ChatCall, receive: Receive, send: Send, headers: list[tuple[bytes, bytes]]
     ) -> int:
-        watch = _Watch()
+        watch = Watch()
         watcher = asyncio.ensure_future(watch.run(receive))
         stream = None
         ttft = self.metrics.ttft
@@ -228,7 +209,7 @@ class ChatHandler:
         except asyncio.CancelledError:
             if not watch.gone:
                 raise
-            _uncancel()
+            uncancel()
             return 499
         finally:
             watch.active = False
@@ -236,10 +217,3 @@ class ChatHandler:
             if stream is not None:
                 await stream.aclose()
         return 200
-
-
-def _uncancel() -> None:
-    """Swallow the cancellation we caused ourselves when the client went away."""
-    task = asyncio.current_task()
-    if task is not None:
-        task.uncancel()

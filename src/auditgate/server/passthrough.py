@@ -41,6 +41,7 @@ from auditgate.config import GatewaySettings, Secret
 from auditgate.engines.upstream import incomplete, unreachable
 from auditgate.errors import APIError, InvalidRequestError, RequestTimeoutError, UpstreamError
 from auditgate.logs import RateLimitedLog
+from auditgate.server.disconnect import uncancel
 from auditgate.server.forwarding import PathLabels, Target, hop_by_hop, method_label
 from auditgate.server.metrics import PassThroughMetrics
 from auditgate.server.wire import ClientGone, Receive, Scope, Send, header, send_error
@@ -225,7 +226,7 @@ class PassThrough:
         except asyncio.CancelledError:
             if not client.gone:
                 raise
-            _uncancel()
+            uncancel()
             return 499
         finally:
             client.active = False
@@ -336,10 +337,3 @@ def _response_headers(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[bytes,
     """The upstream's response headers minus the hop-by-hop ones, names lower-case (ASGI)."""
     dropped = hop_by_hop(raw)
     return [(name.lower(), value) for name, value in raw if name.lower() not in dropped]
-
-
-def _uncancel() -> None:
-    """Swallow the cancellation the client's disconnect caused."""
-    task = asyncio.current_task()
-    if task is not None:
-        task.uncancel()

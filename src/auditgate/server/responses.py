@@ -33,6 +33,7 @@ from auditgate.endpoints.responses.stored import StoredResponses
 from auditgate.errors import APIError, InvalidRequestError, NotFoundError
 from auditgate.pipeline.request import new_request_id, parse_body, validate_client_request_id
 from auditgate.server.completions import tenant_scope
+from auditgate.server.disconnect import Watch, uncancel
 from auditgate.server.params import parse_limit, storable
 from auditgate.server.wire import (
     ClientGone,
@@ -51,26 +52,6 @@ if TYPE_CHECKING:
     from auditgate.server.app import Gateway
 
 PATH: Final = "/v1/responses"
-
-
-class _Watch:
-    """Cancels the request's task when the client disconnects while ``active``."""
-
-    __slots__ = ("active", "gone", "task")
-
-    def __init__(self) -> None:
-        self.active = True
-        self.gone = False
-        self.task = asyncio.current_task()
-
-    async def run(self, receive: Receive) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                self.gone = True
-                if self.active and self.task is not None:
-                    self.task.cancel()
-                return
 
 
 class ResponsesHandler:
@@ -133,7 +114,7 @@ class ResponsesHandler:
     async def _create(
         self, call: ResponsesCall, receive: Receive, send: Send, headers: list[tuple[bytes, bytes]]
     ) -> int:
-        watch = _Watch()
+        watch = Watch()
         watcher = asyncio.ensure_future(watch.run(receive))
         try:
             response = await self.service.create(call)
@@ -141,7 +122,7 @@ class ResponsesHandler:
         except asyncio.CancelledError:
             if not watch.gone:
                 raise
-            _uncancel()
+            uncancel()
             return 499
         finally:
             watch.active = False
@@ -151,7 +132,7 @@ class ResponsesHandler:
     async def _stream(
         self, call: ResponsesCall, receive: Receive, send: Send, headers: list[tuple[bytes, bytes]]
     ) -> int:
-        watch = _Watch()
+        watch = Watch()
         watcher = asyncio.ensure_future(watch.run(receive))
         stream = None
         try:
@@ -181,7 +162,7 @@ class ResponsesHandler:
         except asyncio.CancelledError:
             if not watch.gone:
                 raise
-            _uncancel()
+            uncancel()
             return 499
         finally:
             watch.active = False
@@ -201,13 +182,6 @@ def _error_event(error: APIError) -> bytes:
         "sequence_number": 0,
     }
     return b"event: error\ndata: " + encode_json(event) + b"\n\n"
-
-
-def _uncancel() -> None:
-    """Swallow the cancellation we caused ourselves when the client went away."""
-    task = asyncio.current_task()
-    if task is not None:
-        task.uncancel()
 
 
 class ResponsesAPI:
