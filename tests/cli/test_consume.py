@@ -219,6 +219,7 @@ async def test_sigkill_then_restart_leaves_no_gap_or_duplicate(
         assert await wait_for_more(lambda: pg_count(pg_dsn), 0) < 600
     finally:
         assert killed.stop(signal.SIGKILL) == -signal.SIGKILL
+    stored_by_killed = await pg_count(pg_dsn)
     successor = start_consume(args, log_dir=tmp_path, name="successor")
     try:
         await wait_until(lambda: consumer_state(nats_url, stream, "d1"), (600, 0, 0))
@@ -226,8 +227,14 @@ async def test_sigkill_then_restart_leaves_no_gap_or_duplicate(
         assert successor.stop() == 0
     assert by_seq(await read_postgres(pg_dsn)) == records
     assert await consumer_state(nats_url, stream, "d1") == (600, 0, 0)
-    # The killed process's batch came back to the successor: a replay really happened.
-    assert successor.summary()["redelivered"] > 0
+    # Either the killed process had a batch in flight, which came back to the successor (a
+    # replay really happened), or the kill fell between two batches (seen under load) and the
+    # successor wrote exactly the rest.  Which one depends on where SIGKILL lands.
+    summary = successor.summary()
+    if summary["redelivered"] == 0:
+        assert summary["written"] == len(records) - stored_by_killed
+    else:
+        assert summary["written"] >= len(records) - stored_by_killed
 
 
 async def test_sigterm_finishes_the_current_batch(
