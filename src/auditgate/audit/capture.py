@@ -24,6 +24,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from types import TracebackType
 from typing import Any, Final, Protocol
 
 from auditgate.audit import commit as commits
@@ -295,6 +296,7 @@ class AuditCapture:
         "_auditor",
         "_body",
         "_client_request_id",
+        "_commit",
         "_created_at",
         "_credentials",
         "_endpoint",
@@ -361,6 +363,20 @@ class AuditCapture:
         self._status: Status = "completed"
         self._error: ErrorInfo | None = None
         self._finished = False
+        self._commit: Awaitable[None] | None = None
+
+    def __enter__(self) -> None:
+        """See :func:`outcome`."""
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc is not None:
+            self.raised(exc)
+        self.finish()
 
     def engine_response_id(self, value: object) -> None:
         """Remember the id the engine gave its response (before the gateway replaced it)."""
@@ -427,6 +443,28 @@ class AuditCapture:
         if self._status == "completed":
             self._status = "cancelled"
 
+    def raised(self, exc: BaseException) -> None:
+        """The request stopped with ``exc``; record what that means (the one place that decides):
+
+        - an :class:`APIError`: the error the client was told about (:meth:`fail`);
+        - any other :class:`Exception` (a bug, an engine's unwrapped error): ``error``, as the
+          500 ``server_error`` the client gets; the record names the exception's type only —
+          its text may hold secrets or be huge, and the log has the traceback;
+        - anything else (``CancelledError``: the client went away while the engine worked,
+          ``GeneratorExit``: the transport stopped reading, a shutdown): ``cancelled``.
+        """
+        if isinstance(exc, APIError):
+            self.fail(exc)
+        elif isinstance(exc, Exception):
+            self._status = "error"
+            self._error = ErrorInfo(
+                type="server_error",
+                message=f"The server raised {type(exc).__name__}.",
+                status_code=500,
+            )
+        else:
+            self.cancel()
+
     @property
     def ttft_s(self) -> float | None:
         """Seconds from request to first output, once there was output."""
@@ -435,6 +473,12 @@ class AuditCapture:
     @property
     def finished(self) -> bool:
         return self._finished
+
+    @property
+    def commit(self) -> Awaitable[None] | None:
+        """What :meth:`finish` returned the first time: the durable commit to await before the
+        end of the response is released (``None`` in best effort, and before :meth:`finish`)."""
+        return self._commit
 
     @property
     def record(self) -> AuditRecord | None:
@@ -495,7 +539,39 @@ class AuditCapture:
         if self._headers:
             record.http_request_headers = self._headers
         self._record = record
-        return self._auditor.publish(record, self._credentials)
+        self._commit = commit = self._auditor.publish(record, self._credentials)
+        return commit
+
+
+class _NoCapture:
+    """:func:`outcome` of no capture (audit off): does nothing."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        pass
+
+
+_NO_CAPTURE: Final = _NoCapture()
+
+
+def outcome(capture: AuditCapture | None) -> AuditCapture | _NoCapture:
+    """``with outcome(capture): ...`` runs a request's work and then records how it ended and
+    publishes the record, whatever happened: completed, or what the exception that left the block
+    means (:meth:`AuditCapture.raised`), then :meth:`AuditCapture.finish`.  The exception goes on;
+    the commit to await is :attr:`AuditCapture.commit`.
+
+    With no capture (audit off) it does nothing, and costs no allocation: the capture is its own
+    context manager, and no capture shares one that does nothing."""
+    return _NO_CAPTURE if capture is None else capture
 
 
 def _ms(seconds: float) -> float:

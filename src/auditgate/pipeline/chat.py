@@ -13,10 +13,9 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any, ClassVar, Protocol
 
 from auditgate.audit.aggregate import StreamAggregator
-from auditgate.audit.capture import Aggregator, AuditCapture, Auditor
+from auditgate.audit.capture import Aggregator, AuditCapture, Auditor, outcome
 from auditgate.audit.commit import committed
 from auditgate.engines.base import Engine, EngineRequest
-from auditgate.errors import APIError
 
 Chunk = dict[str, Any]
 
@@ -120,28 +119,15 @@ class ChatPipeline:
         """A non-stream ``chat.completion``; raises :class:`APIError` on failure."""
         capture = self._open(call, streaming=False)
         request = EngineRequest(call.body, call.request_id, call.response_id, call.authorization)
-        commit = None
-        try:
+        with outcome(capture):
             completion = await self.produce(request)
             if capture is not None:
                 capture.engine_response_id(completion.get("id"))
             completion["id"] = call.response_id
             if capture is not None:
                 capture.response(completion)
-                commit = capture.finish()
-        except APIError as exc:
-            if capture is not None:
-                capture.fail(exc)
-            raise
-        except BaseException:
-            if capture is not None:
-                capture.cancel()
-            raise
-        finally:
-            if capture is not None:
-                capture.finish()
-        if commit is not None:  # best effort: no coroutine to await per request
-            await committed(commit)
+        if capture is not None and capture.commit is not None:
+            await committed(capture.commit)  # best effort: no coroutine to await per request
         return completion
 
     async def stream(self, call: ChatCall) -> ChatStream:
@@ -160,15 +146,9 @@ class ChatPipeline:
         batches = self.produce_stream(request)
         try:
             first = await anext(batches, None)
-        except APIError as exc:
+        except BaseException as exc:
             if capture is not None:
-                capture.fail(exc)
-                capture.finish()
-            await aclose(batches)
-            raise
-        except BaseException:
-            if capture is not None:
-                capture.cancel()
+                capture.raised(exc)
                 capture.finish()
             await aclose(batches)
             raise
@@ -212,14 +192,14 @@ class ChatStream:
         self._response_id = response_id
         self._client_usage = client_usage
         self._iterator = self._relay()
-        self._commit: Awaitable[None] | None = None
 
     async def committed(self) -> None:
         """Wait until the record is durable: call after the last batch, before the end of the
         stream is sent.  Returns at once in best effort; raises :class:`ServiceUnavailableError`
         when the record could not be made durable."""
-        if self._commit is not None:
-            await committed(self._commit)
+        capture = self._capture
+        if capture is not None and capture.commit is not None:
+            await committed(capture.commit)
 
     def finishes(self, batch: list[Chunk]) -> bool:
         """Whether ``batch`` ends the answer: it holds the finish_reason of the only choice
@@ -244,8 +224,10 @@ class ChatStream:
             self._capture.finish()
 
     async def _relay(self) -> AsyncIterator[list[Chunk]]:
-        capture = self._capture
-        try:
+        # CancelledError (client gone while the engine worked) or GeneratorExit (the transport
+        # stopped reading) leave the block as ``cancelled``: the client did not get the whole
+        # answer.
+        with outcome(self._capture):
             batch = self._rewrite(self._first)
             self._first = []  # not kept alive for the rest of the stream
             if batch:
@@ -254,19 +236,6 @@ class ChatStream:
                 batch = self._rewrite(raw)
                 if batch:
                     yield batch
-        except APIError as exc:
-            if capture is not None:
-                capture.fail(exc)
-            raise
-        except BaseException:
-            # CancelledError (client gone while the engine worked) or GeneratorExit (the
-            # transport stopped reading): the client did not get the whole answer.
-            if capture is not None:
-                capture.cancel()
-            raise
-        finally:
-            if capture is not None:
-                self._commit = capture.finish()
 
     def _rewrite(self, raw: list[Chunk]) -> list[Chunk]:
         """Give every chunk the gateway's id, strip unrequested usage, tap into the capture."""

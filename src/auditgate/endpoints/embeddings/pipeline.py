@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from auditgate.audit.capture import outcome
 from auditgate.audit.commit import committed
 from auditgate.endpoints.embeddings.summary import summarize
 from auditgate.engines.base import EngineRequest
-from auditgate.errors import APIError
 from auditgate.pipeline.chat import ChatCall, ChatPipeline
 
 __all__ = ["ENDPOINT", "EmbeddingsPipeline"]
@@ -30,23 +30,10 @@ class EmbeddingsPipeline(ChatPipeline):
         """The engine's embeddings ``list``, unchanged; raises :class:`APIError` on failure."""
         capture = self._open(call, streaming=False)
         request = EngineRequest(call.body, call.request_id, call.response_id, call.authorization)
-        commit = None
-        try:
+        with outcome(capture):
             result = await self.engine.embed(request)
             if capture is not None:
                 capture.summary(summarize(result))
-                commit = capture.finish()
-        except APIError as exc:
-            if capture is not None:
-                capture.fail(exc)
-            raise
-        except BaseException:
-            if capture is not None:
-                capture.cancel()
-            raise
-        finally:
-            if capture is not None:
-                capture.finish()
-        if commit is not None:
-            await committed(commit)
+        if capture is not None and capture.commit is not None:
+            await committed(capture.commit)
         return result

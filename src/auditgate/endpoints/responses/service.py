@@ -32,7 +32,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from auditgate.audit.capture import AuditCapture, Auditor
+from auditgate.audit.capture import AuditCapture, Auditor, outcome
 from auditgate.audit.commit import committed
 from auditgate.endpoints.responses.events import ResponseStreamWriter
 from auditgate.endpoints.responses.history import context_items
@@ -170,8 +170,7 @@ class ResponsesService:
         """A non-stream ``response`` object; raises :class:`APIError` on failure."""
         history = await self.history(call)
         capture = self._open(call, streaming=False)
-        commit = None
-        try:
+        with outcome(capture):
             if self.passthrough is not None:
                 response, usage, engine_id = await self.passthrough.create(call, history)
             else:
@@ -181,21 +180,10 @@ class ResponsesService:
                 capture.response(response)
                 if usage is not None:
                     capture.usage(usage)  # chat terms, over the response's own
-                commit = capture.finish()
-                self._remember(call, capture)
-        except APIError as exc:
-            if capture is not None:
-                capture.fail(exc)
-            raise
-        except BaseException:
-            if capture is not None:
-                capture.cancel()
-            raise
-        finally:
-            if capture is not None:
-                capture.finish()
-        if commit is not None:
-            await committed(commit)
+        if capture is not None:
+            self._remember(call, capture)
+            if capture.commit is not None:
+                await committed(capture.commit)
         return response
 
     async def stream(self, call: ResponsesCall) -> ResponsesStream:
@@ -208,14 +196,9 @@ class ResponsesService:
                 source: Source = await self.passthrough.stream(call, history, capture)
             else:
                 source = await _TranslatedStream.start(self.engine, call, history, capture)
-        except APIError as exc:
+        except BaseException as exc:
             if capture is not None:
-                capture.fail(exc)
-                capture.finish()
-            raise
-        except BaseException:
-            if capture is not None:
-                capture.cancel()
+                capture.raised(exc)
                 capture.finish()
             raise
         return ResponsesStream(self, call, source, capture)
@@ -291,11 +274,19 @@ class ResponsesStream:
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         capture = self._capture
-        async for events in self._source.events():
-            if events:
-                if capture is not None:
-                    capture.output()
-                yield encode_events(events)
+        try:
+            async for events in self._source.events():
+                if events:
+                    if capture is not None:
+                        capture.output()
+                    yield encode_events(events)
+        except Exception as exc:
+            # The source ends the response as ``failed`` on the engine's APIError; what else
+            # escapes is a bug that breaks the client's response: ``error`` (not the
+            # ``cancelled`` that :meth:`aclose` records for a client gone).
+            if capture is not None:
+                capture.raised(exc)
+            raise
 
     async def end(self) -> bytes:
         """The closing events' bytes, once the record is published (and durable)."""
