@@ -5,6 +5,7 @@ streamed, tools), ``previous_response_id`` over three turns, ``store=False``, re
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -245,12 +246,24 @@ def test_retrieve_and_delete(gw: TestGateway) -> None:
     assert dump(api.responses.retrieve(response.id)) == dump(response)
     deleted = httpx.delete(f"{gw.base_url}/responses/{response.id}")
     assert deleted.json() == {"id": response.id, "object": "response", "deleted": True}
-    gw.app.gateway.stored_responses.recent.ttl_s = 0  # from now on, the store alone answers
-    for call in (
+    calls = (
         lambda: api.responses.retrieve(response.id),
         lambda: api.responses.delete(response.id),
         lambda: api.responses.input_items.list(response.id),
-    ):
+    )
+    for call in calls:  # at once, whether or not the record has reached the store yet
+        with pytest.raises(openai.NotFoundError):
+            call()
+    # The record may have reached the store after the delete: the gateway deletes it there once
+    # it arrives.  Then the store alone answers.
+    stored = gw.app.gateway.stored_responses
+    assert gw.flush()
+    deadline = time.monotonic() + 10
+    while stored.pending_deletions and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert stored.pending_deletions == 0
+    stored.recent.ttl_s = 0
+    for call in calls:
         with pytest.raises(openai.NotFoundError):
             call()
     # Chat's stored completions never list or find a response.

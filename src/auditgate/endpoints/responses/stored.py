@@ -167,6 +167,11 @@ class StoredResponses:
             task.add_done_callback(self._deletions.discard)
         return True
 
+    @property
+    def pending_deletions(self) -> int:
+        """Deletions still waiting for their record to reach the store."""
+        return len(self._deletions)
+
     async def close(self) -> None:
         """Finish the pending deletions (cancelled: they retry until the record is stored)."""
         for task in list(self._deletions):
