@@ -25,6 +25,7 @@ from auditgate.store.queries import Filter
 from auditgate.store.schema import TABLE, row_from_record
 from auditgate.store.url import open_store
 from tests.store.records import make_record
+from tests.store.test_rollups import tenant_latency
 from tests.support.gateway import running_gateway
 
 DAY0 = 1758672000000
@@ -94,7 +95,8 @@ async def rollups_match(url: str) -> bool:
     def counts(doc: dict[str, Any]) -> list[tuple[str, int, int]]:
         return [(g["key"], g["requests"], g["prompt_tokens"]) for g in doc["groups"]]
 
-    return counts(exact) == counts(rolled)
+    held, expected = await tenant_latency(url)
+    return (counts(exact), held) == (counts(rolled), expected)
 
 
 def ids_from(day: int, tenant: str | None = "*") -> list[int]:

@@ -9,10 +9,17 @@ import asyncpg
 import pytest
 
 from auditgate.cli.stats import collect
+from auditgate.store import migrations, rollups
 from auditgate.store import postgres as pg_store
 from auditgate.store import sqlite as sqlite_store
 from auditgate.store.queries import Filter
-from auditgate.store.rollups import bucket_of, bucket_upper, percentile
+from auditgate.store.rollups import (
+    LATENCY_TABLE,
+    TENANT_LATENCY_TABLE,
+    bucket_of,
+    bucket_upper,
+    percentile,
+)
 from auditgate.store.schema import row_from_record
 from auditgate.store.url import open_store
 from tests.store.records import make_record, minimal_record
@@ -82,6 +89,40 @@ def dataset() -> list[Any]:
     return [*records, checkpoint, minimal_record(100)]
 
 
+async def tenant_latency(url: str) -> tuple[dict[tuple[Any, ...], int], dict[tuple[Any, ...], int]]:
+    """``(what the tenant latency table holds, usage_latency summed as it should hold)``,
+    both as ``{(all_tenants, tenant, hour, metric, bucket, deleted): count}``."""
+    groups = "hour, metric, bucket, deleted"
+    held_sql = (
+        f"SELECT all_tenants, tenant, {groups}, count FROM {TENANT_LATENCY_TABLE} WHERE count <> 0"
+    )
+    per_tenant = (
+        f"SELECT tenant, {groups}, sum(count) FROM {LATENCY_TABLE} GROUP BY tenant, {groups}"
+    )
+    every = f"SELECT {groups}, sum(count) FROM {LATENCY_TABLE} GROUP BY {groups}"
+    if url.startswith("sqlite:///"):
+        conn = sqlite_store.connect(url[len("sqlite:///") :])
+        try:
+            held = [tuple(r) for r in conn.execute(held_sql)]
+            tenants = [tuple(r) for r in conn.execute(per_tenant)]
+            alls = [tuple(r) for r in conn.execute(every)]
+        finally:
+            conn.close()
+    else:
+        pg = await asyncpg.connect(url)
+        try:
+            held = [tuple(r) for r in await pg.fetch(held_sql)]
+            tenants = [tuple(r) for r in await pg.fetch(per_tenant)]
+            alls = [tuple(r) for r in await pg.fetch(every)]
+        finally:
+            await pg.close()
+    expected = {(False, *r[:-1]): int(r[-1]) for r in tenants if r[-1]}
+    expected |= {(True, "", *r[:-1]): int(r[-1]) for r in alls if r[-1]}
+    normal = {(bool(r[0]), r[1], r[2], r[3], r[4], bool(r[5])): int(r[6]) for r in held}
+    expected = {(k[0], k[1], k[2], k[3], k[4], bool(k[5])): v for k, v in expected.items()}
+    return normal, expected
+
+
 def rounded(doc: dict[str, Any]) -> dict[str, Any]:
     """``doc`` with exact percentiles replaced by their bucket's upper bound."""
 
@@ -120,7 +161,10 @@ async def test_rollups_equal_exact_stats_after_replays_and_deletes(url: str, by:
         exact = await collect(url, where, by, exact=True)
         rolled = await collect(url, where, by)
         docs.append((rounded(exact), {**rolled, "source": exact["source"]}, rolled["source"]))
+    held, expected = await tenant_latency(url)
     assert (counts, deleted) == ([40, 22, 0], [True] * 6)
+    assert held == expected
+    assert any(key[0] for key in held) and any(not key[0] and key[5] for key in held)
     for exact, rolled, source in docs:
         assert (exact, "rollups") == (rolled, source)
     assert docs[0][0]["total"]["requests"] + 6 == docs[1][0]["total"]["requests"]
@@ -155,3 +199,26 @@ def test_percentile_of_a_histogram_is_its_bucket_bound() -> None:
         assert found is not None
         assert exact <= found <= max(exact * 2 ** (1 / 8), 0.01) + 0.001
     assert percentile({}, 50) is None
+
+
+async def test_m011_fills_the_tenant_latency_table_from_usage_latency(tmp_path: Path) -> None:
+    """A SQLite store written before m011: the migration fills the table with what the writers
+    would have kept (usage_latency summed per tenant, and for all tenants)."""
+    path = tmp_path / "old.db"
+    conn = sqlite_store.connect(path)
+    with sqlite_store.write_transaction(conn):
+        conn.execute(migrations.MIGRATIONS_TABLE_SQL["sqlite"])
+        names = [m.name for m in migrations.MIGRATIONS]
+        for migration in migrations.MIGRATIONS[: names.index("m011_tenant_latency")]:
+            migration.sqlite(conn)
+            conn.execute("INSERT INTO schema_migrations VALUES (?, 0)", (migration.name,))
+        # Written as the writers before m011 wrote: the rows, their totals and histograms.
+        rows = [row_from_record(r) for r in dataset()]
+        delta = rollups.Delta()
+        delta.add_rows(rows)
+        conn.executemany(sqlite_store.INSERT_SQL, rows)
+        conn.executemany(rollups.upsert_latency_sql("sqlite"), delta.latency_rows())
+    applied = sqlite_store.migrate(conn)
+    conn.close()
+    held, expected = await tenant_latency(f"sqlite:///{path}")
+    assert (applied[0], held, len(held) > 10) == ("m011_tenant_latency", expected, True)

@@ -12,7 +12,7 @@ import pytest
 from auditgate.audit.record import AuditRecord
 from auditgate.store import postgres as pg_store
 from auditgate.store import sqlite as sqlite_store
-from auditgate.store.queries import Filter, Store
+from auditgate.store.queries import Filter, IndexLag, Store
 from auditgate.store.schema import row_from_record
 from auditgate.store.url import open_store
 from auditgate.store.usage import Latency, Totals
@@ -68,6 +68,8 @@ def chat(seq: int, prompt: str, answer: str, **changes: Any) -> AuditRecord:
 
 
 async def found(store: Store, text: str, **where: Any) -> list[int]:
+    """The seqs a search finds once the index has caught up (as the console's indexer does)."""
+    await store.index_text()
     page = await store.list(
         Filter(text=text, stored_only=False, **where), after=None, limit=50, order="asc"
     )
@@ -168,6 +170,7 @@ async def test_sqlite_pages_a_broad_search_by_walking_time_order(
     )
     store = open_store(target.url)
     await store.open()
+    await store.index_text()
 
     async def walk() -> list[list[int]]:
         pages = []
@@ -248,3 +251,32 @@ async def test_sqlite_search_after_the_newest_rows_were_deleted(tmp_path: Path) 
     finally:
         await store.close()
     assert results == [[1, 2], [], [3]]
+
+
+async def test_a_search_answers_from_the_index_without_indexing(target: Target) -> None:
+    """A search never indexes first: rows stored since the last indexing are not found, and
+    the store says how many there are (and, on SQLite, up to which record it indexed); after
+    :meth:`index_text` they are found and nothing is pending."""
+    first = chat(0, "okapi first", "x", created_at=1_700_000_000_000)
+    await target.insert([first])
+    store = open_store(target.url)
+    await store.open()
+    try:
+        await store.index_text()
+        await target.insert([chat(i, "okapi later", "y") for i in range(1, 4)])
+        before = (await found_unindexed(store, "okapi"), await store.text_index_lag())
+        after = (await found(store, "okapi"), await store.text_index_lag())
+    finally:
+        await store.close()
+    sqlite = target.url.startswith("sqlite")
+    assert before == (
+        [0],
+        IndexLag(3, False, first.created_at if sqlite else None),
+    )
+    assert after == ([0, 1, 2, 3], IndexLag(0, False, after[1].indexed_until_ms))
+
+
+async def found_unindexed(store: Store, text: str) -> list[int]:
+    """The seqs a search finds now, without indexing anything."""
+    page = await store.list(Filter(text=text, stored_only=False), after=None, limit=50, order="asc")
+    return [stored.record["seq"] for stored in page.records]

@@ -69,7 +69,8 @@ class ConsoleConfig:
     secret: bytes | None = dataclasses.field(default=None, repr=False)
     """Session signing secret (``AUDITGATE_UI_SECRET``); random per process when ``None``."""
     index_interval_s: float = 30.0
-    """How often the full-text index catches up in the background (0: only when searching)."""
+    """How often the full-text index catches up in the background (0: only when a search finds
+    it behind)."""
 
 
 class Console:
@@ -85,11 +86,7 @@ class Console:
         )
         self.templates.filters["time"] = format_time
         self.pages = pages.Pages(self)
-        self.indexer = (
-            TextIndexer(store, config.index_interval_s)
-            if store is not None and config.index_interval_s > 0
-            else None
-        )
+        self.indexer = TextIndexer(store, config.index_interval_s) if store is not None else None
         self.app = Starlette(
             routes=[
                 Route(PREFIX, self._home, methods=["GET"]),

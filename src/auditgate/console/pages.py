@@ -36,13 +36,17 @@ from auditgate.datasets import responses_line, to_lines
 from auditgate.endpoints.responses.stored import RecentResponses, StoredResponses
 from auditgate.errors import InvalidRequestError
 from auditgate.pipeline.request import validate_metadata
-from auditgate.store.queries import CursorNotFound, Filter
+from auditgate.store.queries import CursorNotFound, Filter, IndexLag, text_words
 from auditgate.store.schema import record_dict_from_row
 
 if TYPE_CHECKING:
     from auditgate.console.app import Console
 
 _EXPORT_FORMATS: Final = ("finetune", "eval", "raw")
+_WAIT_FOR_INDEXING_ROWS: Final = 5000
+"""A search waits for the indexer when at most this many rows are not indexed (~1 s of work)."""
+_WAIT_FOR_INDEXING_S: Final = 3.0
+"""The longest a search waits for the indexer; past it, it answers from the index as it is."""
 _encoder: Final = msgspec.json.Encoder()
 
 
@@ -79,6 +83,7 @@ class Pages:
         rows: list[dict[str, Any]] = []
         has_more = False
         errors = list(query.errors)
+        index_lag = await self._index_lag(query.where)
         if store is None:
             errors.append("No store is configured: records cannot be listed.")
         else:
@@ -101,12 +106,31 @@ class Pages:
             query=query,
             rows=rows,
             next_link=next_link,
+            index_lag=index_lag,
             errors=errors,
             statuses=STATUSES,
             modes=MODES,
             endpoints=ENDPOINTS,
             formats=_EXPORT_FORMATS,
         )
+
+    async def _index_lag(self, where: Filter) -> IndexLag | None:
+        """For a search, before it reads: how far the full-text index is behind (shown on the
+        page); ``None`` without a search.  When it is behind, the background indexer is woken;
+        by a few rows only (what was stored since its last round), the search waits for it a
+        moment, so a record just stored is found; by more (a bulk load), it does not wait."""
+        store = self.console.store
+        if store is None or not text_words(where.text):
+            return None
+        lag: IndexLag = await store.text_index_lag()
+        indexer = self.console.indexer
+        if lag.pending and indexer is not None:
+            if lag.pending <= _WAIT_FOR_INDEXING_ROWS and not lag.more:
+                if await indexer.catch_up(_WAIT_FOR_INDEXING_S):
+                    lag = await store.text_index_lag()
+            else:
+                indexer.wake()
+        return lag
 
     async def _row(self, request: Request, viewer: Viewer) -> Any:
         """The row (every column) of the record in the URL, if ``viewer`` may see it."""
@@ -206,6 +230,7 @@ class Pages:
         query = parse_query(request.query_params, viewer)
         errors = list(query.errors)
         view = None
+        index_lag = await self._index_lag(query.where)
         if console.store is None:
             errors.append("No store is configured.")
         else:
@@ -216,6 +241,7 @@ class Pages:
             viewer,
             query=query,
             view=view,
+            index_lag=index_lag,
             chart_data=view.charts if view else {},
             errors=errors,
             statuses=STATUSES,

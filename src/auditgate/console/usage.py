@@ -12,6 +12,7 @@ from collections import defaultdict
 from typing import Any, Final
 
 from auditgate.store.queries import Filter, Store
+from auditgate.store.rollups import HOUR_MS
 from auditgate.store.usage import PERCENTILES, Usage, rollups_answer
 
 DEFAULT_WINDOW_MS: Final = 24 * 3600 * 1000
@@ -60,9 +61,13 @@ def bucket_for(span_ms: int) -> int:
 
 
 async def usage_view(store: Store, where: Filter, *, now_ms: int) -> UsageView:
-    """The usage of ``where``'s records (the last day when it sets no start)."""
-    since = where.since_ms if where.since_ms is not None else now_ms - DEFAULT_WINDOW_MS
-    until = where.until_ms if where.until_ms is not None else now_ms
+    """The usage of ``where``'s records (the last day when it sets no start).
+
+    Without an end, the range ends with the current UTC hour (nothing is stored after now), and
+    without a start it is the 24 hours before that end: whole hours, which the rollups answer
+    alone, however many records an hour holds."""
+    until = where.until_ms if where.until_ms is not None else _hour_end(now_ms)
+    since = where.since_ms if where.since_ms is not None else until - DEFAULT_WINDOW_MS
     where = dataclasses.replace(where, since_ms=since, until_ms=until, requests_only=True)
     bucket = bucket_for(max(until - since, 1))
     # The hourly rollups answer in milliseconds whatever the store's size; the records (a sort
@@ -82,6 +87,10 @@ async def usage_view(store: Store, where: Filter, *, now_ms: int) -> UsageView:
         usage.sample_every,
         usage.source,
     )
+
+
+def _hour_end(ms: int) -> int:
+    return ms - ms % HOUR_MS + HOUR_MS
 
 
 def _rows(usage: Usage, by: str) -> list[Row]:

@@ -415,6 +415,23 @@ async def _m010_postgres(db: Any) -> None:
         await db.execute(statement)
 
 
+# The usage page of a week read one histogram row per hour, model, tenant, endpoint and latency
+# bucket from usage_latency: about a row per record at 200k records a week, so its time grew with
+# the store.  This table holds the same histograms per hour and tenant, and per hour for all
+# tenants; filled here from usage_latency (the same counts, summed), kept by every writer with the
+# other rollups (rollups.Delta.tenant_latency_rows).
+
+
+def _m011_sqlite(db: sqlite3.Connection) -> None:
+    for statement in rollups.tenant_latency_sql(_SQLITE_TYPES, after=" WITHOUT ROWID"):
+        db.execute(statement)
+
+
+async def _m011_postgres(db: Any) -> None:
+    for statement in rollups.tenant_latency_sql(_POSTGRES_TYPES, include=" INCLUDE (count)"):
+        await db.execute(statement)
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration("m001_completions", _m001_sqlite, _m001_postgres),
     Migration("m002_indexes", _m002_sqlite, _m002_postgres),
@@ -426,6 +443,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration("m008_metadata_in_time_order", _m008_sqlite, _m008_postgres),
     Migration("m009_console", _m009_sqlite, _m009_postgres),
     Migration("m010_rollup_read_indexes", _m010_sqlite, _m010_postgres),
+    Migration("m011_tenant_latency", _m011_sqlite, _m011_postgres),
 )
 """Every migration, in the order it must be applied."""
 

@@ -60,6 +60,7 @@ _NAMES: Final = ", ".join(name for name, _ in COLUMNS)
 _CREATED_AT: Final = COLUMN_NAMES.index("created_at")
 _UPSERT_TOTALS: Final = rollups.upsert_totals_sql("postgres")
 _UPSERT_LATENCY: Final = rollups.upsert_latency_sql("postgres")
+_UPSERT_TENANT_LATENCY: Final = rollups.upsert_tenant_latency_sql("postgres")
 INCOMING: Final = f"{TABLE}_incoming"
 """Per-connection temporary table a batch is copied into before the idempotent insert."""
 # COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT DO NOTHING: measured
@@ -205,6 +206,9 @@ async def apply_rollups(conn: Any, delta: rollups.Delta) -> None:
         await conn.executemany(_UPSERT_TOTALS, delta.totals_rows())
     if delta.latency:
         await conn.executemany(_UPSERT_LATENCY, delta.latency_rows())
+        tenant_rows = delta.tenant_latency_rows()
+        if tenant_rows:
+            await conn.executemany(_UPSERT_TENANT_LATENCY, tenant_rows)
 
 
 async def _copy_in(conn: Any, rows: Sequence[Row]) -> set[str]:
@@ -270,6 +274,14 @@ async def index_text(conn: Any, *, batch: int = TEXT_BATCH) -> int:
                     [r["request_id"] for r in taken],
                 )
             )
+
+
+async def text_index_lag(conn: Any, *, limit: int) -> tuple[int, bool]:
+    """``(rows queued for the full-text index (at most limit), whether more are)``."""
+    pending = await conn.fetchval(
+        f"SELECT count(*) FROM (SELECT 1 FROM {TEXT_QUEUE_TABLE} LIMIT $1) AS q", limit + 1
+    )
+    return min(int(pending), limit), int(pending) > limit
 
 
 def _count(status: str) -> int:

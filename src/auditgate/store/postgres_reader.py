@@ -24,9 +24,11 @@ from auditgate.errors import ConfigError, ServiceUnavailableError
 from auditgate.store import postgres as db
 from auditgate.store import rollups
 from auditgate.store.queries import (
+    LAG_COUNT_LIMIT,
     SCAN_CHUNK,
     CursorNotFound,
     Filter,
+    IndexLag,
     Order,
     Page,
     Sql,
@@ -94,7 +96,6 @@ class PostgresStore:
 
     async def list(self, where: Filter, *, after: str | None, limit: int, order: Order) -> Page:
         async with self._connection() as conn:
-            await _searchable(conn, where)
             cursor: tuple[int, str] | None = None
             if after is not None:
                 sql = Sql("postgres")
@@ -156,8 +157,6 @@ class PostgresStore:
             sql = Sql("postgres")
             statement = page_sql(sql, _COLUMNS, where, cursor=cursor, limit=chunk, order="asc")
             async with self._connection() as conn:
-                if cursor is None:
-                    await _searchable(conn, where)
                 rows = await conn.fetch(statement, *sql.params)
             for row in rows:
                 yield row
@@ -191,10 +190,14 @@ class PostgresStore:
         async with self._connection() as conn:
             return await db.index_text(conn)
 
+    async def text_index_lag(self) -> IndexLag:
+        async with self._connection() as conn:
+            pending, more = await db.text_index_lag(conn, limit=LAG_COUNT_LIMIT)
+        return IndexLag(pending, more)
+
     async def usage(self, where: Filter, bucket_ms: int) -> Usage:
         latencies = []
         async with self._connection() as conn:
-            await _searchable(conn, where)
             sql = Sql("postgres")
             totals = await conn.fetch(totals_sql(sql, where, bucket_ms), *sql.params)
             every = sample_every(totals)
@@ -259,12 +262,6 @@ class _Connection:
         conn, self._conn = self._conn, None
         if conn is not None:
             await self._store._pool.release(conn)
-
-
-async def _searchable(conn: Any, where: Filter) -> None:
-    """Bring the full-text index up to the newest row before a search reads it."""
-    if where.text and where.text.strip():
-        await db.index_text(conn)
 
 
 def _unavailable(store: PostgresStore, exc: BaseException) -> ServiceUnavailableError:

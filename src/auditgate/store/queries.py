@@ -68,7 +68,8 @@ class Filter:
     """Only this mode (``full``, ``usage_only``, ``checkpoint``)."""
     text: str | None = None
     """Only rows whose request or response bodies hold every word of this text (the database's
-    own full-text search: SQLite FTS5, PostgreSQL ``tsvector``; whole words, case-folded)."""
+    own full-text search: SQLite FTS5, PostgreSQL ``tsvector``; whole words, case-folded), among
+    the rows indexed so far (:meth:`Store.text_index_lag`)."""
     request_id: str | None = None
     """Only the row with this request id."""
 
@@ -96,6 +97,23 @@ class Page:
     """The page's records."""
     has_more: bool
     """Whether rows follow the last one."""
+
+
+LAG_COUNT_LIMIT: Final = 100_000
+""":meth:`Store.text_index_lag` counts at most this many unindexed rows (then says "more")."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IndexLag:
+    """How far the full-text index is behind the table (:meth:`Store.text_index_lag`)."""
+
+    pending: int
+    """Rows stored but not yet in the index (at most :data:`LAG_COUNT_LIMIT`)."""
+    more: bool = False
+    """More than :attr:`pending` rows are waiting (the count stopped there)."""
+    indexed_until_ms: int | None = None
+    """SQLite: ``created_at`` of the last row indexed (rows are indexed in the order they were
+    stored); ``None`` where the store cannot tell (PostgreSQL indexes a queue in no order)."""
 
 
 class CursorNotFound(LookupError):
@@ -164,8 +182,13 @@ class Store(Protocol):
         tokens equal :meth:`usage`'s; percentiles are latency buckets' upper bounds."""
 
     async def index_text(self) -> int:
-        """Add the rows stored since the last call to the full-text index (a search does it
-        first too); how many were added."""
+        """Add the rows stored since the last call to the full-text index; how many were
+        added.  A search does not call it: it answers with what the index holds (see
+        :meth:`text_index_lag`), and the console's background task keeps the index up."""
+
+    async def text_index_lag(self) -> IndexLag:
+        """How many stored rows a search cannot find yet (milliseconds: never a scan of the
+        table)."""
 
 
 def messages_of(stored: Stored | None) -> list[Any] | None:

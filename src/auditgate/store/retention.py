@@ -212,7 +212,7 @@ async def postgres_retain(
                 await conn.execute("SET LOCAL lock_timeout = '10s'")
                 rows = await conn.fetchval(f"SELECT count(*) FROM {part.name}")
                 await conn.execute(f"DROP TABLE {part.name}")
-                for table in (rollups.TOTALS_TABLE, rollups.LATENCY_TABLE):
+                for table in rollups.TABLES:
                     await conn.execute(
                         f"DELETE FROM {table} WHERE hour >= $1 AND hour < $2",
                         part.start_ms,

@@ -8,6 +8,12 @@ records without one, ``deleted`` whether the stored-completions API has deleted 
   errors and cancellations.
 - :data:`LATENCY_TABLE`: per ``metric`` (``duration`` or ``ttft``) a histogram: how many records
   fell in each :func:`bucket_of` bucket.
+- :data:`TENANT_LATENCY_TABLE` (migration ``m011_tenant_latency``): the same histograms summed
+  over models and endpoints, per ``(tenant, hour, deleted)``, plus one set of rows per
+  ``(hour, deleted)`` for all tenants together (``all_tenants`` true, ``tenant`` ``''``).  A
+  page of a week then reads one histogram per hour (or per hour and tenant) instead of one per
+  hour, model, tenant and endpoint, so what it reads stops growing once an hour holds more
+  records than there are latency buckets (~30-70 for real latencies).
 
 Contract: the rollups equal what the raw table holds.  Every writer keeps them in the same
 transaction as its change, counting only what it changed: the stores' ``insert_rows`` adds the
@@ -32,6 +38,11 @@ from auditgate.store.schema import COLUMN_NAMES, TABLE, Row, RowLike
 
 TOTALS_TABLE: Final = "usage_rollups"
 LATENCY_TABLE: Final = "usage_latency"
+TENANT_LATENCY_TABLE: Final = "usage_latency_tenant"
+TABLES: Final = (TOTALS_TABLE, LATENCY_TABLE, TENANT_LATENCY_TABLE)
+"""Every rollup table; each has an ``hour`` column (retention deletes whole hours)."""
+TENANT_KEY_COLUMNS: Final = ("all_tenants", "tenant", "hour", "metric", "bucket", "deleted")
+"""The key of :data:`TENANT_LATENCY_TABLE`, in the order its reads group and filter."""
 HOUR_MS: Final = 3_600_000
 DAY_MS: Final = 86_400_000
 BUCKET_BASE_MS: Final = 0.01
@@ -135,6 +146,18 @@ class Delta:
         """Parameters for :func:`upsert_latency_sql`."""
         return [(*key, metric, b, n) for (key, metric, b), n in self.latency.items() if n]
 
+    def tenant_latency_rows(self) -> list[tuple[Any, ...]]:
+        """Parameters for :func:`upsert_tenant_latency_sql`: :attr:`latency` summed over
+        models and endpoints, per tenant and for all tenants (see :data:`TENANT_KEY_COLUMNS`)."""
+        sums: dict[tuple[Any, ...], int] = {}
+        for ((hour, _, tenant, _, deleted), metric, b), n in self.latency.items():
+            for slot in (
+                (False, tenant, hour, metric, b, deleted),
+                (True, "", hour, metric, b, deleted),
+            ):
+                sums[slot] = sums.get(slot, 0) + n
+        return [(*slot, n) for slot, n in sums.items() if n]
+
 
 def deletion(rows: Iterable[RowLike]) -> Delta:
     """The change of the stored-completions API deleting ``rows`` (holding
@@ -170,6 +193,50 @@ def upsert_latency_sql(dialect: str) -> str:
         f"({_marks(len(columns), dialect)}) ON CONFLICT ({keys}) "
         f"DO UPDATE SET count = {LATENCY_TABLE}.count + excluded.count"
     )
+
+
+def upsert_tenant_latency_sql(dialect: str) -> str:
+    """Adds one :meth:`Delta.tenant_latency_rows` row to :data:`TENANT_LATENCY_TABLE`."""
+    columns = (*TENANT_KEY_COLUMNS, "count")
+    t = TENANT_LATENCY_TABLE
+    return (
+        f"INSERT INTO {t} ({', '.join(columns)}) VALUES ({_marks(len(columns), dialect)}) "
+        f"ON CONFLICT ({', '.join(TENANT_KEY_COLUMNS)}) DO UPDATE SET count = {t}.count + "
+        "excluded.count"
+    )
+
+
+def tenant_latency_sql(
+    types: Mapping[str, str], *, include: str = "", after: str = ""
+) -> list[str]:
+    """``CREATE TABLE`` of :data:`TENANT_LATENCY_TABLE` and the statement filling it from
+    :data:`LATENCY_TABLE` (the same counts, summed).  Reads are served by the primary key
+    alone: ``include`` follows it (PostgreSQL ``INCLUDE (count)``), ``after`` follows the
+    table (SQLite ``WITHOUT ROWID``)."""
+    i, t, b = types["int"], types["text"], types["bool"]
+    keys = ", ".join(TENANT_KEY_COLUMNS)
+    create = (
+        f"CREATE TABLE {TENANT_LATENCY_TABLE} (all_tenants {b} NOT NULL, tenant {t} NOT NULL, "
+        f"hour {i} NOT NULL, metric {t} NOT NULL, bucket {i} NOT NULL, deleted {b} NOT NULL, "
+        f"count {i} NOT NULL, PRIMARY KEY ({keys}){include}){after}"
+    )
+    groups = "hour, metric, bucket, deleted"
+    fill = (
+        f"INSERT INTO {TENANT_LATENCY_TABLE} ({keys}, count) "
+        f"SELECT {_false(types)}, tenant, {groups}, sum(count) FROM {LATENCY_TABLE} "
+        f"GROUP BY tenant, {groups} HAVING sum(count) <> 0 "
+        f"UNION ALL SELECT {_true(types)}, '', {groups}, sum(count) FROM {LATENCY_TABLE} "
+        f"GROUP BY {groups} HAVING sum(count) <> 0"
+    )
+    return [create, fill]
+
+
+def _false(types: Mapping[str, str]) -> str:
+    return "FALSE" if types["bool"] == "boolean" else "0"
+
+
+def _true(types: Mapping[str, str]) -> str:
+    return "TRUE" if types["bool"] == "boolean" else "1"
 
 
 def tables_sql(types: Mapping[str, str]) -> list[str]:

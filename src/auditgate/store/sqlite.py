@@ -13,6 +13,7 @@ table (:data:`~auditgate.store.schema.METADATA_TABLE`), which no insert trigger 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import sqlite3
 import time
@@ -48,6 +49,7 @@ INSERT_SQL: Final = (
 _METADATA: Final = COLUMN_NAMES.index("metadata")
 _UPSERT_TOTALS: Final = rollups.upsert_totals_sql("sqlite")
 _UPSERT_LATENCY: Final = rollups.upsert_latency_sql("sqlite")
+_UPSERT_TENANT_LATENCY: Final = rollups.upsert_tenant_latency_sql("sqlite")
 _NO_METADATA: Final = "{}"
 """The ``metadata`` column of a row without metadata (the common case)."""
 METADATA_ROWS_SQL: Final = (
@@ -137,15 +139,18 @@ _BODY_TEXT: Final = (
 )
 
 
-def index_text(conn: sqlite3.Connection, *, batch: int = TEXT_BATCH) -> int:
-    """Add every row not yet in the full-text index to it; returns how many were added.
+def index_text(
+    conn: sqlite3.Connection, *, batch: int = TEXT_BATCH, batches: int | None = None
+) -> int:
+    """Add every row not yet in the full-text index to it (at most ``batches`` batches);
+    returns how many were added.
 
     The index (:data:`~auditgate.store.migrations.TEXT_TABLE`) holds the string values of a
     row's request and response; bodies never change, so the rows after the last indexed
     ``rowid`` are exactly the missing ones.  One short transaction per ``batch`` rows.
     """
     added = 0
-    while True:
+    for _ in itertools.count() if batches is None else range(batches):
         with write_transaction(conn):
             last = conn.execute(f"SELECT last_rowid FROM {TEXT_STATE_TABLE}").fetchone()[0]
             upto = conn.execute(
@@ -162,6 +167,19 @@ def index_text(conn: sqlite3.Connection, *, batch: int = TEXT_BATCH) -> int:
                 (last, upto),
             ).rowcount
             conn.execute(f"UPDATE {TEXT_STATE_TABLE} SET last_rowid = ?", (upto,))
+    return added
+
+
+def text_index_lag(conn: sqlite3.Connection, *, limit: int) -> tuple[int, bool, int | None]:
+    """``(rows not yet indexed (at most limit), whether more are, created_at of the last
+    indexed row)``: a walk of the rowids above the last indexed one, stopped at ``limit``."""
+    last = conn.execute(f"SELECT last_rowid FROM {TEXT_STATE_TABLE}").fetchone()[0]
+    pending = conn.execute(
+        f"SELECT count(*) FROM (SELECT 1 FROM {TABLE} WHERE rowid > ? LIMIT ?)",
+        (last, limit + 1),
+    ).fetchone()[0]
+    until = conn.execute(f"SELECT created_at FROM {TABLE} WHERE rowid = ?", (last,)).fetchone()
+    return min(pending, limit), pending > limit, None if until is None else until[0]
 
 
 def migrate(conn: sqlite3.Connection) -> list[str]:
@@ -221,6 +239,9 @@ def apply_rollups(conn: sqlite3.Connection, delta: rollups.Delta) -> None:
         conn.executemany(_UPSERT_TOTALS, delta.totals_rows())
     if delta.latency:
         conn.executemany(_UPSERT_LATENCY, delta.latency_rows())
+        tenant_rows = delta.tenant_latency_rows()
+        if tenant_rows:
+            conn.executemany(_UPSERT_TENANT_LATENCY, tenant_rows)
 
 
 def _present(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:

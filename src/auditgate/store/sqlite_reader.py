@@ -22,9 +22,11 @@ from auditgate.store import rollups
 from auditgate.store import sqlite as db
 from auditgate.store.migrations import TEXT_TABLE
 from auditgate.store.queries import (
+    LAG_COUNT_LIMIT,
     SCAN_CHUNK,
     CursorNotFound,
     Filter,
+    IndexLag,
     Order,
     Page,
     Sql,
@@ -132,7 +134,20 @@ class SqliteStore:
         return await self._call(read)
 
     async def index_text(self) -> int:
-        return await self._call(lambda: db.index_text(self._db()))
+        # One batch per call on the store's thread: the pages' reads, queued on the same
+        # thread, run between batches instead of after the whole backlog.
+        added = 0
+        while True:
+            batch = await self._call(lambda: db.index_text(self._db(), batches=1))
+            if not batch:
+                return added
+            added += batch
+
+    async def text_index_lag(self) -> IndexLag:
+        pending, more, until = await self._call(
+            lambda: db.text_index_lag(self._db(), limit=LAG_COUNT_LIMIT)
+        )
+        return IndexLag(pending, more, until)
 
     async def usage(self, where: Filter, bucket_ms: int) -> Usage:
         return await self._call(lambda: self._usage_sync(where, bucket_ms))
@@ -150,11 +165,6 @@ class SqliteStore:
         return await self._call(read)
 
     # -- on the store's thread ---------------------------------------------------------------
-
-    def _searchable(self, where: Filter) -> None:
-        """Bring the full-text index up to the newest row before a search reads it."""
-        if where.text and where.text.strip():
-            db.index_text(self._db())
 
     def _pager(self, where: Filter) -> Sql:
         """The statement builder of a page: walking time order when the search matches many
@@ -174,7 +184,6 @@ class SqliteStore:
         return Sql("sqlite", walk_time=matches > WALK_TIME_MATCHES)
 
     def _usage_sync(self, where: Filter, bucket_ms: int) -> Usage:
-        self._searchable(where)
         conn = self._db()
         sql = Sql("sqlite")
         totals = conn.execute(totals_sql(sql, where, bucket_ms), sql.params).fetchall()
@@ -204,7 +213,6 @@ class SqliteStore:
         return conn
 
     def _list_sync(self, where: Filter, after: str | None, limit: int, order: Order) -> Page:
-        self._searchable(where)
         conn = self._db()
         cursor: tuple[int, str] | None = None
         if after is not None:
@@ -223,8 +231,6 @@ class SqliteStore:
     def _chunk_sync(
         self, where: Filter, cursor: tuple[int, str] | None, chunk: int
     ) -> builtins.list[Any]:
-        if cursor is None:
-            self._searchable(where)
         sql = self._pager(where)
         statement = page_sql(sql, _COLUMNS, where, cursor=cursor, limit=chunk, order="asc")
         return self._db().execute(statement, sql.params).fetchall()

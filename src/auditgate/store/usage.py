@@ -233,7 +233,8 @@ def rollup_statements(dialect: Dialect, where: Filter, bucket_ms: int) -> list[S
         )
     )
     statements.append(
-        (
+        _histogram(dialect, where, first, last)
+        or (
             "histogram",
             f"SELECT hour, metric, bucket, sum(count) FROM {rollups.LATENCY_TABLE} "
             f"WHERE {condition} GROUP BY hour, metric, bucket",
@@ -245,6 +246,27 @@ def rollup_statements(dialect: Dialect, where: Filter, bucket_ms: int) -> list[S
     if last < until:
         statements += _edge(dialect, where, bucket_ms, last, until)
     return statements
+
+
+def _histogram(dialect: Dialect, where: Filter, first: int, last: int) -> Statement | None:
+    """The latency histograms of the whole hours ``[first, last)`` from
+    :data:`~auditgate.store.rollups.TENANT_LATENCY_TABLE` (per hour, or per hour and tenant),
+    when the filter names no model or endpoint: one row per hour and latency bucket, read in
+    its primary key's order, however many models, tenants and endpoints the hours hold."""
+    if where.model is not None or where.endpoint is not None:
+        return None
+    params: list[Any] = [where.tenant is None, where.tenant or "", first, last]
+    marks = (
+        ["?"] * len(params) if dialect == "sqlite" else [f"${i + 1}" for i in range(len(params))]
+    )
+    deleted = " AND NOT deleted" if where.live_only else ""
+    return (
+        "histogram",
+        f"SELECT hour, metric, bucket, sum(count) FROM {rollups.TENANT_LATENCY_TABLE} "
+        f"WHERE all_tenants = {marks[0]} AND tenant = {marks[1]} AND hour >= {marks[2]} "
+        f"AND hour < {marks[3]}{deleted} GROUP BY hour, metric, bucket",
+        params,
+    )
 
 
 def _edge(
