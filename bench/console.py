@@ -7,8 +7,12 @@ days) into a fresh SQLite file and a fresh PostgreSQL database through the sinks
 paths, then serves the console in-process (open mode, the store opened as ``auditgate ui``
 opens it) and times each page through ``httpx``'s ASGI transport: the server's whole work for a
 page (queries, rendering), not a network.  Prints one JSON line per store and page: the median
-and the worst of R runs in ms, and the load time.  Search is timed cold (SQLite: the first
-search builds the FTS index of every row) and warm.
+and the worst of R runs in ms, and the load time.  Search is timed cold (right after the load:
+nothing indexed; a search answers from the index as it is and says how far it is behind), then
+the whole store is indexed as the console's background indexer would (``index_text_all``, timed
+once), then warm.  ``usage_*_fine`` pages filter on the endpoint every record has: the same
+numbers, read from the per-model/tenant/endpoint histograms (``usage_latency``) instead of
+``usage_latency_tenant``.
 """
 
 from __future__ import annotations
@@ -161,6 +165,7 @@ async def time_pages(url: str, now_ms: int, repeat: int) -> dict[str, list[float
             first = (await client.get("/ui/records")).text
             record_path = first.split('href="/ui/records/', 1)[1].split('"', 1)[0]
             day_ago = time.strftime("%Y-%m-%dT%H:%M", time.gmtime((now_ms - DAY_MS) / 1000))
+            week_ago = time.strftime("%Y-%m-%dT%H:%M", time.gmtime((now_ms - 7 * DAY_MS) / 1000))
             pages = {
                 "records": "/ui/records",
                 "records_model": f"/ui/records?model={MODELS[2]}",
@@ -174,11 +179,18 @@ async def time_pages(url: str, now_ms: int, repeat: int) -> dict[str, list[float
                 "record": f"/ui/records/{record_path}",
                 "usage_last_day": "/ui/usage",
                 "usage_tenant_last_day": "/ui/usage?tenant=tenant-3",
-                "usage_7_days": "/ui/usage?since="
-                + time.strftime("%Y-%m-%dT%H:%M", time.gmtime((now_ms - 7 * DAY_MS) / 1000)),
+                "usage_7_days": f"/ui/usage?since={week_ago}",
+                "usage_7_days_tenant": f"/ui/usage?since={week_ago}&tenant=tenant-3",
+                "usage_7_days_model": f"/ui/usage?since={week_ago}&model={MODELS[1]}",
+                "usage_last_day_fine": "/ui/usage?endpoint=chat.completions",
+                "usage_7_days_fine": f"/ui/usage?since={week_ago}&endpoint=chat.completions",
             }
             for name, path in pages.items():
                 runs = 1 if name == "search_cold" else repeat
+                if name == "search_warm":
+                    started = time.perf_counter()
+                    await store.index_text()
+                    times["index_text_all"] = [(time.perf_counter() - started) * 1000]
                 for _ in range(runs):
                     started = time.perf_counter()
                     response = await client.get(path)
