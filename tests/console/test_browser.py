@@ -12,7 +12,10 @@ import asyncio
 import concurrent.futures
 import json
 import re
+import subprocess
+import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +24,10 @@ from typing import Any
 import openai
 import pytest
 
+from auditgate.audit.record import AuditRecord, Envelope
 from auditgate.auth.keys import add_key
 from tests.conftest import PG_ADMIN_DSN
-from tests.support.gateway import Gateway, start_gateway
+from tests.support.gateway import Gateway, clean_env, start_gateway
 from tests.support.nats import NatsServer
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -74,6 +78,8 @@ class Site:
     globex_record: str = ""
     """Request id of globex's completion."""
     ids: dict[str, str] = field(default_factory=dict)
+    store_url: str = ""
+    """The store the gateway writes (``sqlite:///…`` or ``postgresql://…``)."""
 
     @property
     def ui(self) -> str:
@@ -175,13 +181,14 @@ def site(
     database = ""
     if store == "sqlite":
         env |= {"DYN_AUDIT_SINKS": "sqlite,nats", "DYN_AUDIT_SQLITE_PATH": str(root / "a.db")}
+        store_url = f"sqlite:///{root / 'a.db'}"
     else:
         database = f"ag_console_{root.name.replace('-', '_')[-20:]}"
-        dsn = _run(create_database(PG_ADMIN_DSN, database))
+        store_url = dsn = _run(create_database(PG_ADMIN_DSN, database))
         env |= {"DYN_AUDIT_SINKS": "postgres,nats", "DYN_AUDIT_POSTGRES_URL": dsn}
     gateway = start_gateway(env, log_dir=root)
     try:
-        built = Site(gateway, nats, store, admin, acme, globex)
+        built = Site(gateway, nats, store, admin, acme, globex, store_url=store_url)
         _fill(built)
         yield built
     finally:
@@ -418,6 +425,100 @@ def test_a_record_downloads_and_copies_as_json(site: Site, page: Any) -> None:
         "acme",
         {"team": "red"},
         site.tool_record,
+    )
+
+
+BULK = 50_000
+"""Records bulk-loaded by ``auditgate import`` behind the running console's back: indexing them
+all takes several seconds on SQLite and tens of seconds on PostgreSQL."""
+
+
+def test_a_search_after_a_bulk_load_answers_at_once_and_finds_them_soon(
+    site: Site, page: Any, tmp_path: Path
+) -> None:
+    """``auditgate import`` stores 50,000 records while the console runs: a search right after
+    answers at once (saying how many records are not searchable yet, unless the background
+    indexer already caught up), and finds the oldest and the newest of them soon after."""
+    now = int(time.time() * 1000)
+    lines = []
+    for i in range(BULK):
+        word = "quokka" if i in (0, BULK - 1) else f"bulk{i % 97}"
+        record = chat_record(i, f"imported {word}", now - 3_600_000 + i, tenant="acme")
+        lines.append(Envelope(record).json)
+    path = tmp_path / "bulk.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    imported = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "auditgate",
+            "import",
+            str(path),
+            "--to",
+            site.store_url,
+            "--no-state",
+            "--no-progress",
+        ],
+        env=clean_env({}),
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    assert imported.returncode == 0, imported.stderr.decode()
+    sign_in(page, site, site.admin_key)
+    started = time.monotonic()
+    page.goto(site.ui + "/records?q=quokka")
+    first_answer_s = time.monotonic() - started
+    notice = page.locator("#index-lag")
+    behind = notice.inner_text() if notice.count() else ""
+    found = first = listed_ids(page)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(found) < 2:
+        page.reload()
+        found = listed_ids(page)
+    found_after_s = time.monotonic() - started
+    assert (
+        first_answer_s < 3,
+        "not searchable yet" in behind or len(first) == 2,
+        len(found),
+        page.locator("#index-lag").count(),
+        found_after_s < 120,
+    ) == (True, True, 2, 0, True), (first_answer_s, behind, found_after_s)
+
+
+def chat_record(seq: int, prompt: str, created_at: int, *, tenant: str) -> AuditRecord:
+    """A stored chat completion of ``prompt``, as a gateway of another host wrote it."""
+    request_id = str(uuid.uuid4())
+    return AuditRecord(
+        request_id=request_id,
+        requested_streaming=False,
+        mode="full",
+        model="mock",
+        usage={"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+        request={"model": "mock", "messages": [{"role": "user", "content": prompt}]},
+        response={
+            "id": f"chatcmpl-{request_id}",
+            "object": "chat.completion",
+            "created": created_at // 1000,
+            "model": "mock",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "noted"},
+                    "finish_reason": "stop",
+                }
+            ],
+        },
+        engine="mock",
+        status="completed",
+        complete=True,
+        created_at=created_at,
+        completed_at=created_at + 5,
+        ttft_ms=1.0,
+        duration_ms=5.0,
+        tenant=tenant,
+        writer="bulk:1:00000000",
+        seq=seq,
     )
 
 

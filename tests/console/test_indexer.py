@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sqlite3
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 
+from auditgate.console.app import Console, ConsoleConfig
 from auditgate.console.indexer import TextIndexer
 from auditgate.store.queries import Filter
 from auditgate.store.url import open_store
@@ -97,3 +100,52 @@ async def test_failures_are_logged_and_retried(caplog: pytest.LogCaptureFixture)
         True,
         ["console: full-text indexing failed, retrying: disk on fire"],
     )
+
+
+async def test_a_search_answers_from_the_index_and_says_how_far_behind_it_is(
+    target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The records page of a search: with the indexer not running, it lists what the index
+    holds and says how many records are not searchable yet; with it running, a search a few
+    rows behind waits for it and finds them; one further behind than the wait allows answers
+    at once and finds them after the indexer's round."""
+    from auditgate.console import pages
+
+    await target.insert([chat(i, "capybara herd", "x") for i in range(3)])
+    store = open_store(target.url)
+    await store.open()
+    console = Console(ConsoleConfig(store_url=target.url, keys=None, index_interval_s=3600), store)
+    seen = []
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=console), base_url="http://ui", follow_redirects=True
+        ) as client:
+
+            async def search() -> tuple[int, str]:
+                html = (await client.get("/ui/records?q=capybara")).text
+                notice = re.search(r'id="index-lag">(.*?)</p>', html, re.S)
+                rows = html.count('href="/ui/records/')
+                return rows, re.sub(r"<[^>]+>", "", notice.group(1)) if notice else ""
+
+            seen.append(await search())  # indexer not running: the index as it is
+            assert console.indexer is not None
+            console.indexer.start()
+            seen.append(await search())  # 3 rows behind: waits for the round
+            monkeypatch.setattr(pages, "_WAIT_FOR_INDEXING_ROWS", 1)
+            await target.insert([chat(i, "capybara late", "x") for i in range(3, 6)])
+            seen.append(await search())  # beyond the wait: answers at once, wakes the indexer
+            left = await wait_indexed(target.url)
+            seen.append(await search())
+    finally:
+        await console.stop()
+        await store.close()
+    notice = (
+        "The search index is catching up: 3 records stored most recently are not searchable yet"
+    )
+    assert [(rows, text.startswith(notice)) for rows, text in seen] == [
+        (0, True),
+        (3, False),
+        (3, True),
+        (6, False),
+    ]
+    assert left == 0
