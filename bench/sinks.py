@@ -1,6 +1,7 @@
 """Sink micro-bench: records/s each audit sink sustains, next to its client library's raw rate.
 
-``python bench/sinks.py [--seconds S] [--only NAME ...]`` prints one JSON line per sink:
+``python bench/sinks.py [--seconds S] [--only NAME ...] [--schema-cost] [--varied]`` prints one
+JSON line per sink:
 ``sink``, ``record_bytes``, ``batch``, ``sink_rps`` (records/s through the ``auditgate.sinks``
 class, built from settings exactly as the gateway builds it), ``raw_rps`` (records/s of the same
 library writing the same bytes in the same batches: the practical limit), ``note``.
@@ -78,9 +79,25 @@ class Texts:
         return " ".join(self.rng.choices(self.vocabulary, k=chars // 4))[:chars]
 
 
-def make_record(texts: Texts, seq: int) -> AuditRecord:
-    """A ``full`` record of about :data:`TARGET_RECORD_BYTES` bytes of JSON, unique ids."""
+MODELS = ("llama-3-8b", "llama-3-70b", "qwen-2.5-7b", "mistral-7b", "gpt-oss-20b", "phi-4")
+VARIED_STEP_MS = 3000
+"""``--varied``: records are this far apart in ``created_at`` (a 512-record batch spans ~25 min,
+so batches cross hours as a gateway's would)."""
+
+
+def make_record(texts: Texts, seq: int, *, varied: bool = False) -> AuditRecord:
+    """A ``full`` record of about :data:`TARGET_RECORD_BYTES` bytes of JSON, unique ids.
+
+    ``varied``: spread as real traffic is over the rollups' keys (6 models, 20 tenants, the
+    hour of ``created_at``) and their latency buckets (random latencies), instead of every
+    record in one key and one bucket."""
     request_id = str(uuid.uuid4())
+    model, tenant, created = "mock", None, 1_700_000_000_000
+    ttft, duration = 10.0, 100.0
+    if varied:
+        model, tenant = MODELS[seq % len(MODELS)], f"tenant-{seq % 20}"
+        created += seq * VARIED_STEP_MS
+        ttft, duration = texts.rng.uniform(20, 300), texts.rng.uniform(200, 4000)
     usage = {"prompt_tokens": 400, "completion_tokens": 400, "total_tokens": 800}
     message = {"role": "user", "content": texts.next(1700)}
     answer = {"role": "assistant", "content": texts.next(1700)}
@@ -88,9 +105,9 @@ def make_record(texts: Texts, seq: int) -> AuditRecord:
         request_id=request_id,
         requested_streaming=False,
         mode="full",
-        model="mock",
+        model=model,
         usage=usage,
-        request={"model": "mock", "messages": [message], "store": True},
+        request={"model": model, "messages": [message], "store": True},
         response={
             # Unique: the stored-completions schema keys on the response id as well.
             "id": f"chatcmpl-{request_id}",
@@ -103,10 +120,11 @@ def make_record(texts: Texts, seq: int) -> AuditRecord:
         engine="mock",
         status="completed",
         complete=True,
-        created_at=1_700_000_000_000,
-        completed_at=1_700_000_000_100,
-        ttft_ms=10.0,
-        duration_ms=100.0,
+        created_at=created,
+        completed_at=created + 100,
+        ttft_ms=ttft,
+        duration_ms=duration,
+        tenant=tenant,
         writer="bench:1:abcdef01",
         seq=seq,
     )
@@ -115,16 +133,17 @@ def make_record(texts: Texts, seq: int) -> AuditRecord:
 class Batches:
     """Fresh batches of envelopes with unique ids and their JSON already encoded."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, varied: bool = False) -> None:
         self.texts = Texts()
         self.size = size
         self.seq = 0
+        self.varied = varied
 
     def next(self) -> list[Envelope]:
         batch = []
         for _ in range(self.size):
             self.seq += 1
-            envelope = Envelope(make_record(self.texts, self.seq))
+            envelope = Envelope(make_record(self.texts, self.seq, varied=self.varied))
             _ = envelope.json  # encode now, outside the timed write
             batch.append(envelope)
         return batch
@@ -373,9 +392,109 @@ async def bench_one(name: str, seconds: float, tmp: Path) -> dict[str, Any]:
     return row
 
 
-async def main_async(names: Sequence[str], seconds: float) -> None:
+# --- what the console's rollup schema costs a store sink (--schema-cost) ------------------------
+
+VARIANTS = ("all", "no_m011", "no_m010_m011")
+"""``all``: every migration; ``no_m011``: no ``usage_latency_tenant`` writes (m011); also without
+m010's two covering read indexes on the rollups."""
+_M010_INDEXES = ("usage_rollups_read", "usage_latency_read")
+
+
+def _without_m011(write: Write) -> Write:
+    """``write`` with the ``usage_latency_tenant`` upserts left out (as before m011)."""
+    from auditgate.store import rollups
+
+    def no_rows(self: rollups.Delta) -> list[tuple[Any, ...]]:
+        return []
+
+    async def patched(batch: list[Envelope]) -> None:
+        saved = rollups.Delta.tenant_latency_rows
+        rollups.Delta.tenant_latency_rows = no_rows  # type: ignore[method-assign]
+        try:
+            await write(batch)
+        finally:
+            rollups.Delta.tenant_latency_rows = saved  # type: ignore[method-assign]
+
+    return patched
+
+
+async def _drop_m010(name: str, destination: str) -> None:
+    if name == "sqlite":
+        conn = sqlite3.connect(destination, isolation_level=None)
+        try:
+            for index in _M010_INDEXES:
+                conn.execute(f"DROP INDEX {index}")
+        finally:
+            conn.close()
+        return
+    import asyncpg
+
+    pg = await asyncpg.connect(destination)
+    try:
+        for index in _M010_INDEXES:
+            await pg.execute(f"DROP INDEX {index}")
+    finally:
+        await pg.close()
+
+
+async def bench_schema_cost(name: str, seconds: float, tmp: Path, varied: bool) -> dict[str, Any]:
+    """Records/s of the ``name`` store sink with each of :data:`VARIANTS` (each its own fresh
+    destination) and of the raw client, all fed alternate batches in one run."""
+    row: dict[str, Any] = {"sink": name, "varied": varied, "batch": BATCH}
+    async with contextlib.AsyncExitStack() as stack:
+        writers: list[Write] = []
+        for variant in VARIANTS:
+            settings: dict[str, Any] = {"enabled": True, "sinks": (name,)}
+            if name == "sqlite":
+                destination = str(tmp / f"sink-{variant}.db")
+                settings["sqlite_path"] = destination
+            else:
+                destination = await stack.enter_async_context(pg_database())
+                settings["postgres_url"] = Secret(destination)
+            write = await stack.enter_async_context(sink_writer(name, AuditSettings(**settings)))
+            if variant == "no_m010_m011":
+                await _drop_m010(name, destination)
+            writers.append(write if variant == "all" else _without_m011(write))
+        raw: contextlib.AbstractAsyncContextManager[Write]
+        if name == "sqlite":
+            raw = raw_sqlite(str(tmp / "raw.db"))
+        else:
+            raw = raw_postgres(await stack.enter_async_context(pg_database()))
+        writers.append(await stack.enter_async_context(raw))
+        rates = await alternate_many(writers, seconds, varied)
+    for variant, rate in zip((*VARIANTS, "raw"), rates, strict=True):
+        row[f"{variant}_rps"] = round(rate)
+    return row
+
+
+async def alternate_many(writers: Sequence[Write], seconds: float, varied: bool) -> list[float]:
+    """Records/s of each writer, fed batches in turn, over the time spent inside each."""
+    batches = Batches(BATCH, varied=varied)
+    spent = [0.0] * len(writers)
+    records = [0] * len(writers)
+    wall_limit = time.monotonic() + 10 * seconds * len(writers) + 10
+    while time.monotonic() < wall_limit and min(spent) < seconds:
+        for i, write in enumerate(writers):
+            if spent[i] >= seconds:
+                continue
+            batch = batches.next()
+            start = time.perf_counter()
+            await write(batch)
+            spent[i] += time.perf_counter() - start
+            records[i] += len(batch)
+    return [n / t for n, t in zip(records, spent, strict=True)]
+
+
+async def main_async(
+    names: Sequence[str], seconds: float, schema_cost: bool = False, varied: bool = False
+) -> None:
     with tempfile.TemporaryDirectory(prefix="agbench-sinks-") as tmp:
         for name in names:
+            if schema_cost:
+                if name in ("sqlite", "postgres"):
+                    row = await bench_schema_cost(name, seconds, Path(tmp), varied)
+                    print(json.dumps(row), flush=True)
+                continue
             row = await bench_one(name, seconds, Path(tmp))
             print(json.dumps(row), flush=True)
 
@@ -384,8 +503,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     p.add_argument("--seconds", type=float, default=3.0, help="timed write seconds per side")
     p.add_argument("--only", action="append", choices=NAMES, help="bench only these sinks")
+    p.add_argument(
+        "--schema-cost",
+        action="store_true",
+        help="sqlite/postgres: the sink with every migration, without m011's writes, and "
+        "without m010's indexes too, next to the raw client, in one run",
+    )
+    p.add_argument(
+        "--varied",
+        action="store_true",
+        help="records spread over models, tenants, hours and latencies (as traffic is)",
+    )
     a = p.parse_args(argv)
-    asyncio.run(main_async(a.only or NAMES, a.seconds))
+    asyncio.run(main_async(a.only or NAMES, a.seconds, a.schema_cost, a.varied))
 
 
 if __name__ == "__main__":

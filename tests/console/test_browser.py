@@ -394,7 +394,7 @@ def test_export_of_the_current_filter_downloads_jsonl(site: Site, page: Any) -> 
 
 def test_usage_charts_and_verify(site: Site, page: Any) -> None:
     """The usage page draws its charts (uPlot canvases) and totals by model; verify on the live
-    store finds every chain intact."""
+    store finds every chain intact; both pages fit 1280 px."""
     sign_in(page, site, site.admin_key)
     page.get_by_role("link", name="Usage").click()
     page.wait_for_selector(".chart canvas")
@@ -405,7 +405,14 @@ def test_usage_charts_and_verify(site: Site, page: Any) -> None:
     page.get_by_role("link", name="Integrity").click()
     page.get_by_role("button", name="Run verify").click()
     verdict = page.get_by_role("status").inner_text()
-    assert (charts, by_model, scroll, verdict) == (7, ["mock", "mock-large"], True, "INTACT")
+    verify_fits = page.evaluate(FITS)
+    assert (charts, by_model, scroll, verdict, verify_fits) == (
+        7,
+        ["mock", "mock-large"],
+        True,
+        "INTACT",
+        True,
+    )
 
 
 def test_a_record_downloads_and_copies_as_json(site: Site, page: Any) -> None:
@@ -524,7 +531,7 @@ def chat_record(seq: int, prompt: str, created_at: int, *, tenant: str) -> Audit
 
 def test_drops_appear_after_a_sink_is_stopped(site: Site, page: Any) -> None:
     """With the NATS sink's server stopped, the pipeline page shows that sink's drops rising,
-    with their reason, next to the store's sink."""
+    with their reason, next to the store's sink (and fits 1280 px)."""
     sign_in(page, site, site.admin_key)
     page.get_by_role("link", name="Pipeline").click()
     before = int(page.locator('[data-dropped="nats"]').inner_text())
@@ -541,9 +548,11 @@ def test_drops_appear_after_a_sink_is_stopped(site: Site, page: Any) -> None:
         after = int(page.locator('[data-dropped="nats"]').inner_text())
     sinks = page.locator("table.health tbody td:first-child").all_inner_texts()
     reasons = page.locator("tr.bad", has_text="nats").locator("td").last.inner_text()
-    assert (before, after > 0, sorted(sinks), "queue_full" in reasons) == (
+    fits = page.evaluate(FITS)
+    assert (before, after > 0, sorted(sinks), "queue_full" in reasons, fits) == (
         0,
         True,
         sorted(["nats", site.store]),
+        True,
         True,
     )
