@@ -7,7 +7,8 @@ prints one JSON line, then a Markdown table row per measure:
   batches in time order, as a gateway writes them); records are built before each timed write.
 - ``bytes_per_row`` and ``raw_bytes_per_row``: the store's size on disk (PostgreSQL: every
   partition with its indexes and TOAST, and the rollups; SQLite: the file and its WAL) and the
-  records' JSON, per record.
+  records' JSON, per record.  SQLite also ``bytes_per_row_text_indexed``: the same once the
+  console has filled its full-text index (``text_index_s``: how long that took).
 - p50/p99 ms of each read-API query shape through the store the API uses (``list`` first page,
   a page after a cursor, by model, by tenant, by a metadata value matching a third of the rows,
   by a rare one, ``get`` by id), ``--queries`` times each with random arguments; on PostgreSQL
@@ -285,12 +286,27 @@ async def bench_sqlite(args: argparse.Namespace) -> dict[str, Any]:
             await sink.close()
         result["bytes_per_row"] = round(file_bytes(path) / args.n)
         url = f"sqlite:///{path}"
+        result["text_index_s"] = await index_text(url)
+        result["bytes_per_row_text_indexed"] = round(file_bytes(path) / args.n)
         result |= await measure_reads(url, args)
         result |= await stats_times(url, args.skip_exact)
         result["retention_s"], result["retention_rows"] = await retain_oldest_day(
             url, result["start"]
         )
     return result
+
+
+async def index_text(url: str) -> float:
+    """Seconds to fill the full-text index as the console does (the store closed after, so its
+    WAL is checkpointed into the file)."""
+    store = open_store(url)
+    await store.open()
+    try:
+        began = time.perf_counter()
+        await store.index_text()
+        return round(time.perf_counter() - began, 2)
+    finally:
+        await store.close()
 
 
 def file_bytes(path: str) -> int:

@@ -56,7 +56,7 @@ async def test_replayed_batch_is_stored_once(tmp_path: Path) -> None:
 
 
 async def test_database_is_in_wal_mode(tmp_path: Path) -> None:
-    """The sink leaves a new file in WAL mode, with 8 KiB pages and the schema migrated."""
+    """The sink leaves a new file in WAL mode, with 4 KiB pages and the schema migrated."""
     path = tmp_path / "audit.db"
     sink = SqliteSink(str(path))
     await sink.open()
@@ -68,7 +68,7 @@ async def test_database_is_in_wal_mode(tmp_path: Path) -> None:
     conn.close()
     assert (mode, page_size, names) == (
         "wal",
-        8192,
+        4096,
         [m.name for m in MIGRATIONS],
     )
 

@@ -432,6 +432,73 @@ async def _m011_postgres(db: Any) -> None:
         await db.execute(statement)
 
 
+# SQLite's full-text index kept a copy of every row's text (m009: an FTS5 table with content),
+# one 4 KiB row per 8 KiB page: 8.2 KB per record on top of the 2.2 KB index itself, when the
+# console has indexed the store.  Contentless, it keeps only the index; a deleted row is taken
+# out with FTS5's 'delete' command, which needs the text the row was indexed with: the trigger
+# recomputes it from the deleted row's bodies (immutable, so it is the same text), and only for
+# rows the index holds (rowid <= last_rowid; the rows above were never indexed).
+SQLITE_BODY_TEXT: Final = (
+    "coalesce((SELECT group_concat(value, ' ') FROM json_tree({0}) WHERE type = 'text'), '')"
+)
+"""SQLite: the words of one body column (every string value, no JSON key)."""
+
+
+def sqlite_text_of(prefix: str) -> str:
+    """SQLite: the text :data:`TEXT_TABLE` indexes for a row, from ``{prefix}request`` and
+    ``{prefix}response`` (``""``: the table's columns; ``"OLD."``: a trigger's deleted row)."""
+    request = SQLITE_BODY_TEXT.format(f"{prefix}request")
+    response = SQLITE_BODY_TEXT.format(f"{prefix}response")
+    return f"{request} || ' ' || {response}"
+
+
+def _m013_sqlite(db: sqlite3.Connection) -> None:
+    db.execute(f"DROP TRIGGER {TEXT_TABLE}_delete")
+    db.execute(f"DROP TABLE {TEXT_TABLE}")
+    db.execute(
+        f"CREATE VIRTUAL TABLE {TEXT_TABLE} USING fts5(body, content='', "
+        "tokenize='unicode61 remove_diacritics 2')"
+    )
+    # The console's background indexing (and a search's catch-up) fills it again, 2,000 rows a
+    # transaction, so the sink's writes interleave: the migration itself stays quick.
+    db.execute(f"UPDATE {TEXT_STATE_TABLE} SET last_rowid = 0")
+    db.execute(
+        f"CREATE TRIGGER {TEXT_TABLE}_delete AFTER DELETE ON {TABLE} BEGIN "
+        f"INSERT INTO {TEXT_TABLE} ({TEXT_TABLE}, rowid, body) "
+        f"SELECT 'delete', OLD.rowid, {sqlite_text_of('OLD.')} "
+        f"WHERE OLD.rowid <= (SELECT last_rowid FROM {TEXT_STATE_TABLE}); "
+        f"UPDATE {TEXT_STATE_TABLE} SET last_rowid = "
+        f"(SELECT coalesce(max(rowid), 0) FROM {TABLE}) WHERE last_rowid > "
+        f"(SELECT coalesce(max(rowid), 0) FROM {TABLE}); END"
+    )
+    # The side table's own request_id index (137 B a record) served only the update and delete
+    # triggers; they now delete a row's pairs through the primary key, from the metadata the
+    # pairs were made of (the side table is always derived from the stored metadata).
+    db.execute(f"DROP TRIGGER {TABLE}_metadata_update")
+    db.execute(f"DROP TRIGGER {TABLE}_metadata_delete")
+    db.execute(f"DROP INDEX {METADATA_TABLE}_request")
+    pairs_of_old = (
+        f"DELETE FROM {METADATA_TABLE} WHERE (key, value, created_at, request_id) IN "
+        "(SELECT j.key, j.value, OLD.created_at, OLD.request_id FROM json_each(OLD.metadata) "
+        "AS j WHERE j.type = 'text')"
+    )
+    db.execute(
+        f"CREATE TRIGGER {TABLE}_metadata_update AFTER UPDATE OF metadata ON {TABLE} BEGIN "
+        f"{pairs_of_old}; "
+        f"INSERT OR IGNORE INTO {METADATA_TABLE} (request_id, key, value, created_at) "
+        "SELECT NEW.request_id, j.key, j.value, NEW.created_at FROM json_each(NEW.metadata) AS j "
+        "WHERE j.type = 'text'; END"
+    )
+    db.execute(
+        f"CREATE TRIGGER {TABLE}_metadata_delete AFTER DELETE ON {TABLE} "
+        f"WHEN OLD.metadata <> '{{}}' BEGIN {pairs_of_old}; END"
+    )
+
+
+async def _m013_postgres(db: Any) -> None:
+    """Nothing to do: PostgreSQL's text index holds no copy of the text (a tsvector)."""
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration("m001_completions", _m001_sqlite, _m001_postgres),
     Migration("m002_indexes", _m002_sqlite, _m002_postgres),
@@ -444,6 +511,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration("m009_console", _m009_sqlite, _m009_postgres),
     Migration("m010_rollup_read_indexes", _m010_sqlite, _m010_postgres),
     Migration("m011_tenant_latency", _m011_sqlite, _m011_postgres),
+    Migration("m013_sqlite_lean_text_index", _m013_sqlite, _m013_postgres),
 )
 """Every migration, in the order it must be applied."""
 

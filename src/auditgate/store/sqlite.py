@@ -29,6 +29,7 @@ from auditgate.store.migrations import (
     MIGRATIONS_TABLE_SQL,
     TEXT_STATE_TABLE,
     TEXT_TABLE,
+    sqlite_text_of,
 )
 from auditgate.store.schema import (
     COLUMN_NAMES,
@@ -60,9 +61,11 @@ METADATA_ROWS_SQL: Final = (
 """The side-table rows of one stored row, derived from what is stored (not from the batch), so a
 replayed record whose metadata the API has replaced since does not bring its old pairs back."""
 
-PAGE_SIZE: Final = 8192
-"""Page size of a new database file: a ~4 KiB record then fits in one page instead of spilling
-into an overflow page (fewer pages written per record).  Existing files keep theirs."""
+PAGE_SIZE: Final = 4096
+"""Page size of a new database file (existing files keep theirs; README says how to convert).
+A record over ~4 KiB then spills into overflow pages that SQLite fills completely, so a row costs
+about its own size; at 8 KiB pages such a row took a page alone, half of it empty (8.2 KB on disk
+per 4.7 KB record).  Records under ~2 KiB share pages at either size."""
 CACHE_KIB: Final = 32768
 """Page cache per connection (KiB): holds a 512-record batch and the hot index pages, which
 SQLite's 2 MiB default evicts within every batch."""
@@ -134,9 +137,6 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 TEXT_BATCH: Final = 2000
 """Rows indexed per transaction by :func:`index_text` (the sink's writes wait at most one)."""
-_BODY_TEXT: Final = (
-    "coalesce((SELECT group_concat(value, ' ') FROM json_tree({0}) WHERE type = 'text'), '')"
-)
 
 
 def index_text(
@@ -160,9 +160,9 @@ def index_text(
             ).fetchone()[0]
             if upto is None:
                 return added
-            body = f"{_BODY_TEXT.format('request')} || ' ' || {_BODY_TEXT.format('response')}"
             added += conn.execute(
-                f"INSERT INTO {TEXT_TABLE} (rowid, body) SELECT rowid, {body} FROM {TABLE} "
+                f"INSERT INTO {TEXT_TABLE} (rowid, body) SELECT rowid, {sqlite_text_of('')} "
+                f"FROM {TABLE} "
                 "WHERE rowid > ? AND rowid <= ?",
                 (last, upto),
             ).rowcount
