@@ -67,6 +67,9 @@ class ConsumeOptions:
     """Duplicate window of a stream this process creates (as the ``nats`` sink does)."""
     input_format: InputFormat | None = None
     """Accept only this record format (``--input-format``); None: detect per message."""
+    retention_days: int | None = None
+    """A ``sqlite`` or ``postgres`` target deletes records older than this many days, at start
+    and every hour, as a gateway's sink does (``DYN_AUDIT_RETENTION_DAYS``); ``None``: never."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -123,22 +126,28 @@ def jsonl_path(url: str) -> str | None:
     return "/" + rest.lstrip("/")
 
 
-def open_target(url: str) -> Sink:
-    """The sink a TARGET URL names (not opened yet); ConfigError for anything else."""
+def open_target(url: str, *, retention_days: int | None = None) -> Sink:
+    """The sink a TARGET URL names (not opened yet); ConfigError for anything else.
+
+    ``retention_days``: the database targets run retention as the gateway's sinks do
+    (:mod:`auditgate.store.retention`); a ``jsonl`` file has none (logged).
+    """
     prefix = "sqlite:///"
     if url.startswith(prefix) and len(url) > len(prefix):
         from auditgate.sinks.sqlite import SqliteSink
 
-        return SqliteSink(url[len(prefix) :])
+        return SqliteSink(url[len(prefix) :], retention_days=retention_days)
     path = jsonl_path(url)
     if path is not None:
         from auditgate.sinks.jsonl import JsonlSink
 
+        if retention_days is not None:
+            log.info("consume: a jsonl target keeps every record (retention applies to databases)")
         return JsonlSink(path)
     if url.startswith(("postgresql://", "postgres://")):
         from auditgate.sinks.postgres import PostgresSink
 
-        return PostgresSink(url)
+        return PostgresSink(url, retention_days=retention_days)
     raise ConfigError(
         f"--to {redact_url(url)!r}: expected sqlite:///PATH (three slashes and a relative path, "
         "or four for an absolute one), postgresql://... or jsonl:///ABSOLUTE/PATH"

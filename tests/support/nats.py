@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from tests.support.gateway import free_port
@@ -156,16 +156,18 @@ def start_consume(
     log_dir: Path,
     name: str = "consume",
     ready_timeout: float | None = 20.0,
+    env: Mapping[str, str] | None = None,
 ) -> ConsumeProcess:
     """Start ``python -m auditgate.cli.consume ARGS`` and wait until it is consuming.
 
-    ``ready_timeout=None`` returns at once (for a process whose NATS is not up yet).
+    ``ready_timeout=None`` returns at once (for a process whose NATS is not up yet).  ``env``:
+    settings (``DYN_*``) added to an environment cleared of them.
     """
     log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             consume_command(args),
-            env=clean_env(),
+            env=clean_env() | dict(env or {}),
             stdout=log_file,
             stderr=subprocess.STDOUT,
             cwd=log_dir,

@@ -38,6 +38,9 @@ Delivery:
   gateways may start in any order.  A NATS server that is down at start or later is waited for
   (reconnecting forever); a bad URL, a bad target, or a stream or durable that does not fit the
   subject is a startup error (exit status 3, as ``serve``'s; a bad flag is 2).
+- Retention: ``--retention-days`` (``DYN_AUDIT_RETENTION_DAYS``) makes a database target delete
+  old days' records at start and every hour, as a gateway's sink does; on PostgreSQL one process
+  at a time (an advisory lock on the store; the others skip their turn).
 - SIGTERM / SIGINT: finish (commit and acknowledge) the current batch, then exit 0 with a summary
   line; a second signal abandons the batch at once (it is redelivered).  Progress (records/s,
   totals) is logged every ``--progress-interval`` seconds while records flow.
@@ -79,6 +82,11 @@ def options_from_args(args: argparse.Namespace) -> ConsumeOptions:
         raise ConfigError(f"--durable {args.durable!r}: no '.', '*', '>', slashes or spaces")
     if args.batch < 1:
         raise ConfigError(f"--batch {args.batch}: must be >= 1")
+    retention_days = args.retention_days
+    if retention_days is None:
+        retention_days = Env().integer("DYN_AUDIT_RETENTION_DAYS", None, minimum=1)
+    elif retention_days < 1:
+        raise ConfigError(f"--retention-days {retention_days}: must be >= 1")
     for flag, value in (("--ack-wait", args.ack_wait), ("--fetch-wait", args.fetch_wait)):
         if value <= 0:
             raise ConfigError(f"{flag} {value}: must be > 0")
@@ -94,12 +102,13 @@ def options_from_args(args: argparse.Namespace) -> ConsumeOptions:
         fetch_wait_s=args.fetch_wait,
         progress_interval_s=args.progress_interval,
         input_format=parse_input_format(args.input_format),
+        retention_days=retention_days,
     )
 
 
 async def consume(options: ConsumeOptions) -> Counters:
     """Run one consumer until SIGTERM/SIGINT; ConfigError for a bad target, stream or durable."""
-    target = open_target(options.target)
+    target = open_target(options.target, retention_days=options.retention_days)
     stop = asyncio.Event()
     main = asyncio.current_task()
     loop = asyncio.get_running_loop()
@@ -204,6 +213,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="record format of the messages: detected per message (auto, the default), or "
         "only auditgate's, Dynamo 0.x's legacy audit record, or Dynamo 1.4+'s "
         "dynamo.request.trace.v1 rows (others are terminated as invalid)",
+    )
+    parser.add_argument(
+        "--retention-days",
+        type=int,
+        default=None,
+        metavar="DAYS",
+        help="a database target deletes records older than DAYS days, at start and every hour, "
+        "as the gateway does (DYN_AUDIT_RETENTION_DAYS; default: keep every record)",
     )
     parser.add_argument(
         "--log-level",

@@ -150,7 +150,7 @@ class PostgresSink:
             if self.retention_days is None:
                 return None
             cutoff = retention.cutoff_of(int(time.time() * 1000), self.retention_days)
-            return await retention.postgres_retain(conn, cutoff)
+            return await retention.postgres_retain_unless_running(conn, cutoff)
 
     async def _prepare(self) -> None:
         async with self._pool.acquire() as conn:

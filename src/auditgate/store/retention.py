@@ -1,7 +1,9 @@
 """Retention: deleting the records of whole UTC days older than N days, unless a legal hold is set.
 
 Who runs it: the ``sqlite`` and ``postgres`` sinks every hour when ``DYN_AUDIT_RETENTION_DAYS`` is
-set, and ``auditgate retention --older-than DAYS [--tenant T]`` on demand.
+set (in a gateway or in ``auditgate consume``), and ``auditgate retention --older-than DAYS
+[--tenant T]`` on demand.  On PostgreSQL one run at a time holds an advisory lock on the store: a
+sink whose turn comes while another process runs retention skips it; the command waits.
 
 - The cutoff is the start of the UTC day ``days`` days before now (:func:`cutoff_of`): every
   record with ``created_at`` before it goes, so a day's records go together.
@@ -195,11 +197,40 @@ async def _check_postgres_holds(conn: Any, tenant: str | None) -> None:
         raise _refuse(blocking, tenant)
 
 
+RETENTION_LOCK: Final = 0x61677274
+"""First key of the PostgreSQL advisory lock a retention run holds (the second is the hash of
+the store's schema, so stores in two schemas of one database do not wait for each other)."""
+_LOCK_KEYS: Final = f"{RETENTION_LOCK}, hashtext(current_schema())"
+
+
 async def postgres_retain(
     conn: Any, cutoff_ms: int, tenant: str | None = None, *, batch: int = BATCH
 ) -> Outcome:
     """Delete records older than ``cutoff_ms`` (of ``tenant`` only, if given): whole partitions,
-    or a tenant's rows in batches; LegalHoldError when a hold covers them."""
+    or a tenant's rows in batches; LegalHoldError when a hold covers them.  Waits for a run
+    another process is making (the store's retention lock) to end first."""
+    await conn.execute(f"SELECT pg_advisory_lock({_LOCK_KEYS})")
+    try:
+        return await _postgres_retain(conn, cutoff_ms, tenant, batch=batch)
+    finally:
+        await conn.execute(f"SELECT pg_advisory_unlock({_LOCK_KEYS})")
+
+
+async def postgres_retain_unless_running(conn: Any, cutoff_ms: int) -> Outcome | None:
+    """The sinks' periodic run: :func:`postgres_retain`, or ``None`` (logged) at once when
+    another process holds the store's retention lock, i.e. is running retention now.  Every
+    gateway and ``auditgate consume`` writing one database runs retention; one at a time does
+    the work, the others find nothing left or skip."""
+    if not await conn.fetchval(f"SELECT pg_try_advisory_lock({_LOCK_KEYS})"):
+        log.info("postgres store: retention skipped: another process is running it")
+        return None
+    try:
+        return await _postgres_retain(conn, cutoff_ms, None, batch=BATCH)
+    finally:
+        await conn.execute(f"SELECT pg_advisory_unlock({_LOCK_KEYS})")
+
+
+async def _postgres_retain(conn: Any, cutoff_ms: int, tenant: str | None, *, batch: int) -> Outcome:
     outcome = Outcome(cutoff_ms, tenant)
     if tenant is None and await partitions.partitioned(conn):
         for part in await partitions.partitions(conn):
