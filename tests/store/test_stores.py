@@ -18,7 +18,7 @@ from auditgate.store import postgres as pg_store
 from auditgate.store import sqlite as sqlite_store
 from auditgate.store.migrations import MIGRATIONS, MIGRATIONS_TABLE_SQL
 from auditgate.store.queries import Filter, Sql, page_sql
-from auditgate.store.rollups import LATENCY_TABLE, TOTALS_TABLE
+from auditgate.store.rollups import LATENCY_TABLE, TENANT_LATENCY_TABLE, TOTALS_TABLE
 from auditgate.store.schema import (
     HOLDS_TABLE,
     METADATA_TABLE,
@@ -335,6 +335,7 @@ async def test_postgres_named_schema(pg_dsn: str) -> None:
                 TABLE,
                 TOTALS_TABLE,
                 LATENCY_TABLE,
+                TENANT_LATENCY_TABLE,
                 HOLDS_TABLE,
                 f"{TABLE}_text",
                 f"{TABLE}_text_queue",
