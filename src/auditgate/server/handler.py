@@ -10,7 +10,6 @@ thing only the transport can know is that the client went away; it learns it fro
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any, ClassVar, Final
 
@@ -24,7 +23,7 @@ from auditgate.pipeline.request import (
     validate_client_request_id,
 )
 from auditgate.server import sse_frames
-from auditgate.server.disconnect import Watch, uncancel
+from auditgate.server.disconnect import watching
 from auditgate.server.headers import HeaderCapture
 from auditgate.server.metrics import HttpMetrics
 from auditgate.server.wire import (
@@ -127,93 +126,79 @@ class ChatHandler:
     async def _complete(
         self, call: ChatCall, receive: Receive, send: Send, headers: list[tuple[bytes, bytes]]
     ) -> int:
-        watch = Watch()
-        watcher = asyncio.ensure_future(watch.run(receive))
-        try:
+        async with watching(receive) as watch:
             completion = await self.pipeline.complete(call)
             await send_json(send, 200, encode_json(completion), headers)
             watch.active = False
-        except asyncio.CancelledError:
-            if not watch.gone:
-                raise
-            uncancel()
-            return 499
-        finally:
-            watch.active = False
-            watcher.cancel()
-        return 200
+            return 200
+        return 499
 
     async def _stream(
         self, call: ChatCall, receive: Receive, send: Send, headers: list[tuple[bytes, bytes]]
     ) -> int:
-        watch = Watch()
-        watcher = asyncio.ensure_future(watch.run(receive))
         stream = None
         ttft = self.metrics.ttft
-        started = time.perf_counter()
         try:
-            stream = await self.pipeline.stream(call)
-            # The response starts with its first body bytes, not before.  A stream whose whole
-            # answer is one batch then goes out in one piece after its commit in durable mode
-            # (headers sent ahead and the rest after the commit cost the client a wake-up and
-            # the gateway ~40 us per stream: 11 % of durable stream throughput in bench.durable),
-            # and if that commit fails the client gets a real 503, not a 200 and an error event.
-            # No token waits for it: the first batch is already here when the headers would go.
-            start: Message | None = {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [*sse_frames.HEADERS, *headers],
-            }
-            first = True
-            # The batch that finishes the answer (and anything after it) goes out together
-            # with [DONE], in one write: a system call and a TCP segment fewer per stream
-            # (bench: +3 % stream req/s at c=64), and in durable mode it waits for the commit
-            # with [DONE].  The engine sends at most a usage chunk after it, at once.
-            tail = b""
-            try:
-                async for batch in stream:
-                    if first:
-                        ttft.observe(time.perf_counter() - started)
-                        first = False
-                    if tail or stream.finishes(batch):
-                        tail += sse_frames.frames(batch)
-                        continue
+            async with watching(receive) as watch:
+                started = time.perf_counter()
+                stream = await self.pipeline.stream(call)
+                # The response starts with its first body bytes, not before.  A stream whose
+                # whole answer is one batch then goes out in one piece after its commit in durable
+                # mode (headers sent ahead and the rest after the commit cost the client a wake-up
+                # and the gateway ~40 us per stream: 11 % of durable stream throughput in
+                # bench.durable), and if that commit fails the client gets a real 503, not a 200
+                # and an error event.  No token waits for it: the first batch is already here
+                # when the headers would go.
+                start: Message | None = {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [*sse_frames.HEADERS, *headers],
+                }
+                first = True
+                # The batch that finishes the answer (and anything after it) goes out together
+                # with [DONE], in one write: a system call and a TCP segment fewer per stream
+                # (bench: +3 % stream req/s at c=64), and in durable mode it waits for the commit
+                # with [DONE].  The engine sends at most a usage chunk after it, at once.
+                tail = b""
+                try:
+                    async for batch in stream:
+                        if first:
+                            ttft.observe(time.perf_counter() - started)
+                            first = False
+                        if tail or stream.finishes(batch):
+                            tail += sse_frames.frames(batch)
+                            continue
+                        if start is not None:
+                            await send(start)
+                            start = None
+                        await send(
+                            {
+                                "type": "http.response.body",
+                                "body": sse_frames.frames(batch),
+                                "more_body": True,
+                            }
+                        )
+                    # Durable mode: [DONE] only once the record is spooled.  Drop the last
+                    # batch first: what a waiting stream holds stays small (64 streams' chunks
+                    # held for the commit spill the CPU caches and cost more than the commit).
+                    batch = []
+                    await stream.committed()
+                except APIError as exc:
                     if start is not None:
-                        await send(start)
-                        start = None
+                        raise  # nothing sent yet: a plain HTTP error with its status
+                    # Headers are gone already: report in-stream, as OpenAI does, and end the
+                    # body.
                     await send(
-                        {
-                            "type": "http.response.body",
-                            "body": sse_frames.frames(batch),
-                            "more_body": True,
-                        }
+                        {"type": "http.response.body", "body": tail + sse_frames.error_frame(exc)}
                     )
-                # Durable mode: [DONE] only once the record is spooled.  Drop the last batch
-                # first: what a waiting stream holds stays small (64 streams' chunks held for
-                # the commit spill the CPU caches and cost more than the commit itself).
-                batch = []
-                await stream.committed()
-            except APIError as exc:
+                    watch.active = False
+                    return exc.status_code
                 if start is not None:
-                    raise  # nothing sent yet: a plain HTTP error with its status
-                # Headers are gone already: report in-stream, as OpenAI does, and end the body.
-                await send(
-                    {"type": "http.response.body", "body": tail + sse_frames.error_frame(exc)}
-                )
+                    await send(start)
+                await send({"type": "http.response.body", "body": tail + sse_frames.DONE})
                 watch.active = False
-                return exc.status_code
-            if start is not None:
-                await send(start)
-            await send({"type": "http.response.body", "body": tail + sse_frames.DONE})
-            watch.active = False
-        except asyncio.CancelledError:
-            if not watch.gone:
-                raise
-            uncancel()
+                return 200
             return 499
         finally:
-            watch.active = False
-            watcher.cancel()
             if stream is not None:
                 await stream.aclose()
-        return 200

@@ -41,7 +41,7 @@ from auditgate.config import GatewaySettings, Secret
 from auditgate.engines.upstream import incomplete, unreachable
 from auditgate.errors import APIError, InvalidRequestError, RequestTimeoutError, UpstreamError
 from auditgate.logs import RateLimitedLog
-from auditgate.server.disconnect import uncancel
+from auditgate.server.disconnect import Watching
 from auditgate.server.forwarding import PathLabels, Target, hop_by_hop, method_label
 from auditgate.server.metrics import PassThroughMetrics
 from auditgate.server.wire import ClientGone, Receive, Scope, Send, header, send_error
@@ -201,42 +201,36 @@ class PassThrough:
         """Proxy one request; returns the status to count."""
         url = self.target.url(scope)
         client = _Client(receive, has_body=_has_body(scope), idle_s=self._body_idle_s)
-        watcher = asyncio.ensure_future(client.watch())
         response: aiohttp.ClientResponse | None = None
         finished = False
         try:
-            response = await self._request(scope, url, client)
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": response.status,
-                    "headers": _response_headers(response.raw_headers),
-                }
-            )
-            failure = await self._relay(response, send)
-            if failure is not None:
-                cause = client.failure()  # the upload broke because of the client
-                if cause is not None:
-                    return cause.status_code if isinstance(cause, APIError) else 499
-                self._log_cut(scope, failure)
-                return failure.status_code
-            client.active = False
-            await send({"type": "http.response.body", "body": b""})
-            finished = True
-        except asyncio.CancelledError:
-            if not client.gone:
-                raise
-            uncancel()
+            async with Watching(client, client.watch()):
+                response = await self._request(scope, url, client)
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": response.status,
+                        "headers": _response_headers(response.raw_headers),
+                    }
+                )
+                failure = await self._relay(response, send)
+                if failure is not None:
+                    cause = client.failure()  # the upload broke because of the client
+                    if cause is not None:
+                        return cause.status_code if isinstance(cause, APIError) else 499
+                    self._log_cut(scope, failure)
+                    return failure.status_code
+                client.active = False
+                await send({"type": "http.response.body", "body": b""})
+                finished = True
+                return response.status
             return 499
         finally:
-            client.active = False
-            watcher.cancel()
             # Without a response, aiohttp has closed the connection of the failed request.
             if response is not None and finished:
                 response.release()
             elif response is not None:
                 response.close()  # aborts the upstream's work
-        return response.status
 
     async def _request(self, scope: Scope, url: URL, client: _Client) -> aiohttp.ClientResponse:
         """The upstream's response head (its body not read yet)."""

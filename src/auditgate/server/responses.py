@@ -17,7 +17,6 @@ A stored response another tenant owns is a 404, exactly like an unknown id.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Final
 
@@ -33,7 +32,7 @@ from auditgate.endpoints.responses.stored import StoredResponses
 from auditgate.errors import APIError, InvalidRequestError, NotFoundError
 from auditgate.pipeline.request import new_request_id, parse_body, validate_client_request_id
 from auditgate.server.completions import tenant_scope
-from auditgate.server.disconnect import Watch, uncancel
+from auditgate.server.disconnect import watching
 from auditgate.server.params import parse_limit, storable
 from auditgate.server.wire import (
     ClientGone,
@@ -114,62 +113,46 @@ class ResponsesHandler:
     async def _create(
         self, call: ResponsesCall, receive: Receive, send: Send, headers: list[tuple[bytes, bytes]]
     ) -> int:
-        watch = Watch()
-        watcher = asyncio.ensure_future(watch.run(receive))
-        try:
+        async with watching(receive):
             response = await self.service.create(call)
             await send_json(send, 200, encode_json(response), headers)
-        except asyncio.CancelledError:
-            if not watch.gone:
-                raise
-            uncancel()
-            return 499
-        finally:
-            watch.active = False
-            watcher.cancel()
-        return 200
+            return 200
+        return 499
 
     async def _stream(
         self, call: ResponsesCall, receive: Receive, send: Send, headers: list[tuple[bytes, bytes]]
     ) -> int:
-        watch = Watch()
-        watcher = asyncio.ensure_future(watch.run(receive))
         stream = None
         try:
-            stream = await self.service.stream(call)
-            # The head goes out with the first events, so an error before them (none after:
-            # the stream reports failures as events) is a plain HTTP error.
-            start: Message | None = {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [*HEADERS, *headers],
-            }
-            async for data in stream:
+            async with watching(receive):
+                stream = await self.service.stream(call)
+                # The head goes out with the first events, so an error before them (none after:
+                # the stream reports failures as events) is a plain HTTP error.
+                start: Message | None = {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [*HEADERS, *headers],
+                }
+                async for data in stream:
+                    if start is not None:
+                        await send(start)
+                        start = None
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+                try:
+                    tail = await stream.end()  # durable mode: after the record's commit
+                except APIError as exc:
+                    if start is not None:
+                        raise
+                    await send({"type": "http.response.body", "body": _error_event(exc)})
+                    return exc.status_code
                 if start is not None:
                     await send(start)
-                    start = None
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-            try:
-                tail = await stream.end()  # durable mode: after the record's commit
-            except APIError as exc:
-                if start is not None:
-                    raise
-                await send({"type": "http.response.body", "body": _error_event(exc)})
-                return exc.status_code
-            if start is not None:
-                await send(start)
-            await send({"type": "http.response.body", "body": tail})
-        except asyncio.CancelledError:
-            if not watch.gone:
-                raise
-            uncancel()
+                await send({"type": "http.response.body", "body": tail})
+                return 200
             return 499
         finally:
-            watch.active = False
-            watcher.cancel()
             if stream is not None:
                 await stream.aclose()
-        return 200
 
 
 def _error_event(error: APIError) -> bytes:
