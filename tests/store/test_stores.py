@@ -337,6 +337,7 @@ async def test_postgres_named_schema(pg_dsn: str) -> None:
                 LATENCY_TABLE,
                 TENANT_LATENCY_TABLE,
                 HOLDS_TABLE,
+                METADATA_TABLE,
                 f"{TABLE}_text",
                 f"{TABLE}_text_queue",
             ]

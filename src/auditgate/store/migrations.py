@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from auditgate.store import rollups
-from auditgate.store.partitions import DAY_MS, create_ahead, ensure_days
+from auditgate.store.partitions import DAY_MS, create_ahead, ensure_days, partitions
 from auditgate.store.schema import HOLDS_TABLE, METADATA_TABLE, MIGRATIONS_TABLE, TABLE
 
 SqliteStep = Callable[[sqlite3.Connection], None]
@@ -499,6 +499,78 @@ async def _m013_postgres(db: Any) -> None:
     """Nothing to do: PostgreSQL's text index holds no copy of the text (a tsvector)."""
 
 
+# PostgreSQL's metadata filter read a value's matches through the GIN index and sorted them all
+# (a third of the store: every third row), or walked the table in created_at order until a page
+# of matches came (a value no row holds: the whole table); a generic plan picks one of the two
+# for every value.  The side table SQLite has had since m008, partitioned by day with the table
+# (retention drops both), walks one key and value's rows in page order instead, whatever their
+# number.  Kept by statement-level triggers, so every writer (sinks, consumers, imports, the
+# API's updates, retention's deletes of one tenant) keeps it.
+_PG_PAIRS_OF: Final = (
+    "SELECT j.key, j.value #>> '{{}}', r.created_at, r.request_id FROM {0} AS r "
+    "CROSS JOIN LATERAL jsonb_each(r.metadata) AS j WHERE jsonb_typeof(j.value) = 'string'"
+)
+_PG_DELETE_PAIRS_OF: Final = (
+    f"DELETE FROM {METADATA_TABLE} AS m USING {{0}} AS r CROSS JOIN LATERAL "
+    "jsonb_each(r.metadata) AS j WHERE m.key = j.key AND m.value = j.value #>> '{{}}' "
+    "AND m.created_at = r.created_at AND m.request_id = r.request_id"
+)
+_PG_METADATA_TRIGGERS: Final = (
+    (
+        "add",
+        "INSERT",
+        "NEW TABLE AS added",
+        (
+            f"INSERT INTO {METADATA_TABLE} (key, value, created_at, request_id) "
+            f"{_PG_PAIRS_OF.format('added')} ON CONFLICT DO NOTHING",
+        ),
+    ),
+    (
+        "change",
+        "UPDATE",
+        "OLD TABLE AS before NEW TABLE AS after",
+        (
+            f"{_PG_DELETE_PAIRS_OF.format('before')} AND NOT EXISTS (SELECT 1 FROM after AS a "
+            "WHERE a.created_at = r.created_at AND a.request_id = r.request_id "
+            "AND a.metadata = r.metadata)",
+            f"INSERT INTO {METADATA_TABLE} (key, value, created_at, request_id) "
+            f"{_PG_PAIRS_OF.format('after')} AND NOT EXISTS (SELECT 1 FROM before AS b "
+            "WHERE b.created_at = r.created_at AND b.request_id = r.request_id "
+            "AND b.metadata = r.metadata) ON CONFLICT DO NOTHING",
+        ),
+    ),
+    ("remove", "DELETE", "OLD TABLE AS gone", (_PG_DELETE_PAIRS_OF.format("gone"),)),
+)
+
+
+def _m014_sqlite(db: sqlite3.Connection) -> None:
+    """Nothing to do: SQLite has had its side table since m008."""
+
+
+async def _m014_postgres(db: Any) -> None:
+    await db.execute(
+        f"CREATE TABLE {METADATA_TABLE} (key text NOT NULL, value text NOT NULL, "
+        "created_at bigint NOT NULL, request_id text NOT NULL, "
+        "PRIMARY KEY (key, value, created_at, request_id)) PARTITION BY RANGE (created_at)"
+    )
+    days = [p.start_ms // DAY_MS for p in await partitions(db)]
+    await ensure_days(db, days)  # the side table's partitions of the days the table has
+    for name, event, tables, statements in _PG_METADATA_TRIGGERS:
+        body = "; ".join(statements)
+        await db.execute(
+            f"CREATE FUNCTION {METADATA_TABLE}_{name}() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN {body}; RETURN NULL; END $$"
+        )
+        await db.execute(
+            f"CREATE TRIGGER {METADATA_TABLE}_{name} AFTER {event} ON {TABLE} "
+            f"REFERENCING {tables} FOR EACH STATEMENT EXECUTE FUNCTION {METADATA_TABLE}_{name}()"
+        )
+    await db.execute(
+        f"INSERT INTO {METADATA_TABLE} (key, value, created_at, request_id) "
+        f"{_PG_PAIRS_OF.format(TABLE)}"
+    )
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration("m001_completions", _m001_sqlite, _m001_postgres),
     Migration("m002_indexes", _m002_sqlite, _m002_postgres),
@@ -512,6 +584,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration("m010_rollup_read_indexes", _m010_sqlite, _m010_postgres),
     Migration("m011_tenant_latency", _m011_sqlite, _m011_postgres),
     Migration("m013_sqlite_lean_text_index", _m013_sqlite, _m013_postgres),
+    Migration("m014_postgres_metadata_in_time_order", _m014_sqlite, _m014_postgres),
 )
 """Every migration, in the order it must be applied."""
 

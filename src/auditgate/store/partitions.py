@@ -17,7 +17,9 @@ Partitions are made ahead of time (:func:`create_ahead`, at migration and by the
 maintenance), and on demand when a batch holds a day that has none (an import of old records, a
 clock far off): :func:`ensure_days`.  A partition is created as a plain table, then attached:
 attaching takes only a ``SHARE UPDATE EXCLUSIVE`` lock on the parent, so readers and writers of
-other days never wait for it.
+other days never wait for it.  Since m014 the metadata side table is partitioned the same way
+(``completion_metadata_pYYYYMMDD``): each day's partition of it is made with the table's, and
+retention drops both.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import re
 from collections.abc import Iterable
 from typing import Any, Final
 
-from auditgate.store.schema import TABLE
+from auditgate.store.schema import METADATA_TABLE, TABLE
 
 log = logging.getLogger("auditgate.store")
 
@@ -55,14 +57,20 @@ def day_of(ms: int) -> int:
     return ms // DAY_MS
 
 
-def partition_name(day: int) -> str:
+def partition_name(day: int, table: str = TABLE) -> str:
     """``completions_pYYYYMMDD`` for UTC day number ``day`` (``completions_d<day>``, ``m`` for a
-    minus sign, for a day outside years 1-9999: a record may carry any 64-bit time)."""
+    minus sign, for a day outside years 1-9999: a record may carry any 64-bit time); ``table``:
+    the partitioned table (the metadata side table's partitions are named alike)."""
     try:
         date = datetime.date(1970, 1, 1) + datetime.timedelta(days=day)
     except OverflowError:
-        return f"{TABLE}_d{day}".replace("-", "m")
-    return f"{TABLE}_p{date:%Y%m%d}"
+        return f"{table}_d{day}".replace("-", "m")
+    return f"{table}_p{date:%Y%m%d}"
+
+
+def metadata_partition(name: str) -> str:
+    """The metadata side table's partition of the same day as table partition ``name``."""
+    return METADATA_TABLE + name[len(TABLE) :]
 
 
 def _bound(ms: int) -> str:
@@ -74,12 +82,20 @@ def _bound(ms: int) -> str:
     return str(ms)
 
 
-async def partitioned(conn: Any) -> bool:
-    """Whether the table in the search path is partitioned (migration m005 applied)."""
+async def partitioned(conn: Any, table: str = TABLE) -> bool:
+    """Whether ``table`` in the search path is partitioned (the stored-completions table: since
+    migration m005; the metadata side table: since m014)."""
     kind = await conn.fetchval(
-        "SELECT c.relkind::text FROM pg_class c WHERE c.oid = to_regclass($1)", TABLE
+        "SELECT c.relkind::text FROM pg_class c WHERE c.oid = to_regclass($1)", table
     )
     return bool(kind == "p")
+
+
+async def _attach(conn: Any, table: str, name: str, start: str, end: str) -> None:
+    # The parent's indexes are built on the (empty) table as it is attached.
+    await conn.execute(
+        f"ALTER TABLE {table} ATTACH PARTITION {name} FOR VALUES FROM ({start}) TO ({end})"
+    )
 
 
 async def partitions(conn: Any) -> list[Partition]:
@@ -109,22 +125,24 @@ async def ensure_days(conn: Any, days: Iterable[int]) -> list[str]:
     async with conn.transaction():
         schema = await conn.fetchval("SELECT current_schema()")
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(schema))
+        side = await partitioned(conn, METADATA_TABLE)
         for day in sorted(set(days)):
-            name = partition_name(day)
-            if await conn.fetchval("SELECT to_regclass($1)", name) is not None:
-                continue
             start, end = _bound(day * DAY_MS), _bound((day + 1) * DAY_MS)
-            # INCLUDING COMPRESSION keeps the parent's lz4 TOAST columns; the new table is empty,
-            # so ATTACH's check of its rows costs nothing.
-            await conn.execute(
-                f"CREATE TABLE {name} (LIKE {TABLE} INCLUDING DEFAULTS INCLUDING STORAGE "
-                "INCLUDING COMPRESSION)"
-            )
-            await conn.execute(f"ALTER TABLE {name} ADD UNIQUE (response_id)")
-            await conn.execute(
-                f"ALTER TABLE {TABLE} ATTACH PARTITION {name} FOR VALUES FROM ({start}) TO ({end})"
-            )
-            created.append(name)
+            name = partition_name(day)
+            if await conn.fetchval("SELECT to_regclass($1)", name) is None:
+                # INCLUDING COMPRESSION keeps the parent's lz4 TOAST columns; the new table is
+                # empty, so ATTACH's check of its rows costs nothing.
+                await conn.execute(
+                    f"CREATE TABLE {name} (LIKE {TABLE} INCLUDING DEFAULTS INCLUDING STORAGE "
+                    "INCLUDING COMPRESSION)"
+                )
+                await conn.execute(f"ALTER TABLE {name} ADD UNIQUE (response_id)")
+                await _attach(conn, TABLE, name, start, end)
+                created.append(name)
+            side_name = partition_name(day, METADATA_TABLE)
+            if side and await conn.fetchval("SELECT to_regclass($1)", side_name) is None:
+                await conn.execute(f"CREATE TABLE {side_name} (LIKE {METADATA_TABLE})")
+                await _attach(conn, METADATA_TABLE, side_name, start, end)
     if created:
         log.info("postgres store: created partitions %s", ", ".join(created))
     return created

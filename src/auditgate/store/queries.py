@@ -298,10 +298,8 @@ def page_sql(
     order: Order,
 ) -> str:
     """``SELECT columns`` of the ``limit`` rows after ``cursor`` in ``order``."""
-    if sql.dialect == "sqlite" and where.metadata:
-        return _sqlite_metadata_page_sql(
-            sql, columns, where, cursor=cursor, limit=limit, order=order
-        )
+    if where.metadata:
+        return _metadata_page_sql(sql, columns, where, cursor=cursor, limit=limit, order=order)
     clauses = sql.where(where)
     if cursor is not None:
         op = ">" if order == "asc" else "<"
@@ -323,7 +321,7 @@ def _limit(limit: int) -> str:
     return str(int(limit))
 
 
-def _sqlite_metadata_page_sql(
+def _metadata_page_sql(
     sql: Sql,
     columns: str,
     where: Filter,
@@ -332,9 +330,11 @@ def _sqlite_metadata_page_sql(
     limit: int,
     order: Order,
 ) -> str:
-    # Driven by the side table: its key (key, value, created_at, request_id) yields one pair's
-    # rows already in page order, so the walk stops after the page however many rows match.
-    # The side table's columns are renamed in the subquery so the outer clauses stay the same.
+    # Driven by the side table (SQLite: m008, PostgreSQL: m014): its key (key, value,
+    # created_at, request_id) yields one pair's rows already in page order, so the walk stops
+    # after the page however many rows match, and a value no row holds costs one index probe.
+    # The side table's columns are renamed in the subquery so the outer clauses stay the same;
+    # the join names both key columns, so PostgreSQL probes one partition per row.
     (key, value), *rest = where.metadata.items()
     inner = [f"key = {sql.param(key)}", f"value = {sql.param(value)}"]
     if cursor is not None:
@@ -343,6 +343,7 @@ def _sqlite_metadata_page_sql(
             f"(created_at, request_id) {op} ({sql.param(cursor[0])}, {sql.param(cursor[1])})"
         )
     clauses = sql.where(dataclasses.replace(where, metadata=dict(rest)))
+    clauses.append(f"{TABLE}.created_at = m.m_created_at")
     clauses.append(f"{TABLE}.request_id = m.m_request_id")
     direction = "ASC" if order == "asc" else "DESC"
     return (

@@ -243,6 +243,9 @@ async def _postgres_retain(conn: Any, cutoff_ms: int, tenant: str | None, *, bat
                 await conn.execute("SET LOCAL lock_timeout = '10s'")
                 rows = await conn.fetchval(f"SELECT count(*) FROM {part.name}")
                 await conn.execute(f"DROP TABLE {part.name}")
+                # The metadata side table's partition of that day (m014) goes with it.
+                side = partitions.metadata_partition(part.name)
+                await conn.execute(f"DROP TABLE IF EXISTS {side}")
                 for table in rollups.TABLES:
                     await conn.execute(
                         f"DELETE FROM {table} WHERE hour >= $1 AND hour < $2",

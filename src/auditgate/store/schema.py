@@ -55,10 +55,10 @@ TABLE: Final = "completions"
 MIGRATIONS_TABLE: Final = "schema_migrations"
 """Applied migrations: ``name`` (primary key) and ``applied_at`` (Unix ms)."""
 METADATA_TABLE: Final = "completion_metadata"
-"""SQLite only: ``(request_id, key, value, created_at)`` rows that index metadata filters (in
-``created_at`` order within a key and value), written by
-:func:`auditgate.store.sqlite.insert_rows` for new rows and kept by triggers on
-update and delete."""
+"""``(request_id, key, value, created_at)`` rows that index metadata filters (in ``created_at``
+order within a key and value).  SQLite: written by :func:`auditgate.store.sqlite.insert_rows`
+for new rows and kept by triggers on update and delete; PostgreSQL (since m014): partitioned by
+day like the table, kept by statement-level triggers on insert, update and delete."""
 
 HOLDS_TABLE: Final = "legal_holds"
 """Legal holds that stop retention: ``(name PRIMARY KEY, tenant NULL = every tenant, reason,
