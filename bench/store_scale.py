@@ -11,7 +11,8 @@ prints one JSON line, then a Markdown table row per measure:
   console has filled its full-text index (``text_index_s``: how long that took).
 - p50/p99 ms of each read-API query shape through the store the API uses (``list`` first page,
   a page after a cursor, by model, by tenant, by a metadata value matching a third of the rows,
-  by a rare one, ``get`` by id), ``--queries`` times each with random arguments; on PostgreSQL
+  by a rare one, by one no row holds, ``get`` by id), ``--queries`` times each with random
+  arguments; on PostgreSQL
   the metadata shapes again under ``plan_cache_mode = force_generic_plan``.
 - ``stats`` over the last 30 days from the rollups (and ``--exact``, unless ``--skip-exact``).
 - ``export_rps``: rows/s of a whole-store scan decoded to records (``auditgate export``'s path),
@@ -38,6 +39,7 @@ import json
 import os
 import random
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -173,6 +175,12 @@ async def read_shapes(store: Store, n: int, queries: int) -> dict[str, Any]:
             limit=20,
             order="desc",
         ),
+        "list_metadata_absent": lambda: store.list(
+            Filter(metadata={"batch": f"none{rng.randrange(1000)}"}),
+            after=None,
+            limit=20,
+            order="desc",
+        ),
         "get_by_id": lambda: store.get(rng.choice(known), None),
     }
     for name, fn in shapes.items():
@@ -182,8 +190,10 @@ async def read_shapes(store: Store, n: int, queries: int) -> dict[str, Any]:
 
 async def generic_metadata(dsn: str, queries: int) -> dict[str, Any]:
     """The metadata shapes with PostgreSQL's generic plan forced (as a prepared statement gets
-    after a few executions)."""
+    after a few executions), read as the store reads them."""
     import asyncpg
+
+    from auditgate.store.postgres_reader import fetch_page
 
     rng = random.Random(6)
     conn = await asyncpg.connect(dsn, server_settings={"plan_cache_mode": "force_generic_plan"})
@@ -192,6 +202,7 @@ async def generic_metadata(dsn: str, queries: int) -> dict[str, Any]:
         for name, key, values in (
             ("generic_metadata_third", "team", [f"team-{i}" for i in range(3)]),
             ("generic_metadata_rare", "batch", [f"b{i}" for i in range(1000)]),
+            ("generic_metadata_absent", "batch", [f"none{i}" for i in range(1000)]),
         ):
 
             async def run(key: str = key, values: list[str] = values) -> Any:
@@ -200,7 +211,7 @@ async def generic_metadata(dsn: str, queries: int) -> dict[str, Any]:
                 statement = page_sql(
                     sql, SELECT_COLUMNS, where, cursor=None, limit=21, order="desc"
                 )
-                return await conn.fetch(statement, *sql.params)
+                return await fetch_page(conn, where, statement, sql.params)
 
             out[name] = await timed(run, queries)
     finally:
