@@ -346,7 +346,8 @@ async def test_postgres_named_schema(pg_dsn: str) -> None:
 
 
 async def test_postgres_indexes(pg_dsn: str) -> None:
-    """PostgreSQL has the model, tenant, created-time and GIN metadata indexes."""
+    """PostgreSQL has the model, tenant, usage and GIN metadata indexes; pages in created-time
+    order walk the primary key (m015 dropped m002's copy of it)."""
     conn = await asyncpg.connect(pg_dsn)
     try:
         await pg_store.migrate(conn)
@@ -358,7 +359,6 @@ async def test_postgres_indexes(pg_dsn: str) -> None:
         await conn.close()
     names = {r["indexname"]: r["indexdef"] for r in rows}
     assert sorted(names) == [
-        "completions_created",
         "completions_metadata",
         "completions_model",
         "completions_pkey",
@@ -366,6 +366,7 @@ async def test_postgres_indexes(pg_dsn: str) -> None:
         "completions_usage",
     ]
     assert "USING gin (metadata jsonb_path_ops)" in names["completions_metadata"]
+    assert "(created_at, request_id)" in names["completions_pkey"]
 
 
 async def test_metadata_update_with_nul_stays_lossless(backend: Backend) -> None:
