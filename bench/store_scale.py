@@ -6,9 +6,10 @@ prints one JSON line, then a Markdown table row per measure:
 - ``ingest_rps``: records/s inside ``sink.write`` (``PostgresSink`` / ``SqliteSink``, 500-record
   batches in time order, as a gateway writes them); records are built before each timed write.
 - ``bytes_per_row`` and ``raw_bytes_per_row``: the store's size on disk (PostgreSQL: every
-  partition with its indexes and TOAST, and the rollups; SQLite: the file and its WAL) and the
-  records' JSON, per record.  SQLite also ``bytes_per_row_text_indexed``: the same once the
-  console has filled its full-text index (``text_index_s``: how long that took).
+  partition with its indexes and TOAST, the metadata side table's, and the rollups; SQLite: the
+  file and its WAL) and the records' JSON, per record.  SQLite also
+  ``bytes_per_row_text_indexed``: the same once the console has filled its full-text index
+  (``text_index_s``: how long that took).
 - p50/p99 ms of each read-API query shape through the store the API uses (``list`` first page,
   a page after a cursor, by model, by tenant, by a metadata value matching a third of the rows,
   by a rare one, by one no row holds, ``get`` by id), ``--queries`` times each with random
@@ -265,9 +266,15 @@ async def bench_postgres(args: argparse.Namespace) -> dict[str, Any]:
         conn = await asyncpg.connect(dsn)
         try:
             await conn.execute("VACUUM ANALYZE")
+            # The table's partitions and the metadata side table's (m014), with their indexes.
             size = await conn.fetchval(
                 "SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('completions')"
             )
+            if await conn.fetchval("SELECT to_regclass('completion_metadata')") is not None:
+                size += await conn.fetchval(
+                    "SELECT sum(pg_total_relation_size(relid)) "
+                    "FROM pg_partition_tree('completion_metadata')"
+                )
             size += await conn.fetchval(
                 "SELECT pg_total_relation_size('usage_rollups') "
                 "+ pg_total_relation_size('usage_latency')"
