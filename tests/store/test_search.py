@@ -280,3 +280,41 @@ async def found_unindexed(store: Store, text: str) -> list[int]:
     """The seqs a search finds now, without indexing anything."""
     page = await store.list(Filter(text=text, stored_only=False), after=None, limit=50, order="asc")
     return [stored.record["seq"] for stored in page.records]
+
+
+async def test_m012_keys_a_postgres_queue_written_before_it_by_time(pg_dsn: str) -> None:
+    """Rows queued for the text index before m012 (request ids only) are indexed after it, newest
+    first: the queue gains their times, its key, and the insert trigger fills both."""
+    from auditgate.store import migrations
+
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        names = [m.name for m in migrations.MIGRATIONS]
+        async with conn.transaction():
+            await conn.execute(migrations.MIGRATIONS_TABLE_SQL["postgres"])
+            for migration in migrations.MIGRATIONS[: names.index("m012_text_queue_by_time")]:
+                await migration.postgres(conn)
+                await conn.execute("INSERT INTO schema_migrations VALUES ($1, 0)", migration.name)
+        old = [chat(i, f"wombat {i}", "x", created_at=1_700_000_000_000 + i) for i in range(3)]
+        await pg_store.insert_rows(conn, [row_from_record(r) for r in old])
+        applied = await pg_store.migrate(conn)
+        await pg_store.insert_rows(conn, [row_from_record(chat(3, "wombat 3", "x"))])
+        queued = [
+            tuple(r)
+            for r in await conn.fetch(
+                "SELECT created_at, request_id FROM completions_text_queue ORDER BY created_at"
+            )
+        ]
+        first_batch = await pg_store.index_text(conn, batch=1, batches=1)
+        newest = await conn.fetchval("SELECT request_id FROM completions_text")
+    finally:
+        await conn.close()
+    store = open_store(pg_dsn)
+    await store.open()
+    try:
+        results = await found(store, "wombat")
+    finally:
+        await store.close()
+    assert applied[0] == "m012_text_queue_by_time"
+    assert [rid for _, rid in queued][:3] == [r.request_id for r in old]
+    assert (first_batch, newest, results) == (1, queued[-1][1], [0, 1, 2, 3])

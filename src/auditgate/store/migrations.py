@@ -321,18 +321,19 @@ async def _m008_postgres(db: Any) -> None:
 TEXT_TABLE: Final = f"{TABLE}_text"
 """The full-text index of every string in a row's request and response bodies.  SQLite: an FTS5
 table (``rowid`` the row's; a trigger takes out a row the table deletes); PostgreSQL:
-``(request_id, words tsvector)`` with a GIN index.  Filled by the console (in the background and
-before each search: :func:`auditgate.store.sqlite.index_text`,
-:func:`auditgate.store.postgres.index_text`), never by a sink: bodies are immutable, and
+``(request_id, words tsvector)`` with a GIN index.  Filled by the console in the background
+(:func:`auditgate.store.sqlite.index_text`, :func:`auditgate.store.postgres.index_text`; a
+search reads what it holds), never by a sink: bodies are immutable, and
 computing every row's words on insert took PostgreSQL's sink from ~2,900 to ~700 rows/s."""
 TEXT_STATE_TABLE: Final = f"{TABLE}_text_state"
 """SQLite only: one row, the highest ``rowid`` :data:`TEXT_TABLE` holds: the rows above it are
 exactly the ones to index (new rows get higher rowids; when the newest rows are deleted, the
 delete trigger lowers it, as SQLite may then give their rowids to new rows)."""
 TEXT_QUEUE_TABLE: Final = f"{TABLE}_text_queue"
-"""PostgreSQL only: request ids of rows not yet in :data:`TEXT_TABLE`, added by a statement-level
-insert trigger in the inserting transaction (so no row is ever missed, whatever the commit
-order), taken out by the search's catch-up in the transaction that indexes them."""
+"""PostgreSQL only: ``(created_at, request_id)`` of rows not yet in :data:`TEXT_TABLE` (the
+time since ``m012_text_queue_by_time``), added by a statement-level insert trigger in the
+inserting transaction (so no row is ever missed, whatever the commit order), taken out, newest
+first, by the indexer in the transaction that indexes them."""
 POSTGRES_TEXT_VECTOR: Final = (
     "(jsonb_to_tsvector('simple'::regconfig, coalesce(request, '{}'::jsonb), '[\"string\"]') "
     "|| jsonb_to_tsvector('simple'::regconfig, coalesce(response, '{}'::jsonb), '[\"string\"]'))"
@@ -430,6 +431,33 @@ def _m011_sqlite(db: sqlite3.Connection) -> None:
 async def _m011_postgres(db: Any) -> None:
     for statement in rollups.tenant_latency_sql(_POSTGRES_TYPES, include=" INCLUDE (count)"):
         await db.execute(statement)
+
+
+def _m012_sqlite(db: sqlite3.Connection) -> None:
+    """Nothing to do: SQLite indexes the rows above a rowid, each found by its key."""
+
+
+async def _m012_postgres(db: Any) -> None:
+    # The queue held request ids only, and the table's key is (created_at, request_id): each
+    # batch the indexer took was looked up by scanning every day partition's key (220 rows/s
+    # at 200k rows, slower the bigger the store).  Keyed (created_at, request_id), a batch is
+    # found by one probe per row in its partition, and taken newest first (a backward walk of
+    # the queue's key): after a bulk load, the recent records become searchable first.
+    q = TEXT_QUEUE_TABLE
+    await db.execute(f"ALTER TABLE {q} ADD COLUMN created_at bigint")
+    await db.execute(
+        f"UPDATE {q} SET created_at = c.created_at FROM {TABLE} AS c "
+        f"WHERE c.request_id = {q}.request_id"
+    )
+    await db.execute(f"DELETE FROM {q} WHERE created_at IS NULL")  # rows deleted since
+    await db.execute(f"ALTER TABLE {q} ALTER COLUMN created_at SET NOT NULL")
+    await db.execute(f"ALTER TABLE {q} DROP CONSTRAINT {q}_pkey")
+    await db.execute(f"ALTER TABLE {q} ADD PRIMARY KEY (created_at, request_id)")
+    await db.execute(
+        f"CREATE OR REPLACE FUNCTION {q}_add() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"INSERT INTO {q} (created_at, request_id) SELECT created_at, request_id FROM added "
+        "ON CONFLICT DO NOTHING; RETURN NULL; END $$"
+    )
 
 
 # SQLite's full-text index kept a copy of every row's text (m009: an FTS5 table with content),
@@ -595,6 +623,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration("m009_console", _m009_sqlite, _m009_postgres),
     Migration("m010_rollup_read_indexes", _m010_sqlite, _m010_postgres),
     Migration("m011_tenant_latency", _m011_sqlite, _m011_postgres),
+    Migration("m012_text_queue_by_time", _m012_sqlite, _m012_postgres),
     Migration("m013_sqlite_lean_text_index", _m013_sqlite, _m013_postgres),
     Migration("m014_postgres_metadata_in_time_order", _m014_sqlite, _m014_postgres),
     Migration("m015_postgres_no_duplicate_index", _m015_sqlite, _m015_postgres),

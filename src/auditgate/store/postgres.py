@@ -8,6 +8,7 @@ puts it in a chosen schema.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import re
 import time
@@ -250,30 +251,36 @@ TEXT_BATCH: Final = 2000
 """Rows indexed per transaction by :func:`index_text`."""
 
 
-async def index_text(conn: Any, *, batch: int = TEXT_BATCH) -> int:
-    """Index every row still queued for the full-text index; returns how many were added.
+async def index_text(conn: Any, *, batch: int = TEXT_BATCH, batches: int | None = None) -> int:
+    """Index every row still queued for the full-text index (at most ``batches`` batches);
+    returns how many were added.
 
-    Each batch is taken off the queue (``FOR UPDATE SKIP LOCKED``: concurrent searches share the
-    work) and indexed in one transaction, so a failure leaves it queued.
+    Each batch is taken off the queue, newest first (``FOR UPDATE SKIP LOCKED``: concurrent
+    indexers share the work), and indexed in one transaction, so a failure leaves it queued.
     """
     added = 0
-    while True:
+    for _ in itertools.count() if batches is None else range(batches):
         async with conn.transaction():
             taken = await conn.fetch(
-                f"DELETE FROM {TEXT_QUEUE_TABLE} WHERE request_id IN (SELECT request_id FROM "
-                f"{TEXT_QUEUE_TABLE} LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING request_id",
+                f"DELETE FROM {TEXT_QUEUE_TABLE} WHERE (created_at, request_id) IN "
+                f"(SELECT created_at, request_id FROM {TEXT_QUEUE_TABLE} "
+                "ORDER BY created_at DESC, request_id DESC LIMIT $1 FOR UPDATE SKIP LOCKED) "
+                "RETURNING created_at, request_id",
                 batch,
             )
             if not taken:
                 return added
+            # By the table's key: one probe per row, in its day partition.
             added += _count(
                 await conn.execute(
                     f"INSERT INTO {TEXT_TABLE} (request_id, words) SELECT request_id, "
-                    f"{POSTGRES_TEXT_VECTOR} FROM {TABLE} WHERE request_id = ANY($1::text[]) "
-                    "ON CONFLICT DO NOTHING",
+                    f"{POSTGRES_TEXT_VECTOR} FROM {TABLE} WHERE (created_at, request_id) IN "
+                    "(SELECT * FROM unnest($1::bigint[], $2::text[])) ON CONFLICT DO NOTHING",
+                    [r["created_at"] for r in taken],
                     [r["request_id"] for r in taken],
                 )
             )
+    return added
 
 
 async def text_index_lag(conn: Any, *, limit: int) -> tuple[int, bool]:
