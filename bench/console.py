@@ -28,6 +28,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -264,6 +265,8 @@ async def bench_store(kind: str, count: int, repeat: int, keep: str | None) -> N
     finally:
         if database is not None:
             await _database(database, create=False)
+        elif keep is None:  # a 1M-record file is ~3 GB: not left behind in /tmp
+            shutil.rmtree(directory, ignore_errors=True)
     for name, runs in times.items():
         line = {
             "store": kind,
