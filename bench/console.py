@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -207,6 +208,123 @@ async def time_pages(url: str, now_ms: int, repeat: int) -> dict[str, list[float
     return times
 
 
+PAIRED_PAGES = (
+    "records",
+    "records_tenant",
+    "search_warm",
+    "usage_last_day",
+    "usage_tenant_last_day",
+    "usage_7_days",
+    "usage_7_days_tenant",
+    "usage_7_days_model",
+    "usage_last_day_fine",
+    "usage_7_days_fine",
+)
+"""The pages ``--paired`` times at every size in turn."""
+
+
+def page_paths(now_ms: int) -> dict[str, str]:
+    """Paths of :data:`PAIRED_PAGES` (windows relative to ``now_ms``)."""
+    week_ago = time.strftime("%Y-%m-%dT%H:%M", time.gmtime((now_ms - 7 * DAY_MS) / 1000))
+    return {
+        "records": "/ui/records",
+        "records_tenant": "/ui/records?tenant=tenant-7",
+        "search_warm": "/ui/records?q=" + _word(),
+        "usage_last_day": "/ui/usage",
+        "usage_tenant_last_day": "/ui/usage?tenant=tenant-3",
+        "usage_7_days": f"/ui/usage?since={week_ago}",
+        "usage_7_days_tenant": f"/ui/usage?since={week_ago}&tenant=tenant-3",
+        "usage_7_days_model": f"/ui/usage?since={week_ago}&model={MODELS[1]}",
+        "usage_last_day_fine": "/ui/usage?endpoint=chat.completions",
+        "usage_7_days_fine": f"/ui/usage?since={week_ago}&endpoint=chat.completions",
+    }
+
+
+async def bench_paired(kind: str, sizes: list[int], repeat: int, keep: str | None) -> None:
+    """Load a store of each size, then time :data:`PAIRED_PAGES` at each size in turn, ``repeat``
+    rounds: the sizes meet the same load on a shared machine, so their ratio is what grows
+    with the store.  Also once per size: the search right after the load, and indexing it all.
+    SQLite files are kept (and reused) in ``keep``; their records' end sets the clock."""
+    directory = Path(keep or tempfile.mkdtemp(prefix="console-bench-"))
+    paths = {n: directory / f"bench-{n}.db" for n in sizes}
+    now_ms = int(time.time() * 1000)
+    if kind == "sqlite":
+        for file in paths.values():
+            if file.exists():
+                conn = sqlite_db.connect(file)
+                newest = conn.execute("SELECT max(created_at) FROM completions").fetchone()[0]
+                conn.close()
+                now_ms = min(now_ms, int(newest) + 1)
+    urls: dict[int, str] = {}
+    databases: list[str] = []
+    once: dict[tuple[int, str], float] = {}
+    try:
+        for n in sizes:
+            started = time.perf_counter()
+            if kind == "sqlite":
+                await asyncio.to_thread(load_sqlite, str(paths[n]), n, now_ms)
+                urls[n] = f"sqlite:///{paths[n]}"
+            else:
+                database = f"ag_console_bench_{uuid.uuid4().hex[:8]}"
+                urls[n] = await _database(database, create=True)
+                databases.append(database)
+                await load_postgres(urls[n], n, now_ms)
+            once[(n, "load")] = (time.perf_counter() - started) * 1000
+        async with contextlib.AsyncExitStack() as stack:
+            clients: dict[int, httpx.AsyncClient] = {}
+            for n in sizes:
+                store = open_store(urls[n], must_exist=True)
+                await store.open()
+                stack.push_async_callback(store.close)
+                console = Console(ConsoleConfig(store_url=urls[n], keys=None), store)
+                client = await stack.enter_async_context(
+                    httpx.AsyncClient(
+                        transport=httpx.ASGITransport(app=console),
+                        base_url="http://bench",
+                        follow_redirects=True,
+                    )
+                )
+                await client.get("/ui/records")  # the open-mode session cookie
+                clients[n] = client
+                once[(n, "search_cold")] = await _timed(client, "/ui/records?q=" + _word())
+                started = time.perf_counter()
+                await store.index_text()
+                once[(n, "index_text_all")] = (time.perf_counter() - started) * 1000
+            times: dict[tuple[int, str], list[float]] = {}
+            for _ in range(repeat):
+                for name, page in page_paths(now_ms).items():
+                    for n in sizes:
+                        times.setdefault((n, name), []).append(await _timed(clients[n], page))
+    finally:
+        for database in databases:
+            await _database(database, create=False)
+        if keep is None:
+            shutil.rmtree(directory, ignore_errors=True)
+    for (n, name), ms in once.items():
+        line = {"store": kind, "records": n, "page": name, "ms": round(ms, 1), "paired": True}
+        print(json.dumps(line), flush=True)
+    for (n, name), runs in times.items():
+        line = {
+            "store": kind,
+            "records": n,
+            "page": name,
+            "median_ms": round(statistics.median(runs), 1),
+            "max_ms": round(max(runs), 1),
+            "runs": len(runs),
+            "paired": True,
+        }
+        print(json.dumps(line), flush=True)
+
+
+async def _timed(client: httpx.AsyncClient, path: str) -> float:
+    started = time.perf_counter()
+    response = await client.get(path)
+    elapsed = (time.perf_counter() - started) * 1000
+    if response.status_code != 200:
+        raise RuntimeError(f"{path}: {response.status_code}")
+    return elapsed
+
+
 def _word(skip: int = 0) -> str:
     """A word of the records' vocabulary (each in about 4 % of the records)."""
     return _vocabulary(random.Random(7))[11 + skip]
@@ -286,9 +404,19 @@ def main() -> int:
     parser.add_argument("--only", choices=("sqlite", "postgres"))
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--keep", help="directory of a SQLite bench.db to reuse (or create)")
+    parser.add_argument(
+        "--paired",
+        metavar="N,N",
+        help="store sizes to load, then time the usage and list pages at each in turn",
+    )
     args = parser.parse_args()
     for kind in ("sqlite", "postgres"):
-        if args.only in (None, kind):
+        if args.only not in (None, kind):
+            continue
+        if args.paired:
+            sizes = [int(n) for n in args.paired.split(",")]
+            asyncio.run(bench_paired(kind, sizes, args.repeat, args.keep))
+        else:
             asyncio.run(bench_store(kind, args.records, args.repeat, args.keep))
     return 0
 
