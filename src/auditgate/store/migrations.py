@@ -487,7 +487,7 @@ def _m013_sqlite(db: sqlite3.Connection) -> None:
         f"CREATE VIRTUAL TABLE {TEXT_TABLE} USING fts5(body, content='', "
         "tokenize='unicode61 remove_diacritics 2')"
     )
-    # The console's background indexing (and a search's catch-up) fills it again, 2,000 rows a
+    # The console's background indexing fills it again, 2,000 rows a
     # transaction, so the sink's writes interleave: the migration itself stays quick.
     db.execute(f"UPDATE {TEXT_STATE_TABLE} SET last_rowid = 0")
     db.execute(
