@@ -107,10 +107,11 @@ class SqliteSink:
         cutoff = retention.cutoff_of(int(time.time() * 1000), self.retention_days)
         outcome = retention.Outcome(cutoff, None)
         while True:
-            deleted = await self._thread.call(
+            deleted, texts = await self._thread.call(
                 lambda: retention.sqlite_retain_batch(self._conn(), cutoff)
             )
             outcome.rows += deleted
+            outcome.text_rows += texts
             if deleted < retention.BATCH:
                 break
         retention.log_outcome(outcome, "sqlite")

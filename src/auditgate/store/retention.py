@@ -15,6 +15,10 @@ sink whose turn comes while another process runs retention skips it; the command
 - The usage rollups lose exactly what was deleted, in the same transaction (rows deleted are
   returned and uncounted; a dropped partition's hours are removed), so ``stats`` stays equal to
   the raw table.
+- So does the console's full-text index (:data:`~auditgate.store.migrations.TEXT_TABLE`): on
+  PostgreSQL the deleted rows' entries and queued ids are deleted in the same transaction (a
+  partition is locked first, so no indexer adds its rows' text meanwhile); on SQLite the
+  table's delete trigger takes each indexed row out.  :attr:`Outcome.text_rows` counts them.
 
 Legal holds (:data:`HOLDS_TABLE`, ``auditgate hold set/clear/list``): a hold without a tenant
 stops all retention; a hold on a tenant stops retention of every tenant's records (which would
@@ -36,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from auditgate.errors import AuditgateError, ConfigError
 from auditgate.store import partitions, rollups
+from auditgate.store.migrations import TEXT_QUEUE_TABLE, TEXT_STATE_TABLE, TEXT_TABLE
 from auditgate.store.partitions import DAY_MS
 from auditgate.store.queries import sqlite_path_of
 from auditgate.store.schema import HOLDS_TABLE, TABLE
@@ -82,6 +87,8 @@ class Outcome:
     rows: int = 0
     partitions: list[str] = dataclasses.field(default_factory=list)
     """PostgreSQL partitions dropped (their rows are in :attr:`rows`)."""
+    text_rows: int = 0
+    """Entries of the full-text index deleted with the rows (rows never indexed have none)."""
 
 
 def cutoff_of(now_ms: int, days: int) -> int:
@@ -104,9 +111,10 @@ def _refuse(blocking: list[Hold], tenant: str | None) -> LegalHoldError:
 def log_outcome(outcome: Outcome, store: str) -> None:
     """Log what a retention run deleted."""
     log.info(
-        "%s store: retention deleted %d records before %d%s%s",
+        "%s store: retention deleted %d records (%d full-text index entries) before %d%s%s",
         store,
         outcome.rows,
+        outcome.text_rows,
         outcome.cutoff_ms,
         f" of tenant {outcome.tenant!r}" if outcome.tenant is not None else "",
         f" (partitions {', '.join(outcome.partitions)})" if outcome.partitions else "",
@@ -126,8 +134,9 @@ def sqlite_holds(conn: sqlite3.Connection) -> list[Hold]:
 
 def sqlite_retain_batch(
     conn: sqlite3.Connection, cutoff_ms: int, tenant: str | None = None, *, batch: int = BATCH
-) -> int:
-    """One transaction of :func:`sqlite_retain`: deletes up to ``batch`` records; how many."""
+) -> tuple[int, int]:
+    """One transaction of :func:`sqlite_retain`: deletes up to ``batch`` records; how many, and
+    how many of them the full-text index held (its delete trigger takes those out)."""
     params: list[Any] = [cutoff_ms]
     condition = "created_at < ?"
     if tenant is not None:
@@ -137,13 +146,15 @@ def sqlite_retain_batch(
         blocking = _blocking(sqlite_holds(conn), tenant)
         if blocking:
             raise _refuse(blocking, tenant)
+        # Rows up to last_rowid are indexed (read before the trigger lowers it).
+        indexed = conn.execute(f"SELECT last_rowid FROM {TEXT_STATE_TABLE}").fetchone()[0]
         deleted = conn.execute(
             f"DELETE FROM {TABLE} WHERE rowid IN (SELECT rowid FROM {TABLE} "
-            f"WHERE {condition} LIMIT ?) {_RETURNING}",
+            f"WHERE {condition} LIMIT ?) {_RETURNING}, rowid AS row_number",
             [*params, batch],
         ).fetchall()
         apply_rollups(conn, _uncount(deleted))
-    return len(deleted)
+    return len(deleted), sum(1 for row in deleted if row["row_number"] <= indexed)
 
 
 def sqlite_retain(
@@ -154,8 +165,9 @@ def sqlite_retain(
     :func:`~auditgate.store.sqlite.connect`."""
     outcome = Outcome(cutoff_ms, tenant)
     while True:
-        deleted = sqlite_retain_batch(conn, cutoff_ms, tenant, batch=batch)
+        deleted, texts = sqlite_retain_batch(conn, cutoff_ms, tenant, batch=batch)
         outcome.rows += deleted
+        outcome.text_rows += texts
         if deleted < batch:
             break
     log_outcome(outcome, "sqlite")
@@ -239,9 +251,12 @@ async def _postgres_retain(conn: Any, cutoff_ms: int, tenant: str | None, *, bat
             async with conn.transaction():
                 await _check_postgres_holds(conn, None)
                 # A drop waits for every query reading the table: bounded, so writers queued
-                # behind it are not held up for long; the next run tries again.
+                # behind it are not held up for long; the next run tries again.  Locked before
+                # it is counted and its text entries deleted: no row (or indexer) comes between.
                 await conn.execute("SET LOCAL lock_timeout = '10s'")
+                await conn.execute(f"LOCK TABLE {part.name} IN ACCESS EXCLUSIVE MODE")
                 rows = await conn.fetchval(f"SELECT count(*) FROM {part.name}")
+                outcome.text_rows += await _delete_text(conn, f"SELECT request_id FROM {part.name}")
                 await conn.execute(f"DROP TABLE {part.name}")
                 # The metadata side table's partition of that day (m014) goes with it.
                 side = partitions.metadata_partition(part.name)
@@ -266,15 +281,33 @@ async def _postgres_retain(conn: Any, cutoff_ms: int, tenant: str | None, *, bat
             await _check_postgres_holds(conn, tenant)
             deleted = await conn.fetch(
                 f"DELETE FROM {TABLE} WHERE (created_at, request_id) IN (SELECT created_at, "
-                f"request_id FROM {TABLE} WHERE {condition} LIMIT {int(batch)}) {_RETURNING}",
+                f"request_id FROM {TABLE} WHERE {condition} LIMIT {int(batch)}) "
+                f"{_RETURNING}, request_id",
                 *params,
             )
             await _postgres_apply(conn, _uncount(deleted))
+            # An indexer that read these rows before they went commits its entries before
+            # this lock is granted (and one that starts later waits for our commit, then reads
+            # no row): the delete below sees every entry of theirs.
+            await conn.execute(f"LOCK TABLE {TEXT_TABLE} IN SHARE ROW EXCLUSIVE MODE")
+            outcome.text_rows += await _delete_text(
+                conn, "SELECT unnest($1::text[])", [r["request_id"] for r in deleted]
+            )
         outcome.rows += len(deleted)
         if len(deleted) < batch:
             break
     log_outcome(outcome, "postgres")
     return outcome
+
+
+async def _delete_text(conn: Any, ids_sql: str, *params: Any) -> int:
+    """Delete the full-text index entries and queued ids of the request ids ``ids_sql`` selects;
+    how many entries went."""
+    status = await conn.execute(
+        f"DELETE FROM {TEXT_TABLE} WHERE request_id IN ({ids_sql})", *params
+    )
+    await conn.execute(f"DELETE FROM {TEXT_QUEUE_TABLE} WHERE request_id IN ({ids_sql})", *params)
+    return int(status.rsplit(" ", 1)[-1])
 
 
 async def postgres_set_hold(conn: Any, name: str, tenant: str | None, reason: str) -> None:
