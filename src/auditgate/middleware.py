@@ -277,13 +277,11 @@ class _Exchange:
 
         try:
             await self.owner.app(self.scope, tapped_receive, tapped_send)
-        except asyncio.CancelledError:
-            self._stop(cancelled=True)
-            raise
-        except Exception as exc:
+        except BaseException as exc:
             if self.capture is not None and not self._ended:
-                name = type(exc).__name__
-                self.capture.fail(_ObservedError(f"The server raised {name}.", "server_error", 500))
+                # The server answers whatever leaves the app with a 500 (or cuts a started
+                # response): an APIError's own status never reached the client.
+                self.capture.raised(exc, told=False)
             raise
         finally:
             self._stop(cancelled=not self._ended)

@@ -443,17 +443,21 @@ class AuditCapture:
         if self._status == "completed":
             self._status = "cancelled"
 
-    def raised(self, exc: BaseException) -> None:
+    def raised(self, exc: BaseException, *, told: bool = True) -> None:
         """The request stopped with ``exc``; record what that means (the one place that decides):
 
-        - an :class:`APIError`: the error the client was told about (:meth:`fail`);
+        - an :class:`APIError`: the error the client was told about (:meth:`fail`), where the
+          transport answers with it (``told``: the gateway's edge does).  An app under the ASGI
+          middleware that raises one did not answer with it, and neither does its server:
+          ``told=False`` records it as any other exception;
         - any other :class:`Exception` (a bug, an engine's unwrapped error): ``error``, as the
-          500 ``server_error`` the client gets; the record names the exception's type only —
-          its text may hold secrets or be huge, and the log has the traceback;
+          500 ``server_error`` the client gets (or a response cut short); the record names the
+          exception's type only — its text may hold secrets or be huge, and the log has the
+          traceback;
         - anything else (``CancelledError``: the client went away while the engine worked,
           ``GeneratorExit``: the transport stopped reading, a shutdown): ``cancelled``.
         """
-        if isinstance(exc, APIError):
+        if told and isinstance(exc, APIError):
             self.fail(exc)
         elif isinstance(exc, Exception):
             self._status = "error"
