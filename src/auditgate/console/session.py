@@ -70,7 +70,7 @@ class Sessions:
         if not cookie:
             return None
         body, _, signature = cookie.partition(".")
-        if not hmac.compare_digest(signature, self._sign(body)):
+        if not _same(signature, self._sign(body)):
             return None
         try:
             payload: Any = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
@@ -88,13 +88,20 @@ class Sessions:
 
     def csrf_ok(self, viewer: Viewer, token: str | None) -> bool:
         """Whether ``token`` is the CSRF token of ``viewer``'s session."""
-        return bool(token) and hmac.compare_digest(str(token), self.csrf(viewer))
+        return bool(token) and _same(str(token), self.csrf(viewer))
 
     def _sign(self, body: str) -> str:
         return self._mac(b"session:" + body.encode())
 
     def _mac(self, data: bytes) -> str:
         return _b64(hmac.new(self._secret, data, hashlib.sha256).digest())
+
+
+def _same(given: str, expected: str) -> bool:
+    """Constant-time equality of a value a client sent and the one expected.  As bytes:
+    compare_digest raises TypeError for a str beyond ASCII, which a forged cookie or token may
+    hold (the expected value never does, so such a value never matches)."""
+    return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode())
 
 
 def _valid(payload: dict[str, Any]) -> bool:
