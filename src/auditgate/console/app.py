@@ -163,10 +163,17 @@ class Console:
         return RedirectResponse(f"{PREFIX}/login?next={next_path}", status_code=303)
 
     async def form(self, request: Request) -> dict[str, str]:
-        """An ``application/x-www-form-urlencoded`` body (each field's first value)."""
-        body = await request.body()
-        if len(body) > _FORM_MAX:
-            return {}
+        """An ``application/x-www-form-urlencoded`` body (each field's first value); ``{}`` for
+        one over :data:`_FORM_MAX` bytes, which is not read further (anyone may post to the
+        sign-in page: the whole body used to be read into memory before its size was checked)."""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > _FORM_MAX:
+                return {}
+            chunks.append(chunk)
+        body = b"".join(chunks)
         pairs = urllib.parse.parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
         form: dict[str, str] = {}
         for key, value in pairs:
