@@ -14,7 +14,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from auditgate.store.migrations import TEXT_QUEUE_TABLE, TEXT_TABLE
+from auditgate.store import retention
+from auditgate.store.migrations import POSTGRES_TEXT_VECTOR, TEXT_QUEUE_TABLE, TEXT_TABLE
 from auditgate.store.partitions import DAY_MS
 from auditgate.store.queries import Filter
 from auditgate.store.schema import TABLE
@@ -140,3 +141,33 @@ async def test_tenant_retention_takes_that_tenants_records_out_of_the_text_index
     assert (code, done["rows"], done["text_rows"]) == (0, 2, 2)
     assert ([rows[1].request_id], []) == await index_entries(target.url)
     assert await searched(target.url, "ancient") == [1]
+
+
+async def test_postgres_retention_does_not_wait_for_an_indexer_holding_the_days_ids(
+    pg_dsn: str,
+) -> None:
+    """An indexer that has taken an old record's id off the queue (its transaction still open,
+    about to read the record) neither holds up retention of that record's day nor deadlocks
+    with it: retention skips the id, the indexer then finds no row and adds nothing."""
+    target = Target(pg_dsn)
+    now = int(time.time() * 1000)
+    old = chat(0, "ancient", "answer", created_at=DAY0)
+    new = chat(1, "fresh", "answer", created_at=now)
+    await target.insert([old, new])
+    indexer = await asyncpg.connect(pg_dsn)
+    try:
+        async with indexer.transaction():
+            taken = await indexer.fetch(
+                f"DELETE FROM {TEXT_QUEUE_TABLE} WHERE request_id = $1 RETURNING request_id",
+                old.request_id,
+            )
+            outcome = await asyncio.wait_for(retention.retain(pg_dsn, DAY0 + DAY_MS), 10)
+            added = await indexer.execute(
+                f"INSERT INTO {TEXT_TABLE} (request_id, words) SELECT request_id, "
+                f"{POSTGRES_TEXT_VECTOR} FROM {TABLE} WHERE request_id = ANY($1::text[])",
+                [r["request_id"] for r in taken],
+            )
+    finally:
+        await indexer.close()
+    assert (len(taken), outcome.rows, added) == (1, 1, "INSERT 0 0")
+    assert ([], [new.request_id]) == await index_entries(pg_dsn)

@@ -302,11 +302,20 @@ async def _postgres_retain(conn: Any, cutoff_ms: int, tenant: str | None, *, bat
 
 async def _delete_text(conn: Any, ids_sql: str, *params: Any) -> int:
     """Delete the full-text index entries and queued ids of the request ids ``ids_sql`` selects;
-    how many entries went."""
+    how many entries went.
+
+    Queued ids an indexer has taken (locked, deleted in its open transaction) are skipped, not
+    waited for: that indexer may be waiting for this transaction's lock on the partition, and
+    waiting for it would deadlock.  It finds no row for them once we commit, and its commit
+    takes them off the queue (a rollback leaves them queued for a round that finds none)."""
     status = await conn.execute(
         f"DELETE FROM {TEXT_TABLE} WHERE request_id IN ({ids_sql})", *params
     )
-    await conn.execute(f"DELETE FROM {TEXT_QUEUE_TABLE} WHERE request_id IN ({ids_sql})", *params)
+    await conn.execute(
+        f"DELETE FROM {TEXT_QUEUE_TABLE} WHERE request_id IN (SELECT request_id FROM "
+        f"{TEXT_QUEUE_TABLE} WHERE request_id IN ({ids_sql}) FOR UPDATE SKIP LOCKED)",
+        *params,
+    )
     return int(status.rsplit(" ", 1)[-1])
 
 
