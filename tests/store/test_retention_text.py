@@ -171,3 +171,30 @@ async def test_postgres_retention_does_not_wait_for_an_indexer_holding_the_days_
         await indexer.close()
     assert (len(taken), outcome.rows, added) == (1, 1, "INSERT 0 0")
     assert ([], [new.request_id]) == await index_entries(pg_dsn)
+
+
+async def test_cli_retention_blocked_by_a_long_query_fails_in_one_line(pg_dsn: str) -> None:
+    """A query holding an old day's partition past retention's lock timeout: ``auditgate
+    retention`` exits 2 with one line saying so (no traceback), and that day is still there;
+    once the query ends, the same command drops it."""
+    target = Target(pg_dsn)
+    await target.insert([chat(0, "ancient", "answer", created_at=DAY0)])
+    reader = await asyncpg.connect(pg_dsn)
+    try:
+        async with reader.transaction():
+            await reader.fetch(f"SELECT request_id FROM {TABLE} WHERE created_at < $1", DAY0 + 1)
+            blocked = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "auditgate", "retention", "--older-than", "30"],
+                env=clean_env({"AUDITGATE_STORE_URL": pg_dsn}),
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+    finally:
+        await reader.close()
+    code, done = await retention_command("--older-than", "30", "--store", pg_dsn)
+    assert (blocked.returncode, blocked.stdout, len(blocked.stderr.splitlines())) == (2, "", 1)
+    assert "lock timeout" in blocked.stderr and "Traceback" not in blocked.stderr
+    assert (code, done["rows"]) == (0, 1)

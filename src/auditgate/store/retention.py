@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from auditgate.errors import AuditgateError, ConfigError
+from auditgate.errors import AuditgateError, ConfigError, ServiceUnavailableError
 from auditgate.store import partitions, rollups
 from auditgate.store.migrations import TEXT_QUEUE_TABLE, TEXT_STATE_TABLE, TEXT_TABLE
 from auditgate.store.partitions import DAY_MS
@@ -387,6 +387,13 @@ async def _on_store(
     try:
         await postgres.migrate(conn)
         return await on_postgres(conn)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, *postgres.UNREACHABLE) as exc:
+        # A lock timeout (a long query holds a day's partition), a server gone mid-run: what
+        # went before committed, the rest is for the next run; one line, not a traceback.
+        message = postgres.hide_password(f"{type(exc).__name__}: {exc}", url)
+        raise ServiceUnavailableError(
+            f"PostgreSQL store {postgres.redact_dsn(url)!r}: {message} (run it again)"
+        ) from None
     finally:
         await conn.close()
 
