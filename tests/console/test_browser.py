@@ -183,7 +183,8 @@ def site(
         env |= {"DYN_AUDIT_SINKS": "sqlite,nats", "DYN_AUDIT_SQLITE_PATH": str(root / "a.db")}
         store_url = f"sqlite:///{root / 'a.db'}"
     else:
-        database = f"ag_console_{root.name.replace('-', '_')[-20:]}"
+        # Unique across processes: other checkouts run these tests on the same server.
+        database = f"ag_console_{store}_{uuid.uuid4().hex[:12]}"
         store_url = dsn = _run(create_database(PG_ADMIN_DSN, database))
         env |= {"DYN_AUDIT_SINKS": "postgres,nats", "DYN_AUDIT_POSTGRES_URL": dsn}
     gateway = start_gateway(env, log_dir=root)
