@@ -258,3 +258,52 @@ async def test_gateway_retention_days_drops_old_partitions(
     assert made == listed
     assert 'auditgate_store_retention_partitions_dropped_total{sink="postgres"} 4.0' in text
     assert len(await left(postgres_url)) == 1
+
+
+async def test_postgres_drop_waits_for_a_reader_instead_of_deadlocking(postgres_url: str) -> None:
+    """A reader holds the table and then asks for a partition (as every query over the whole
+    table does) while retention drops that partition: the reader gets it and retention goes on
+    after it.  Retention once locked the partition first and the table at DROP: a deadlock."""
+    reader = await asyncpg.connect(postgres_url)
+    try:
+        victim = (await partitions.partitions(reader))[0].name
+        async with reader.transaction():
+            await reader.execute(f"LOCK TABLE ONLY {TABLE} IN ACCESS SHARE MODE")
+            dropping = asyncio.ensure_future(retention.retain(postgres_url, DAY0 + DAY_MS))
+            await asyncio.sleep(0.5)  # retention is now waiting for the table
+            await asyncio.wait_for(
+                reader.execute(f"LOCK TABLE {victim} IN ACCESS SHARE MODE"), timeout=5
+            )
+        outcome = await asyncio.wait_for(dropping, timeout=20)
+    finally:
+        await reader.close()
+    assert (outcome.partitions, sorted(await left(postgres_url))) == ([victim], ids_from(1))
+
+
+async def test_a_failed_maintenance_run_is_tried_again_soon() -> None:
+    """A run that fails (a lock timeout, a deadlock) is retried after ``retry_s``, not an
+    interval later; a successful one waits the interval."""
+    calls: list[float] = []
+
+    async def step() -> retention.Outcome | None:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise asyncpg.DeadlockDetectedError("deadlock detected")
+        return None
+
+    metrics = AuditMetrics()
+    maintenance = retention.Maintenance(
+        "postgres", step, interval_s=60, retry_s=0.05, metrics=metrics
+    )
+    maintenance.start()
+    try:
+        deadline = time.monotonic() + 5
+        while maintenance.runs < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+    finally:
+        await maintenance.stop()
+    errors = metrics.registry.get_sample_value(
+        "auditgate_store_maintenance_errors_total", {"sink": "postgres"}
+    )
+    assert (len(calls), errors) == (2, 1.0)

@@ -43,7 +43,7 @@ from auditgate.store import partitions, rollups
 from auditgate.store.migrations import TEXT_QUEUE_TABLE, TEXT_STATE_TABLE, TEXT_TABLE
 from auditgate.store.partitions import DAY_MS
 from auditgate.store.queries import sqlite_path_of
-from auditgate.store.schema import HOLDS_TABLE, TABLE
+from auditgate.store.schema import HOLDS_TABLE, METADATA_TABLE, TABLE
 from auditgate.store.sqlite import apply_rollups, write_transaction
 from auditgate.store.sqlite import connect as sqlite_connect
 from auditgate.store.sqlite import migrate as sqlite_migrate
@@ -58,6 +58,8 @@ BATCH: Final = 5000
 """Rows deleted per transaction where rows are deleted one by one."""
 INTERVAL_S: Final = 3600.0
 """How often the sinks run retention (and, on PostgreSQL, make partitions ahead)."""
+RETRY_S: Final = 5.0
+"""A failed maintenance run is tried again after this, doubling up to :data:`INTERVAL_S`."""
 _RETURNING: Final = f"RETURNING {rollups.SOURCE_SQL}, deleted_at"
 
 
@@ -254,6 +256,12 @@ async def _postgres_retain(conn: Any, cutoff_ms: int, tenant: str | None, *, bat
                 # behind it are not held up for long; the next run tries again.  Locked before
                 # it is counted and its text entries deleted: no row (or indexer) comes between.
                 await conn.execute("SET LOCAL lock_timeout = '10s'")
+                # The parents first, in the order writers take them (the table, then its
+                # metadata side table's triggers), as every reader does: a reader of the whole
+                # table holds the parent and then asks for each partition, so a drop that held
+                # the partition first and then asked for the parent (as DROP does) deadlocked
+                # with it (the console's indexer, a list page).
+                await conn.execute(f"LOCK TABLE {TABLE}, {METADATA_TABLE} IN ACCESS EXCLUSIVE MODE")
                 await conn.execute(f"LOCK TABLE {part.name} IN ACCESS EXCLUSIVE MODE")
                 rows = await conn.fetchval(f"SELECT count(*) FROM {part.name}")
                 outcome.text_rows += await _delete_text(conn, f"SELECT request_id FROM {part.name}")
@@ -437,8 +445,9 @@ class Maintenance:
     """Runs a sink's maintenance ``step`` now and then every ``interval_s`` until :meth:`stop`.
 
     ``step`` returns the retention :class:`Outcome` (or ``None`` when it ran none), counted in
-    ``metrics``.  A step that fails is logged and counted, and runs again at the next interval:
-    the database may be down for a while, and a legal hold refuses until it is cleared.
+    ``metrics``.  A step that fails is logged and counted, and runs again after
+    :data:`RETRY_S`, doubling up to the interval: a lock timeout or a deadlock passes in seconds,
+    the database may be down for a while.  A legal hold's refusal waits for the next interval.
     """
 
     def __init__(
@@ -447,10 +456,12 @@ class Maintenance:
         step: Callable[[], Awaitable[Outcome | None]],
         *,
         interval_s: float = INTERVAL_S,
+        retry_s: float = RETRY_S,
         metrics: AuditMetrics | None = None,
     ) -> None:
         self.sink = sink
         self.interval_s = interval_s
+        self.retry_s = retry_s
         self._step = step
         self._metrics = metrics
         self._task: asyncio.Task[None] | None = None
@@ -470,12 +481,20 @@ class Maintenance:
                 await task
 
     async def _loop(self) -> None:
+        retry_s = self.retry_s
         while True:
-            await self.run_once()
-            await asyncio.sleep(self.interval_s)
+            if await self.run_once():
+                retry_s = self.retry_s
+                await asyncio.sleep(self.interval_s)
+            else:
+                # A lock timeout, a deadlock or a database restart is usually over in seconds:
+                # try again soon (doubling), not an interval later.
+                await asyncio.sleep(min(retry_s, self.interval_s))
+                retry_s *= 2
 
-    async def run_once(self) -> None:
-        """One step, its outcome counted; never raises but for cancellation."""
+    async def run_once(self) -> bool:
+        """One step, its outcome counted; False when it failed (a legal hold's refusal is not a
+        failure: it holds until cleared).  Never raises but for cancellation."""
         metrics = self._metrics
         try:
             outcome = await self._step()
@@ -487,9 +506,11 @@ class Maintenance:
             log.warning("%s sink: store maintenance failed (retried): %s", self.sink, exc)
             if metrics is not None:
                 metrics.maintenance_errors.labels(self.sink).inc()
+            return False
         else:
             if outcome is not None and metrics is not None:
                 metrics.retention_deleted.labels(self.sink).inc(outcome.rows)
                 metrics.retention_partitions.labels(self.sink).inc(len(outcome.partitions))
         finally:
             self.runs += 1
+        return True
