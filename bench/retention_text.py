@@ -48,7 +48,7 @@ _COPY = "bench_text_by_day"
 def fill_sql(start_ms: int, step_ms: float, first: int, last: int) -> str:
     """Rows ``first..last`` of the bench (``created_at = start + i * step``)."""
     words = (
-        "array_to_string(ARRAY(SELECT 'w' || ((i * 7919 + k * 104729) % 5000) "
+        "array_to_string(ARRAY(SELECT 'w' || ((i::bigint * 7919 + k * 104729) % 5000) "
         "FROM generate_series(1, 40) AS k), ' ')"
     )
     return f"""
