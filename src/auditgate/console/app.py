@@ -209,6 +209,12 @@ class Console:
         keys = self.config.keys
         if keys is None:
             return RedirectResponse(PREFIX + "/records", status_code=303)
+        if _cross_site(request):
+            # Login CSRF: a page elsewhere posting its own key would sign this browser in as it.
+            log.info("console: a sign-in posted from another site was refused")
+            return self.render(
+                request, "login.html", None, status=403, next=PREFIX, error="Sign in here."
+            )
         form = await self.form(request)
         key = form.get("key", "").strip()
         next_path = _safe_next(request, form.get("next"))
@@ -250,6 +256,15 @@ class Console:
             status=exc.status_code,
             message=exc.message,
         )
+
+
+def _cross_site(request: Request) -> bool:
+    """Whether the browser says ``request`` was not sent by a page of the console's own origin
+    (``Sec-Fetch-Site``, which every current browser sends; clients without it, such as
+    scripts, are not a browser posting a form from elsewhere).  ``Origin`` is not compared
+    with ``Host``: behind a proxy that rewrites ``Host`` every sign-in would be refused."""
+    site = request.headers.get("sec-fetch-site")
+    return site is not None and site not in ("same-origin", "none")
 
 
 def _safe_next(request: Request, value: str | None = None) -> str:
