@@ -260,8 +260,11 @@ async def _postgres_retain(conn: Any, cutoff_ms: int, tenant: str | None, *, bat
                 # metadata side table's triggers), as every reader does: a reader of the whole
                 # table holds the parent and then asks for each partition, so a drop that held
                 # the partition first and then asked for the parent (as DROP does) deadlocked
-                # with it (the console's indexer, a list page).
-                await conn.execute(f"LOCK TABLE {TABLE}, {METADATA_TABLE} IN ACCESS EXCLUSIVE MODE")
+                # with it (the console's indexer, a list page).  The parents only (ONLY): the
+                # other days' partitions stay readable by queries already past the parent.
+                await conn.execute(
+                    f"LOCK TABLE ONLY {TABLE}, ONLY {METADATA_TABLE} IN ACCESS EXCLUSIVE MODE"
+                )
                 await conn.execute(f"LOCK TABLE {part.name} IN ACCESS EXCLUSIVE MODE")
                 rows = await conn.fetchval(f"SELECT count(*) FROM {part.name}")
                 outcome.text_rows += await _delete_text(
