@@ -346,12 +346,23 @@ def _metadata_page_sql(
     clauses.append(f"{TABLE}.created_at = m.m_created_at")
     clauses.append(f"{TABLE}.request_id = m.m_request_id")
     direction = "ASC" if order == "asc" else "DESC"
+    pairs = (
+        f"(SELECT request_id AS m_request_id, created_at AS m_created_at FROM {METADATA_TABLE} "
+        f"WHERE {' AND '.join(inner)}) AS m"
+    )
+    order_by = (
+        f"ORDER BY m.m_created_at {direction}, m.m_request_id {direction} LIMIT {_limit(limit)}"
+    )
+    if sql.dialect == "postgres":
+        # A LATERAL subquery with its own LIMIT is never flattened into the join, so the side
+        # table stays the outer loop: at 1M records the planner otherwise preferred walking the
+        # whole table in time order and probing the side table (0.3-0.5 s a page).
+        return (
+            f"SELECT {columns} FROM {pairs} CROSS JOIN LATERAL (SELECT {columns} FROM {TABLE} "
+            f"WHERE {' AND '.join(clauses)} LIMIT 1) AS c {order_by}"
+        )
     return (
-        f"SELECT {columns} FROM (SELECT request_id AS m_request_id, created_at AS m_created_at "
-        f"FROM {METADATA_TABLE} WHERE {' AND '.join(inner)}) AS m CROSS JOIN {TABLE} "
-        f"WHERE {' AND '.join(clauses)} "
-        f"ORDER BY m.m_created_at {direction}, m.m_request_id {direction} "
-        f"LIMIT {_limit(limit)}"
+        f"SELECT {columns} FROM {pairs} CROSS JOIN {TABLE} WHERE {' AND '.join(clauses)} {order_by}"
     )
 
 
