@@ -37,6 +37,7 @@ AUDIT_GOOD: list[tuple[str, str, str, Any]] = [
     ("DYN_AUDIT_DURABILITY", "DURABLE", "durability", "durable"),
     ("DYN_AUDIT_SPOOL_DIR", "/x/spool", "spool_dir", "/x/spool"),
     ("DYN_AUDIT_SPOOL_MAX_BYTES", "1000", "spool_max_bytes", 1000),
+    ("DYN_AUDIT_PROCESS", "1", "process", True),
     ("DYN_AUDIT_INTEGRITY", "true", "integrity", True),
     ("DYN_AUDIT_INTEGRITY_KEY", "k", "integrity_key", Secret("k")),
     ("DYN_AUDIT_CHECKPOINT_EVERY", "10", "checkpoint_every", 10),

@@ -215,6 +215,9 @@ class AuditSettings:
     """Durable mode's write-ahead spool."""
     spool_max_bytes: int = 10 << 30
     """Spool bound; past it ``store: true`` requests get 503."""
+    process: bool = False
+    """``DYN_AUDIT_PROCESS``: build, process and deliver the records in a helper process
+    (:mod:`auditgate.audit.process`), off the serving event loop (best effort only)."""
     integrity: bool = False
     """Per-writer hash chain."""
     integrity_key: Secret | None = None
@@ -297,6 +300,7 @@ class AuditSettings:
             durability=durability,
             spool_dir=env.text("DYN_AUDIT_SPOOL_DIR", "./audit/spool"),
             spool_max_bytes=env.req_int("DYN_AUDIT_SPOOL_MAX_BYTES", 10 << 30, minimum=1),
+            process=env.flag("DYN_AUDIT_PROCESS", False),
             integrity=env.flag("DYN_AUDIT_INTEGRITY", False),
             integrity_key=Secret(key) if key else None,
             checkpoint_every=env.req_int("DYN_AUDIT_CHECKPOINT_EVERY", 1000, minimum=1),

@@ -23,7 +23,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Final, Protocol
 
@@ -32,22 +32,22 @@ from auditgate.audit.aggregate import StreamAggregator
 from auditgate.audit.bus import RecordBus
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.processors import Processors
+from auditgate.audit.raw import Aggregator, RawCapture, build_record, path_of
 from auditgate.audit.record import AuditRecord, Envelope, ErrorInfo, Mode, Status
 from auditgate.config import AuditSettings
 from auditgate.errors import APIError, ServiceUnavailableError
+
+__all__ = ["Aggregator", "AuditCapture", "Auditor", "Handoff", "new_writer_id"]
 
 _UNIT: Final = float(1 << 64)
 log = logging.getLogger("auditgate.audit")
 
 
-class Aggregator(Protocol):
-    """Builds the final object a stream of chunks amounts to (one per stored stream)."""
+class Handoff(Protocol):
+    """Where finished captures go instead of the bus when the audit runs in its own process
+    (:class:`~auditgate.audit.process.link.AuditProcess`): ``put`` never blocks or raises."""
 
-    def feed(self, chunk: dict[str, Any]) -> None: ...
-
-    def feed_all(self, chunks: Iterable[dict[str, Any]]) -> None: ...
-
-    def finish(self) -> dict[str, Any] | None: ...
+    def put(self, raw: RawCapture) -> None: ...
 
 
 def new_writer_id() -> str:
@@ -67,7 +67,10 @@ class Auditor:
         engine: str,
         writer: str | None = None,
         processors: Processors | None = None,
+        handoff: Handoff | None = None,
     ) -> None:
+        """``handoff``: the audit process that builds and publishes the records instead of
+        this process (``DYN_AUDIT_PROCESS``); then ``bus`` is None."""
         self.settings = settings
         self.processors = processors if processors is not None else Processors((), None)
         """Run on every record between stamping ``seq`` and the bus (redaction, integrity)."""
@@ -76,7 +79,8 @@ class Auditor:
         self.engine = engine
         self.writer = writer or new_writer_id()
         self._seq = itertools.count()
-        self._enabled = settings.enabled and bus is not None
+        self.handoff = handoff
+        self._enabled = settings.enabled and (bus is not None or handoff is not None)
         self._sample = settings.sample_rate
         self._records = {m: metrics.records.labels(m) for m in ("full", "usage_only", "checkpoint")}
         self._processing = metrics.processing_seconds
@@ -130,14 +134,12 @@ class Auditor:
         mode = self.mode_for(request_id, store)
         if mode is None:
             return None
-        if refuse_unkept:
-            assert self.bus is not None  # a mode means audit is on
-            if not self.bus.admit(mode):
-                raise ServiceUnavailableError(
-                    "The audit spool is full, so this request, which asks to be stored, cannot "
-                    "be audited right now; retry later.",
-                    code="audit_spool_full",
-                )
+        if refuse_unkept and self.bus is not None and not self.bus.admit(mode):
+            raise ServiceUnavailableError(
+                "The audit spool is full, so this request, which asks to be stored, cannot "
+                "be audited right now; retry later.",
+                code="audit_spool_full",
+            )
         return AuditCapture(
             self,
             mode=mode,
@@ -250,6 +252,10 @@ class Auditor:
             return commits.failed(commits.CommitError(f"audit processors failed: {exc}"))
         return None
 
+    def pending(self) -> int:
+        """Records waiting for the processors' next batch."""
+        return len(self._pending)
+
     def flush(self) -> None:
         """Publish the records waiting for the processors' next batch now, so that a bus
         flush after it covers every record accepted so far."""
@@ -294,6 +300,7 @@ class AuditCapture:
     __slots__ = (
         "_aggregator",
         "_auditor",
+        "_batches",
         "_body",
         "_client_request_id",
         "_commit",
@@ -302,6 +309,7 @@ class AuditCapture:
         "_endpoint",
         "_engine_response_id",
         "_error",
+        "_factory",
         "_finished",
         "_first_at",
         "_headers",
@@ -354,7 +362,15 @@ class AuditCapture:
         self._created_at = time.time_ns() // 1_000_000
         self._started = time.perf_counter()
         self._first_at: float | None = None
-        self._aggregator = aggregator() if streaming and mode == "full" else None
+        self._factory = aggregator
+        self._aggregator: Aggregator | None = None
+        self._batches: list[list[dict[str, Any]]] | None = None
+        """Audit process: a stored stream's chunk batches, aggregated over there."""
+        if streaming and mode == "full":
+            if auditor.handoff is None:
+                self._aggregator = aggregator()
+            else:
+                self._batches = []
         self._record: AuditRecord | None = None
         self._response: dict[str, Any] | None = None
         self._summary: dict[str, Any] | None = None
@@ -393,6 +409,8 @@ class AuditCapture:
             self._first_at = time.perf_counter()
         if self._aggregator is not None:
             self._aggregator.feed(chunk)
+        elif self._batches is not None:
+            self._batches.append([chunk])
 
     def chunks(self, chunks: list[dict[str, Any]]) -> None:
         """Stream chunks exactly as the client receives them, in order: :meth:`chunk` for
@@ -402,6 +420,8 @@ class AuditCapture:
                 self._first_at = time.perf_counter()
             if self._aggregator is not None:
                 self._aggregator.feed_all(chunks)
+            elif self._batches is not None:
+                self._batches.append(chunks)
 
     def output(self) -> None:
         """Output reached the client (a stream the transport aggregates itself): the time to
@@ -415,7 +435,7 @@ class AuditCapture:
         then replaces the capture's own aggregation."""
         if self._first_at is None:
             self._first_at = time.perf_counter()
-        self._aggregator = None
+        self._aggregator = self._batches = None
         usage = completion.get("usage")
         if isinstance(usage, dict):
             self._usage = usage
@@ -494,56 +514,55 @@ class AuditCapture:
         """Build and publish the record; only the first call does anything.
 
         Returns what :meth:`Auditor.publish` returned (the durable commit to await before the
-        end of the response is released), ``None`` on later calls."""
+        end of the response is released), ``None`` on later calls.  With the audit process
+        on, the capture is handed over as it is (:class:`~auditgate.audit.raw.RawCapture`) and
+        the record is built there; ``None`` then."""
         if self._finished:
             return None
         self._finished = True
-        now = time.perf_counter()
+        elapsed = time.perf_counter() - self._started
+        first = self._first_at
+        full = self.mode == "full"
+        batches = self._batches
+        raw = RawCapture(
+            self.request_id,
+            self._streaming,
+            self.mode,
+            self._model,
+            self._endpoint,
+            self._transport,
+            self._status,
+            self._created_at,
+            int(elapsed * 1e6 + 0.5),
+            None if first is None else int((first - self._started) * 1e6 + 0.5),
+            self._tenant,
+            self._metadata,
+            self._usage,
+            self._body if full else None,
+            self._response,
+            self._summary,
+            batches,
+            None if batches is None else path_of(self._factory),
+            self._error,
+            self._client_request_id,
+            self._engine_response_id,
+            self._headers,
+            tuple(self._credentials),
+        )
+        auditor = self._auditor
+        handoff = auditor.handoff
+        if handoff is not None:
+            self._batches = None
+            handoff.put(raw)
+            return None
         response = self._response
         if self._aggregator is not None:
             response = self._aggregator.finish()
             # The stream's state is garbage now; in durable mode the transport still waits for
             # the commit, and holding it that long across 64 streams spills the CPU caches.
             self._aggregator = None
-        record = AuditRecord(
-            request_id=self.request_id,
-            requested_streaming=self._streaming,
-            mode=self.mode,
-            model=self._model,
-            usage=self._usage,
-            endpoint=self._endpoint,
-            transport=self._transport,
-            engine=self._auditor.engine,
-            status=self._status,
-            complete=self._status == "completed"
-            and (response is not None or self._summary is not None or self.mode != "full"),
-            created_at=self._created_at,
-            completed_at=self._created_at + int((now - self._started) * 1000),
-            # Microseconds are all the clock gives meaningfully; 0.18 reads better than
-            # 0.18011899999237357 in every record.
-            ttft_ms=None if self._first_at is None else _ms(self._first_at - self._started),
-            duration_ms=_ms(now - self._started),
-            tenant=self._tenant,
-            metadata=self._metadata,
-            writer="",
-            seq=-1,
-        )
-        if self.mode == "full":
-            record.request = self._body
-            if response is not None:
-                record.response = response
-        if self._summary is not None:
-            record.response = self._summary
-        if self._error is not None:
-            record.error = self._error
-        if self._client_request_id is not None:
-            record.client_request_id = self._client_request_id
-        if self._engine_response_id is not None:
-            record.engine_response_id = self._engine_response_id
-        if self._headers:
-            record.http_request_headers = self._headers
-        self._record = record
-        self._commit = commit = self._auditor.publish(record, self._credentials)
+        record = self._record = build_record(raw, auditor.engine, response)
+        self._commit = commit = auditor.publish(record, self._credentials)
         return commit
 
 
@@ -576,10 +595,3 @@ def outcome(capture: AuditCapture | None) -> AuditCapture | _NoCapture:
     With no capture (audit off) it does nothing, and costs no allocation: the capture is its own
     context manager, and no capture shares one that does nothing."""
     return _NO_CAPTURE if capture is None else capture
-
-
-def _ms(seconds: float) -> float:
-    """``seconds`` (≥ 0) in milliseconds, to the microsecond.  An integer count of microseconds
-    divided by 1000 is the double nearest to that decimal, so it prints with at most three
-    decimals — like ``round(x, 3)``, at a fifth of its cost (52 ns against 246)."""
-    return int(seconds * 1e6 + 0.5) / 1e3

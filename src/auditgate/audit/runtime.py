@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from auditgate.audit.bus import AuditBus, RecordBus
 from auditgate.audit.capture import Auditor
@@ -34,6 +35,9 @@ from auditgate.audit.record import AuditRecord, Envelope, Mode
 from auditgate.audit.sink import Sink
 from auditgate.config import AuditSettings
 from auditgate.logs import RateLimitedLog
+
+if TYPE_CHECKING:
+    from auditgate.audit.process.link import AuditProcess
 
 log = logging.getLogger("auditgate")
 
@@ -96,7 +100,19 @@ class AuditRuntime:
         self.settings = settings
         self.metrics = metrics
         self.bus: RecordBus | None = None
-        if settings.enabled:
+        self.process: AuditProcess | None = None
+        """The audit process that builds and delivers the records (``DYN_AUDIT_PROCESS``)."""
+        if settings.enabled and settings.process and sinks is None:
+            if settings.durability == "durable":
+                log.warning(
+                    "DYN_AUDIT_PROCESS is not supported with DYN_AUDIT_DURABILITY=durable yet: "
+                    "the records are built in the serving process"
+                )
+            else:
+                from auditgate.audit.process.link import AuditProcess
+
+                self.process = AuditProcess(settings, metrics, engine=engine)
+        if settings.enabled and self.process is None:
             if sinks is None:
                 from auditgate.sinks import build_sinks
 
@@ -107,7 +123,10 @@ class AuditRuntime:
             self.bus,
             metrics,
             engine=engine,
-            processors=Processors.build(settings, metrics, engine=engine),
+            processors=Processors.build(settings, metrics, engine=engine)
+            if self.process is None
+            else None,
+            handoff=self.process,
         )
         self._checkpoints: asyncio.Task[None] | None = None
         self._sealing: asyncio.Task[bool] | None = None
@@ -117,10 +136,12 @@ class AuditRuntime:
     @property
     def enabled(self) -> bool:
         """Whether requests yield records (audit on)."""
-        return self.bus is not None
+        return self.bus is not None or self.process is not None
 
     @property
     def sink_names(self) -> tuple[str, ...]:
+        if self.process is not None:
+            return self.settings.sinks
         return self.bus.sink_names if self.bus is not None else ()
 
     async def start(self, *, keep_serving: bool = False) -> None:
@@ -131,6 +152,16 @@ class AuditRuntime:
         (``reason="sink_unavailable"``) and logged, rate-limited — the choice of a host that must
         go on serving (the middleware), never a silent unaudited answer.  A durable bus always
         raises: it promises that no response ends before its record is kept."""
+        if self.process is not None:
+            await self.process.start()
+            log.info(
+                "audit on, in its own process: sinks=%s capacity=%d records / %d bytes writer=%s",
+                ",".join(self.settings.sinks),
+                self.settings.capacity,
+                self.settings.capacity_bytes,
+                self.process.writer,
+            )
+            return
         bus = self.bus
         if bus is None:
             ignored = ignored_settings(self.settings)
@@ -179,6 +210,8 @@ class AuditRuntime:
         """Wait until every record accepted so far — those waiting for the processors
         included — is in its sinks (durable: stored by every sink, not just spooled).  True if
         that happened before ``timeout`` seconds."""
+        if self.process is not None:
+            return await self.process.flush(timeout)
         if self.bus is None:
             return True
         self.auditor.flush()
@@ -189,6 +222,12 @@ class AuditRuntime:
         """Seal the chain with a final checkpoint (integrity on), drain within ``timeout``
         seconds and close the sinks.  Returns, per sink, the records not delivered (durable:
         kept in the spool for the next start); logs them."""
+        if self.process is not None:
+            report = await self.process.stop(timeout)
+            if any(report.values()):
+                log.error("audit: %d record(s) undelivered at shutdown: %s",
+                          sum(report.values()), report)  # fmt: skip
+            return report
         bus = self.bus
         if bus is None or self._sinks_down:
             return {}
