@@ -32,7 +32,7 @@ from auditgate.audit.aggregate import StreamAggregator
 from auditgate.audit.bus import RecordBus
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.processors import Processors
-from auditgate.audit.raw import Aggregator, RawCapture, build_record, path_of
+from auditgate.audit.raw import Aggregator, RawCapture, aggregate, build_record, path_of
 from auditgate.audit.record import AuditRecord, Envelope, ErrorInfo, Mode, Status
 from auditgate.config import AuditSettings
 from auditgate.errors import APIError, ServiceUnavailableError
@@ -315,6 +315,7 @@ class AuditCapture:
         "_headers",
         "_metadata",
         "_model",
+        "_raw",
         "_record",
         "_response",
         "_started",
@@ -372,6 +373,8 @@ class AuditCapture:
             else:
                 self._batches = []
         self._record: AuditRecord | None = None
+        self._raw: RawCapture | None = None
+        """What was handed to the audit process (the local :attr:`record` is built from it)."""
         self._response: dict[str, Any] | None = None
         self._summary: dict[str, Any] | None = None
         self._usage: dict[str, Any] | None = None
@@ -507,7 +510,15 @@ class AuditCapture:
     @property
     def record(self) -> AuditRecord | None:
         """The record :meth:`finish` published (``None`` before).  Read-only: the processors
-        (redaction) change it in place until the end of the event-loop iteration."""
+        (redaction) change it in place until the end of the event-loop iteration.
+
+        With the audit process, the record is built and redacted here on first use, the same
+        as over there but without ``writer``, ``seq`` and ``integrity``."""
+        raw = self._raw
+        if self._record is None and raw is not None:
+            record = build_record(raw, self._auditor.engine, aggregate(raw))
+            self._auditor.processors.prepare(record, self._credentials)
+            self._record = record
         return self._record
 
     def finish(self) -> Awaitable[None] | None:
@@ -553,6 +564,7 @@ class AuditCapture:
         handoff = auditor.handoff
         if handoff is not None:
             self._batches = None
+            self._raw = raw
             handoff.put(raw)
             return None
         response = self._response

@@ -123,9 +123,12 @@ class AuditRuntime:
             self.bus,
             metrics,
             engine=engine,
-            processors=Processors.build(settings, metrics, engine=engine)
-            if self.process is None
-            else None,
+            # With the audit process, the processors run there; here they only redact the
+            # record a transport asks a capture for (a stored response, for its store lag),
+            # counted over there already.
+            processors=Processors.build(
+                settings, metrics if self.process is None else AuditMetrics(), engine=engine
+            ),
             handoff=self.process,
         )
         self._checkpoints: asyncio.Task[None] | None = None

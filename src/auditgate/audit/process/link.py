@@ -92,6 +92,21 @@ class AuditProcess:
         self._drop_log = RateLimitedLog()
 
     @property
+    def pid(self) -> int | None:
+        """The current audit process's pid (None while none runs)."""
+        return None if self._process is None else self._process.pid
+
+    @property
+    def received(self) -> int:
+        """Captures the current audit process acknowledged reading."""
+        return self._received
+
+    @property
+    def acknowledged(self) -> int:
+        """Captures the current audit process acknowledged as stored or dropped by every sink."""
+        return self._done
+
+    @property
     def held(self) -> int:
         """Captures handed over and not yet read by the audit process."""
         return len(self._queue) + len(self._sizes)
