@@ -25,8 +25,10 @@ what a request costs the server (``server_cpu_ms_per_req``) at a production-like
 With ``--pid``, the server's CPU time (``utime + stime`` over each pid's whole process tree) is
 read at the window's start and end: ``server_cpu_ms_per_req`` is that difference over the
 requests completed in the window; ``server_peak_rss_mb`` is the sum of ``VmHWM`` over the trees at
-the end.  ``client_cpu_util`` is this process's own CPU use over the window as a fraction of one
-core: near 1.0 means the generator, not the server, was the limit.
+the end; ``server_root_cpu_ms_per_req`` and ``server_root_peak_rss_mb`` the same for the given
+pids alone, without their children (an audit process, a spool writer).  ``client_cpu_util`` is
+this process's own CPU use over the window as a fraction of one core: near 1.0 means the
+generator, not the server, was the limit.
 
 Why raw asyncio sockets and the httptools parser instead of an HTTP client library: a request
 costs a ``write`` of prebuilt bytes and a C parse of the answer, so one core drives several times
@@ -321,6 +323,7 @@ async def run(w: Workload, pids: Sequence[int] = ()) -> dict[str, Any]:
     try:
         await asyncio.sleep(w.warmup_s)
         cpu0 = procfs.tree_cpu_seconds(pids) if pids else 0.0
+        root0 = procfs.cpu_seconds(pids)
         self0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         tally.measuring = True
@@ -329,6 +332,7 @@ async def run(w: Workload, pids: Sequence[int] = ()) -> dict[str, Any]:
         elapsed = time.perf_counter() - t0
         self1 = resource.getrusage(resource.RUSAGE_SELF)
         cpu1 = procfs.tree_cpu_seconds(pids) if pids else 0.0
+        root1 = procfs.cpu_seconds(pids)
     finally:
         stop.set()
         if due is not None:
@@ -372,6 +376,12 @@ async def run(w: Workload, pids: Sequence[int] = ()) -> dict[str, Any]:
         result["server_cpu_util"] = round(server_cpu / elapsed, 3)
         result["server_cpu_ms_per_req"] = round(server_cpu * 1000 / done, 4) if done else None
         result["server_peak_rss_mb"] = round(procfs.tree_peak_rss_bytes(pids) / 2**20, 1)
+        # The given pids alone, without their children (the audit process, a spool writer).
+        root = root1 - root0
+        result["server_root_cpu_ms_per_req"] = round(root * 1000 / done, 4) if done else None
+        result["server_root_peak_rss_mb"] = round(
+            sum(procfs.peak_rss_bytes(pid) for pid in pids) / 2**20, 1
+        )
     return result
 
 

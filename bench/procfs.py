@@ -73,6 +73,16 @@ def tree_cpu_seconds(roots: Iterable[int]) -> float:
     return sum(stats[pid].cpu_s for pid in process_tree(roots, stats))
 
 
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """Sum of ``utime + stime`` over ``pids`` themselves (not their descendants), in seconds."""
+    total = 0.0
+    for pid in pids:
+        stat = read_stat(pid)
+        if stat is not None:
+            total += stat.cpu_s
+    return total
+
+
 def peak_rss_bytes(pid: int) -> int:
     """``VmHWM`` (peak resident set) of one process in bytes; 0 if it is gone."""
     try:

@@ -218,6 +218,8 @@ class AuditSettings:
     process: bool = False
     """``DYN_AUDIT_PROCESS``: build, process and deliver the records in a helper process
     (:mod:`auditgate.audit.process`), off the serving event loop (best effort only)."""
+    process_cpus: tuple[int, ...] = ()
+    """``DYN_AUDIT_PROCESS_CPUS``: the CPUs the audit process runs on (empty: the gateway's)."""
     integrity: bool = False
     """Per-writer hash chain."""
     integrity_key: Secret | None = None
@@ -301,6 +303,7 @@ class AuditSettings:
             spool_dir=env.text("DYN_AUDIT_SPOOL_DIR", "./audit/spool"),
             spool_max_bytes=env.req_int("DYN_AUDIT_SPOOL_MAX_BYTES", 10 << 30, minimum=1),
             process=env.flag("DYN_AUDIT_PROCESS", False),
+            process_cpus=cpu_list(env, "DYN_AUDIT_PROCESS_CPUS"),
             integrity=env.flag("DYN_AUDIT_INTEGRITY", False),
             integrity_key=Secret(key) if key else None,
             checkpoint_every=env.req_int("DYN_AUDIT_CHECKPOINT_EVERY", 1000, minimum=1),
@@ -321,6 +324,18 @@ class AuditSettings:
             s3=s3,
             output_format=output_format(env),
         )
+
+
+def cpu_list(env: Env, name: str) -> tuple[int, ...]:
+    """A comma-separated list of CPU numbers (``0,2``), empty when unset."""
+    raw = env.optional(name) or ""
+    try:
+        cpus = tuple(int(part) for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected CPU numbers separated by commas") from None
+    if any(cpu < 0 for cpu in cpus):
+        raise ConfigError(f"{name}={raw!r}: CPU numbers are >= 0")
+    return cpus
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -27,12 +27,21 @@ from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Final, Protocol
 
+import msgspec
+
 from auditgate.audit import commit as commits
 from auditgate.audit.aggregate import StreamAggregator
 from auditgate.audit.bus import RecordBus
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.processors import Processors
-from auditgate.audit.raw import Aggregator, RawCapture, aggregate, build_record, path_of
+from auditgate.audit.raw import (
+    Aggregator,
+    RawCapture,
+    aggregate,
+    build_record,
+    encode_batch,
+    path_of,
+)
 from auditgate.audit.record import AuditRecord, Envelope, ErrorInfo, Mode, Status
 from auditgate.config import AuditSettings
 from auditgate.errors import APIError, ServiceUnavailableError
@@ -365,8 +374,8 @@ class AuditCapture:
         self._first_at: float | None = None
         self._factory = aggregator
         self._aggregator: Aggregator | None = None
-        self._batches: list[list[dict[str, Any]]] | None = None
-        """Audit process: a stored stream's chunk batches, aggregated over there."""
+        self._batches: list[msgspec.Raw] | None = None
+        """Audit process: a stored stream's chunk batches, encoded (aggregated over there)."""
         if streaming and mode == "full":
             if auditor.handoff is None:
                 self._aggregator = aggregator()
@@ -413,7 +422,7 @@ class AuditCapture:
         if self._aggregator is not None:
             self._aggregator.feed(chunk)
         elif self._batches is not None:
-            self._batches.append([chunk])
+            self._batches.append(encode_batch([chunk]))
 
     def chunks(self, chunks: list[dict[str, Any]]) -> None:
         """Stream chunks exactly as the client receives them, in order: :meth:`chunk` for
@@ -424,7 +433,7 @@ class AuditCapture:
             if self._aggregator is not None:
                 self._aggregator.feed_all(chunks)
             elif self._batches is not None:
-                self._batches.append(chunks)
+                self._batches.append(encode_batch(chunks))
 
     def output(self) -> None:
         """Output reached the client (a stream the transport aggregates itself): the time to

@@ -11,8 +11,9 @@ through :func:`build_record`, so a record is the same whichever process built it
 from __future__ import annotations
 
 import importlib
+import pickle
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol, cast
 
 import msgspec
 
@@ -53,8 +54,10 @@ class RawCapture(msgspec.Struct, array_like=True):
     response: dict[str, Any] | None
     """The whole response as the client received it (``full`` records only)."""
     summary: dict[str, Any] | None
-    batches: list[list[dict[str, Any]]] | None
-    """A stored stream's chunk batches as the client received them, when not aggregated yet."""
+    batches: list[msgspec.Raw] | None
+    """A stored stream's chunk batches as the client received them, when not aggregated yet:
+    each encoded as soon as it was sent (:func:`encode_batch`), so the serving process holds
+    bytes, not the chunks' objects, until the capture is handed over."""
     aggregator: str | None
     """``module:qualname`` of the factory of the aggregator that ``batches`` go through."""
     error: ErrorInfo | None = None
@@ -85,6 +88,28 @@ def factory_at(path: str) -> Callable[[], Aggregator]:
     return factory
 
 
+_encode: Final = msgspec.msgpack.Encoder().encode
+_decode: Final = msgspec.msgpack.Decoder().decode
+
+
+def encode_batch(chunks: list[dict[str, Any]]) -> msgspec.Raw:
+    """One batch of stream chunks as :attr:`RawCapture.batches` holds it: MessagePack, or (for
+    what MessagePack cannot hold: a lone surrogate, an integer past 64 bits) a pickle in a
+    MessagePack ``bin``."""
+    try:
+        return msgspec.Raw(_encode(chunks))
+    except (TypeError, OverflowError, UnicodeEncodeError):
+        return msgspec.Raw(_encode(pickle.dumps(chunks, protocol=pickle.HIGHEST_PROTOCOL)))
+
+
+def decode_batch(batch: msgspec.Raw) -> list[dict[str, Any]]:
+    """The chunks :func:`encode_batch` encoded."""
+    chunks = _decode(batch)
+    if type(chunks) is bytes:
+        chunks = pickle.loads(chunks)
+    return cast(list[dict[str, Any]], chunks)
+
+
 def aggregate(raw: RawCapture) -> dict[str, Any] | None:
     """The capture's response: its stream batches through its aggregator, or as given."""
     batches = raw.batches
@@ -92,7 +117,7 @@ def aggregate(raw: RawCapture) -> dict[str, Any] | None:
         return raw.response
     aggregator = factory_at(raw.aggregator)()
     for batch in batches:
-        aggregator.feed_all(batch)
+        aggregator.feed_all(decode_batch(batch))
     return aggregator.finish()
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import pickle
 import signal
 import socket
@@ -36,8 +37,9 @@ from auditgate.config import AuditSettings
 
 log = logging.getLogger("auditgate.audit")
 
-ACK_S: Final = 0.02
-"""How often the stored-or-dropped count is acknowledged while it moves."""
+ACK_S: Final = 0.01
+"""How often what was read and what was stored are acknowledged while they move (not at every
+read: a message back per batch would cost the gateway a wake-up and a read per batch)."""
 METRICS_S: Final = 0.5
 """How often the metrics go to the gateway."""
 ORPHAN_DRAIN_S: Final = 30.0
@@ -79,7 +81,6 @@ class Helper(asyncio.Protocol):
                     self.hello.set_result(pickle.loads(payload))
             else:
                 log.error("audit process: unknown message kind %d", kind)
-        self.ack()
 
     def _capture(self, kind: int, payload: memoryview) -> None:
         self.received += 1
@@ -159,6 +160,8 @@ async def serve(fd: int) -> int:
         settings, writer, engine = await helper.hello
     except asyncio.CancelledError:
         return 1
+    if settings.process_cpus:
+        os.sched_setaffinity(0, settings.process_cpus)
     # The runtime here is the in-process one: it must not start an audit process of its own.
     settings = dataclasses.replace(settings, process=False)
     runtime = AuditRuntime(settings, AuditMetrics(), engine=engine)

@@ -1,10 +1,12 @@
 """The gateway's end of its audit process (``DYN_AUDIT_PROCESS=1``): hand captures over, supervise.
 
-:meth:`AuditProcess.put` runs on the event loop for every finished capture and is O(1): it
-queues the :class:`~auditgate.audit.raw.RawCapture`.  At the end of that loop iteration every
-queued capture is encoded (MessagePack; no JSON, no aggregation) and the lot goes as one write
-over a socket pair to the audit process (:mod:`auditgate.audit.process.helper`) — the pattern of
-the durable spool's writer (:mod:`auditgate.audit.spool.spool`).
+:meth:`AuditProcess.put` runs on the event loop for every finished capture and is O(1) in the
+number of captures: it encodes the :class:`~auditgate.audit.raw.RawCapture` (MessagePack; no
+JSON, no aggregation; a stream's chunks were encoded batch by batch as they were sent) and queues
+the bytes.  :data:`FLUSH_S` later the queue goes as one write over a socket pair to the audit
+process (:mod:`auditgate.audit.process.helper`) — the pattern of the durable spool's writer
+(:mod:`auditgate.audit.spool.spool`), on a timer instead of once per event-loop iteration, since
+nothing waits for it.
 
 Guarantees:
 
@@ -46,6 +48,10 @@ log = logging.getLogger("auditgate.audit")
 
 RESTART_BACKOFF_S: Final = (0.0, 0.1, 0.5, 2.0, 5.0)
 """Wait before the n-th restart in a row without an acknowledgement in between (then the last)."""
+FLUSH_S: Final = 0.002
+"""How long a finished capture waits for others to share its write: a write per event-loop
+iteration costs a system call and a wake-up of the audit process for every request or two at
+moderate load; every few milliseconds it is one per burst, and no request waits for it."""
 START_TIMEOUT_S: Final = 60.0
 """How long the audit process may take to open its sinks."""
 
@@ -66,7 +72,11 @@ class AuditProcess:
         self.restarts = 0
         self._capacity = settings.capacity
         self._capacity_bytes = settings.capacity_bytes
-        self._queue: list[RawCapture] = []
+        self._queue: list[bytes] = []
+        """Frames (header, payload, header...) of the captures not sent yet."""
+        self._queued: list[int] = []
+        """Their payloads' sizes."""
+        self._encode = wire.encoder.encode
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._link: _Link | None = None
@@ -78,7 +88,7 @@ class AuditProcess:
         self._sizes: deque[int] = deque()
         """Bytes of each capture sent and not yet read by the process, oldest first."""
         self._bytes = 0
-        """Their sum."""
+        """Bytes of the captures queued or sent and not yet read."""
         self._failures = 0
         self._restarting: asyncio.Task[None] | None = None
         self._stopping = False
@@ -109,7 +119,7 @@ class AuditProcess:
     @property
     def held(self) -> int:
         """Captures handed over and not yet read by the audit process."""
-        return len(self._queue) + len(self._sizes)
+        return len(self._queued) + len(self._sizes)
 
     async def start(self) -> None:
         """Start the audit process; raises :class:`AuditProcessError` when it cannot open its
@@ -118,15 +128,34 @@ class AuditProcess:
         await self._start_process()
 
     def put(self, raw: RawCapture) -> None:
-        """Queue one capture for the audit process; never blocks or raises (a capture over the
-        bound is dropped, counted and logged)."""
-        if self._stopping or len(self._queue) + len(self._sizes) >= self._capacity:
-            self._drop(raw, "its queue is full" if not self._stopping else "it is stopping")
+        """Encode one capture and queue it for the audit process; never blocks or raises (a
+        capture over the bound is dropped, counted and logged).
+
+        Encoded at once, so that the serving process holds bytes, not the capture's objects,
+        until the write (and the garbage collector has fewer objects to look at)."""
+        if self._stopping:
+            self._drop(raw, "it is stopping")
             return
-        self._queue.append(raw)
+        if len(self._queued) + len(self._sizes) >= self._capacity:
+            self._drop(raw, f"{self._capacity} records held")
+            return
+        try:
+            payload = self._encode(raw)
+            kind = wire.CAPTURE
+        except (TypeError, OverflowError, UnicodeEncodeError):
+            payload = pickle.dumps(raw, protocol=pickle.HIGHEST_PROTOCOL)
+            kind = wire.PICKLED
+        size = len(payload)
+        if self._bytes + size > self._capacity_bytes and self._bytes:
+            self._drop(raw, f"{self._bytes} of {self._capacity_bytes} bytes held")
+            return
+        self._bytes += size
+        self._queue.append(wire.HEADER.pack(size, kind))
+        self._queue.append(payload)
+        self._queued.append(size)
         if not self._scheduled and self._loop is not None:
             self._scheduled = True
-            self._loop.call_soon(self._flush)
+            self._loop.call_later(FLUSH_S, self._flush)
 
     def _drop(self, raw: RawCapture, why: str) -> None:
         self._full.inc()
@@ -135,34 +164,16 @@ class AuditProcess:
         )
 
     def _flush(self) -> None:
-        """Send the queued captures as one write (at the end of an event-loop iteration)."""
+        """Send the queued captures as one write."""
         self._scheduled = False
         link = self._link
-        if link is None or not self._queue:
+        if link is None or not self._queued:
             return  # a restart in progress sends the queue once the new process is up
-        queue, self._queue = self._queue, []
-        encode, header, capture = wire.encoder.encode, wire.HEADER.pack, wire.CAPTURE
-        parts: list[bytes] = []
-        sizes, total = self._sizes, self._bytes
-        limit = self._capacity_bytes
-        for raw in queue:
-            try:
-                payload = encode(raw)
-                kind = capture
-            except (TypeError, OverflowError, UnicodeEncodeError):
-                payload = pickle.dumps(raw, protocol=pickle.HIGHEST_PROTOCOL)
-                kind = wire.PICKLED
-            size = len(payload)
-            if total + size > limit and sizes:
-                self._drop(raw, f"{total} of {limit} bytes held")
-                continue
-            parts.append(header(size, kind))
-            parts.append(payload)
-            sizes.append(size)
-            total += size
-        self._bytes = total
-        self._sent += len(parts) // 2
-        link.transport.write(b"".join(parts))
+        link.transport.write(b"".join(self._queue))
+        self._sent += len(self._queued)
+        self._sizes.extend(self._queued)
+        self._queue = []
+        self._queued = []
 
     def _acked(self, received: int, done: int) -> None:
         sizes = self._sizes
@@ -208,10 +219,11 @@ class AuditProcess:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(link.closed), timeout + 5.0)
         await self._reap(5.0)
-        if self._queue:
-            for raw in self._queue:
-                self._drop(raw, "it stopped")
-            self._queue = []
+        if self._queued:
+            self._full.inc(len(self._queued))
+            log.error("audit: %d record(s) not handed to the audit process before it stopped",
+                      len(self._queued))  # fmt: skip
+            self._queue, self._queued = [], []
         return dict(self._report)
 
     # -- the process -----------------------------------------------------------------------
@@ -246,7 +258,7 @@ class AuditProcess:
             raise
         self._sent = self._received = self._done = 0
         self._sizes.clear()
-        self._bytes = 0
+        self._bytes = sum(self._queued)
         if self._mirror is not None:
             self._mirror.restart()
         self._link = link
@@ -259,7 +271,7 @@ class AuditProcess:
             return
         lost = self._sent - self._done
         self._sizes.clear()
-        self._bytes = 0
+        self._bytes = sum(self._queued)
         self._sent = self._received = self._done = 0
         if lost:
             self._lost.inc(lost)
