@@ -13,7 +13,8 @@ round, so a machine whose speed drifts moves all three alike.
 
 Per cell it prints the medians over the rounds: requests per second and their share of audit
 off; CPU per request of the gateway process alone (the serving core's) and of its whole tree
-(with the audit process); peak RSS of both; the client's CPU use (near 1.0: the generator was
+(with the audit process); peak RSS of both, and at the end the PSS of each tree (shared pages
+counted once); the client's CPU use (near 1.0: the generator was
 the limit).  The gateways' ``/metrics`` are checked at the end: nothing dropped.  The result
 goes to stdout as a Markdown table and a JSON line.
 """
@@ -118,10 +119,23 @@ def main(argv: Sequence[str] | None = None) -> None:
                         rows.setdefault((name, stream, concurrency), []).append(result)
                 print(f"round {round_ + 1} of {a.rounds} done", flush=True)
             drops = {name: dropped(r) for name, r in running.items()}
+            memory = {name: memory_of(r) for name, r in running.items()}
         finally:
             for r in running.values():
                 r.stop()
-    report(a, cells, rows, drops)
+    report(a, cells, rows, drops, memory)
+
+
+def memory_of(running: Running) -> dict[str, float]:
+    """MB now: RSS of the gateway, RSS summed over its tree, PSS summed over its tree (shared
+    pages — the interpreter, the libraries — counted once)."""
+    tree = procfs.process_tree(running.pids)
+    rss = {pid: procfs.peak_rss_bytes(pid) / 2**20 for pid in tree}
+    return {
+        "rss_gateway": round(rss[running.pids[0]], 1),
+        "rss_tree": round(sum(rss.values()), 1),
+        "pss_tree": round(sum(procfs.pss_bytes(pid) for pid in tree) / 2**20, 1),
+    }
 
 
 def median(results: list[dict[str, Any]], key: str) -> float:
@@ -133,6 +147,7 @@ def report(
     cells: list[tuple[bool, int]],
     rows: dict[tuple[str, bool, int], list[dict[str, Any]]],
     drops: dict[str, float],
+    memory: dict[str, dict[str, float]],
 ) -> None:
     print(f"\nengine {a.engine}, sink {a.audit}, audit process on CPU {a.helper_cpus}, "
           f"{a.rounds} rounds of {a.duration:.0f} s; dropped: {drops}\n")  # fmt: skip
@@ -155,8 +170,11 @@ def report(
                   f"| {rss_root:.0f} / {rss_tree:.0f} | {client:.2f} |")  # fmt: skip
             summary.append({"cell": cell, "audit": name, "rps": rps, "share": rps / base,
                             "serving_us": root, "tree_us": tree, "rss_mb": rss_tree})  # fmt: skip
+    print("\npeak RSS of the gateway / RSS of its tree / PSS of its tree, MB:")
+    for name, mb in memory.items():
+        print(f"- {name}: {mb['rss_gateway']:.0f} / {mb['rss_tree']:.0f} / {mb['pss_tree']:.0f}")
     print(json.dumps({"engine": a.engine, "sink": a.audit, "helper_cpus": a.helper_cpus,
-                      "dropped": drops, "cells": summary}))  # fmt: skip
+                      "dropped": drops, "memory": memory, "cells": summary}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -95,6 +95,20 @@ def peak_rss_bytes(pid: int) -> int:
     return 0
 
 
+def pss_bytes(pid: int) -> int:
+    """Proportional set size of one process in bytes (``/proc/<pid>/smaps_rollup``): its
+    resident pages, each shared page divided among the processes mapping it — so the sum over
+    a tree counts the interpreter and libraries a parent and child share once; 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    return 0
+
+
 def tree_peak_rss_bytes(roots: Iterable[int]) -> int:
     """Sum of ``VmHWM`` over the process trees of ``roots``, in bytes."""
     return sum(peak_rss_bytes(pid) for pid in process_tree(roots))

@@ -40,6 +40,7 @@ from auditgate.audit.raw import (
     aggregate,
     build_record,
     encode_batch,
+    frames_batch,
     path_of,
 )
 from auditgate.audit.record import AuditRecord, Envelope, ErrorInfo, Mode, Status
@@ -333,6 +334,7 @@ class AuditCapture:
         "_summary",
         "_tenant",
         "_transport",
+        "_unsent",
         "_usage",
         "mode",
         "request_id",
@@ -376,6 +378,9 @@ class AuditCapture:
         self._aggregator: Aggregator | None = None
         self._batches: list[msgspec.Raw] | None = None
         """Audit process: a stored stream's chunk batches, encoded (aggregated over there)."""
+        self._unsent: list[dict[str, Any]] | None = None
+        """Audit process: the last batch, until the transport hands over its bytes
+        (:meth:`sent`) or the next batch comes (then it is encoded here)."""
         if streaming and mode == "full":
             if auditor.handoff is None:
                 self._aggregator = aggregator()
@@ -422,7 +427,7 @@ class AuditCapture:
         if self._aggregator is not None:
             self._aggregator.feed(chunk)
         elif self._batches is not None:
-            self._batches.append(encode_batch([chunk]))
+            self._hold([chunk])
 
     def chunks(self, chunks: list[dict[str, Any]]) -> None:
         """Stream chunks exactly as the client receives them, in order: :meth:`chunk` for
@@ -433,7 +438,23 @@ class AuditCapture:
             if self._aggregator is not None:
                 self._aggregator.feed_all(chunks)
             elif self._batches is not None:
-                self._batches.append(encode_batch(chunks))
+                self._hold(chunks)
+
+    def _hold(self, chunks: list[dict[str, Any]]) -> None:
+        """Keep a batch for :meth:`sent`; the one held before got no bytes: encode it."""
+        assert self._batches is not None
+        if self._unsent is not None:
+            self._batches.append(encode_batch(self._unsent))
+        self._unsent = chunks
+
+    def sent(self, frames: bytes) -> None:
+        """The bytes the client receives for the last batch given to :meth:`chunks`: a
+        transport's server-sent events, one ``data: {chunk}`` event per chunk, nothing else.
+        Optional: with the audit process they are kept as that batch, instead of encoding it
+        once more (a transport that does not call this costs that encoding)."""
+        if self._unsent is not None and self._batches is not None:
+            self._batches.append(frames_batch(frames))
+            self._unsent = None
 
     def output(self) -> None:
         """Output reached the client (a stream the transport aggregates itself): the time to
@@ -447,7 +468,7 @@ class AuditCapture:
         then replaces the capture's own aggregation."""
         if self._first_at is None:
             self._first_at = time.perf_counter()
-        self._aggregator = self._batches = None
+        self._aggregator = self._batches = self._unsent = None
         usage = completion.get("usage")
         if isinstance(usage, dict):
             self._usage = usage
@@ -544,6 +565,9 @@ class AuditCapture:
         first = self._first_at
         full = self.mode == "full"
         batches = self._batches
+        if self._unsent is not None and batches is not None:
+            batches.append(encode_batch(self._unsent))
+            self._unsent = None
         raw = RawCapture(
             self.request_id,
             self._streaming,

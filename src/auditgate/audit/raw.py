@@ -10,6 +10,7 @@ through :func:`build_record`, so a record is the same whichever process built it
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pickle
 from collections.abc import Callable, Iterable
@@ -68,28 +69,25 @@ class RawCapture(msgspec.Struct, array_like=True):
     """The request's credentials, for the redaction processors only; never stored."""
 
 
+@functools.cache
 def path_of(factory: Callable[[], Aggregator]) -> str:
     """``module:qualname`` of an aggregator factory (a class or a module-level function)."""
     return f"{factory.__module__}:{factory.__qualname__}"
 
 
-_factories: dict[str, Callable[[], Aggregator]] = {}
-
-
+@functools.cache
 def factory_at(path: str) -> Callable[[], Aggregator]:
     """The aggregator factory named by :func:`path_of` (imported once)."""
-    factory = _factories.get(path)
-    if factory is None:
-        module, _, name = path.partition(":")
-        found: Any = importlib.import_module(module)
-        for part in name.split("."):
-            found = getattr(found, part)
-        factory = _factories[path] = found
-    return factory
+    module, _, name = path.partition(":")
+    found: Any = importlib.import_module(module)
+    for part in name.split("."):
+        found = getattr(found, part)
+    return cast(Callable[[], Aggregator], found)
 
 
 _encode: Final = msgspec.msgpack.Encoder().encode
 _decode: Final = msgspec.msgpack.Decoder().decode
+_decode_json: Final = msgspec.json.Decoder().decode
 
 
 def encode_batch(chunks: list[dict[str, Any]]) -> msgspec.Raw:
@@ -102,11 +100,21 @@ def encode_batch(chunks: list[dict[str, Any]]) -> msgspec.Raw:
         return msgspec.Raw(_encode(pickle.dumps(chunks, protocol=pickle.HIGHEST_PROTOCOL)))
 
 
+def frames_batch(frames: bytes) -> msgspec.Raw:
+    """One batch of stream chunks as the client received them — server-sent events,
+    ``data: {chunk}\\n\\n`` each — as :attr:`RawCapture.batches` holds it (a MessagePack
+    ``bin``): no encoding of the chunks again."""
+    return msgspec.Raw(_encode(frames))
+
+
 def decode_batch(batch: msgspec.Raw) -> list[dict[str, Any]]:
-    """The chunks :func:`encode_batch` encoded."""
+    """The chunks :func:`encode_batch` or :func:`frames_batch` encoded."""
     chunks = _decode(batch)
     if type(chunks) is bytes:
-        chunks = pickle.loads(chunks)
+        if chunks.startswith(b"data: "):
+            # JSON holds no raw newline, so a blank line only ever ends an event.
+            return [_decode_json(event[6:]) for event in chunks.split(b"\n\n") if event]
+        chunks = pickle.loads(chunks)  # our own encode_batch's pickle
     return cast(list[dict[str, Any]], chunks)
 
 

@@ -139,7 +139,7 @@ class AuditRuntime:
     @property
     def enabled(self) -> bool:
         """Whether requests yield records (audit on)."""
-        return self.bus is not None or self.process is not None
+        return self.auditor.enabled
 
     @property
     def sink_names(self) -> tuple[str, ...]:
@@ -156,7 +156,19 @@ class AuditRuntime:
         go on serving (the middleware), never a silent unaudited answer.  A durable bus always
         raises: it promises that no response ends before its record is kept."""
         if self.process is not None:
-            await self.process.start()
+            try:
+                await self.process.start()
+            except Exception:
+                if not keep_serving:
+                    raise
+                log.exception(
+                    "audit: the audit process cannot start its sinks; serving WITHOUT audit "
+                    '(records counted in auditgate_audit_dropped_total{reason="sink_unavailable"})'
+                )
+                self._sinks_down = True
+                self.process = self.auditor.handoff = None
+                self.auditor.bus = SinksDown(self.settings.sinks, self.metrics)
+                return
             log.info(
                 "audit on, in its own process: sinks=%s capacity=%d records / %d bytes writer=%s",
                 ",".join(self.settings.sinks),
@@ -225,7 +237,7 @@ class AuditRuntime:
         """Seal the chain with a final checkpoint (integrity on), drain within ``timeout``
         seconds and close the sinks.  Returns, per sink, the records not delivered (durable:
         kept in the spool for the next start); logs them."""
-        if self.process is not None:
+        if self.process is not None and not self._sinks_down:
             report = await self.process.stop(timeout)
             if any(report.values()):
                 log.error("audit: %d record(s) undelivered at shutdown: %s",

@@ -212,6 +212,12 @@ class ChatStream:
                 return choices[0].get("finish_reason") is not None
         return False
 
+    def sent(self, frames: bytes) -> None:
+        """The bytes the client receives for the batch just yielded (server-sent events, one
+        ``data:`` event per chunk): the capture may keep them instead of encoding the batch."""
+        if self._capture is not None:
+            self._capture.sent(frames)
+
     def __aiter__(self) -> AsyncIterator[list[Chunk]]:
         return self._iterator
 

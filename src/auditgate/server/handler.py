@@ -165,18 +165,16 @@ class ChatHandler:
                         if first:
                             ttft.observe(time.perf_counter() - started)
                             first = False
+                        frames = sse_frames.frames(batch)
+                        stream.sent(frames)
                         if tail or stream.finishes(batch):
-                            tail += sse_frames.frames(batch)
+                            tail += frames
                             continue
                         if start is not None:
                             await send(start)
                             start = None
                         await send(
-                            {
-                                "type": "http.response.body",
-                                "body": sse_frames.frames(batch),
-                                "more_body": True,
-                            }
+                            {"type": "http.response.body", "body": frames, "more_body": True}
                         )
                     # Durable mode: [DONE] only once the record is spooled.  Drop the last
                     # batch first: what a waiting stream holds stays small (64 streams' chunks
