@@ -12,10 +12,11 @@ workload (non-stream and stream, each concurrency), the gateways' order rotating
 round, so a machine whose speed drifts moves all three alike.
 
 Per cell it prints the medians over the rounds: requests per second and their share of audit
-off; CPU per request of the gateway process alone (the serving core's) and of its whole tree
-(with the audit process); peak RSS of both, and at the end the PSS of each tree (shared pages
-counted once); the client's CPU use (near 1.0: the generator was
-the limit).  The gateways' ``/metrics`` are checked at the end: nothing dropped.  The result
+off (closed loop; with ``--rate``, open loop at that rate for all three: then compare the CPU
+per request, at equal load); CPU per request of the gateway process alone (the serving core's)
+and of its whole tree (with the audit process); peak RSS of both, and at the end the PSS of each
+tree (shared pages counted once); the client's CPU use (near 1.0: the generator was the limit).
+The gateways' ``/metrics`` are checked at the end: nothing dropped.  The result
 goes to stdout as a Markdown table and a JSON line.
 """
 
@@ -59,12 +60,16 @@ def helper_pids(running: Running) -> list[int]:
     return found
 
 
-def load(running: Running, stream: bool, concurrency: int, duration: float) -> Any:
+def load(
+    running: Running, stream: bool, concurrency: int, duration: float, rate: float | None
+) -> Any:
     argv = [
         PYTHON, str(ROOT / "bench" / "loadgen.py"), "--url", running.url,
         "--concurrency", str(concurrency), "--duration", str(duration), "--warmup", "0.5",
         "--pid", str(running.pids[0]),
     ] + (["--stream"] if stream else [])  # fmt: skip
+    if rate is not None:
+        argv += ["--rate", str(rate)]
     done = subprocess.run(
         servers.pinned(CLIENT_CPUS, argv), capture_output=True, timeout=duration + 60, check=True
     )
@@ -91,6 +96,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     p.add_argument("--helper-cpus", default=CLIENT_CPUS)
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="open loop at this many requests/s (same load for every gateway: CPU per request "
+        "compares at equal load, whatever the audit process takes from the client CPU)",
+    )
     a = p.parse_args(argv)
     off, inproc = servers.auditgate_scenarios([a.engine], ["off", a.audit])
     env = (("DYN_AUDIT_PROCESS", "1"), ("DYN_AUDIT_PROCESS_CPUS", a.helper_cpus))
@@ -113,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 turn = order[round_ % 3 :] + order[: round_ % 3]
                 for stream, concurrency in cells:
                     for name in turn:
-                        result = load(running[name], stream, concurrency, a.duration)
+                        result = load(running[name], stream, concurrency, a.duration, a.rate)
                         if result["errors"]:
                             raise SystemExit(f"{name}: errors {result['error_kinds']}")
                         rows.setdefault((name, stream, concurrency), []).append(result)
@@ -149,7 +161,8 @@ def report(
     drops: dict[str, float],
     memory: dict[str, dict[str, float]],
 ) -> None:
-    print(f"\nengine {a.engine}, sink {a.audit}, audit process on CPU {a.helper_cpus}, "
+    load = "closed loop" if a.rate is None else f"open loop at {a.rate:.0f} req/s"
+    print(f"\nengine {a.engine}, sink {a.audit}, audit process on CPU {a.helper_cpus}, {load}, "
           f"{a.rounds} rounds of {a.duration:.0f} s; dropped: {drops}\n")  # fmt: skip
     print("| cell | audit | req/s | share of off | serving CPU µs/req | tree CPU µs/req "
           "| RSS serving / tree MB | client CPU |")  # fmt: skip

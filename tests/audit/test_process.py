@@ -9,13 +9,17 @@ import os
 import re
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
+import pytest
 
-from auditgate.audit.process.link import AuditProcess
+from auditgate.audit.metrics import AuditMetrics
+from auditgate.audit.process.link import AuditProcess, AuditProcessError
+from auditgate.audit.runtime import AuditRuntime
 from auditgate.config import Settings
 from auditgate.server.app import GatewayApp, create_app
 from tests.support.gateway import start_gateway
@@ -214,9 +218,13 @@ def test_the_audit_process_delivers_everything_when_the_gateway_is_killed(
             client.chat.completions.create(model="mock", messages=MESSAGES, seed=seed)
         children = Path(f"/proc/{gateway.process.pid}/task/{gateway.process.pid}/children")
         (helper,) = [int(pid) for pid in children.read_text().split()]
-        # One more round trip: the last capture went into the socket in the loop iteration
-        # after its answer at the latest, and a socket keeps its bytes when its writer dies.
-        assert client.models.list().data
+        # The audit process has them all once its records counter (mirrored into the
+        # gateway's /metrics) says so; nothing is in a sink yet (it lingers a minute).
+        deadline = time.monotonic() + 20
+        while published(gateway.url) < 7 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert published(gateway.url) == 7
+        assert not path.exists() or path.read_text() == ""
         gateway.process.send_signal(signal.SIGKILL)
         gateway.process.wait(10)
         deadline = time.monotonic() + 20
@@ -229,6 +237,17 @@ def test_the_audit_process_delivers_everything_when_the_gateway_is_killed(
     assert len(path.read_text().splitlines()) == 7
 
 
+def published(url: str) -> float:
+    """``auditgate_audit_records_total`` summed over modes, from a gateway's ``/metrics``."""
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("auditgate_audit_records_total{")
+    )
+
+
 def test_durable_mode_keeps_the_records_in_the_serving_process(tmp_path: Path) -> None:
     """Durable mode with ``DYN_AUDIT_PROCESS`` builds its records in-process (for now), and
     still answers only once its record is spooled."""
@@ -239,3 +258,17 @@ def test_durable_mode_keeps_the_records_in_the_serving_process(tmp_path: Path) -
         assert gw.app.gateway.audit.process is None
         gw.client.chat.completions.create(model="mock", messages=MESSAGES, store=True)
         assert len(gw.lines()) == 1
+
+
+async def test_an_audit_process_that_cannot_open_its_sinks_fails_the_start(
+    tmp_path: Path,
+) -> None:
+    """Sinks the audit process cannot open fail the gateway's start, as in-process."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    settings = Settings.from_env(audit_env(blocker / "sub" / "a.jsonl", True)).audit
+    runtime = AuditRuntime(settings, AuditMetrics(), engine="mock")
+    with pytest.raises(AuditProcessError, match="ConfigError: cannot create directory"):
+        await runtime.start()
+    assert runtime.process is not None
+    assert runtime.process.pid is None

@@ -38,8 +38,11 @@ from auditgate.config import AuditSettings
 log = logging.getLogger("auditgate.audit")
 
 ACK_S: Final = 0.01
-"""How often what was read and what was stored are acknowledged while they move (not at every
-read: a message back per batch would cost the gateway a wake-up and a read per batch)."""
+"""How long after a read what was read is acknowledged (not at every read: a message back per
+read would cost the gateway a wake-up and a read each)."""
+TICK_S: Final = 0.1
+"""How often what every sink stored is acknowledged while it moves (and the metrics sent, every
+:data:`METRICS_S`): a timer that wakes an idle process costs CPU, so not more often."""
 METRICS_S: Final = 0.5
 """How often the metrics go to the gateway."""
 ORPHAN_DRAIN_S: Final = 30.0
@@ -63,6 +66,7 @@ class Helper(asyncio.Protocol):
         self.received = 0
         self.errors = 0
         self._acked = (0, 0)
+        self._ack_due = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.WriteTransport, transport)
@@ -81,6 +85,9 @@ class Helper(asyncio.Protocol):
                     self.hello.set_result(pickle.loads(payload))
             else:
                 log.error("audit process: unknown message kind %d", kind)
+        if not self._ack_due:
+            self._ack_due = True
+            self.loop.call_later(ACK_S, self.ack)
 
     def _capture(self, kind: int, payload: memoryview) -> None:
         self.received += 1
@@ -116,6 +123,7 @@ class Helper(asyncio.Protocol):
         return max(0, self.received - waiting)
 
     def ack(self) -> None:
+        self._ack_due = False
         acked = (self.received, self.done())
         if acked != self._acked and not self.transport.is_closing():
             self._acked = acked
@@ -142,9 +150,9 @@ class Helper(asyncio.Protocol):
 async def _tick(helper: Helper) -> None:
     since_metrics = 0.0
     while True:
-        await asyncio.sleep(ACK_S)
+        await asyncio.sleep(TICK_S)
         helper.ack()
-        since_metrics += ACK_S
+        since_metrics += TICK_S
         if since_metrics >= METRICS_S:
             since_metrics = 0.0
             helper.send_metrics()

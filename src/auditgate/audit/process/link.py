@@ -48,7 +48,7 @@ log = logging.getLogger("auditgate.audit")
 
 RESTART_BACKOFF_S: Final = (0.0, 0.1, 0.5, 2.0, 5.0)
 """Wait before the n-th restart in a row without an acknowledgement in between (then the last)."""
-FLUSH_S: Final = 0.002
+FLUSH_S: Final = 0.005
 """How long a finished capture waits for others to share its write: a write per event-loop
 iteration costs a system call and a wake-up of the audit process for every request or two at
 moderate load; every few milliseconds it is one per burst, and no request waits for it."""
