@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import os
 import pickle
@@ -45,6 +46,8 @@ TICK_S: Final = 0.1
 :data:`METRICS_S`): a timer that wakes an idle process costs CPU, so not more often."""
 METRICS_S: Final = 0.5
 """How often the metrics go to the gateway."""
+GC_GEN0_THRESHOLD: Final = 10_000
+"""Young-generation threshold of the garbage collector (the serving process's)."""
 ORPHAN_DRAIN_S: Final = 30.0
 """Drain deadline when the gateway went away without saying how long to take."""
 
@@ -182,6 +185,12 @@ async def serve(fd: int) -> int:
         helper.transport.close()
         return 1
     helper.runtime = runtime
+    # As the serving process does (auditgate.serving.tune_garbage_collector): every record
+    # is hundreds of short-lived containers; at CPython's 700 young collections would promote
+    # records in flight, which only full collections reclaim.
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
     helper.transport.write(wire.message(wire.READY, []))
     ticker = loop.create_task(_tick(helper))
     await helper.ended
