@@ -1,7 +1,7 @@
 """The audit in its own process (``DYN_AUDIT_PROCESS=1``) against in-process, in one run.
 
 ``python bench/offload.py [--engine mock] [--audit jsonl] [--rounds 5] [--duration 3]
-[--concurrency 16 64] [--helper-cpus 1]``
+[--concurrency 16 64] [--helper-cpus 1] [--rate R]``
 
 Three gateways run side by side, each pinned to the server CPU (as :mod:`bench.run` does):
 audit off, audit ``--audit`` in-process, and the same with ``DYN_AUDIT_PROCESS=1``, whose audit
@@ -14,8 +14,9 @@ round, so a machine whose speed drifts moves all three alike.
 Per cell it prints the medians over the rounds: requests per second and their share of audit
 off (closed loop; with ``--rate``, open loop at that rate for all three: then compare the CPU
 per request, at equal load); CPU per request of the gateway process alone (the serving core's)
-and of its whole tree (with the audit process); peak RSS of both, and at the end the PSS of each
-tree (shared pages counted once); the client's CPU use (near 1.0: the generator was the limit).
+and of its whole tree (with the audit process); latency p50 and p99; peak RSS of both, and at
+the end the PSS of each tree (shared pages counted once); the client's CPU use (near 1.0: the
+generator was the limit).
 The gateways' ``/metrics`` are checked at the end: nothing dropped.  The result
 goes to stdout as a Markdown table and a JSON line.
 """
@@ -165,8 +166,8 @@ def report(
     print(f"\nengine {a.engine}, sink {a.audit}, audit process on CPU {a.helper_cpus}, {load}, "
           f"{a.rounds} rounds of {a.duration:.0f} s; dropped: {drops}\n")  # fmt: skip
     print("| cell | audit | req/s | share of off | serving CPU µs/req | tree CPU µs/req "
-          "| RSS serving / tree MB | client CPU |")  # fmt: skip
-    print("|---|---|--:|--:|--:|--:|--:|--:|")
+          "| p50 / p99 ms | RSS serving / tree MB | client CPU |")  # fmt: skip
+    print("|---|---|--:|--:|--:|--:|--:|--:|--:|")
     summary = []
     for stream, concurrency in cells:
         base = median(rows[("off", stream, concurrency)], "rps")
@@ -178,9 +179,12 @@ def report(
             rss_root = max(float(r["server_root_peak_rss_mb"]) for r in results)
             rss_tree = max(float(r["server_peak_rss_mb"]) for r in results)
             client = median(results, "client_cpu_util")
+            p50 = median(results, "latency_p50_ms")
+            p99 = median(results, "latency_p99_ms")
             cell = f"{'stream' if stream else 'json'} c={concurrency}"
             print(f"| {cell} | {name} | {rps:.0f} | {rps / base:.0%} | {root:.0f} | {tree:.0f} "
-                  f"| {rss_root:.0f} / {rss_tree:.0f} | {client:.2f} |")  # fmt: skip
+                  f"| {p50:.2f} / {p99:.1f} | {rss_root:.0f} / {rss_tree:.0f} "
+                  f"| {client:.2f} |")  # fmt: skip
             summary.append({"cell": cell, "audit": name, "rps": rps, "share": rps / base,
                             "serving_us": root, "tree_us": tree, "rss_mb": rss_tree})  # fmt: skip
     print("\npeak RSS of the gateway / RSS of its tree / PSS of its tree, MB:")
