@@ -331,7 +331,12 @@ class AuditProcess:
                 self._acked(int(value[0]), int(value[1]))
         elif kind == wire.METRICS:
             if self._mirror is not None:
-                self._mirror.apply([(f, n, dict(labels), v) for f, n, labels, v in value])
+                try:
+                    self._mirror.apply([(f, n, dict(labels), v) for f, n, labels, v in value])
+                except Exception as exc:  # noqa: BLE001 - metrics must not cost the link
+                    self._drop_log.warning(
+                        "metrics", "audit process: its metrics could not be mirrored: %s", exc
+                    )
         elif kind == wire.FLUSHED:
             future = self._flushes.get(int(value[0]))
             if future is not None and not future.done():
