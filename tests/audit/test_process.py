@@ -96,6 +96,11 @@ def exchanges(client: openai.OpenAI) -> None:
     assert [event for event in client.responses.create(model="mock", input="Go", stream=True)]
     client.embeddings.create(model="mock", input=["one", "two"])
     client.completions.create(model="mock", prompt="Say this", max_tokens=5)
+    # Stored, non-stream: the request body goes over as the bytes received, the answer as sent.
+    client.completions.create(
+        model="mock", prompt="Say th\u00efs \U0001f642", max_tokens=5, extra_body={"store": True}
+    )
+    client.embeddings.create(model="mock", input=["thr\u00e9e"], extra_body={"store": True})
     assert [c for c in client.completions.create(model="mock", prompt="x", stream=True)]
 
 
@@ -114,8 +119,8 @@ def comparable(record: dict[str, Any]) -> str:
 
 def test_records_are_the_same_built_in_the_audit_process(tmp_path: Path) -> None:
     """Chat (json, stream, usage only), Responses (a continuation, a stream), embeddings and
-    legacy completions yield, field for field, the records the in-process path builds, with
-    redaction, header capture and the integrity chain on."""
+    legacy completions (each usage only and stored) yield, field for field, the records the
+    in-process path builds, with redaction, header capture and the integrity chain on."""
     extra = {
         "DYN_AUDIT_REDACT": "email",
         "DYN_AUDIT_INTEGRITY": "1",
@@ -131,7 +136,14 @@ def test_records_are_the_same_built_in_the_audit_process(tmp_path: Path) -> None
             records[process] = [r for r in gw.lines() if r["mode"] != "checkpoint"]
     expected = [comparable(r) for r in records[False]]
     assert expected == [comparable(r) for r in records[True]]
-    assert len(expected) == 9
+    assert len(expected) == 11
+    stored = [r for r in records[True] if r["mode"] == "full" and "request" in r]
+    assert sorted(r["endpoint"] for r in stored if r["endpoint"] != "responses") == [
+        "chat.completions",
+        "chat.completions",
+        "completions",
+        "embeddings",
+    ]
     assert "jane.doe@example.com" not in "".join(expected)
     chained = records[True]
     assert [r["seq"] for r in chained] == list(range(len(chained)))

@@ -122,6 +122,7 @@ class Auditor:
         model: str,
         streaming: bool,
         store: bool,
+        body_bytes: bytes | None = None,
         transport: str = "http",
         endpoint: str = "chat.completions",
         tenant: str | None = None,
@@ -134,6 +135,9 @@ class Auditor:
     ) -> AuditCapture | None:
         """Start capturing one request; None when it yields no record.
 
+        ``body_bytes``: the JSON bytes ``body`` was parsed from (with a plain
+        ``msgspec.json.Decoder``), when the transport has them: the audit process gets these
+        instead of ``body`` encoded once more.
         ``credentials``: the API key the request authenticated with; never stored, only handed
         to the processors, which redact it wherever the record repeats it.  ``aggregator``:
         makes the endpoint's stream aggregator (chat's by default).
@@ -155,6 +159,7 @@ class Auditor:
             mode=mode,
             request_id=request_id,
             body=body,
+            body_bytes=body_bytes,
             model=model,
             streaming=streaming,
             transport=transport,
@@ -312,6 +317,7 @@ class AuditCapture:
         "_auditor",
         "_batches",
         "_body",
+        "_body_bytes",
         "_client_request_id",
         "_commit",
         "_created_at",
@@ -328,6 +334,7 @@ class AuditCapture:
         "_raw",
         "_record",
         "_response",
+        "_response_bytes",
         "_started",
         "_status",
         "_streaming",
@@ -350,6 +357,7 @@ class AuditCapture:
         model: str,
         streaming: bool,
         transport: str,
+        body_bytes: bytes | None = None,
         endpoint: str,
         tenant: str | None,
         metadata: dict[str, str],
@@ -362,6 +370,7 @@ class AuditCapture:
         self.mode = mode
         self.request_id = request_id
         self._body = body
+        self._body_bytes = body_bytes
         self._model = model
         self._streaming = streaming
         self._transport = transport
@@ -390,6 +399,8 @@ class AuditCapture:
         self._raw: RawCapture | None = None
         """What was handed to the audit process (the local :attr:`record` is built from it)."""
         self._response: dict[str, Any] | None = None
+        self._response_bytes: bytes | None = None
+        """Audit process: the JSON bytes the client received for :attr:`_response`."""
         self._summary: dict[str, Any] | None = None
         self._usage: dict[str, Any] | None = None
         self._engine_response_id: str | None = None
@@ -462,10 +473,15 @@ class AuditCapture:
         if self._first_at is None:
             self._first_at = time.perf_counter()
 
-    def response(self, completion: dict[str, Any]) -> None:
+    def response(self, completion: dict[str, Any], sent: bytes | None = None) -> None:
         """The whole response exactly as the client received it: a non-stream response, or the
         final object of a stream the transport aggregated itself (the Responses API), which
-        then replaces the capture's own aggregation."""
+        then replaces the capture's own aggregation.
+
+        ``sent``: the JSON bytes the client receives for ``completion``, when the transport has
+        encoded them already (the body of a non-stream answer).  Optional, as
+        :meth:`sent` is for streams: with the audit process they are handed over instead of
+        encoding ``completion`` once more."""
         if self._first_at is None:
             self._first_at = time.perf_counter()
         self._aggregator = self._batches = self._unsent = None
@@ -474,6 +490,7 @@ class AuditCapture:
             self._usage = usage
         if self.mode == "full":
             self._response = completion
+            self._response_bytes = sent
 
     def summary(self, summary: dict[str, Any]) -> None:
         """A response summary that holds no client content (embeddings: how many vectors, how
@@ -568,6 +585,19 @@ class AuditCapture:
         if self._unsent is not None and batches is not None:
             batches.append(encode_batch(self._unsent))
             self._unsent = None
+        auditor = self._auditor
+        handoff = auditor.handoff
+        body: dict[str, Any] | bytes | None = None
+        sent: dict[str, Any] | bytes | None = self._response
+        if full:
+            body = self._body
+            if handoff is not None:
+                # What the gateway received and what the client received, as bytes: the audit
+                # process decodes them; nothing is encoded again here.
+                if self._body_bytes is not None:
+                    body = self._body_bytes
+                if self._response_bytes is not None:
+                    sent = self._response_bytes
         raw = RawCapture(
             self.request_id,
             self._streaming,
@@ -582,8 +612,8 @@ class AuditCapture:
             self._tenant,
             self._metadata,
             self._usage,
-            self._body if full else None,
-            self._response,
+            body,
+            sent,
             self._summary,
             batches,
             None if batches is None else path_of(self._factory),
@@ -593,8 +623,6 @@ class AuditCapture:
             self._headers,
             tuple(self._credentials),
         )
-        auditor = self._auditor
-        handoff = auditor.handoff
         if handoff is not None:
             self._batches = None
             self._raw = raw

@@ -50,10 +50,12 @@ class RawCapture(msgspec.Struct, array_like=True):
     tenant: str | None
     metadata: dict[str, str]
     usage: dict[str, Any] | None
-    body: dict[str, Any] | None
-    """The request body (``full`` records only)."""
-    response: dict[str, Any] | None
-    """The whole response as the client received it (``full`` records only)."""
+    body: dict[str, Any] | bytes | None
+    """The request body (``full`` records only): its object, or (audit process) the JSON bytes
+    the gateway received, decoded where the record is built."""
+    response: dict[str, Any] | bytes | None
+    """The whole response as the client received it (``full`` records only): its object, or
+    (audit process) the JSON bytes the client received, decoded where the record is built."""
     summary: dict[str, Any] | None
     batches: list[msgspec.Raw] | None
     """A stored stream's chunk batches as the client received them, when not aggregated yet:
@@ -119,10 +121,13 @@ def decode_batch(batch: msgspec.Raw) -> list[dict[str, Any]]:
 
 
 def aggregate(raw: RawCapture) -> dict[str, Any] | None:
-    """The capture's response: its stream batches through its aggregator, or as given."""
+    """The capture's response: its stream batches through its aggregator, or as given (JSON
+    bytes decoded)."""
     batches = raw.batches
     if batches is None or raw.aggregator is None:
-        return raw.response
+        response = raw.response
+        # JSON bytes: decoded as the gateway's request parser decodes (a plain msgspec decoder).
+        return _decode_json(response) if isinstance(response, bytes) else response
     aggregator = factory_at(raw.aggregator)()
     for batch in batches:
         aggregator.feed_all(decode_batch(batch))
@@ -158,8 +163,9 @@ def build_record(raw: RawCapture, engine: str, response: dict[str, Any] | None) 
         seq=-1,
     )
     if raw.mode == "full":
-        if raw.body is not None:
-            record.request = raw.body
+        body = raw.body
+        if body is not None:
+            record.request = _decode_json(body) if isinstance(body, bytes) else body
         if response is not None:
             record.response = response
     if raw.summary is not None:

@@ -9,7 +9,7 @@ failure and client disconnect all yield one record.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar, Protocol
 
 from auditgate.audit.aggregate import StreamAggregator
@@ -46,6 +46,9 @@ class ChatCall:
 
     body: dict[str, Any]
     """The request body as received; never mutated."""
+    body_bytes: bytes | None = dataclasses.field(default=None, repr=False)
+    """The JSON bytes ``body`` was parsed from (a plain ``msgspec.json.Decoder``), when the
+    transport has them: the audit process gets them instead of ``body`` encoded again."""
     params: CallParams
     """The validated fields of ``body``."""
     request_id: str
@@ -93,6 +96,7 @@ class ChatPipeline:
         return self.auditor.open(
             request_id=call.request_id,
             body=call.body,
+            body_bytes=call.body_bytes,
             model=call.params.model,
             streaming=streaming,
             store=call.params.store is True,
@@ -117,18 +121,37 @@ class ChatPipeline:
 
     async def complete(self, call: ChatCall) -> dict[str, Any]:
         """A non-stream ``chat.completion``; raises :class:`APIError` on failure."""
+        completion, _ = await self._complete(call, None)
+        return completion
+
+    async def complete_json(
+        self, call: ChatCall, encode: Callable[[dict[str, Any]], bytes]
+    ) -> bytes:
+        """:meth:`complete` as the bytes the client receives, ``encode`` (the transport's JSON
+        encoder) of the answer.  The capture keeps these bytes, so that with the audit process
+        the answer is not encoded once more to be handed over."""
+        _, sent = await self._complete(call, encode)
+        assert sent is not None
+        return sent
+
+    async def _complete(
+        self, call: ChatCall, encode: Callable[[dict[str, Any]], bytes] | None
+    ) -> tuple[dict[str, Any], bytes | None]:
         capture = self._open(call, streaming=False)
         request = EngineRequest(call.body, call.request_id, call.response_id, call.authorization)
+        sent = None
         with outcome(capture):
             completion = await self.produce(request)
             if capture is not None:
                 capture.engine_response_id(completion.get("id"))
             completion["id"] = call.response_id
+            if encode is not None:
+                sent = encode(completion)
             if capture is not None:
-                capture.response(completion)
+                capture.response(completion, sent)
         if capture is not None and capture.commit is not None:
             await committed(capture.commit)  # best effort: no coroutine to await per request
-        return completion
+        return completion, sent
 
     async def stream(self, call: ChatCall) -> ChatStream:
         """Start a stream: returns once the engine produced its first batch, so that errors

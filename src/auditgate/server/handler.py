@@ -110,6 +110,7 @@ class ChatHandler:
         auth = header(scope, b"authorization")
         return ChatCall(
             body=body,
+            body_bytes=raw,
             params=params,
             request_id=request_id,
             client_request_id=client_request_id,
@@ -127,8 +128,8 @@ class ChatHandler:
         self, call: ChatCall, receive: Receive, send: Send, headers: list[tuple[bytes, bytes]]
     ) -> int:
         async with watching(receive) as watch:
-            completion = await self.pipeline.complete(call)
-            await send_json(send, 200, encode_json(completion), headers)
+            body = await self.pipeline.complete_json(call, encode_json)
+            await send_json(send, 200, body, headers)
             watch.active = False
             return 200
         return 499

@@ -9,6 +9,7 @@ Durable mode, sampling, redaction, integrity and header capture apply as for cha
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final
 
 from auditgate.audit.capture import outcome
@@ -37,3 +38,9 @@ class EmbeddingsPipeline(ChatPipeline):
         if capture is not None and capture.commit is not None:
             await committed(capture.commit)
         return result
+
+    async def complete_json(
+        self, call: ChatCall, encode: Callable[[dict[str, Any]], bytes]
+    ) -> bytes:
+        """:meth:`complete` encoded: the record keeps a summary, not the bytes sent."""
+        return encode(await self.complete(call))
