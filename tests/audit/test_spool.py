@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import pytest
 
@@ -20,6 +20,7 @@ from auditgate.audit.capture import Auditor
 from auditgate.audit.metrics import AuditMetrics
 from auditgate.audit.record import AuditRecord, Envelope, Mode
 from auditgate.audit.sink import MemorySink
+from auditgate.audit.spool import spool as spool_module
 from auditgate.audit.spool import writer
 from auditgate.audit.spool.durable import CURSOR_SAVE_INTERVAL_S, DurableBus
 from auditgate.audit.spool.frames import HEADER, Position, encode_frame, parse_frames
@@ -63,7 +64,11 @@ def ids(sink: MemorySink) -> list[str]:
 class Harness:
     """A durable bus over a spool directory, started and closed by the test."""
 
+    made: ClassVar[list[Harness]] = []
+    """Every harness of the running test (:func:`close_what_a_failed_test_left`)."""
+
     def __init__(self, directory: Path, sink: MemorySink | None = None, **spool: Any) -> None:
+        Harness.made.append(self)
         self.directory = directory
         self.metrics = AuditMetrics()
         self.sink = sink or MemorySink("memory")
@@ -74,6 +79,20 @@ class Harness:
 
     def value(self, name: str, **labels: str) -> float | None:
         return self.metrics.registry.get_sample_value(name, labels)
+
+
+@pytest.fixture(autouse=True)
+async def close_what_a_failed_test_left() -> AsyncIterator[None]:
+    """Close every bus a test started and did not close (it failed before its own close):
+    its writer process would run on, its socket held by the failure's traceback, and
+    uvloop's loop close waits for every child process, so the run would hang there, past
+    the per-test timeout, instead of reporting the failure and going on."""
+    Harness.made.clear()
+    yield
+    made, Harness.made = Harness.made, []
+    for h in made:
+        if h.bus._loop is not None and not h.bus._closing:
+            await h.bus.close(0.1)
 
 
 @pytest.fixture
@@ -751,3 +770,48 @@ async def test_a_writer_that_cannot_start_is_retried_and_no_record_waits_for_it(
     await publish_all(harness.bus, range(100, 101))
     assert await harness.bus.flush(5.0)
     assert ids(harness.sink) == [*stored, "req-000100"]
+
+
+@pytest.mark.parametrize("stage", ["backing off", "starting"])
+async def test_a_stop_during_a_writer_restart_leaves_no_writer_behind(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, stage: str
+) -> None:
+    """A stop whose deadline passes while a writer restart is still backing off or starting
+    (a loaded machine): the restart ends with the stop, no writer starts after it, and the
+    spool's writer lock is free at once for the next owner (a leaked writer held it, and
+    uvloop's loop close waited for that writer forever)."""
+    starting = asyncio.Event()
+    if stage == "backing off":
+        monkeypatch.setattr(spool_module, "RESTART_BACKOFF_S", (0.0, 30.0))
+        _block_segments(harness.directory, harness.spool.end.segment, 2)
+        for seq in range(2):  # the first restart is immediate, the second backs off
+            commit = harness.bus.publish(envelope(seq))
+            assert commit is not None
+            with pytest.raises(SpoolError, match="writer failed: Is a directory"):
+                await commit
+        await asyncio.sleep(0)  # the restart task begins its backoff
+        assert harness.spool._backing_off
+    else:
+        real = asyncio.create_subprocess_exec
+
+        async def slow(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+            starting.set()
+            await asyncio.Event().wait()  # a fork that takes longer than the stop's deadline
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(asyncio, "create_subprocess_exec", slow)
+        os.kill(_writer(harness.spool), signal.SIGKILL)
+        await asyncio.wait_for(starting.wait(), 5.0)
+    restarting = harness.spool._restarting
+    assert restarting is not None
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await harness.spool.stop(0.1)
+    assert loop.time() - started < 2.0
+    assert restarting.done() and harness.spool._restarting is None
+    assert harness.spool._process is None and harness.spool._link is None
+    lock = os.open(harness.spool.directory / writer.WRITER_LOCK, os.O_RDWR)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # no writer holds the spool
+    finally:
+        os.close(lock)

@@ -223,6 +223,13 @@ class Spool:
         if self._restarting is not None:  # let it finish: it sends what is queued
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._restarting), timeout)
+        restarting = self._restarting
+        if restarting is not None:
+            # Still backing off or starting at the deadline: left alone it would start a
+            # writer after this returned, one nobody stops (it holds the spool's writer lock,
+            # and uvloop's close waits for it forever).  What it was to send fails below.
+            restarting.cancel()
+            await asyncio.wait([restarting])
         self._flush()
         if self._written:
             self._idle = asyncio.get_running_loop().create_future()
@@ -390,7 +397,7 @@ class Spool:
             self._process = await asyncio.create_subprocess_exec(
                 *argv, pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL
             )
-        except OSError:
+        except BaseException:  # OSError, or cancelled by stop()
             mine.close()
             raise
         finally:
@@ -398,7 +405,7 @@ class Spool:
         link = _WriterLink(self)
         try:
             await self._loop.connect_accepted_socket(lambda: link, mine)
-        except OSError:
+        except BaseException:  # OSError, or cancelled by stop()
             mine.close()  # the writer sees the end of its socket and exits; _reap collects it
             raise
         self._link = link
@@ -412,7 +419,8 @@ class Spool:
             await asyncio.wait_for(process.wait(), timeout)
         except TimeoutError:
             log.error("audit spool: the writer did not exit; killing it")
-            process.kill()
+            with contextlib.suppress(ProcessLookupError):  # it exited after all, just now
+                process.kill()
             await process.wait()
 
     # -- reading -----------------------------------------------------------------------------
