@@ -37,6 +37,7 @@ import sys
 from collections import deque
 from typing import Any, Final, cast
 
+from auditgate.audit import children
 from auditgate.audit.capture import new_writer_id
 from auditgate.audit.metrics import AuditMetrics, multiprocess
 from auditgate.audit.process import wire
@@ -316,12 +317,7 @@ class AuditProcess:
         process, self._process = self._process, None
         if process is None:
             return
-        try:
-            await asyncio.wait_for(process.wait(), timeout)
-        except TimeoutError:
-            log.error("audit process: did not exit; killing it")
-            process.kill()
-            await process.wait()
+        await children.reap(process, timeout, "audit process")
 
     # -- messages from the process ---------------------------------------------------------
 

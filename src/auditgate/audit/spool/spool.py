@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Final, NamedTuple, cast
 
+from auditgate.audit import children
 from auditgate.audit.record import Envelope
 from auditgate.audit.spool import cursors, segments, writer
 from auditgate.audit.spool.frames import HEADER, Frame, Position, frame_header
@@ -415,13 +416,7 @@ class Spool:
         process, self._process = self._process, None
         if process is None:
             return
-        try:
-            await asyncio.wait_for(process.wait(), timeout)
-        except TimeoutError:
-            log.error("audit spool: the writer did not exit; killing it")
-            with contextlib.suppress(ProcessLookupError):  # it exited after all, just now
-                process.kill()
-            await process.wait()
+        await children.reap(process, timeout, "audit spool: the writer")
 
     # -- reading -----------------------------------------------------------------------------
 
